@@ -1,0 +1,274 @@
+"""The off-policy actor-critic core shared by DDPG and TD3.
+
+DDPG (Lillicrap et al. 2016) is the case ``n_critics=1, policy_delay=1, target_noise=0``;
+TD3 (Fujimoto et al. 2018, Algorithm 1) adds the clipped double-Q target over twin critics,
+target policy smoothing and delayed actor updates. The HER paper's action L2 penalty, input
+normalisation and return clipping (Andrychowicz et al. 2017, Appendix A) are options.
+
+Critic target for a sampled batch (Batch fields in brackets)::
+
+    a'  = clip(pi'(s') + clip(N(0, target_noise^2), -c, c), -1, 1)    # c = target_noise_clip
+    y   = [reward] + [discount] * (1 - [done]) * min_j Q'_j(s', a')   # TD3 Eq. 10, n-step
+    y   = clip(y, -1 / (1 - gamma), 0)                                  # if clip_return
+    L_Q = sum_j mean_B([weight] * (Q_j(s, a) - y)^2)
+
+Every ``policy_delay`` critic updates: ``L_pi = -mean_B Q_1(s, pi(s)) + action_l2 * mean(pi(s)^2)``
+and polyak averaging ``theta' <- tau * theta + (1 - tau) * theta'`` of actor and critics.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlfw.algos.networks import MLP, EnsembleMLP
+from rlfw.algos.normalizer import Normalizer
+from rlfw.buffers import Batch
+from rlfw.envs import EnvInfo
+
+
+@dataclass
+class UpdateInfo:
+    """What one gradient step reports.
+
+    Attributes:
+        critic_loss: the summed critic loss (float).
+        actor_loss: the actor loss, or None on steps without an actor update.
+        q_mean: mean of Q_1(s, a) over the batch.
+        td_error: ``[B]`` float32 NumPy, mean over critics of ``|Q_j(s, a) - y|`` (the
+            priority signal for prioritised replay: both critics are trained on the sample,
+            so their mean error measures what is left to learn from it).
+    """
+
+    critic_loss: float
+    actor_loss: float | None
+    q_mean: float
+    td_error: np.ndarray
+
+
+def polyak_update(target: list[torch.Tensor], online: list[torch.Tensor], tau: float) -> None:
+    """``target <- tau * online + (1 - tau) * target`` in place (Lillicrap et al. 2016, Alg. 1)."""
+    with torch.no_grad():
+        torch._foreach_lerp_(target, online, tau)
+
+
+class ActorCritic:
+    """DDPG/TD3 agent: actor, critic ensemble, targets, optimisers and normalisers.
+
+    Args:
+        cfg: an :class:`rlfw.config.schema.ActorCriticConfig` (or DictConfig of one).
+        env: observation, goal and action sizes.
+        device: torch device for the networks.
+        actor_linear: factory ``(in, out) -> module`` for the actor's layers (NoisyNet swaps in
+            noisy layers here); ``critic_linear`` likewise for the critics (None: the fused
+            ensemble of plain linear layers).
+        seed: seeds the target-smoothing noise generator.
+
+    Actions are in the normalised space [-1, 1] everywhere.
+    """
+
+    def __init__(
+        self,
+        cfg: Any,
+        env: EnvInfo,
+        device: str | torch.device = "cpu",
+        actor_linear: Callable[[int, int], nn.Module] = nn.Linear,
+        critic_linear: Callable[[int, int], nn.Module] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.gamma = float(cfg.gamma)
+        self.tau = float(cfg.tau)
+        self.policy_delay = int(cfg.policy_delay)
+        self.target_noise = float(cfg.target_noise)
+        self.target_noise_clip = float(cfg.target_noise_clip)
+        self.action_l2 = float(cfg.action_l2)
+        self.max_grad_norm = cfg.max_grad_norm
+        self.clip_return = bool(cfg.clip_return)
+        self.return_low = -1.0 / (1.0 - self.gamma) if self.gamma < 1.0 else -np.inf
+        self.act_dim = env.act_dim
+        normalize = cfg.normalize if cfg.normalize is not None else env.goal
+        self.obs_norm = Normalizer(env.obs_dim, cfg.norm_clip, cfg.norm_eps, bool(normalize)).to(self.device)
+        self.goal_norm = (
+            Normalizer(env.goal_dim, cfg.norm_clip, cfg.norm_eps, bool(normalize)).to(self.device)
+            if env.goal
+            else None
+        )
+        in_dim = env.obs_dim + (env.goal_dim if env.goal else 0)
+        self.actor = MLP(
+            in_dim, env.act_dim, list(cfg.actor_hidden), cfg.activation, cfg.init,
+            output_activation=nn.Tanh(), linear=actor_linear,
+        ).to(self.device)  # fmt: skip
+        self.n_critics = int(cfg.n_critics)
+        self.critic: nn.Module
+        if critic_linear is None:
+            self.critic = EnsembleMLP(
+                self.n_critics, in_dim + env.act_dim, list(cfg.critic_hidden), cfg.activation, cfg.init
+            ).to(self.device)
+        else:
+            self.critic = _ModuleEnsemble(
+                [
+                    MLP(in_dim + env.act_dim, 1, list(cfg.critic_hidden), cfg.activation, cfg.init, linear=critic_linear)
+                    for _ in range(self.n_critics)
+                ]
+            ).to(self.device)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=float(cfg.actor_lr))
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=float(cfg.critic_lr))
+        self._actor_params = list(self.actor.parameters())
+        self._critic_params = list(self.critic.parameters())
+        self._target_params = list(self.actor_target.parameters()) + list(self.critic_target.parameters())
+        self._online_params = self._actor_params + self._critic_params
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.updates = 0  # critic updates done
+
+    # ---------------------------------------------------------------------------------------
+    # acting
+
+    def _inputs(self, obs: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
+        x = self.obs_norm(obs)
+        if self.goal_norm is not None:
+            assert goal is not None
+            x = torch.cat([x, self.goal_norm(goal)], dim=-1)
+        return x
+
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(x, dtype=torch.float32, device=self.device)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, goal: np.ndarray | None = None) -> np.ndarray:
+        """The actor's action ``pi(s)`` in [-1, 1].
+
+        Args:
+            obs: ``[N, obs_dim]`` observations.
+            goal: ``[N, goal_dim]`` desired goals (goal envs) or None.
+
+        Returns:
+            ``[N, act_dim]`` float32 NumPy.
+        """
+        x = self._inputs(self._tensor(obs), None if goal is None else self._tensor(goal))
+        return self.actor(x).cpu().numpy()
+
+    def observe(self, obs: np.ndarray, goals: np.ndarray | None = None) -> None:
+        """Update the normalisers with collected observations ``[B, obs_dim]`` and goals."""
+        self.obs_norm.update(obs)
+        if self.goal_norm is not None and goals is not None:
+            self.goal_norm.update(goals)
+
+    # ---------------------------------------------------------------------------------------
+    # learning
+
+    @torch.no_grad()
+    def critic_target_value(
+        self, next_in: torch.Tensor, reward: torch.Tensor, done: torch.Tensor, discount: torch.Tensor
+    ) -> torch.Tensor:
+        """The bootstrapped target ``y [B]`` (module docstring; TD3 Eq. 10 with smoothing Eq. 14)."""
+        next_a = self.actor_target(next_in)
+        if self.target_noise > 0.0:
+            noise = torch.randn(next_a.shape, generator=self.generator, device=self.device)
+            noise = (noise * self.target_noise).clamp(-self.target_noise_clip, self.target_noise_clip)
+            next_a = (next_a + noise).clamp(-1.0, 1.0)
+        q_next = self.critic_target(torch.cat([next_in, next_a], dim=-1)).min(dim=0).values
+        y = reward + discount * (1.0 - done) * q_next
+        if self.clip_return:
+            y = y.clamp(self.return_low, 0.0)
+        return y
+
+    def update(self, batch: Batch) -> UpdateInfo:
+        """One critic step and, every ``policy_delay`` steps, one actor step and target update."""
+        t = self._tensor
+        obs, next_obs = t(batch.obs), t(batch.next_obs)
+        goal = None if batch.goal is None else t(batch.goal)
+        obs_in = self._inputs(obs, goal)
+        next_in = self._inputs(next_obs, goal)
+        action = t(batch.action)
+        weight = t(batch.weight)
+
+        y = self.critic_target_value(next_in, t(batch.reward), t(batch.done), t(batch.discount))
+        q = self.critic(torch.cat([obs_in, action], dim=-1))  # [E, B]
+        td = q - y
+        critic_loss = (weight * td.square()).mean(dim=1).sum()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        if self.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self._critic_params, float(self.max_grad_norm))
+        self.critic_opt.step()
+        self.updates += 1
+
+        actor_loss_value: float | None = None
+        if self.updates % self.policy_delay == 0:
+            pi = self.actor(obs_in)
+            q_pi = self.critic.first(torch.cat([obs_in, pi], dim=-1))
+            actor_loss = -q_pi.mean()
+            if self.action_l2 > 0.0:
+                actor_loss = actor_loss + self.action_l2 * pi.square().mean()
+            # gradients for the actor only: the critic's weight gradients are never formed
+            grads = torch.autograd.grad(actor_loss, self._actor_params)
+            for p, g in zip(self._actor_params, grads):
+                p.grad = g
+            if self.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(self._actor_params, float(self.max_grad_norm))
+            self.actor_opt.step()
+            polyak_update(self._target_params, self._online_params, self.tau)
+            actor_loss_value = float(actor_loss.detach())
+
+        with torch.no_grad():
+            td_error = td.abs().mean(dim=0).cpu().numpy()
+            q_mean = float(q[0].mean())
+        return UpdateInfo(float(critic_loss.detach()), actor_loss_value, q_mean, td_error)
+
+    # ---------------------------------------------------------------------------------------
+    # checkpoints
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The agent's modules by name (networks, targets, normalisers)."""
+        mods: dict[str, nn.Module] = {
+            "actor": self.actor,
+            "critic": self.critic,
+            "actor_target": self.actor_target,
+            "critic_target": self.critic_target,
+            "obs_norm": self.obs_norm,
+        }
+        if self.goal_norm is not None:
+            mods["goal_norm"] = self.goal_norm
+        return mods
+
+    def state_dict(self) -> dict[str, Any]:
+        """Networks, targets, optimisers, normalisers and counters."""
+        state: dict[str, Any] = {k: m.state_dict() for k, m in self.modules().items()}
+        state["actor_opt"] = self.actor_opt.state_dict()
+        state["critic_opt"] = self.critic_opt.state_dict()
+        state["updates"] = self.updates
+        state["generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        for k, m in self.modules().items():
+            m.load_state_dict(state[k])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.updates = int(state["updates"])
+        self.generator.set_state(state["generator"])
+
+
+class _ModuleEnsemble(nn.Module):
+    """A list of scalar-output critics with :class:`EnsembleMLP`'s interface: ``[B, in] -> [E, B]``."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x).squeeze(-1) for m in self.members])
+
+    def first(self, x: torch.Tensor) -> torch.Tensor:
+        return self.members[0](x).squeeze(-1)

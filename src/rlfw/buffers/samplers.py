@@ -1,0 +1,217 @@
+"""Which stored transitions to replay: uniform, or proportional prioritised (Schaul et al. 2016).
+
+A sampler sees flat transition indices (``row * num_envs + env`` of
+:class:`rlfw.buffers.storage.EpisodeStorage`) and returns them with importance-sampling weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rlfw.buffers.storage import EpisodeStorage
+
+
+class UniformSampler:
+    """Every stored transition with equal probability; weights are 1.
+
+    Args:
+        storage: the episode storage the indices refer to.
+        rng: the buffer's random generator.
+    """
+
+    def __init__(self, storage: EpisodeStorage, rng: np.random.Generator, **_: Any) -> None:
+        self.storage = storage
+        self.rng = rng
+        self._valid = storage.is_transition.reshape(-1)  # a view: sees every write
+
+    def on_add(self, new: np.ndarray, lost: np.ndarray) -> None:
+        """Called after each storage write with new and overwritten flat indices (no-op)."""
+
+    def sample(self, batch_size: int, env_step: int) -> tuple[np.ndarray, np.ndarray]:
+        """``batch_size`` flat indices (int64) and weights (float32, all 1).
+
+        Rejection sampling over the written rows: the share of rows that are not transitions
+        (terminal rows, current rows) is small, so one or two rounds suffice.
+
+        Raises:
+            ValueError: if the storage holds no transition yet.
+        """
+        if self.storage.n_transitions == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        hi = self.storage.filled_rows() * self.storage.num_envs
+        self._valid = self.storage.is_transition.reshape(-1)
+        out: list[np.ndarray] = []
+        need = batch_size
+        while need > 0:
+            cand = self.rng.integers(0, hi, size=need + need // 8 + 8)
+            cand = cand[self._valid[cand]][:need]
+            out.append(cand)
+            need -= len(cand)
+        idx = np.concatenate(out).astype(np.int64)
+        return idx, np.ones(batch_size, np.float32)
+
+    def update(self, index: np.ndarray, td_error: np.ndarray) -> None:
+        """Uniform replay ignores TD errors (no-op)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class SumTree:
+    """A binary sum tree (or min tree) over ``size`` leaves, with batched updates and search.
+
+    Leaves live at ``tree[P:P + size]`` with ``P`` the next power of two; node ``i`` holds
+    ``op(tree[2i], tree[2i + 1])``. All operations are vectorised over a batch of leaves:
+    :meth:`update` is O(k log P) in NumPy, :meth:`find_prefix` O(B log P).
+
+    Args:
+        size: number of leaves.
+        op: ``"sum"`` or ``"min"``.
+    """
+
+    def __init__(self, size: int, op: str = "sum") -> None:
+        self.size = size
+        self.P = 1 << max(1, (size - 1).bit_length())
+        self.depth = self.P.bit_length() - 1
+        self.op = op
+        fill = 0.0 if op == "sum" else np.inf
+        self.tree = np.full(2 * self.P, fill, np.float64)
+
+    @property
+    def root(self) -> float:
+        """The total (sum tree) or minimum (min tree) over all leaves."""
+        return float(self.tree[1])
+
+    def leaves(self, idx: np.ndarray) -> np.ndarray:
+        """Leaf values at ``idx``."""
+        return self.tree[self.P + idx]
+
+    def update(self, idx: np.ndarray, values: np.ndarray) -> None:
+        """Set leaves ``idx`` to ``values`` (last write wins for repeated indices)."""
+        if len(idx) == 0:
+            return
+        node = np.asarray(idx, np.int64) + self.P
+        self.tree[node] = values
+        node = np.unique(node // 2)
+        reduce = np.add if self.op == "sum" else np.minimum
+        while node[0] >= 1:
+            self.tree[node] = reduce(self.tree[2 * node], self.tree[2 * node + 1])
+            if node[0] == 1:
+                break
+            node = np.unique(node // 2)
+
+    def find_prefix(self, u: np.ndarray) -> np.ndarray:
+        """For each ``u`` in ``[0, root)``, the leaf ``i`` with ``prefix(i) <= u < prefix(i+1)``."""
+        u = np.array(u, np.float64)
+        node = np.ones(len(u), np.int64)
+        for _ in range(self.depth):
+            left = 2 * node
+            lv = self.tree[left]
+            right = u >= lv
+            u = np.where(right, u - lv, u)
+            node = left + right
+        return node - self.P
+
+
+class PrioritizedSampler:
+    """Proportional prioritised replay (Schaul et al. 2016, Sec. 3.3 and 3.4).
+
+    ``P(i) = p_i^alpha / sum_k p_k^alpha`` with ``p_i = |delta_i| + priority_eps``; new
+    transitions enter at the largest priority seen so far. Importance-sampling weights are
+    ``w_i = (N * P(i))^-beta / max_j w_j`` (Eq. 1 and the normalisation of Sec. 3.4), where
+    ``max_j w_j = (N * min_k P(k))^-beta`` comes from a min tree, ``N`` is the number of stored
+    transitions, and ``beta`` goes linearly from ``beta0`` at env step 0 to 1 at
+    ``beta_final_step``.
+
+    Batches are drawn stratified: the total is cut into ``B`` equal segments and one ``u`` is
+    drawn uniformly in each (the paper's Appendix B.2.1).
+
+    With HER the priority belongs to the *stored* transition: it decides which transitions are
+    replayed, whatever goal they are then relabelled with, and the TD error of the relabelled
+    sample updates the stored transition's priority. A transition thus keeps a high priority
+    while some of its relabelled versions are still surprising.
+    """
+
+    def __init__(
+        self,
+        storage: EpisodeStorage,
+        rng: np.random.Generator,
+        alpha: float = 0.6,
+        beta0: float = 0.4,
+        beta_final_step: int = 1,
+        priority_eps: float = 1e-6,
+        **_: Any,
+    ) -> None:
+        self.storage = storage
+        self.rng = rng
+        self.alpha, self.beta0, self.priority_eps = alpha, beta0, priority_eps
+        self.beta_final_step = max(1, int(beta_final_step))
+        size = storage.rows * storage.num_envs
+        self.sum_tree = SumTree(size, "sum")
+        self.min_tree = SumTree(size, "min")
+        self.max_priority = 1.0
+
+    def beta(self, env_step: int) -> float:
+        """beta at ``env_step``: linear from beta0 to 1 over ``beta_final_step`` steps."""
+        frac = min(1.0, max(0.0, env_step / self.beta_final_step))
+        return self.beta0 + frac * (1.0 - self.beta0)
+
+    def on_add(self, new: np.ndarray, lost: np.ndarray) -> None:
+        """New transitions get ``max_priority^alpha``; overwritten ones leave the trees."""
+        if len(lost):
+            self.sum_tree.update(lost, np.zeros(len(lost)))
+            self.min_tree.update(lost, np.full(len(lost), np.inf))
+        p = np.full(len(new), self.max_priority**self.alpha)
+        self.sum_tree.update(new, p)
+        self.min_tree.update(new, p)
+
+    def sample(self, batch_size: int, env_step: int) -> tuple[np.ndarray, np.ndarray]:
+        """``batch_size`` flat indices (int64) and IS weights (float32, max 1).
+
+        Raises:
+            ValueError: if the storage holds no transition yet.
+        """
+        n = self.storage.n_transitions
+        if n == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        total = self.sum_tree.root
+        bounds = np.linspace(0.0, total, batch_size + 1)
+        u = self.rng.uniform(bounds[:-1], bounds[1:])
+        u = np.minimum(u, np.nextafter(total, 0.0))
+        idx = self.sum_tree.find_prefix(u)
+        leaf = self.sum_tree.leaves(idx)
+        bad = leaf <= 0.0  # floating-point edge: redraw by value
+        while bad.any():
+            idx[bad] = self.sum_tree.find_prefix(self.rng.uniform(0.0, total, int(bad.sum())))
+            leaf = self.sum_tree.leaves(idx)
+            bad = leaf <= 0.0
+        beta = self.beta(env_step)
+        prob = leaf / total
+        p_min = self.min_tree.root / total
+        weight = (n * prob) ** (-beta) / (n * p_min) ** (-beta)
+        return idx.astype(np.int64), weight.astype(np.float32)
+
+    def update(self, index: np.ndarray, td_error: np.ndarray) -> None:
+        """Set ``p_i = |td_error_i| + priority_eps`` for the sampled indices."""
+        p = np.abs(np.asarray(td_error, np.float64)) + self.priority_eps
+        self.max_priority = max(self.max_priority, float(p.max(initial=0.0)))
+        pa = p**self.alpha
+        self.sum_tree.update(index, pa)
+        self.min_tree.update(index, pa)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "sum": self.sum_tree.tree,
+            "min": self.min_tree.tree,
+            "max_priority": self.max_priority,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sum_tree.tree = np.asarray(state["sum"], np.float64)
+        self.min_tree.tree = np.asarray(state["min"], np.float64)
+        self.max_priority = float(state["max_priority"])

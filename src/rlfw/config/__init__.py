@@ -1,0 +1,1 @@
+"""Configuration: schemas (ConfigStore), the conf/ location, validation and CLI preflight."""

@@ -1,0 +1,146 @@
+"""Check the command line before Hydra runs any job: every job of a sweep composes and validates.
+
+Hydra's own composition errors are several lines long; :func:`preflight` composes each job with
+the Compose API first and turns any failure into one :class:`ConfigError` line, e.g.::
+
+    unknown buffer 'hr'; choose one of: her, nstep, per, uniform
+    unknown key 'algo.tua'; the keys of algo are: action_l2, activation, ...
+    invalid value for 'train.batch_size': Value 'big' of type 'str' could not be converted to Integer
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from rlfw.config.paths import config_dir
+from rlfw.config.schema import register_schemas
+from rlfw.config.validate import validate
+from rlfw.errors import ConfigError
+
+# Overrides rlfw adds to the root config that are not in the schema (handled by the apps).
+_APP_KEYS = ("resume",)
+
+
+def _first_line(text: str) -> str:
+    return next((ln.strip() for ln in str(text).splitlines() if ln.strip()), str(text))
+
+
+def _keys_of(err: OmegaConfBaseException) -> str:
+    obj = getattr(err, "object_type", None)
+    if obj is not None and dataclasses.is_dataclass(obj):
+        return ", ".join(sorted(f.name for f in dataclasses.fields(obj)))
+    return ""
+
+
+def translate(err: BaseException) -> str:
+    """One line for a Hydra/OmegaConf composition error."""
+    if isinstance(err, MissingConfigException):
+        missing = str(getattr(err, "missing_cfg_file", "") or "")
+        options = getattr(err, "options", None)
+        if "/" in missing and options:
+            group, name = missing.rsplit("/", 1)
+            return f"unknown {group} '{name}'; choose one of: {', '.join(sorted(options))}"
+        return _first_line(str(err))
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, ValidationError):
+        key = cause.full_key or "?"
+        return f"invalid value for '{key}': {_first_line(cause.msg)}"
+    if isinstance(cause, ConfigKeyError) or (
+        cause is not None and "not in struct" in str(cause).lower()
+    ):
+        key = getattr(cause, "full_key", None) or "?"
+        parent = key.rsplit(".", 1)[0] if "." in key else "the root config"
+        keys = _keys_of(cause)  # type: ignore[arg-type]
+        allowed = f"; the keys of {parent} are: {keys}" if keys else ""
+        return f"unknown key '{key}'{allowed}"
+    if cause is not None:
+        return _first_line(getattr(cause, "msg", None) or str(cause))
+    return _first_line(str(err))
+
+
+def expand_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override lists of the jobs a command line makes (one unless ``-m`` sweeps).
+
+    Sweeps of choices and ranges expand to their cartesian product; a sweep Hydra's basic
+    sweeper cannot expand (an Optuna ``interval``) keeps its first value.
+
+    Raises:
+        ConfigError: if an override cannot be parsed.
+    """
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
+        raise ConfigError(f"cannot parse the overrides: {_first_line(str(err))}") from None
+    if not multirun:
+        return [list(overrides)]
+    axes: list[list[str]] = []
+    for ov in parsed:
+        if ov.is_sweep_override():
+            try:
+                values = list(ov.sweep_string_iterator())
+            except Exception:  # interval() and other sweeper-specific sweeps
+                values = []
+            key = ov.get_key_element()
+            axes.append([f"{key}={v}" for v in values] or [])
+            if not values:
+                axes.pop()
+        else:
+            axes.append([ov.input_line])
+    return [list(job) for job in itertools.product(*axes)]
+
+
+def compose_config(overrides: list[str], config_name: str = "config") -> DictConfig:
+    """Compose (no Hydra run) the config of one job.
+
+    Raises:
+        ConfigError: a composition failure, as one line.
+    """
+    register_schemas()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        try:
+            return compose(config_name=config_name, overrides=overrides)
+        except (ConfigCompositionException, OmegaConfBaseException, HydraException) as err:
+            raise ConfigError(translate(err)) from None
+
+
+def preflight(argv: list[str]) -> int:
+    """Compose and validate every job of a command line; returns the number of jobs checked.
+
+    Raises:
+        ConfigError: the first job that does not compose or validate.
+    """
+    args = get_args_parser().parse_args(argv)
+    if args.help or args.hydra_help or args.info or args.shell_completion or args.cfg:
+        return 0
+    user = [
+        o
+        for o in args.overrides
+        if not o.lstrip("~+").startswith(("hydra.", "hydra/"))
+        and o.split("=", 1)[0].lstrip("~+") not in _APP_KEYS
+    ]
+    jobs = expand_jobs(user, bool(args.multirun))
+    seen: set[str] = set()
+    for job in jobs:
+        cfg = compose_config(job, args.config_name or "config")
+        key = OmegaConf.to_yaml(cfg)
+        if key in seen:
+            continue
+        seen.add(key)
+        validate(cfg)
+    return len(jobs)
+
+
+def cfg_get(cfg: Any, dotted: str, default: Any = None) -> Any:
+    """``cfg.a.b`` by dotted key, or ``default``."""
+    return OmegaConf.select(cfg, dotted, default=default)

@@ -1,0 +1,85 @@
+"""Registries: the short names a user types, mapped to classes and their typed schemas.
+
+Each config group has one :class:`Registry`. An entry is a class (or factory) plus the
+dataclass schema of its config. Unknown names fail with the list of known ones::
+
+    unknown buffer.sampler 'prio'; choose one of: prioritized, uniform
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from rlfw.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    """One registered choice: its name, the class that implements it and its schema."""
+
+    name: str
+    target: T
+    schema: type | None = None
+
+
+class Registry(Generic[T]):
+    """A name -> :class:`Entry` map for one config key.
+
+    Args:
+        key: the config key the names are typed into (``"algo"``, ``"buffer.sampler"``);
+            used in error messages.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(self, name: str, schema: type | None = None) -> Callable[[T], T]:
+        """Decorator: register ``target`` under ``name``.
+
+        Raises:
+            ValueError: if ``name`` is already registered.
+        """
+
+        def deco(target: T) -> T:
+            self.add(name, target, schema)
+            return target
+
+        return deco
+
+    def add(self, name: str, target: T, schema: type | None = None) -> None:
+        """Register ``target`` under ``name`` (see :meth:`register`)."""
+        if name in self._entries:
+            raise ValueError(f"{self.key} '{name}' is already registered")
+        self._entries[name] = Entry(name, target, schema)
+
+    def names(self) -> list[str]:
+        """The registered names, sorted."""
+        return sorted(self._entries)
+
+    def get(self, name: str) -> Entry[T]:
+        """The entry for ``name``.
+
+        Raises:
+            ConfigError: ``unknown <key> '<name>'; choose one of: a, b, c``.
+        """
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise ConfigError(
+                f"unknown {self.key} '{name}'; choose one of: {', '.join(self.names())}"
+            ) from None
+
+    def check(self, name: Any) -> None:
+        """Raise :class:`ConfigError` unless ``name`` is registered."""
+        self.get(str(name))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

@@ -1,0 +1,399 @@
+"""The one training loop for every algo x buffer x noise x env combination.
+
+Per epoch: ``cycles_per_epoch`` times (collect ``steps_per_cycle`` env steps from the vector
+env into the buffer, then run ``updates_per_cycle`` gradient steps), then evaluate the
+deterministic policy, append a row to ``metrics.csv``, write ``checkpoints/last.pt``. The HER
+paper's schedule (epochs x cycles x episodes, 40 updates a cycle) and the TD3 paper's (one
+update per env step) are two settings of this loop.
+
+Files in the run directory (Hydra's output dir):
+
+- ``.hydra/`` the resolved config (Hydra's),
+- ``metrics.csv`` one row per epoch (:data:`METRIC_COLUMNS`),
+- ``episodes.csv`` one row per finished training episode (:data:`EPISODE_COLUMNS`),
+- ``checkpoints/last.pt`` networks, targets, optimisers, normalisers, counters (atomic write),
+- ``status.json`` ``running`` while training, ``finished`` or ``failed`` at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rlfw.algos import ALGOS
+from rlfw.buffers import ReplayBuffer
+from rlfw.config.validate import validate
+from rlfw.envs import FAMILIES, EnvInfo, make_vector_env, read_env_info, resolve_env_id
+from rlfw.noise import NOISES
+
+log = logging.getLogger("rlfw")
+
+METRIC_COLUMNS = [
+    "epoch", "env_steps", "updates", "episodes", "wall_time_s", "steps_per_s",
+    "train_return", "train_success_rate", "eval_return", "eval_return_std",
+    "eval_success_rate", "actor_loss", "critic_loss", "q_mean",
+]  # fmt: skip
+EPISODE_COLUMNS = ["episode", "epoch", "env_steps", "env_index", "return", "length", "success"]
+
+
+def _fmt(x: Any) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    if isinstance(x, float):
+        return f"{x:.6g}"
+    return str(x)
+
+
+class CsvLog:
+    """Append-only CSV with a fixed header; each row is flushed and fsynced."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path, self.columns = path, columns
+        new = not path.exists() or path.stat().st_size == 0
+        self._f = path.open("a", newline="")
+        self._w = csv.writer(self._f)
+        if new:
+            self._w.writerow(columns)
+            self._f.flush()
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            self._w.writerow([_fmt(row.get(c)) for c in self.columns])
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write ``obj`` to ``path`` so that a reader never sees a half-written file.
+
+    The data goes to ``path.tmp``, is fsynced, then renamed over ``path`` (atomic on POSIX).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def split_obs(obs: Any, goal: bool) -> dict[str, np.ndarray]:
+    """Vector-env observations -> ``{"observation", ["achieved_goal", "desired_goal"]}`` float32 ``[N, dim]``."""
+    if goal:
+        return {k: np.asarray(obs[k], np.float32).reshape(len(obs[k]), -1) for k in
+                ("observation", "achieved_goal", "desired_goal")}  # fmt: skip
+    arr = np.asarray(obs, np.float32)
+    return {"observation": arr.reshape(len(arr), -1)}
+
+
+def final_obs(infos: dict[str, Any], nxt: dict[str, np.ndarray], done: np.ndarray) -> dict[str, np.ndarray]:
+    """Final observations of finished envs from a same-step-autoreset ``infos`` (others: ``nxt``)."""
+    out = {k: v.copy() for k, v in nxt.items()}
+    fo = infos.get("final_obs")
+    if fo is None:
+        return out
+    for e in np.flatnonzero(done):
+        for k in out:
+            v = fo[k][e] if isinstance(fo, dict) else fo[e]
+            if isinstance(v, dict):
+                v = v[k]
+            out[k][e] = np.asarray(v, np.float32).reshape(-1)
+    return out
+
+
+def success_of(infos: dict[str, Any], done: np.ndarray) -> np.ndarray:
+    """``is_success`` of the finished envs' last step (NaN where the env does not report it)."""
+    fi = infos.get("final_info", {})
+    out = np.full(len(done), np.nan)
+    if isinstance(fi, dict):
+        if "is_success" in fi:
+            mask = fi.get("_is_success", np.ones(len(done), bool))
+            out = np.where(mask, np.asarray(fi["is_success"], np.float64), np.nan)
+    else:  # an object array of per-env info dicts
+        for e in np.flatnonzero(done):
+            if isinstance(fi[e], dict) and "is_success" in fi[e]:
+                out[e] = float(fi[e]["is_success"])
+    return out
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Runner:
+    """Builds every component from a composed config and trains.
+
+    Args:
+        cfg: the composed root config (see conf/config.yaml).
+        run_dir: where to write (Hydra's ``runtime.output_dir``).
+
+    Raises:
+        ConfigError: a rule of :func:`rlfw.config.validate.validate` is broken, or the env
+            does not fit the config (HER without goals).
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
+        validate(cfg)
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tr = cfg.train
+        env_id, message = resolve_env_id(str(cfg.env.id), cfg.env.family)
+        if message:
+            log.warning(message)
+        self.env_id = env_id
+        torch.set_num_threads(tr.torch_threads or min(2, os.cpu_count() or 1))
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.device = pick_device(tr.device)
+
+        family = FAMILIES.get(cfg.env.family).target
+        kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True) or {}
+        assert isinstance(kwargs, dict)
+        self.ref_env = family.make(env_id, cfg.env.max_episode_steps, kwargs)
+        self.info: EnvInfo = read_env_info(cfg.env.family, self.ref_env, env_id)
+        if cfg.buffer.relabel == "her" and not self.info.goal:
+            from rlfw.errors import ConfigError
+
+            raise ConfigError(f"buffer.relabel=her needs a goal env; env.id '{env_id}' has no goals")
+        self.num_envs = int(tr.num_envs)
+        self.envs = make_vector_env(
+            family, env_id, self.num_envs, cfg.env.max_episode_steps, kwargs, cfg.env.vectorization
+        )
+        n_eval = int(cfg.eval.num_envs or min(cfg.eval.episodes, 10))
+        self.eval_envs = (
+            make_vector_env(family, env_id, n_eval, cfg.env.max_episode_steps, kwargs, "sync")
+            if cfg.eval.episodes > 0
+            else None
+        )
+
+        self.noise = NOISES.get(cfg.noise.name).target(cfg.noise, self.num_envs, self.info.act_dim, self.rng)
+        self.agent = ALGOS.get(cfg.algo.name).target(
+            cfg.algo,
+            self.info,
+            self.device,
+            actor_linear=self.noise.actor_linear() or torch.nn.Linear,
+            critic_linear=self.noise.critic_linear(),
+            seed=cfg.seed,
+        )
+        self.total_env_steps = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
+        self.buffer = ReplayBuffer(
+            cfg.buffer, self.info, self.num_envs, float(cfg.algo.gamma), self.total_env_steps, cfg.seed
+        )
+        # counters (checkpointed)
+        self.epoch = 0
+        self.env_steps = 0
+        self.episodes = 0
+        self.wall_time = 0.0
+        self._obs: dict[str, np.ndarray] | None = None
+        self._ep_return = np.zeros(self.num_envs)
+        self._ep_len = np.zeros(self.num_envs, np.int64)
+
+    # ---------------------------------------------------------------------------------------
+
+    def _policy(self, obs: dict[str, np.ndarray], explore: bool) -> np.ndarray:
+        if explore and self.env_steps < self.cfg.train.learning_starts:
+            return self.rng.uniform(-1.0, 1.0, (len(obs["observation"]), self.info.act_dim)).astype(np.float32)
+        actions = self.agent.act(obs["observation"], obs.get("desired_goal"))
+        return self.noise(actions, self.env_steps) if explore else actions
+
+    def _observe(self, obs: dict[str, np.ndarray]) -> None:
+        goals = None
+        if self.info.goal:
+            goals = np.concatenate([obs["desired_goal"], obs["achieved_goal"]])
+        self.agent.observe(obs["observation"], goals)
+
+    def collect(self, steps: int) -> list[dict[str, Any]]:
+        """Step the vector env ``steps // num_envs`` times; returns the finished episodes."""
+        goal = self.info.goal
+        if self._obs is None:
+            raw, _ = self.envs.reset(seed=int(self.cfg.seed))
+            self._obs = split_obs(raw, goal)
+            self.buffer.start(self._obs)
+            self._observe(self._obs)
+        finished: list[dict[str, Any]] = []
+        for _ in range(steps // self.num_envs):
+            obs = self._obs
+            action = self._policy(obs, explore=True)
+            raw, reward, terminated, truncated, infos = self.envs.step(action)
+            nxt = split_obs(raw, goal)
+            done = np.logical_or(terminated, truncated)
+            fin = final_obs(infos, nxt, done) if done.any() else None
+            self.buffer.add(action, reward, terminated, truncated, nxt, fin)
+            self._observe(nxt)
+            self.env_steps += self.num_envs
+            self._ep_return += reward
+            self._ep_len += 1
+            if done.any():
+                success = success_of(infos, done)
+                for e in np.flatnonzero(done):
+                    self.episodes += 1
+                    finished.append(
+                        {
+                            "episode": self.episodes,
+                            "epoch": self.epoch + 1,
+                            "env_steps": self.env_steps,
+                            "env_index": int(e),
+                            "return": float(self._ep_return[e]),
+                            "length": int(self._ep_len[e]),
+                            "success": success[e],
+                        }
+                    )
+                self._ep_return[done] = 0.0
+                self._ep_len[done] = 0
+                self.noise.reset(done)
+            self._obs = nxt
+        return finished
+
+    def evaluate(self, episodes: int) -> tuple[float, float, float]:
+        """Deterministic-policy episodes: (mean return, std of returns, success rate or NaN)."""
+        envs = self.eval_envs
+        if envs is None or episodes <= 0:
+            return math.nan, math.nan, math.nan
+        n = envs.num_envs
+        quota = np.array([episodes // n + (e < episodes % n) for e in range(n)])
+        got = np.zeros(n, np.int64)
+        returns: list[float] = []
+        successes: list[float] = []
+        ep_ret = np.zeros(n)
+        raw, _ = envs.reset(seed=int(self.cfg.seed) + 1_000_003 if self.epoch == 0 else None)
+        while (got < quota).any():
+            obs = split_obs(raw, self.info.goal)
+            action = self._policy(obs, explore=False)
+            raw, reward, terminated, truncated, infos = envs.step(action)
+            ep_ret += reward
+            done = np.logical_or(terminated, truncated)
+            if done.any():
+                success = success_of(infos, done)
+                for e in np.flatnonzero(done):
+                    if got[e] < quota[e]:
+                        returns.append(float(ep_ret[e]))
+                        successes.append(float(success[e]))
+                        got[e] += 1
+                ep_ret[done] = 0.0
+        rets = np.array(returns)
+        succ = np.array(successes)
+        rate = float(np.nanmean(succ)) if np.isfinite(succ).any() else math.nan
+        return float(rets.mean()), float(rets.std()), rate
+
+    # ---------------------------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Write ``checkpoints/last.pt`` atomically."""
+        state = {
+            "agent": self.agent.state_dict(),
+            "noise": self.noise.state_dict(),
+            "counters": {
+                "epoch": self.epoch,
+                "env_steps": self.env_steps,
+                "episodes": self.episodes,
+                "wall_time": self.wall_time,
+            },
+            "env_id": self.env_id,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+        }
+        atomic_torch_save(state, self.run_dir / "checkpoints" / "last.pt")
+
+    def _status(self, status: str, **extra: Any) -> None:
+        data = {"status": status, "epoch": self.epoch, "env_steps": self.env_steps, **extra}
+        tmp = self.run_dir / "status.json.tmp"
+        tmp.write_text(json.dumps(data) + "\n")
+        os.replace(tmp, self.run_dir / "status.json")
+
+    def run(self) -> dict[str, Any]:
+        """Train for ``train.epochs``; returns the last metrics row."""
+        tr, cfg = self.cfg.train, self.cfg
+        metrics = CsvLog(self.run_dir / "metrics.csv", METRIC_COLUMNS)
+        episodes_log = CsvLog(self.run_dir / "episodes.csv", EPISODE_COLUMNS)
+        self._status("running")
+        log.info(
+            "training %s on %s (%s, %s, %s): %d epochs x %d cycles x %d steps, run dir %s",
+            cfg.algo.name, self.env_id, cfg.buffer.name, cfg.noise.name, self.device,
+            tr.epochs, tr.cycles_per_epoch, tr.steps_per_cycle, self.run_dir,
+        )  # fmt: skip
+        row: dict[str, Any] = {}
+        try:
+            while self.epoch < tr.epochs:
+                t0 = time.perf_counter()
+                steps0 = self.env_steps
+                finished: list[dict[str, Any]] = []
+                losses: dict[str, list[float]] = {"actor_loss": [], "critic_loss": [], "q_mean": []}
+                for _ in range(tr.cycles_per_epoch):
+                    finished += self.collect(tr.steps_per_cycle)
+                    if self.env_steps >= tr.learning_starts and len(self.buffer) >= tr.batch_size:
+                        for _ in range(tr.updates_per_cycle):
+                            batch = self.buffer.sample(tr.batch_size, self.env_steps)
+                            info = self.agent.update(batch)
+                            self.buffer.update_priorities(batch.index, info.td_error)
+                            losses["critic_loss"].append(info.critic_loss)
+                            losses["q_mean"].append(info.q_mean)
+                            if info.actor_loss is not None:
+                                losses["actor_loss"].append(info.actor_loss)
+                self.epoch += 1
+                eval_ret, eval_std, eval_succ = math.nan, math.nan, math.nan
+                if self.epoch % cfg.eval.every == 0 or self.epoch == tr.epochs:
+                    eval_ret, eval_std, eval_succ = self.evaluate(cfg.eval.episodes)
+                dt = time.perf_counter() - t0
+                self.wall_time += dt
+                rets = [f["return"] for f in finished]
+                succ = [f["success"] for f in finished if not math.isnan(f["success"])]
+                row = {
+                    "epoch": self.epoch,
+                    "env_steps": self.env_steps,
+                    "updates": self.agent.updates,
+                    "episodes": self.episodes,
+                    "wall_time_s": self.wall_time,
+                    "steps_per_s": (self.env_steps - steps0) / dt,
+                    "train_return": float(np.mean(rets)) if rets else math.nan,
+                    "train_success_rate": float(np.mean(succ)) if succ else math.nan,
+                    "eval_return": eval_ret,
+                    "eval_return_std": eval_std,
+                    "eval_success_rate": eval_succ,
+                    **{k: float(np.mean(v)) if v else math.nan for k, v in losses.items()},
+                    **self.noise.metrics(self.env_steps),
+                }
+                episodes_log.write(finished)
+                metrics.write([row])
+                if self.epoch % tr.checkpoint_every == 0 or self.epoch == tr.epochs:
+                    self.checkpoint()
+                self._status("running")
+                if cfg.logger.console:
+                    log.info(
+                        "epoch %d/%d | env_steps %d | %.1f s | %.0f steps/s | train_success %s | "
+                        "eval_success %s | eval_return %s | critic_loss %s | q_mean %s",
+                        self.epoch, tr.epochs, self.env_steps, self.wall_time, row["steps_per_s"],
+                        _fmt(row["train_success_rate"]) or "-", _fmt(eval_succ) or "-",
+                        _fmt(eval_ret) or "-", _fmt(row["critic_loss"]) or "-", _fmt(row["q_mean"]) or "-",
+                    )  # fmt: skip
+        except BaseException as err:
+            self._status("failed", error=f"{type(err).__name__}: {err}")
+            raise
+        finally:
+            metrics.close()
+            episodes_log.close()
+            self.close()
+        self._status("finished")
+        return row
+
+    def close(self) -> None:
+        """Close the envs."""
+        for env in (self.envs, self.eval_envs, self.ref_env):
+            if isinstance(env, gym.Env | gym.vector.VectorEnv):
+                env.close()
