@@ -1,0 +1,56 @@
+"""nox sessions: tests (default, CI), slow, lint, typecheck, bench.
+
+Every install goes through constraints.txt: torch==2.13.0 is the local CPU wheel, and mujoco
+stays below 3.12 (gymnasium-robotics 1.4.2's Fetch envs break on 3.12+).
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = False
+
+C = ("-c", "constraints.txt")
+ENV = {"MUJOCO_GL": "osmesa", "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The default test run (what CI runs), against rlfw installed as a wheel (not editable).
+
+    Installing the built wheel checks that conf/ ships inside it and is found from there.
+    """
+    session.install(*C, ".[test]")
+    session.run("pytest", "-m", "not slow", "-p", "no:cacheprovider", *session.posargs, env=ENV)
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """Longer end-to-end runs marked ``slow``."""
+    session.install(*C, ".[test]")
+    session.run("pytest", "-m", "slow", "-p", "no:cacheprovider", *session.posargs, env=ENV)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and format check."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy on src/."""
+    session.install(*C, "-e", ".", "mypy>=1.10")
+    session.run("mypy", "src/rlfw")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks against Stable-Baselines3 on this machine (not in CI); prints a table.
+
+    ``nox -s bench -- --quick`` runs a shortened version.
+    """
+    session.install(*C, "-e", ".[bench]")
+    session.run("python", "benchmarks/run.py", *session.posargs, env=ENV)
