@@ -12,7 +12,7 @@ nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = False
 
 C = ("-c", "constraints.txt")
-ENV = {"MUJOCO_GL": "osmesa", "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+ENV = {"WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
 
 
 @nox.session

@@ -193,6 +193,7 @@ class Runner:
             critic_linear=self.noise.critic_linear(),
             seed=cfg.seed,
         )
+        self.noise.attach(self.agent)
         self.total_env_steps = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
         self.buffer = ReplayBuffer(
             cfg.buffer, self.info, self.num_envs, float(cfg.algo.gamma), self.total_env_steps, cfg.seed
@@ -211,7 +212,7 @@ class Runner:
     def _policy(self, obs: dict[str, np.ndarray], explore: bool) -> np.ndarray:
         if explore and self.env_steps < self.cfg.train.learning_starts:
             return self.rng.uniform(-1.0, 1.0, (len(obs["observation"]), self.info.act_dim)).astype(np.float32)
-        actions = self.agent.act(obs["observation"], obs.get("desired_goal"))
+        actions = self.agent.act(obs["observation"], obs.get("desired_goal"), explore=explore)
         return self.noise(actions, self.env_steps) if explore else actions
 
     def _observe(self, obs: dict[str, np.ndarray]) -> None:

@@ -129,6 +129,17 @@ class ActorCritic:
         self._online_params = self._actor_params + self._critic_params
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.updates = 0  # critic updates done
+        # NoisyNet: layers with reset_noise(); the actor's exploration sample is kept apart
+        self._noisy_actor = [m for m in self.actor.modules() if hasattr(m, "reset_noise")]
+        self._noisy_all = [
+            m
+            for net in (self.actor, self.actor_target, self.critic, self.critic_target)
+            for m in net.modules()
+            if hasattr(m, "reset_noise")
+        ]
+        self._explore_noise: list[Any] = []
+        if self._noisy_actor:
+            self.resample_exploration()
 
     # ---------------------------------------------------------------------------------------
     # acting
@@ -144,18 +155,30 @@ class ActorCritic:
         return torch.as_tensor(x, dtype=torch.float32, device=self.device)
 
     @torch.no_grad()
-    def act(self, obs: np.ndarray, goal: np.ndarray | None = None) -> np.ndarray:
+    def act(self, obs: np.ndarray, goal: np.ndarray | None = None, explore: bool = False) -> np.ndarray:
         """The actor's action ``pi(s)`` in [-1, 1].
 
         Args:
             obs: ``[N, obs_dim]`` observations.
             goal: ``[N, goal_dim]`` desired goals (goal envs) or None.
+            explore: with a NoisyNet actor, use the exploration noise sample; otherwise (and
+                always for evaluation) the mean weights. No effect on plain actors.
 
         Returns:
             ``[N, act_dim]`` float32 NumPy.
         """
+        for m, noise in zip(self._noisy_actor, self._explore_noise):
+            m.noise_enabled = explore
+            if explore:
+                m.set_noise(noise)
         x = self._inputs(self._tensor(obs), None if goal is None else self._tensor(goal))
         return self.actor(x).cpu().numpy()
+
+    def resample_exploration(self) -> None:
+        """Draw a new exploration noise sample for a NoisyNet actor (no-op otherwise)."""
+        for m in self._noisy_actor:
+            m.reset_noise()
+        self._explore_noise = [m.get_noise() for m in self._noisy_actor]
 
     def observe(self, obs: np.ndarray, goals: np.ndarray | None = None) -> None:
         """Update the normalisers with collected observations ``[B, obs_dim]`` and goals."""
@@ -184,6 +207,9 @@ class ActorCritic:
 
     def update(self, batch: Batch) -> UpdateInfo:
         """One critic step and, every ``policy_delay`` steps, one actor step and target update."""
+        for m in self._noisy_all:  # fresh, independent noise for online and target nets
+            m.noise_enabled = True
+            m.reset_noise()
         t = self._tensor
         obs, next_obs = t(batch.obs), t(batch.next_obs)
         goal = None if batch.goal is None else t(batch.goal)

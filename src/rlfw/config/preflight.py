@@ -19,7 +19,7 @@ from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from rlfw.config.paths import config_dir
 from rlfw.config.schema import register_schemas
@@ -48,6 +48,7 @@ def translate(err: BaseException) -> str:
         options = getattr(err, "options", None)
         if "/" in missing and options:
             group, name = missing.rsplit("/", 1)
+            options = [o for o in options if not str(o).endswith("_schema")]
             return f"unknown {group} '{name}'; choose one of: {', '.join(sorted(options))}"
         return _first_line(str(err))
     cause: BaseException | None = err
@@ -56,9 +57,7 @@ def translate(err: BaseException) -> str:
     if isinstance(cause, ValidationError):
         key = cause.full_key or "?"
         return f"invalid value for '{key}': {_first_line(cause.msg)}"
-    if isinstance(cause, ConfigKeyError) or (
-        cause is not None and "not in struct" in str(cause).lower()
-    ):
+    if isinstance(cause, ConfigKeyError | ConfigAttributeError):
         key = getattr(cause, "full_key", None) or "?"
         parent = key.rsplit(".", 1)[0] if "." in key else "the root config"
         keys = _keys_of(cause)  # type: ignore[arg-type]
@@ -133,11 +132,14 @@ def preflight(argv: list[str]) -> int:
     seen: set[str] = set()
     for job in jobs:
         cfg = compose_config(job, args.config_name or "config")
-        key = OmegaConf.to_yaml(cfg)
+        key = str(cfg)
         if key in seen:
             continue
         seen.add(key)
-        validate(cfg)
+        try:
+            validate(cfg)
+        except OmegaConfBaseException as err:
+            raise ConfigError(translate(err)) from None
     return len(jobs)
 
 

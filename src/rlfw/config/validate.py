@@ -47,7 +47,17 @@ def validate(cfg: Any) -> str:
     from rlfw.envs import FAMILIES, resolve_env_id
     from rlfw.noise import NOISES, SCHEDULES
 
-    a, b, n, e, tr, ev = cfg.algo, cfg.buffer, cfg.noise, cfg.env, cfg.train, cfg.eval
+    import dataclasses
+
+    from rlfw.config.schema import Config
+
+    known = {f.name for f in dataclasses.fields(Config)}
+    for key in cfg:
+        _require(
+            key in known,
+            f"unknown key '{key}'; the keys of the root config are: {', '.join(sorted(known))}",
+        )
+    a, b, n, e, tr = cfg.algo, cfg.buffer, cfg.noise, cfg.env, cfg.train
     ALGOS.check(a.name)
     NOISES.check(n.name)
     BUFFERS.check(b.name)
@@ -126,8 +136,9 @@ def validate(cfg: Any) -> str:
     family = FAMILIES.get(e.family).target
     if b.relabel == "her":
         _require(
-            family.goal is not False and (family.goal or e.family == "gym"),
-            f"buffer.relabel=her needs a goal env, and env.family '{e.family}' has none",
+            family.goal is not False,
+            f"buffer.relabel=her needs a goal env, and env.family '{e.family}' has no goals "
+            "(the goal families are: fetch, panda, gym)",
         )
     env_id, _ = resolve_env_id(str(e.id), e.family)
     return env_id

@@ -14,6 +14,7 @@ import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -107,27 +108,49 @@ class EnvFamily:
         return env
 
     def goal_functions(self, env: gym.Env) -> tuple[GoalFn, GoalFn]:
-        """Vectorised (compute_reward, compute_terminated) of a goal env (GoalEnv API)."""
+        """Vectorised (compute_reward, compute_terminated) of a goal env (GoalEnv API).
+
+        A function that does not return one value per row (panda-gym 3.0.7's PandaFlip uses
+        ``np.inner`` and returns a ``[B, B]`` matrix) is evaluated row by row instead.
+        """
         base = env.unwrapped
-        reward_fn = base.compute_reward  # type: ignore[attr-defined]
         term_fn = getattr(base, "compute_terminated", None)
+        reward = _rowwise(lambda ag, g: base.compute_reward(ag, g, {}), np.float32)  # type: ignore[attr-defined]
+        if term_fn is None:
+            return reward, _never_terminated
+        return reward, _rowwise(lambda ag, g: term_fn(ag, g, {}), bool)
 
-        def compute_reward(ag: np.ndarray, g: np.ndarray) -> np.ndarray:
-            return np.asarray(reward_fn(ag, g, {}), dtype=np.float32).reshape(len(ag))
 
-        def compute_terminated(ag: np.ndarray, g: np.ndarray) -> np.ndarray:
-            if term_fn is None:
-                return np.zeros(len(ag), dtype=bool)
-            out = np.asarray(term_fn(ag, g, {}), dtype=bool)
-            return np.broadcast_to(out, (len(ag),)).copy()
+def _never_terminated(ag: np.ndarray, g: np.ndarray) -> np.ndarray:
+    return np.zeros(len(ag), dtype=bool)
 
-        return compute_reward, compute_terminated
+
+def _rowwise(fn: Callable[[np.ndarray, np.ndarray], Any], dtype: Any) -> GoalFn:
+    """Wrap ``fn(ag [B, G], g [B, G])`` to return ``[B]``; fall back to one call per row."""
+
+    def call(ag: np.ndarray, g: np.ndarray) -> np.ndarray:
+        n = len(ag)
+        out = np.asarray(fn(ag, g), dtype=dtype)
+        if out.size == n:
+            return out.reshape(n)
+        if out.size == 1:
+            return np.full(n, out.reshape(()), dtype=dtype)
+        return np.array([np.asarray(fn(ag[i : i + 1], g[i : i + 1])).reshape(-1)[0] for i in range(n)], dtype=dtype)
+
+    return call
 
 
 class GymFamily(EnvFamily):
     """Any Gymnasium id (MuJoCo locomotion such as Hopper, or a goal env of another suite)."""
 
     modules = ("gymnasium_robotics", "panda_gym")
+
+
+class MujocoFamily(GymFamily):
+    """Gymnasium's MuJoCo locomotion tasks (Hopper, Walker2d, HalfCheetah, ...): no goals."""
+
+    modules = ()
+    goal = False
 
 
 class FetchFamily(EnvFamily):
@@ -138,32 +161,42 @@ class FetchFamily(EnvFamily):
 
     def goal_functions(self, env: gym.Env) -> tuple[GoalFn, GoalFn]:
         reward_fn, _ = super().goal_functions(env)
-
-        def compute_terminated(ag: np.ndarray, g: np.ndarray) -> np.ndarray:
-            return np.zeros(len(ag), dtype=bool)
-
-        return reward_fn, compute_terminated
+        return reward_fn, _never_terminated
 
 
 class PandaFamily(EnvFamily):
-    """panda-gym 3 (PyBullet): an episode is terminated when the task succeeds."""
+    """panda-gym 3 (PyBullet): an episode is terminated when the task succeeds.
+
+    The panda-gym 3.0.7 wheel ships without its texture ``colored_cube.png``, so PandaFlip-v3
+    fails to build (``pybullet.error: Error loading texture``). :meth:`register` points
+    panda-gym's asset lookup at rlfw's copy (a generated six-colour texture) when the file is
+    missing; the texture only changes how the cube looks in renders.
+    """
 
     modules = ("panda_gym",)
     goal = True
 
+    def register(self) -> None:
+        super().register()
+        try:
+            import panda_gym.assets as assets
+        except ImportError:  # pragma: no cover
+            return
+        own = Path(assets.__file__).parent
+        if not (own / "colored_cube.png").exists() and not getattr(assets, "_rlfw_patched", False):
+            ours = str(Path(__file__).parent / "assets")
+            assets.get_data_path = lambda: ours
+            assets._rlfw_patched = True  # type: ignore[attr-defined]
+
     def goal_functions(self, env: gym.Env) -> tuple[GoalFn, GoalFn]:
         reward_fn, _ = super().goal_functions(env)
         task = env.unwrapped.task  # type: ignore[attr-defined]
-
-        def compute_terminated(ag: np.ndarray, g: np.ndarray) -> np.ndarray:
-            out = np.asarray(task.is_success(ag, g), dtype=bool)
-            return np.broadcast_to(out, (len(ag),)).copy()
-
-        return reward_fn, compute_terminated
+        return reward_fn, _rowwise(task.is_success, bool)
 
 
 FAMILIES: Registry[EnvFamily] = Registry("env.family")
 FAMILIES.add("gym", GymFamily())
+FAMILIES.add("mujoco", MujocoFamily())
 FAMILIES.add("fetch", FetchFamily())
 FAMILIES.add("panda", PandaFamily())
 

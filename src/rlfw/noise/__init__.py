@@ -54,6 +54,9 @@ class ActionNoise:
         """Values to log (a decaying sigma, say)."""
         return {}
 
+    def attach(self, agent: Any) -> None:
+        """Called by the runner with the built agent (NoisyNet keeps it to redraw noise)."""
+
     def actor_linear(self) -> Callable[[int, int], nn.Module] | None:
         """Factory for the actor's linear layers (NoisyNet), or None for nn.Linear."""
         return None
@@ -134,8 +137,12 @@ NOISES: Registry[type] = Registry("noise")
 NOISES.add("gaussian", GaussianNoise, GaussianNoiseConfig)
 NOISES.add("ou", OUNoise, OUNoiseConfig)
 
+from rlfw.noise.noisynet import NoisyLinear, NoisyNetNoise  # noqa: E402
+
+NOISES.add("noisynet", NoisyNetNoise, NoisyNetConfig)
+
 SCHEDULES: Registry[None] = Registry("noise.schedule")
 SCHEDULES.add("linear", None)
 SCHEDULES.add("exponential", None)
 
-__all__ = ["NOISES", "SCHEDULES", "ActionNoise", "GaussianNoise", "NoisyNetConfig", "OUNoise"]
+__all__ = ["NOISES", "SCHEDULES", "ActionNoise", "GaussianNoise", "NoisyLinear", "NoisyNetNoise", "OUNoise"]

@@ -1,0 +1,165 @@
+"""NoisyNet (Fortunato et al. 2018, "Noisy Networks for Exploration").
+
+A noisy linear layer computes ``y = (mu_w + sigma_w * eps_w) x + mu_b + sigma_b * eps_b``
+(Eq. 9) with learnable ``mu`` and ``sigma``. Two noise models (Sec. 3.1):
+
+- independent Gaussian: every ``eps_w[i, j]`` and ``eps_b[i]`` drawn from N(0, 1);
+- factorised Gaussian: ``eps_w = f(eps_out) f(eps_in)^T`` and ``eps_b = f(eps_out)`` with
+  ``f(x) = sgn(x) sqrt(|x|)`` (Eq. 10 and 11), p + q draws instead of p q + q.
+
+Initialisation (Sec. 3.2), ``p`` the input size: independent ``mu ~ U[-sqrt(3/p), sqrt(3/p)]``,
+``sigma = 0.017``; factorised ``mu ~ U[-1/sqrt(p), 1/sqrt(p)]``, ``sigma = sigma0 / sqrt(p)``
+with ``sigma0 = 0.5``.
+
+How rlfw uses it with DDPG/TD3 (see :class:`rlfw.algos.actor_critic.ActorCritic`):
+
+- acting: the actor's noisy layers use the *exploration* noise sample, resampled after every
+  env step (``resample=step``) or when an episode ends (``resample=episode``; the sample is
+  shared by the parallel envs, so with several envs it changes when any of them finishes);
+- evaluation: noise off, the mean weights ``mu`` (the paper's greedy evaluation);
+- updates: every gradient step draws fresh noise for the online networks and independent noise
+  for the target networks (the paper's treatment of the target network, Alg. 1: ``eps'``);
+- TD3's target policy smoothing still applies on top.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlfw.noise import ActionNoise
+
+
+def f_scale(x: torch.Tensor) -> torch.Tensor:
+    """``f(x) = sgn(x) sqrt(|x|)`` (Fortunato et al. 2018, Sec. 3.1)."""
+    return x.sign() * x.abs().sqrt()
+
+
+class NoisyLinear(nn.Module):
+    """A linear layer with learnable Gaussian weight noise.
+
+    Args:
+        in_features: p.
+        out_features: q.
+        factorised: factorised (True) or independent (False) Gaussian noise.
+        sigma0: factorised: ``sigma = sigma0 / sqrt(p)`` (default 0.5); independent:
+            ``sigma = sigma0`` (default 0.017).
+
+    Shapes: ``[B, p] -> [B, q]``. ``mu_w, sigma_w [q, p]``; ``mu_b, sigma_b [q]``; buffers
+    ``eps_w [q, p]``, ``eps_b [q]`` (and ``eps_in [p]``, ``eps_out [q]`` when factorised).
+    With ``noise_enabled`` False the layer is ``mu_w x + mu_b``.
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, factorised: bool = True, sigma0: float | None = None
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.factorised = in_features, out_features, factorised
+        p = in_features
+        if factorised:
+            sigma0 = 0.5 if sigma0 is None else sigma0
+            bound, sigma = 1.0 / math.sqrt(p), sigma0 / math.sqrt(p)
+        else:
+            sigma0 = 0.017 if sigma0 is None else sigma0
+            bound, sigma = math.sqrt(3.0 / p), sigma0
+        self.mu_w = nn.Parameter(torch.empty(out_features, in_features).uniform_(-bound, bound))
+        self.mu_b = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound))
+        self.sigma_w = nn.Parameter(torch.full((out_features, in_features), sigma))
+        self.sigma_b = nn.Parameter(torch.full((out_features,), sigma))
+        self.register_buffer("eps_w", torch.zeros(out_features, in_features))
+        self.register_buffer("eps_b", torch.zeros(out_features))
+        self.register_buffer("eps_in", torch.zeros(in_features))
+        self.register_buffer("eps_out", torch.zeros(out_features))
+        self.noise_enabled = True
+        self.reset_noise()
+
+    @torch.no_grad()
+    def reset_noise(self) -> None:
+        """Draw new noise (from torch's global generator)."""
+        if self.factorised:
+            self.eps_in.normal_()
+            self.eps_out.normal_()
+            fi, fo = f_scale(self.eps_in), f_scale(self.eps_out)
+            self.eps_w.copy_(torch.outer(fo, fi))
+            self.eps_b.copy_(fo)
+        else:
+            self.eps_w.normal_()
+            self.eps_b.normal_()
+
+    def get_noise(self) -> list[torch.Tensor]:
+        """A copy of the current noise sample."""
+        return [t.clone() for t in (self.eps_w, self.eps_b, self.eps_in, self.eps_out)]
+
+    @torch.no_grad()
+    def set_noise(self, noise: list[torch.Tensor]) -> None:
+        """Load a sample returned by :meth:`get_noise`."""
+        for t, v in zip((self.eps_w, self.eps_b, self.eps_in, self.eps_out), noise):
+            t.copy_(v)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.noise_enabled:
+            return nn.functional.linear(x, self.mu_w, self.mu_b)
+        w = self.mu_w + self.sigma_w * self.eps_w
+        b = self.mu_b + self.sigma_b * self.eps_b
+        return nn.functional.linear(x, w, b)
+
+    def extra_repr(self) -> str:
+        kind = "factorised" if self.factorised else "independent"
+        return f"in_features={self.in_features}, out_features={self.out_features}, {kind}"
+
+
+def noisy_layers(*modules: nn.Module) -> list[NoisyLinear]:
+    """All :class:`NoisyLinear` layers inside ``modules``."""
+    return [m for mod in modules for m in mod.modules() if isinstance(m, NoisyLinear)]
+
+
+class NoisyNetNoise(ActionNoise):
+    """Exploration by noisy actor weights; adds no action noise (``random_eps`` still applies).
+
+    The runner builds the actor with :meth:`actor_linear` and calls :meth:`attach` with the
+    agent; after each exploratory step (``resample=step``) or at an episode end
+    (``resample=episode``) the agent's exploration noise is redrawn.
+    """
+
+    def __init__(self, cfg: Any, num_envs: int, act_dim: int, rng: np.random.Generator) -> None:
+        super().__init__(cfg, num_envs, act_dim, rng)
+        self.factorised = bool(cfg.factorised)
+        self.sigma0 = None if cfg.sigma0 is None else float(cfg.sigma0)
+        self.resample = str(cfg.resample)
+        self.noisy_critic = bool(cfg.noisy_critic)
+        self.agent: Any = None
+
+    def _factory(self) -> Callable[[int, int], nn.Module]:
+        factorised, sigma0 = self.factorised, self.sigma0
+        return lambda i, o: NoisyLinear(i, o, factorised, sigma0)
+
+    def actor_linear(self) -> Callable[[int, int], nn.Module] | None:
+        return self._factory()
+
+    def critic_linear(self) -> Callable[[int, int], nn.Module] | None:
+        return self._factory() if self.noisy_critic else None
+
+    def attach(self, agent: Any) -> None:
+        self.agent = agent
+
+    def __call__(self, actions: np.ndarray, env_step: int) -> np.ndarray:
+        out = super().__call__(actions, env_step)
+        if self.resample == "step" and self.agent is not None:
+            self.agent.resample_exploration()
+        return out
+
+    def reset(self, done: np.ndarray) -> None:
+        if self.resample == "episode" and self.agent is not None and np.any(done):
+            self.agent.resample_exploration()
+
+    def metrics(self, env_step: int) -> dict[str, float]:
+        """Mean |sigma_w| of the actor's noisy layers (how much noise is left)."""
+        if self.agent is None:
+            return {}
+        layers = noisy_layers(self.agent.actor)
+        return {"noisy_sigma_mean": float(torch.cat([m.sigma_w.detach().abs().flatten() for m in layers]).mean())}
