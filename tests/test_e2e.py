@@ -1,0 +1,127 @@
+"""End to end on the real simulators (a few hundred steps) and through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlfw.runner import EPISODE_COLUMNS, METRIC_COLUMNS, Runner
+
+from .conftest import TINY, run_cli
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def check_run_dir(run_dir: Path, epochs: int, steps_per_epoch: int) -> list[dict[str, str]]:
+    rows = read_csv(run_dir / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
+    assert set(METRIC_COLUMNS) <= set(rows[0])
+    assert [int(r["env_steps"]) for r in rows] == [steps_per_epoch * (i + 1) for i in range(epochs)]
+    for r in rows:
+        assert r["eval_return"] != "" and r["critic_loss"] != "" and float(r["wall_time_s"]) > 0
+    episodes = read_csv(run_dir / "episodes.csv")
+    assert list(episodes[0]) == EPISODE_COLUMNS if episodes else True
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["counters"]["epoch"] == epochs
+    assert ckpt["counters"]["env_steps"] == steps_per_epoch * epochs
+    for key in ("actor", "critic", "actor_target", "critic_target", "actor_opt", "critic_opt", "obs_norm"):
+        assert key in ckpt["agent"]
+    assert not (run_dir / "checkpoints" / "last.pt.tmp").exists()
+    return rows
+
+
+@pytest.mark.parametrize("env", ["FetchReach-v4", "PandaReach-v3", "Hopper-v4"])
+def test_few_hundred_steps_on_real_envs(compose, tmp_path, env):
+    cfg = compose([f"env={env}", *TINY])
+    Runner(cfg, tmp_path).run()
+    rows = check_run_dir(tmp_path, 2, 200)
+    if env != "Hopper-v4":
+        assert rows[-1]["eval_success_rate"] != ""
+        assert len(read_csv(tmp_path / "episodes.csv")) >= 4  # 50-step episodes, 2 envs
+        ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+        assert "goal_norm" in ckpt["agent"]
+        assert ckpt["agent"]["obs_norm"]["count"] > 0
+
+
+@pytest.mark.parametrize("algo", ["ddpg", "td3"])
+@pytest.mark.parametrize("noise", ["gaussian", "ou", "noisynet"])
+@pytest.mark.parametrize("env", ["PandaReach-v3", "Hopper-v4"])
+def test_each_noise_with_each_algo(compose, tmp_path, env, noise, algo):
+    cfg = compose([f"env={env}", f"noise={noise}", f"algo={algo}", *TINY])
+    Runner(cfg, tmp_path).run()
+    check_run_dir(tmp_path, 2, 200)
+
+
+@pytest.mark.parametrize(
+    ("env", "buffer"),
+    [
+        ("FetchPush-v4", ["buffer=her", "buffer.sampler=prioritized"]),
+        ("FetchPush-v4", ["buffer=per", "buffer.n_step=3"]),
+        ("FetchPush-v4", ["buffer=her", "buffer.n_step=3"]),
+        ("FetchPush-v4", ["buffer=her", "buffer.n_step=3", "buffer.sampler=prioritized"]),
+        ("Hopper-v4", ["buffer=per", "buffer.n_step=3"]),
+        ("Hopper-v4", ["buffer=nstep", "buffer.sampler=prioritized"]),
+    ],
+)
+def test_buffer_compositions(compose, tmp_path, env, buffer):
+    cfg = compose([f"env={env}", *buffer, *TINY])
+    Runner(cfg, tmp_path).run()
+    check_run_dir(tmp_path, 2, 200)
+
+
+def jobs_of(sweep_dir: Path) -> list[Path]:
+    return sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / "metrics.csv").exists())
+
+
+def test_cli_two_job_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", "algo=ddpg,td3", *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = jobs_of(sweep)
+    assert len(jobs) == 2
+    assert {"ddpg", "td3"} == {j.name.split("_")[1] for j in jobs}
+    for j in jobs:
+        check_run_dir(j, 2, 200)
+        assert (j / ".hydra" / "config.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "buffers"),
+    [("FetchPush-v4", "uniform,her,per,nstep"), ("Hopper-v4", "uniform,per,nstep")],
+)
+def test_cli_buffer_presets(tmp_path, env, buffers):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", f"env={env}", f"buffer={buffers}", *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = jobs_of(sweep)
+    assert len(jobs) == len(buffers.split(","))
+    for j in jobs:
+        check_run_dir(j, 2, 200)
+
+
+def test_cli_noise_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", "env=PandaReach-v3", "noise=gaussian,ou,noisynet", *TINY, f"hydra.sweep.dir={sweep}"],
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(jobs_of(sweep)) == 3
+
+
+def test_cli_users_fetchslide_v2_command(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(["algo=td3", "buffer=her", "env=FetchSlide-v2", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert out.count("env.id 'FetchSlide-v2' is not registered") == 1
+    assert "using 'FetchSlide-v4'" in out
+    check_run_dir(run_dir, 2, 200)
+    lines = [ln for ln in out.splitlines() if "epoch " in ln and "env_steps" in ln]
+    assert len(lines) == 2  # one console line per epoch
