@@ -71,7 +71,9 @@ class PointGoalEnv(gym.Env):
         return self._obs(), {}
 
     def step(self, action):  # type: ignore[override]
-        self.pos = (self.pos + np.clip(np.asarray(action, np.float32), -1.0, 1.0)).astype(np.float32)
+        self.pos = (self.pos + np.clip(np.asarray(action, np.float32), -1.0, 1.0)).astype(
+            np.float32
+        )
         self.t += 1
         obs = self._obs()
         reward = float(self.compute_reward(obs["achieved_goal"], obs["desired_goal"], {}))
@@ -106,7 +108,9 @@ def goal_env_info(
     def compute_terminated(ag: np.ndarray, g: np.ndarray) -> np.ndarray:
         return np.asarray(env.compute_terminated(ag, g, {}), bool).reshape(len(ag))
 
-    return EnvInfo("PointGoal-v0", True, dim, dim, dim, max_steps, compute_reward, compute_terminated)
+    return EnvInfo(
+        "PointGoal-v0", True, dim, dim, dim, max_steps, compute_reward, compute_terminated
+    )
 
 
 def plain_env_info(obs_dim: int = 1, act_dim: int = 1) -> EnvInfo:
@@ -125,13 +129,13 @@ def value(ep_id: int, t: int | np.ndarray) -> Any:
 
 def decode(x: Any) -> tuple[int, int]:
     """``(ep_id, t)`` of a stored observation / achieved goal vector (its first component)."""
-    v = int(round(float(np.asarray(x).reshape(-1)[0])))
+    v = round(float(np.asarray(x).reshape(-1)[0]))
     return divmod(v, 100)
 
 
 def is_desired_goal(g: Any) -> bool:
     """True for an (unrelabelled) desired goal, ``100 * ep + 50``."""
-    v = int(round(float(np.asarray(g).reshape(-1)[0])))
+    v = round(float(np.asarray(g).reshape(-1)[0]))
     return v % 100 == 50
 
 
@@ -303,7 +307,9 @@ def feed(
                 fin.append(ep.obs_dict(s + 1))
                 log.rows[e].append((ep.ep_id, s + 1))
         done = terminated | truncated
-        buffer.add(action, reward, terminated, truncated, stack(nxt), stack(fin) if done.any() else None)
+        buffer.add(
+            action, reward, terminated, truncated, stack(nxt), stack(fin) if done.any() else None
+        )
         log.steps += 1
         if after_step is not None:
             after_step(buffer, log)

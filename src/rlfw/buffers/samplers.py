@@ -162,7 +162,13 @@ class PrioritizedSampler:
         return self.beta0 + frac * (1.0 - self.beta0)
 
     def on_add(self, new: np.ndarray, lost: np.ndarray) -> None:
-        """New transitions get ``max_priority^alpha``; overwritten ones leave the trees."""
+        """New transitions get ``max_priority^alpha``; overwritten ones leave the trees.
+
+        A new transition can be overwritten within the same write (a ring of 2 rows per env,
+        when the next episode's first observation claims its row): only indices that still hold
+        a transition enter the trees.
+        """
+        new = new[self.storage.is_transition.reshape(-1)[new]]
         if len(lost):
             self.sum_tree.update(lost, np.zeros(len(lost)))
             self.min_tree.update(lost, np.full(len(lost), np.inf))

@@ -1,0 +1,301 @@
+"""rlfw benchmarks against Stable-Baselines3 on this machine (``nox -s bench``).
+
+Sections (``--only a,b``; all by default), each run one after the other in this process:
+
+- ``reach``: FetchReach-v4 with the default config over ``--seeds`` seeds: env steps and wall
+  seconds until eval success first reaches 0.9; then SB3's TD3 + HerReplayBuffer at equal
+  settings (2 envs, 40 gradient steps per 100 env steps, batch 256, 3x256 MLPs, gamma 0.98,
+  tau 0.005, lr 1e-3, Gaussian sigma 0.1, HER future k=4, eval of 10 episodes every 1000 steps).
+- ``push``: env steps per second of FetchPush-v4 at one update per env step (1 env, batch 256,
+  3x256 MLPs, TD3 + HER), rlfw and SB3.
+- ``replay``: PER sample + priority update of a batch of 256 from a full 1M-transition buffer
+  (median microseconds); HER sampling throughput against SB3's HerReplayBuffer (ratio); bytes
+  per stored FetchPush transition.
+- ``panda``: PandaReach-v3, env steps until eval success 0.9 for each noise over ``--seeds``
+  seeds (median).
+
+Usage: ``python benchmarks/run.py [--only reach,push] [--seeds 3] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlfw.config.preflight import compose_config
+from rlfw.runner import Runner
+
+THRESHOLD = 0.9
+RESULTS: list[tuple[str, str]] = []
+
+
+def report(name: str, value: str) -> None:
+    RESULTS.append((name, value))
+    print(f"{name:<70} {value}", flush=True)
+
+
+def first_success(run_dir: Path) -> tuple[float, float]:
+    """(env steps, wall seconds) at the first epoch whose eval success >= THRESHOLD, or NaN."""
+    with (run_dir / "metrics.csv").open() as f:
+        for row in csv.DictReader(f):
+            if row["eval_success_rate"] and float(row["eval_success_rate"]) >= THRESHOLD:
+                return float(row["env_steps"]), float(row["wall_time_s"])
+    return math.nan, math.nan
+
+
+def rlfw_run(overrides: list[str]) -> Path:
+    cfg = compose_config(overrides)
+    run_dir = Path(tempfile.mkdtemp(prefix="rlfw-bench-"))
+    Runner(cfg, run_dir).run()
+    return run_dir
+
+
+def median(xs: list[float]) -> float:
+    xs = [x for x in xs if not math.isnan(x)]
+    return statistics.median(xs) if xs else math.nan
+
+
+# --------------------------------------------------------------------------------------------
+# SB3 side
+
+
+def sb3_fetch(env_id: str, n_envs: int, seed: int, total: int, train_every: int, grad_steps: int,
+              eval_every: int | None, learning_starts: int) -> tuple[float, float, float]:  # fmt: skip
+    """SB3 TD3 + HER. Returns (steps to success, seconds to success, env steps per second)."""
+    import gymnasium as gym
+    import gymnasium_robotics
+    from stable_baselines3 import TD3, HerReplayBuffer
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.noise import NormalActionNoise
+
+    gym.register_envs(gymnasium_robotics)
+    venv = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    model = TD3(
+        "MultiInputPolicy",
+        venv,
+        replay_buffer_class=HerReplayBuffer,
+        replay_buffer_kwargs={"n_sampled_goal": 4, "goal_selection_strategy": "future"},
+        learning_rate=1e-3,
+        buffer_size=1_000_000,
+        learning_starts=learning_starts,
+        batch_size=256,
+        tau=0.005,
+        gamma=0.98,
+        train_freq=(train_every, "step"),
+        gradient_steps=grad_steps,
+        action_noise=NormalActionNoise(np.zeros(4), 0.1 * np.ones(4)),
+        policy_delay=2,
+        target_policy_noise=0.2,
+        target_noise_clip=0.5,
+        policy_kwargs={"net_arch": [256, 256, 256]},
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+    eval_env = gym.make(env_id)
+    eval_env.reset(seed=seed + 1_000_003)
+
+    class Eval(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.t0 = time.perf_counter()
+            self.hit: tuple[float, float] = (math.nan, math.nan)
+            self.next = eval_every or 0
+
+        def _on_step(self) -> bool:
+            if not eval_every or self.num_timesteps < self.next:
+                return True
+            self.next += eval_every
+            succ = []
+            for _ in range(10):
+                obs, _ = eval_env.reset()
+                done = False
+                while not done:
+                    action, _ = self.model.predict(obs, deterministic=True)
+                    obs, _, term, trunc, info = eval_env.step(action)
+                    done = term or trunc
+                succ.append(float(info.get("is_success", 0.0)))
+            if np.mean(succ) >= THRESHOLD:
+                self.hit = (float(self.num_timesteps), time.perf_counter() - self.t0)
+                return False
+            return True
+
+    cb = Eval()
+    t0 = time.perf_counter()
+    model.learn(total_timesteps=total, callback=cb)
+    dt = time.perf_counter() - t0
+    return cb.hit[0], cb.hit[1], model.num_timesteps / dt
+
+
+# --------------------------------------------------------------------------------------------
+# sections
+
+
+def bench_reach(seeds: int, quick: bool) -> None:
+    epochs = 5 if quick else 10
+    ours_steps, ours_secs, sb3_steps, sb3_secs = [], [], [], []
+    for seed in range(seeds):
+        d = rlfw_run([f"seed={seed}", f"train.epochs={epochs}"])
+        s, t = first_success(d)
+        ours_steps.append(s)
+        ours_secs.append(t)
+        report(f"reach rlfw seed {seed}: env steps / seconds to eval success {THRESHOLD}", f"{s:.0f} / {t:.1f}")
+    for seed in range(seeds):
+        s, t, _ = sb3_fetch("FetchReach-v4", 2, seed, epochs * 1000, 50, 40, 1000, 100)
+        sb3_steps.append(s)
+        sb3_secs.append(t)
+        report(f"reach SB3  seed {seed}: env steps / seconds to eval success {THRESHOLD}", f"{s:.0f} / {t:.1f}")
+    ms, mt, ss, st = median(ours_steps), median(ours_secs), median(sb3_steps), median(sb3_secs)
+    report("reach median env steps to 0.9: rlfw / SB3 / ratio SB3:rlfw", f"{ms:.0f} / {ss:.0f} / {ss / ms:.2f}")
+    report("reach median seconds to 0.9:   rlfw / SB3 / ratio SB3:rlfw", f"{mt:.1f} / {st:.1f} / {st / mt:.2f}")
+
+
+def bench_push(quick: bool) -> None:
+    steps = 500 if quick else 2000
+    d = rlfw_run([
+        "env=FetchPush-v4", "train.epochs=1", f"train.cycles_per_epoch={steps // 50}",
+        "train.steps_per_cycle=50", "train.updates_per_cycle=50", "train.num_envs=1",
+        "train.learning_starts=0", "train.batch_size=256", "eval.episodes=0",
+    ])  # fmt: skip
+    with (d / "metrics.csv").open() as f:
+        ours = float(next(csv.DictReader(f))["steps_per_s"])
+    _, _, theirs = sb3_fetch("FetchPush-v4", 1, 0, steps + 256, 1, 1, None, 256)
+    report("push env steps/s at 1 update/step: rlfw / SB3 / ratio rlfw:SB3", f"{ours:.1f} / {theirs:.1f} / {ours / theirs:.2f}")
+
+
+def bench_replay(quick: bool) -> None:
+    import gymnasium as gym
+    import gymnasium_robotics
+
+    from rlfw.buffers import ReplayBuffer
+    from rlfw.config.schema import BufferConfig
+    from rlfw.envs import FAMILIES, read_env_info
+
+    gym.register_envs(gymnasium_robotics)
+    env = FAMILIES.get("fetch").target.make("FetchPush-v4")
+    info = read_env_info("fetch", env, "FetchPush-v4")
+    n = 200_000 if quick else 1_000_000
+    cfg = BufferConfig(capacity=n, relabel="her", sampler="prioritized")
+    buf = ReplayBuffer(cfg, info, num_envs=2, gamma=0.98, total_env_steps=n, seed=0)
+    r = np.random.default_rng(0)
+    T = 50
+
+    def obs_batch() -> dict[str, np.ndarray]:
+        return {"observation": r.standard_normal((2, 25), dtype=np.float32),
+                "achieved_goal": r.standard_normal((2, 3), dtype=np.float32),
+                "desired_goal": r.standard_normal((2, 3), dtype=np.float32)}  # fmt: skip
+
+    buf.start(obs_batch())
+    # enough vector steps to wrap the ring: the buffer is full (each 50-step episode also
+    # keeps its final observation in a row of its own, so it holds n * 50/51 transitions)
+    for t in range(1, n // 2 + 2 * T):
+        trunc = np.full(2, t % T == 0)
+        nxt = obs_batch()
+        buf.add(r.uniform(-1, 1, (2, 4)).astype(np.float32), -np.ones(2, np.float32), np.zeros(2, bool), trunc,
+                nxt, nxt if trunc.any() else None)  # fmt: skip
+    nbytes_data = 4 * (25 + 3 + 3 + 4 + 1)  # obs, achieved goal, desired goal, action, reward
+    report("replay FetchPush transitions stored", f"{len(buf)}")
+    per_t = buf.storage.nbytes / len(buf)
+    report("replay bytes per transition (storage) / raw float32 data / ratio",
+           f"{per_t:.1f} / {nbytes_data} / {per_t / nbytes_data:.2f}")  # fmt: skip
+    report("replay bytes per transition incl. PER trees", f"{buf.nbytes / len(buf):.1f}")
+    times = []
+    for _ in range(300):
+        t0 = time.perf_counter()
+        idx, w = buf.sampler.sample(256, n // 2)
+        buf.update_priorities(idx, r.random(256))
+        times.append(time.perf_counter() - t0)
+    report("replay PER sample + priority update, batch 256, full buffer (median us)",
+           f"{1e6 * statistics.median(times):.0f}")  # fmt: skip
+    # HER sampling throughput: rlfw vs SB3 HerReplayBuffer at equal settings
+    uni = ReplayBuffer(BufferConfig(capacity=n, relabel="her", replay_k=4), info, 1, 0.98, seed=0)
+    from stable_baselines3 import HerReplayBuffer
+
+    sb3 = HerReplayBuffer(n, env.observation_space, env.action_space, env=_DummyVec(env), n_envs=1,
+                          n_sampled_goal=4, goal_selection_strategy="future", device="cpu")  # fmt: skip
+    uni.start({k: v[:1] for k, v in obs_batch().items()})
+    eps = (n // 2) // T
+    for ep in range(eps):
+        for s in range(T):
+            o = obs_batch()
+            nxt = {k: v[:1] for k, v in o.items()}
+            a = r.uniform(-1, 1, (1, 4)).astype(np.float32)
+            trunc = np.array([s == T - 1])
+            uni.add(a, -np.ones(1, np.float32), np.zeros(1, bool), trunc, nxt, nxt if trunc[0] else None)
+            sb3.add(nxt, nxt, a, np.array([-1.0]), trunc, [{"TimeLimit.truncated": bool(trunc[0])}])
+    for name, fn in (("rlfw", lambda: uni.sample(256)), ("SB3", lambda: sb3.sample(256))):
+        fn()
+        t0 = time.perf_counter()
+        k = 200
+        for _ in range(k):
+            fn()
+        rate = k * 256 / (time.perf_counter() - t0)
+        report(f"replay HER sampling throughput {name} (transitions/s)", f"{rate:.0f}")
+        RESULTS.append((f"_her_{name}", str(rate)))
+    rates = {k: float(v) for k, v in RESULTS if k.startswith("_her_")}
+    report("replay HER sampling ratio rlfw:SB3", f"{rates['_her_rlfw'] / rates['_her_SB3']:.2f}")
+
+
+class _DummyVec:
+    """The part of a VecEnv SB3's HerReplayBuffer uses (compute_reward through env_method)."""
+
+    def __init__(self, env) -> None:
+        self.env = env
+
+    def env_method(self, name, *args, indices=None, **kwargs):
+        return [getattr(self.env.unwrapped, name)(*args, **kwargs)]
+
+
+def bench_panda(seeds: int, quick: bool) -> None:
+    epochs = 4 if quick else 10
+    table = []
+    for noise in ("gaussian", "ou", "noisynet"):
+        steps = []
+        for seed in range(seeds):
+            d = rlfw_run(["env=PandaReach-v3", f"noise={noise}", f"seed={seed}", f"train.epochs={epochs}",
+                          "train.cycles_per_epoch=10"])  # fmt: skip
+            steps.append(first_success(d)[0])
+        table.append((noise, median(steps), steps))
+        report(f"panda PandaReach-v3 noise={noise}: median env steps to 0.9 (per seed)",
+               f"{median(steps):.0f} ({', '.join(f'{s:.0f}' for s in steps)})")  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default="reach,push,replay,panda")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    print(f"rlfw benchmarks on {os.cpu_count()} cores, torch {torch.__version__}, {args}", flush=True)
+    only = set(args.only.split(","))
+    if "reach" in only:
+        bench_reach(args.seeds, args.quick)
+    if "push" in only:
+        bench_push(args.quick)
+    if "replay" in only:
+        bench_replay(args.quick)
+    if "panda" in only:
+        bench_panda(args.seeds, args.quick)
+    print("\n| benchmark | value |\n|---|---|")
+    for name, value in RESULTS:
+        if not name.startswith("_"):
+            print(f"| {name} | {value} |")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

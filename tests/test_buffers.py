@@ -1,0 +1,706 @@
+"""ReplayBuffer: episode storage, HER relabelling, n-step returns, parallel envs, ring, PER.
+
+Episodes are hand-built (see ``goal_env.py``): every observation encodes ``(episode, step)``,
+so each sampled transition, next observation and relabelled goal can be traced back to the
+state it came from and checked against a pure-Python reference computed from the episode lists.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.vector import AutoresetMode
+
+from rlfw.buffers import Batch, ReplayBuffer
+from rlfw.config.schema import BufferConfig
+from rlfw.envs import EnvInfo
+
+try:  # works with and without tests/__init__.py
+    from tests.goal_env import (
+        EPS,
+        FeedLog,
+        PointGoalEnv,
+        decode,
+        feed,
+        goal_env_info,
+        is_desired_goal,
+        make_episode,
+        plain_env_info,
+    )
+except ImportError:  # pragma: no cover - depends on how pytest put tests/ on sys.path
+    from goal_env import (  # type: ignore[no-redef]
+        EPS,
+        FeedLog,
+        PointGoalEnv,
+        decode,
+        feed,
+        goal_env_info,
+        is_desired_goal,
+        make_episode,
+        plain_env_info,
+    )
+
+GAMMA = 0.9
+
+
+def make_buffer(
+    info: EnvInfo, num_envs: int = 1, gamma: float = GAMMA, seed: int = 0, **cfg: Any
+) -> ReplayBuffer:
+    cfg.setdefault("capacity", 1000)
+    return ReplayBuffer(BufferConfig(**cfg), info, num_envs=num_envs, gamma=gamma, seed=seed)
+
+
+# ------------------------------------------------------------------------------------------
+# pure-Python reference
+
+
+def reference(
+    log: FeedLog, info: EnvInfo, ep_id: int, t: int, goal: np.ndarray | None, n: int, gamma: float
+) -> dict[str, Any]:
+    """n-step target of transition ``t`` of episode ``ep_id`` for ``goal``, from the lists.
+
+    ``k = min(n, steps stored after t)``, cut after a termination; a relabelled goal (one that
+    is not the episode's desired goal) recomputes every reward and termination with the env's
+    goal functions on ``achieved_goal_{s+1}``.
+    """
+    ep = log.episodes[ep_id]
+    end = log.end(ep_id)
+    relabelled = goal is not None and not is_desired_goal(goal)
+    ret, k, done = 0.0, 0, False
+    for i in range(n):
+        s = t + i
+        if s >= end:
+            break
+        if relabelled:
+            assert info.compute_reward is not None and info.compute_terminated is not None
+            ag = ep.achieved_goal[s + 1][None]
+            r = float(info.compute_reward(ag, goal[None])[0])
+            term = bool(info.compute_terminated(ag, goal[None])[0])
+        else:
+            r = float(ep.reward[s])
+            term = ep.terminated and ep_id in log.finished and s == ep.T - 1
+        ret += gamma**i * r
+        k += 1
+        if term:
+            done = True
+            break
+    return {
+        "reward": ret,
+        "done": float(done),
+        "discount": gamma**k,
+        "next_obs": ep.obs[t + k],
+        "k": k,
+    }
+
+
+def check_batch(
+    buf: ReplayBuffer, batch: Batch, log: FeedLog, info: EnvInfo, n: int = 1, gamma: float = GAMMA
+) -> list[dict[str, Any]]:
+    """Check every sample of ``batch`` against :func:`reference`; returns one record per sample.
+
+    Also checks that ``Batch.index`` names the storage row the sample's observation came from.
+    """
+    st = buf.storage
+    rows, envs = st.split(batch.index)
+    abs_idx = st.to_abs(rows, envs)
+    out = []
+    for i in range(len(batch.index)):
+        env = int(envs[i])
+        ep_id, t = decode(batch.obs[i])
+        where = f"sample {i}: env {env}, episode {ep_id}, t={t}"
+        # the index names this very observation row, and it is a real transition
+        assert log.rows[env][abs_idx[i]] == (ep_id, t), where
+        assert t < log.end(ep_id), f"{where}: not a transition (terminal or current row)"
+        ep = log.episodes[ep_id]
+        np.testing.assert_array_equal(batch.obs[i], ep.obs[t], err_msg=where)
+        np.testing.assert_array_equal(batch.action[i], ep.action[t], err_msg=where)
+        goal = None if batch.goal is None else batch.goal[i]
+        ref = reference(log, info, ep_id, t, goal, n, gamma)
+        np.testing.assert_allclose(
+            batch.reward[i], ref["reward"], rtol=1e-5, atol=1e-5, err_msg=where
+        )
+        assert batch.done[i] == ref["done"], where
+        np.testing.assert_allclose(batch.discount[i], ref["discount"], rtol=1e-6, err_msg=where)
+        np.testing.assert_array_equal(batch.next_obs[i], ref["next_obs"], err_msg=where)
+        rec = {"env": env, "ep": ep_id, "t": t, "k": ref["k"], "row": int(rows[i]), "i": i}
+        rec["relabelled"] = goal is not None and not is_desired_goal(goal)
+        if goal is not None and rec["relabelled"]:
+            g_ep, g_t = decode(goal)
+            # a relabelled goal is exactly an achieved goal that was fed
+            assert g_ep in log.episodes, where
+            np.testing.assert_array_equal(
+                goal, log.episodes[g_ep].achieved_goal[g_t], err_msg=where
+            )
+            rec["g_ep"], rec["g_t"] = g_ep, g_t
+        elif goal is not None:
+            np.testing.assert_array_equal(goal, ep.desired_goal, err_msg=where)
+        out.append(rec)
+    return out
+
+
+def all_transitions(log: FeedLog, ring_rows: int | None = None) -> set[tuple[int, int]]:
+    if ring_rows is None:
+        return {(ep, t) for ep, taken in log.taken.items() for t in range(taken)}
+    out: set[tuple[int, int]] = set()
+    for e in range(len(log.rows)):
+        out |= log.live_transitions(e, ring_rows)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# storage: each observation once, next_obs / final_obs
+
+
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_each_observation_stored_once(num_envs: int) -> None:
+    info = goal_env_info()
+    scripts = [[make_episode(0, 3), make_episode(1, 2, terminated=True), make_episode(2, 6)]]
+    if num_envs == 2:
+        scripts.append([make_episode(10, 5, terminated=True), make_episode(11, 9)])
+    buf = make_buffer(info, num_envs, capacity=100)
+    log = feed(buf, scripts, steps=9)  # env 0: 3 + 2 + 4 steps of episode 2 (running)
+    st = buf.storage
+
+    expected_rows = {
+        0: 1 + 9 + 2,
+        1: 1 + 9 + 1,
+    }  # reset row + one per step + one per finished episode
+    for e in range(num_envs):
+        assert len(log.rows[e]) == expected_rows[e]
+        assert st.head[e] + 1 == expected_rows[e], "rows = steps + terminal rows (+ the first)"
+        for a, (ep_id, t) in enumerate(log.rows[e]):
+            np.testing.assert_array_equal(st.obs[a % st.rows, e], log.episodes[ep_id].obs[t])
+            np.testing.assert_array_equal(
+                st.achieved_goal[a % st.rows, e], log.episodes[ep_id].achieved_goal[t]
+            )
+            assert st.ep_t[a % st.rows, e] == t
+            is_tr = t < log.end(ep_id)
+            assert st.is_transition[a % st.rows, e] == is_tr, (e, ep_id, t)
+        # no observation is stored twice
+        written = st.obs[: len(log.rows[e]), e, 0]
+        assert len(np.unique(written)) == len(written)
+    assert st.n_transitions == len(buf) == 9 * num_envs == int(st.is_transition.sum())
+    # terminal rows: the final observations of the finished episodes, never a transition
+    assert st.is_transition[:, 0].sum() == 9
+    np.testing.assert_array_equal(st.obs[3, 0], make_episode(0, 3).obs[3])  # final obs of ep 0
+    np.testing.assert_array_equal(st.obs[4, 0], make_episode(1, 2).obs[0])  # reset obs of ep 1
+    assert not st.is_transition[3, 0] and st.ep_len[3, 0] == 3 and st.ep_len[0, 0] == 3
+    assert st.ep_len[4, 0] == 2 and st.terminated[5, 0] and not st.terminated[4, 0]
+    assert (st.ep_len[7:12, 0] == -1).all(), "the running episode has no length yet"
+
+
+def test_next_obs_is_following_obs_and_final_obs_at_episode_end() -> None:
+    info = goal_env_info()
+    scripts = [
+        [
+            make_episode(0, 3),
+            make_episode(1, 2, terminated=True),
+            make_episode(2, 4),
+            make_episode(3, 5),
+        ],
+        [make_episode(10, 1, terminated=True), make_episode(11, 6), make_episode(12, 9)],
+    ]
+    buf = make_buffer(info, 2, capacity=200)
+    log = feed(buf, scripts, steps=12)
+    batch = buf.sample(3000)
+    recs = check_batch(buf, batch, log, info, n=1)
+    seen = {(r["ep"], r["t"]) for r in recs}
+    assert seen == all_transitions(log), "every stored transition can be sampled"
+    # the last transition of a finished episode bootstraps from its final observation, not the
+    # next episode's reset observation, and single steps are discounted by gamma
+    for r in recs:
+        ep = log.episodes[r["ep"]]
+        if r["ep"] in log.finished and r["t"] == ep.T - 1:
+            assert decode(batch.next_obs[r["i"]]) == (r["ep"], ep.T)
+    np.testing.assert_allclose(batch.discount, GAMMA, rtol=1e-6)
+    assert batch.goal is not None and batch.goal.shape == (3000, 1)
+    np.testing.assert_array_equal(batch.weight, 1.0)
+
+
+def test_real_goal_env_same_step_autoreset_through_runner_helpers() -> None:
+    """The PointGoalEnv in a same-step-autoreset vector env, fed like the runner does."""
+    from rlfw.runner import final_obs, split_obs
+
+    n_envs, max_steps = 2, 4
+    venv = gym.vector.SyncVectorEnv(
+        [lambda: PointGoalEnv(dim=1, max_steps=max_steps) for _ in range(n_envs)],
+        autoreset_mode=AutoresetMode.SAME_STEP,
+    )
+    info = goal_env_info(max_steps=max_steps)
+    buf = make_buffer(info, n_envs, capacity=64)
+    raw, _ = venv.reset(seed=0)
+    buf.start(split_obs(raw, True))
+    step = np.array([[1.0], [0.5]], np.float32)
+    for _ in range(10):
+        raw, reward, terminated, truncated, infos = venv.step(step)
+        nxt = split_obs(raw, True)
+        done = np.logical_or(terminated, truncated)
+        buf.add(
+            step,
+            reward,
+            terminated,
+            truncated,
+            nxt,
+            final_obs(infos, nxt, done) if done.any() else None,
+        )
+    venv.close()
+    st = buf.storage
+    for e, a in enumerate((1.0, 0.5)):
+        # positions 0, a, .., 4a (terminal row), then the next episode from 0; 10 steps, 2 ends
+        expected = [0, a, 2 * a, 3 * a, 4 * a] * 2 + [0, a, 2 * a]
+        assert st.head[e] + 1 == len(expected) == 10 + 2 + 1
+        np.testing.assert_array_equal(st.obs[: len(expected), e, 0], expected)
+        # every row but the terminal ones (4a) and the current one is a transition
+        is_tr = [p != 4 * a for p in expected[:-1]]
+        np.testing.assert_array_equal(st.is_transition[: len(expected), e], [*is_tr, False])
+    # the env's own reward is stored: reaching 3.0 pays 0 (env 0 at step 3)
+    np.testing.assert_array_equal(st.reward[:4, 0], [-1, -1, 0, -1])
+
+
+# ------------------------------------------------------------------------------------------
+# HER
+
+
+def her_scripts(dim: int = 1) -> list[list[Any]]:
+    return [
+        [
+            make_episode(0, 6, dim=dim),
+            make_episode(1, 4, terminated=True, dim=dim),
+            make_episode(2, 8, dim=dim),
+        ],
+        [make_episode(10, 9, dim=dim), make_episode(11, 5, terminated=True, dim=dim)],
+    ]
+
+
+@pytest.mark.parametrize(("replay_k", "frac"), [(4, 0.8), (1, 0.5), (0, 0.0)])
+def test_her_relabel_fraction(replay_k: float, frac: float) -> None:
+    info = goal_env_info()
+    buf = make_buffer(info, 2, relabel="her", strategy="future", replay_k=replay_k, seed=3)
+    feed(buf, her_scripts(), steps=14)
+    batch = buf.sample(4000)
+    assert batch.goal is not None
+    relabelled = np.array([not is_desired_goal(g) for g in batch.goal])
+    assert abs(relabelled.mean() - frac) < 0.025, relabelled.mean()
+
+
+@pytest.mark.parametrize("strategy", ["future", "final", "episode"])
+def test_her_goal_strategies(strategy: str) -> None:
+    dim = 2
+    info = goal_env_info(dim=dim)
+    buf = make_buffer(info, 2, relabel="her", strategy=strategy, replay_k=4, seed=1)
+    # env 0 ends with episode 2 still running (4 steps taken); env 1 ends episode 11 at the last step
+    log = feed(buf, her_scripts(dim), steps=14)
+    assert log.taken[2] == 4 and 11 in log.finished
+    batch = buf.sample(4000)
+    recs = check_batch(buf, batch, log, info, n=1)  # rewards of relabelled samples recomputed
+    her = [r for r in recs if r["relabelled"]]
+    plain = [r for r in recs if not r["relabelled"]]
+    assert len(her) > 2500 and len(plain) > 500
+    for r in her:
+        assert r["g_ep"] == r["ep"], f"goal from another episode: {r}"
+        end = log.end(r["ep"])
+        if strategy == "future":
+            assert r["t"] < r["g_t"] <= end, f"not a future state: {r}"
+        elif strategy == "final":
+            assert r["g_t"] == end, f"not the episode's last state: {r}"
+        else:
+            assert 0 <= r["g_t"] <= end, r
+    # the strategy's whole range is used, and both reward values show up
+    if strategy == "future":
+        assert any(r["g_t"] == r["t"] + 1 for r in her), "the next state is a future state"
+        assert any(r["g_t"] == log.end(r["ep"]) and r["t"] < log.end(r["ep"]) - 1 for r in her)
+    if strategy == "episode":
+        assert any(r["g_t"] < r["t"] for r in her), "episode strategy also draws past states"
+        assert any(r["g_t"] == 0 for r in her) and any(r["g_t"] == log.end(r["ep"]) for r in her)
+    # relabelled rewards are recomputed: 0 where the next state reaches the new goal, else -1
+    assert {float(batch.reward[r["i"]]) for r in her} == {0.0, -1.0}
+    # samples that keep their goal keep the stored reward (never 0 or -1 in these episodes)
+    assert all(float(batch.reward[r["i"]]) not in (0.0, -1.0) for r in plain)
+    # the running episode is relabelled too, with states stored so far only
+    assert any(r["ep"] == 2 for r in her)
+
+
+def test_relabel_none_never_changes_goals() -> None:
+    info = goal_env_info()
+    buf = make_buffer(info, 2, relabel="none", n_step=2)
+    log = feed(buf, her_scripts(), steps=14)
+    batch = buf.sample(2000)
+    recs = check_batch(buf, batch, log, info, n=2)
+    assert not any(r["relabelled"] for r in recs)
+    assert batch.goal is not None
+    for r in recs:
+        np.testing.assert_array_equal(batch.goal[r["i"]], log.episodes[r["ep"]].desired_goal)
+
+
+# ------------------------------------------------------------------------------------------
+# n-step returns
+
+
+def nstep_scripts() -> list[list[Any]]:
+    return [
+        [
+            make_episode(0, 5, rewards=[1, 2, 3, 4, 5]),  # truncated
+            make_episode(1, 4, terminated=True, rewards=[10, 20, 30, 40]),
+            make_episode(2, 2, terminated=True, rewards=[100, 200]),  # shorter than n, terminated
+            make_episode(3, 2, rewards=[7, 8]),  # shorter than n, truncated
+            make_episode(4, 10),  # running: 3 steps taken
+        ]
+    ]
+
+
+# (episode, t) -> (return, done, discount, next observation's (episode, t)), by hand, gamma 0.9
+NSTEP_EXPECTED = {
+    (0, 0): (1 + 0.9 * 2 + 0.81 * 3, 0.0, 0.729, (0, 3)),
+    (0, 2): (3 + 0.9 * 4 + 0.81 * 5, 0.0, 0.729, (0, 5)),
+    (0, 3): (4 + 0.9 * 5, 0.0, 0.81, (0, 5)),  # truncated: bootstrap from the final obs
+    (0, 4): (5.0, 0.0, 0.9, (0, 5)),
+    (1, 0): (10 + 0.9 * 20 + 0.81 * 30, 0.0, 0.729, (1, 3)),
+    (1, 1): (20 + 0.9 * 30 + 0.81 * 40, 1.0, 0.729, (1, 4)),  # terminates at the window's end
+    (1, 2): (30 + 0.9 * 40, 1.0, 0.81, (1, 4)),  # cut at the termination
+    (1, 3): (40.0, 1.0, 0.9, (1, 4)),
+    (2, 0): (100 + 0.9 * 200, 1.0, 0.81, (2, 2)),
+    (2, 1): (200.0, 1.0, 0.9, (2, 2)),
+    (3, 0): (7 + 0.9 * 8, 0.0, 0.81, (3, 2)),
+    (3, 1): (8.0, 0.0, 0.9, (3, 2)),
+    (4, 0): (-4.125 + 0.9 * -4.25 + 0.81 * -4.375, 0.0, 0.729, (4, 3)),
+    (4, 1): (-4.25 + 0.9 * -4.375, 0.0, 0.81, (4, 3)),  # running: only stored steps
+}
+
+
+def test_nstep_hand_computed() -> None:
+    info = goal_env_info()
+    buf = make_buffer(info, 1, n_step=3, seed=5)
+    log = feed(buf, nstep_scripts(), steps=5 + 4 + 2 + 2 + 3)
+    batch = buf.sample(2000)
+    recs = check_batch(buf, batch, log, info, n=3)
+    first: dict[tuple[int, int], int] = {}
+    for r in recs:
+        first.setdefault((r["ep"], r["t"]), r["i"])
+    assert set(first) == all_transitions(log)
+    for key, (ret, done, disc, nxt) in NSTEP_EXPECTED.items():
+        i = first[key]
+        assert batch.reward[i] == pytest.approx(ret, rel=1e-6), key
+        assert batch.done[i] == done, key
+        assert batch.discount[i] == pytest.approx(disc, rel=1e-6), key
+        assert decode(batch.next_obs[i]) == nxt, key
+
+
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_nstep_ring_wraparound(num_envs: int) -> None:
+    info = goal_env_info()
+    R = 7
+    scripts = [
+        [make_episode(0, 5), make_episode(1, 4, terminated=True), make_episode(2, 6),
+         make_episode(3, 4, terminated=True), make_episode(4, 9)],
+        [make_episode(10, 8, terminated=True), make_episode(11, 3), make_episode(12, 12)],
+    ][:num_envs]  # fmt: skip
+    buf = make_buffer(info, num_envs, capacity=R * num_envs, n_step=3, seed=2)
+    # env 0: 27 rows, the last 7 (abs 20..26) hold ep 3 from t=2 (in the ring's last physical
+    # row, its window wraps to row 0 and ends with the termination) to ep 4 t=3
+    log = feed(buf, scripts, steps=22)
+    assert buf.storage.rows == R and buf.storage.head.min() > 2 * R, "rows wrapped at least twice"
+    batch = buf.sample(3000)
+    recs = check_batch(buf, batch, log, info, n=3)
+    assert {(r["ep"], r["t"]) for r in recs} == all_transitions(log, R)
+    assert any(r["row"] + r["k"] >= R for r in recs), "some n-step window crosses the ring's end"
+    assert any(r["k"] == 3 for r in recs) and batch.done.any()
+
+
+@pytest.mark.parametrize("terminate_on_success", [False, True])
+def test_her_nstep_recomputes_all_rewards(terminate_on_success: bool) -> None:
+    info = goal_env_info(terminate_on_success=terminate_on_success)
+    scripts = [
+        [make_episode(0, 7), make_episode(1, 5, terminated=True), make_episode(2, 9)],
+        [make_episode(10, 4, terminated=True), make_episode(11, 10), make_episode(12, 6)],
+    ]
+    buf = make_buffer(info, 2, relabel="her", strategy="future", replay_k=4, n_step=3, seed=4)
+    log = feed(buf, scripts, steps=16)
+    batch = buf.sample(4000)
+    recs = check_batch(buf, batch, log, info, n=3)
+    her = [r for r in recs if r["relabelled"]]
+    # goal = achieved goal two steps ahead: rewards -1, 0, ... -> the second reward is recomputed
+    two_ahead = [r for r in her if r["g_t"] == r["t"] + 2]
+    assert two_ahead
+    for r in two_ahead:
+        if terminate_on_success:  # reaching the relabelled goal terminates: cut after 2 steps
+            assert batch.done[r["i"]] == 1.0 and r["k"] == 2
+            assert batch.reward[r["i"]] == pytest.approx(-1.0)
+        else:
+            assert batch.done[r["i"]] == 0.0
+            if r["k"] == 3:
+                assert batch.reward[r["i"]] == pytest.approx(-1.0 + 0.0 - 0.81)
+    if not terminate_on_success:
+        assert all(batch.done[r["i"]] == 0.0 for r in her), "HER recomputes terminations"
+
+
+# ------------------------------------------------------------------------------------------
+# parallel envs, ring overwrite
+
+
+def test_two_envs_finishing_at_different_times() -> None:
+    info = goal_env_info()
+    scripts = [
+        [make_episode(i, 2, terminated=bool(i % 2)) for i in range(6)],  # ends every 2 steps
+        [make_episode(10, 7), make_episode(11, 5, terminated=True)],
+    ]
+    buf = make_buffer(info, 2, capacity=100, relabel="her", strategy="future", n_step=3, seed=6)
+    log = feed(buf, scripts, steps=12)
+    st = buf.storage
+    assert list(st.head) == [12 + 6, 12 + 2]
+    assert st.n_transitions == 24 == int(st.is_transition.sum())
+    for e in range(2):
+        for a, (ep_id, t) in enumerate(log.rows[e]):
+            np.testing.assert_array_equal(st.obs[a, e], log.episodes[ep_id].obs[t])
+    assert (st.ep_len[:18, 0] == 2).all() and st.ep_len[18, 0] == -1
+    np.testing.assert_array_equal(st.ep_len[:15, 1], [7] * 8 + [5] * 6 + [-1])
+    batch = buf.sample(4000)
+    recs = check_batch(buf, batch, log, info, n=3)
+    assert {(r["ep"], r["t"]) for r in recs} == all_transitions(log)
+    assert {r["env"] for r in recs} == {0, 1}
+    for r in recs:
+        assert r["ep"] in {ep.ep_id for ep in scripts[r["env"]]} | {900 + 10 * r["env"]}
+        if r["relabelled"]:
+            assert r["g_ep"] == r["ep"] and r["t"] < r["g_t"] <= log.end(r["ep"])
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "prioritized"])
+def test_ring_overwrite(sampler: str) -> None:
+    info = goal_env_info()
+    N, R = 2, 6
+    scripts = [
+        [make_episode(i, 3, terminated=i % 3 == 0) for i in range(8)],
+        [make_episode(20, 10), make_episode(21, 4, terminated=True), make_episode(22, 7)],
+    ]
+    buf = make_buffer(info, N, capacity=N * R, relabel="her", strategy="episode", n_step=2,
+                      sampler=sampler, seed=7)  # fmt: skip
+    counts = []
+
+    def after(b: ReplayBuffer, log: FeedLog) -> None:
+        st = b.storage
+        live = [log.live_transitions(e, R) for e in range(N)]
+        assert st.n_transitions == int(st.is_transition.sum()) == sum(map(len, live))
+        for e in range(N):
+            stored = set()
+            for row in np.flatnonzero(st.is_transition[:, e]):
+                stored.add(decode(st.obs[row, e]))
+            assert stored == live[e]
+        counts.append(st.n_transitions)
+
+    log = feed(buf, scripts, steps=20, after_step=after)
+    assert max(counts) <= N * R and all(len(log.rows[e]) > 3 * R for e in range(N)), "rows wrapped"
+    batch = buf.sample(3000)
+    recs = check_batch(buf, batch, log, info, n=2)
+    live = all_transitions(log, R)
+    assert {(r["ep"], r["t"]) for r in recs} == live
+    for r in recs:
+        if r["relabelled"]:  # 'episode' goals only from rows still stored
+            assert (r["g_ep"], r["g_t"]) in log.live_rows(r["env"], R), r
+            assert r["g_ep"] == r["ep"]
+    # an episode partly overwritten still relabels with its oldest stored state
+    partly = [r for r in recs if r["relabelled"] and r["ep"] == 22]
+    assert min(t for ep, t in log.live_rows(1, R) if ep == 22) == 1, "ep 22 lost its first row"
+    assert partly and min(r["g_t"] for r in partly) == min(
+        t for ep, t in log.live_rows(1, R) if ep == 22
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# errors
+
+
+def test_her_needs_goal_env() -> None:
+    with pytest.raises(ValueError, match="goal"):
+        make_buffer(plain_env_info(), relabel="her")
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "prioritized"])
+def test_sample_empty_buffer_raises(sampler: str) -> None:
+    buf = make_buffer(goal_env_info(), 2, sampler=sampler)
+    with pytest.raises(ValueError, match="empty"):
+        buf.sample(4)
+    buf.start(make_obs_dict([make_episode(0, 3), make_episode(1, 3)]))
+    with pytest.raises(ValueError, match="empty"):
+        buf.sample(4)
+
+
+def make_obs_dict(eps: list[Any]) -> dict[str, np.ndarray]:
+    return {
+        k: np.stack([ep.obs_dict(0)[k] for ep in eps])
+        for k in ("observation", "achieved_goal", "desired_goal")
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# prioritized replay through the buffer
+
+
+def per_buffer(capacity: int = 64, num_envs: int = 1, **cfg: Any) -> ReplayBuffer:
+    cfg = {"alpha": 0.6, "beta0": 0.4, "beta_final_step": 100, **cfg}
+    return make_buffer(plain_env_info(), num_envs, capacity=capacity, sampler="prioritized", **cfg)
+
+
+def transition_index(buf: ReplayBuffer) -> dict[tuple[int, int], int]:
+    """(episode, t) -> flat index of every stored transition."""
+    st = buf.storage
+    out = {}
+    for flat in np.flatnonzero(st.is_transition.reshape(-1)):
+        row, env = st.split(np.array([flat]))
+        out[decode(st.obs[row[0], env[0]])] = int(flat)
+    return out
+
+
+def test_per_large_td_error_is_sampled_far_more() -> None:
+    buf = per_buffer(seed=8)
+    log = feed(buf, [[make_episode(0, 20)]], steps=20)
+    idx = transition_index(buf)
+    assert len(idx) == 20
+    batch = buf.sample(100)
+    check_batch(buf, batch, log, plain_env_info())
+    buf.update_priorities(np.array(list(idx.values())), np.full(20, 0.01))
+    buf.update_priorities(np.array([idx[(0, 7)]]), np.array([-100.0]))
+    hits = 0
+    for _ in range(20):
+        batch = buf.sample(100)
+        hits += sum(decode(o) == (0, 7) for o in batch.obs)
+    p_big = 100.000001**0.6 / (100.000001**0.6 + 19 * 0.010001**0.6)
+    assert p_big > 0.9
+    assert hits / 2000 > 0.85, hits  # uniform replay: 1/20
+
+
+@pytest.mark.parametrize(
+    ("env_step", "beta"), [(0, 0.4), (25, 0.55), (50, 0.7), (100, 1.0), (400, 1.0)]
+)
+def test_per_importance_weights_by_hand(env_step: int, beta: float) -> None:
+    alpha, eps = 0.6, 1e-6
+    buf = per_buffer(seed=9, priority_eps=eps)
+    feed(buf, [[make_episode(0, 8)]], steps=8)
+    idx = transition_index(buf)
+    td = {t: [0.5, -1.0, 2.0, 3.0, 0.25, 5.0, -6.0, 7.0][t] for t in range(8)}
+    buf.update_priorities(
+        np.array([idx[(0, t)] for t in range(8)]), np.array([td[t] for t in range(8)])
+    )
+    p = {t: (abs(td[t]) + eps) ** alpha for t in range(8)}
+    total = sum(p.values())
+    N = 8
+    w = {t: (N * p[t] / total) ** -beta for t in range(8)}
+    w_max = max(w.values())
+    batch = buf.sample(512, env_step=env_step)
+    seen = set()
+    for o, weight in zip(batch.obs, batch.weight):
+        _, t = decode(o)
+        seen.add(t)
+        assert weight == pytest.approx(w[t] / w_max, rel=1e-5), (t, beta)
+    assert seen == set(range(8))
+    assert batch.weight.max() == pytest.approx(1.0)  # the smallest priority (t=4) has weight 1
+    # beta itself anneals linearly from beta0 to 1 at beta_final_step
+    assert buf.sampler.beta(env_step) == pytest.approx(beta)
+
+
+def test_per_beta_final_step_defaults_to_run_length() -> None:
+    cfg = BufferConfig(sampler="prioritized", beta0=0.5, beta_final_step=None, capacity=16)
+    buf = ReplayBuffer(cfg, plain_env_info(), num_envs=1, gamma=GAMMA, total_env_steps=1000)
+    assert [buf.sampler.beta(s) for s in (0, 500, 1000, 5000)] == pytest.approx(
+        [0.5, 0.75, 1.0, 1.0]
+    )
+
+
+def test_per_new_transitions_enter_at_max_priority() -> None:
+    alpha, eps = 0.6, 1e-6
+    buf = per_buffer(seed=10, priority_eps=eps)
+    tree = buf.sampler.sum_tree  # type: ignore[attr-defined]
+    mtree = buf.sampler.min_tree  # type: ignore[attr-defined]
+
+    def after(b: ReplayBuffer, log: FeedLog) -> None:
+        idx = transition_index(b)
+        if log.steps <= 5:  # before any TD error: priority 1
+            assert tree.leaves(np.array(list(idx.values()))) == pytest.approx(1.0)
+        if log.steps == 5:
+            b.update_priorities(
+                np.array([idx[(0, t)] for t in range(5)]), np.array([0.1, 3.0, 0.2, 0.5, 0.1])
+            )
+        if log.steps == 6:  # lower every priority: the max seen so far still counts
+            b.update_priorities(np.array(list(idx.values())), np.full(len(idx), 0.05))
+
+    feed(buf, [[make_episode(0, 9)]], steps=9, after_step=after)
+    idx = transition_index(buf)
+    new = np.array([idx[(0, t)] for t in (6, 7, 8)])
+    np.testing.assert_allclose(tree.leaves(new), (3.0 + eps) ** alpha, rtol=1e-12)
+    np.testing.assert_allclose(mtree.leaves(new), (3.0 + eps) ** alpha, rtol=1e-12)
+    old = np.array([idx[(0, t)] for t in range(6)])
+    np.testing.assert_allclose(tree.leaves(old), (0.05 + eps) ** alpha, rtol=1e-12)
+    assert tree.root == pytest.approx(6 * (0.05 + eps) ** alpha + 3 * (3.0 + eps) ** alpha)
+    # new transitions are now the likely ones
+    batch = buf.sample(1000)
+    frac_new = np.mean([decode(o)[1] >= 6 for o in batch.obs])
+    p_new = 3 * 3.000001**alpha / (3 * 3.000001**alpha + 6 * 0.050001**alpha)
+    assert abs(frac_new - p_new) < 0.03 and p_new > 0.8
+
+
+def test_per_overwritten_transitions_get_zero_priority() -> None:
+    R = 8
+    buf = per_buffer(capacity=R, seed=11)
+    tree, mtree = buf.sampler.sum_tree, buf.sampler.min_tree  # type: ignore[attr-defined]
+
+    def after(b: ReplayBuffer, log: FeedLog) -> None:
+        st = b.storage
+        # make everything stored now very likely: it will be overwritten later
+        if log.steps in (3, 7):
+            idx = np.flatnonzero(st.is_transition.reshape(-1))
+            b.update_priorities(idx, np.full(len(idx), 1000.0))
+        dead = ~st.is_transition.reshape(-1)
+        assert (tree.leaves(np.flatnonzero(dead)) == 0.0).all()
+        assert np.isinf(mtree.leaves(np.flatnonzero(dead))).all()
+        live = np.flatnonzero(~dead)
+        assert tree.root == pytest.approx(tree.leaves(live).sum())
+        assert mtree.root == pytest.approx(mtree.leaves(live).min())
+
+    scripts = [[make_episode(i, 6, terminated=i % 2 == 1) for i in range(5)]]
+    log = feed(buf, scripts, steps=24, after_step=after)
+    batch = buf.sample(2000, env_step=50)
+    recs = check_batch(buf, batch, log, plain_env_info())
+    live = all_transitions(log, R)
+    assert {(r["ep"], r["t"]) for r in recs} <= live
+    assert np.isfinite(batch.weight).all() and batch.weight.max() <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "prioritized"])
+def test_minimal_ring_never_samples_non_transitions(sampler: str) -> None:
+    """capacity = 2 x num_envs (the smallest allowed, 2 rows per env): a transition that ends an
+    episode is overwritten by the next episode's first observation within the same ``add``; it
+    must not be sampled (PER: it must not keep a priority)."""
+    N = 2
+    buf = make_buffer(plain_env_info(), N, capacity=2 * N, sampler=sampler, seed=12)
+    scripts = [[make_episode(i, 1) for i in range(6)], [make_episode(20, 30)]]
+    bad_steps = []
+
+    def after(b: ReplayBuffer, log: FeedLog) -> None:
+        if sampler == "prioritized":
+            dead = np.flatnonzero(~b.storage.is_transition.reshape(-1))
+            if (b.sampler.sum_tree.leaves(dead) != 0.0).any():  # type: ignore[attr-defined]
+                bad_steps.append(log.steps)
+
+    log = feed(buf, scripts, steps=6, after_step=after)
+    st = buf.storage
+    assert st.n_transitions == int(st.is_transition.sum()) == 1  # env 1's latest step only
+    batch = buf.sample(200)
+    valid = st.is_transition.reshape(-1)[batch.index]
+    assert not bad_steps, f"non-transitions keep a priority after steps {bad_steps}"
+    assert valid.all(), f"{(~valid).sum()} of 200 samples are not stored transitions"
+    check_batch(buf, batch, log, plain_env_info())
+
+
+def test_goal_env_functions_are_vectorised() -> None:
+    env = PointGoalEnv(dim=2)
+    ag = np.array([[0.0, 0.0], [3.0, 3.0], [3.2, 3.0]], np.float32)
+    g = np.full((3, 2), 3.0, np.float32)
+    r = env.compute_reward(ag, g, {})
+    assert r.dtype == np.float32 and r.shape == (3,)
+    np.testing.assert_array_equal(r, [-1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(env.compute_terminated(ag, g, {}), [False, False, False])
+    info = goal_env_info(dim=2, terminate_on_success=True)
+    assert info.compute_terminated is not None
+    np.testing.assert_array_equal(info.compute_terminated(ag, g), [False, True, True])
+    assert EPS == 0.5  # distinct states are 1 apart: only equal states succeed
