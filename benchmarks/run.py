@@ -214,7 +214,7 @@ def bench_replay(quick: bool) -> None:
     times = []
     for _ in range(300):
         t0 = time.perf_counter()
-        idx, w = buf.sampler.sample(256, n // 2)
+        idx, _w = buf.sampler.sample(256, n // 2)
         buf.update_priorities(idx, r.random(256))
         times.append(time.perf_counter() - t0)
     report("replay PER sample + priority update, batch 256, full buffer (median us)",
@@ -227,7 +227,7 @@ def bench_replay(quick: bool) -> None:
                           n_sampled_goal=4, goal_selection_strategy="future", device="cpu")  # fmt: skip
     uni.start({k: v[:1] for k, v in obs_batch().items()})
     eps = (n // 2) // T
-    for ep in range(eps):
+    for _ep in range(eps):
         for s in range(T):
             o = obs_batch()
             nxt = {k: v[:1] for k, v in o.items()}

@@ -11,7 +11,7 @@ import pytest
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from rlfw.config.preflight import compose_config  # noqa: E402
+from rlfw.config.preflight import compose_config
 
 # A schedule of a few hundred env steps with updates, for end-to-end tests.
 TINY = [

@@ -133,7 +133,7 @@ def test_policy_delay_and_target_updates():
     agent = ActorCritic(TD3Config(policy_delay=3, tau=0.1), INFO)
     actor0, actor_t0, critic_t0 = params(agent.actor), params(agent.actor_target), params(agent.critic_target)
     batch = make_batch(8)
-    for i in range(2):
+    for _ in range(2):
         info = agent.update(batch)
         assert info.actor_loss is None
     assert same(actor0, params(agent.actor)) and same(actor_t0, params(agent.actor_target))

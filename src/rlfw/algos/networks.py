@@ -7,6 +7,7 @@ little more than a single critic.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -111,7 +112,7 @@ class EnsembleMLP(nn.Module):
         super().__init__()
         sizes = [in_features, *hidden, 1]
         self.layers = nn.ModuleList(
-            EnsembleLinear(ensemble, a, b) for a, b in zip(sizes[:-1], sizes[1:])
+            EnsembleLinear(ensemble, a, b) for a, b in itertools.pairwise(sizes)
         )
         self.act = ACTIVATIONS.get(activation).target()
         init_fn = INITS.get(init).target
@@ -167,7 +168,7 @@ class MLP(nn.Module):
         act_cls = ACTIVATIONS.get(activation).target
         init_fn = INITS.get(init).target
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             lin = linear(a, b)
             last = i == len(sizes) - 2
             if isinstance(lin, nn.Linear):

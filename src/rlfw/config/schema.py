@@ -13,7 +13,7 @@ that belong to one option (``noise.theta`` for OU) live only in that option's sc
 
 # No ``from __future__ import annotations`` here: OmegaConf reads these annotations at run time.
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -40,19 +40,19 @@ class ActorCriticConfig:
     action_l2: float = 0.0  # HER paper's penalty on the squared pre-scaling actor output
     actor_lr: float = 1e-3
     critic_lr: float = 1e-3
-    actor_hidden: List[int] = field(default_factory=lambda: [256, 256, 256])
-    critic_hidden: List[int] = field(default_factory=lambda: [256, 256, 256])
+    actor_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
+    critic_hidden: list[int] = field(default_factory=lambda: [256, 256, 256])
     activation: str = "relu"  # relu, leaky_relu, tanh, elu, gelu, silu
     init: str = "default"  # default (PyTorch's), he_normal, orthogonal, xavier_uniform
     # Running mean/std normalisation of observations and goals (HER paper). None: on for goal
     # envs, off otherwise.
-    normalize: Optional[bool] = None
+    normalize: bool | None = None
     norm_clip: float = 5.0  # normalised inputs are clipped to [-norm_clip, norm_clip]
     norm_eps: float = 0.01  # lower bound on the running std
     # Clip the critic target to [-1/(1-gamma), 0], valid for the {-1, 0} sparse rewards of
     # Fetch and Panda (HER baselines' clip_return).
     clip_return: bool = False
-    max_grad_norm: Optional[float] = None  # gradient-norm clipping for both losses, None: off
+    max_grad_norm: float | None = None  # gradient-norm clipping for both losses, None: off
 
 
 @dataclass
@@ -92,7 +92,7 @@ class BufferConfig:
     sampler: str = "uniform"  # uniform, prioritized
     alpha: float = 0.6  # PER: P(i) = p_i^alpha / sum_k p_k^alpha
     beta0: float = 0.4  # PER: importance-sampling exponent at the first update
-    beta_final_step: Optional[int] = None  # env step at which beta reaches 1 (None: run's end)
+    beta_final_step: int | None = None  # env step at which beta reaches 1 (None: run's end)
     priority_eps: float = 1e-6  # PER: p_i = |td_error| + priority_eps
     n_step: int = 1  # n-step returns; 1 is the one-step TD target
 
@@ -116,7 +116,7 @@ class GaussianNoiseConfig(NoiseConfig):
 
     name: str = "gaussian"
     sigma: float = 0.1  # std, in action units of the [-1, 1] normalised action space
-    sigma_final: Optional[float] = None  # None: no decay
+    sigma_final: float | None = None  # None: no decay
     decay_steps: int = 0  # env steps over which sigma goes to sigma_final
     schedule: str = "linear"  # linear, exponential
 
@@ -138,7 +138,7 @@ class NoisyNetConfig(NoiseConfig):
 
     name: str = "noisynet"
     factorised: bool = True
-    sigma0: Optional[float] = None  # None: the paper's (0.5 factorised, 0.017 independent)
+    sigma0: float | None = None  # None: the paper's (0.5 factorised, 0.017 independent)
     resample: str = "step"  # step (every action and update), episode
     noisy_critic: bool = False
 
@@ -153,8 +153,8 @@ class EnvConfig:
 
     family: str = "gym"  # fetch, panda, gym
     id: str = MISSING
-    max_episode_steps: Optional[int] = None  # None: the registered TimeLimit
-    kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
+    max_episode_steps: int | None = None  # None: the registered TimeLimit
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
     vectorization: str = "sync"  # sync, async (gymnasium.vector)
 
 
@@ -204,8 +204,8 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-ALGO_SCHEMAS: Dict[str, type] = {"ddpg": DDPGConfig, "td3": TD3Config}
-NOISE_SCHEMAS: Dict[str, type] = {
+ALGO_SCHEMAS: dict[str, type] = {"ddpg": DDPGConfig, "td3": TD3Config}
+NOISE_SCHEMAS: dict[str, type] = {
     "gaussian": GaussianNoiseConfig,
     "ou": OUNoiseConfig,
     "noisynet": NoisyNetConfig,

@@ -41,15 +41,14 @@ def validate(cfg: Any) -> str:
     Raises:
         ConfigError: the first rule broken, as one line naming the key and the allowed values.
     """
+    import dataclasses
+
     from rlfw.algos import ALGOS
     from rlfw.algos.networks import ACTIVATIONS, INITS
     from rlfw.buffers import BUFFERS, RELABEL, SAMPLERS, STRATEGIES
+    from rlfw.config.schema import Config
     from rlfw.envs import FAMILIES, resolve_env_id
     from rlfw.noise import NOISES, SCHEDULES
-
-    import dataclasses
-
-    from rlfw.config.schema import Config
 
     known = {f.name for f in dataclasses.fields(Config)}
     for key in cfg:
