@@ -35,14 +35,14 @@ def slow(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and format check."""
-    session.install("ruff>=0.5")
+    session.install("ruff==0.17.5")
     session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
 
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy on src/."""
-    session.install(*C, "-e", ".", "mypy>=1.10")
+    session.install(*C, "-e", ".", "mypy==2.4.1")
     session.run("mypy", "src/rlfw")
 
 

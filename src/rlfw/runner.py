@@ -165,8 +165,8 @@ class Runner:
         self.device = pick_device(tr.device)
 
         family = FAMILIES.get(cfg.env.family).target
-        kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True) or {}
-        assert isinstance(kwargs, dict)
+        raw_kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True)
+        kwargs: dict[str, Any] = {str(k): v for k, v in raw_kwargs.items()} if isinstance(raw_kwargs, dict) else {}
         self.ref_env = family.make(env_id, cfg.env.max_episode_steps, kwargs)
         self.info: EnvInfo = read_env_info(cfg.env.family, self.ref_env, env_id)
         if cfg.buffer.relabel == "her" and not self.info.goal:

@@ -19,7 +19,7 @@ and polyak averaging ``theta' <- tau * theta + (1 - tau) * theta'`` of actor and
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,10 +52,10 @@ class UpdateInfo:
     td_error: np.ndarray
 
 
-def polyak_update(target: list[torch.Tensor], online: list[torch.Tensor], tau: float) -> None:
+def polyak_update(target: Sequence[torch.Tensor], online: Sequence[torch.Tensor], tau: float) -> None:
     """``target <- tau * online + (1 - tau) * target`` in place (Lillicrap et al. 2016, Alg. 1)."""
     with torch.no_grad():
-        torch._foreach_lerp_(target, online, tau)
+        torch._foreach_lerp_(list(target), list(online), tau)
 
 
 class ActorCritic:
@@ -130,8 +130,8 @@ class ActorCritic:
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.updates = 0  # critic updates done
         # NoisyNet: layers with reset_noise(); the actor's exploration sample is kept apart
-        self._noisy_actor = [m for m in self.actor.modules() if hasattr(m, "reset_noise")]
-        self._noisy_all = [
+        self._noisy_actor: list[Any] = [m for m in self.actor.modules() if hasattr(m, "reset_noise")]
+        self._noisy_all: list[Any] = [
             m
             for net in (self.actor, self.actor_target, self.critic, self.critic_target)
             for m in net.modules()
@@ -232,7 +232,7 @@ class ActorCritic:
         actor_loss_value: float | None = None
         if self.updates % self.policy_delay == 0:
             pi = self.actor(obs_in)
-            q_pi = self.critic.first(torch.cat([obs_in, pi], dim=-1))
+            q_pi = self.critic.first(torch.cat([obs_in, pi], dim=-1))  # type: ignore[operator]
             actor_loss = -q_pi.mean()
             if self.action_l2 > 0.0:
                 actor_loss = actor_loss + self.action_l2 * pi.square().mean()

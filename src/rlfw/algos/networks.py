@@ -111,10 +111,10 @@ class EnsembleMLP(nn.Module):
     ) -> None:
         super().__init__()
         sizes = [in_features, *hidden, 1]
-        self.layers = nn.ModuleList(
+        self.layers: list[EnsembleLinear] = nn.ModuleList(  # type: ignore[assignment]
             EnsembleLinear(ensemble, a, b) for a, b in itertools.pairwise(sizes)
         )
-        self.act = ACTIVATIONS.get(activation).target()
+        self.act: nn.Module = ACTIVATIONS.get(activation).target()
         init_fn = INITS.get(init).target
         for i, layer in enumerate(self.layers):
             layer.reset_parameters(init_fn, last=i == len(self.layers) - 1)

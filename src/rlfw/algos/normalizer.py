@@ -23,6 +23,12 @@ class Normalizer(nn.Module):
     Shapes: ``forward(x [..., D]) -> [..., D]``; ``update(x [B, D])``.
     """
 
+    count: torch.Tensor
+    sum: torch.Tensor
+    sumsq: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, size: int, clip: float = 5.0, eps: float = 0.01, enabled: bool = True) -> None:
         super().__init__()
         self.size, self.clip, self.eps, self.enabled = size, float(clip), float(eps), enabled

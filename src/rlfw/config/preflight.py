@@ -61,7 +61,7 @@ def translate(err: BaseException) -> str:
         cause = cause.__cause__ or cause.__context__
     if isinstance(cause, ValidationError):
         key = cause.full_key or "?"
-        return f"invalid value for '{key}': {_first_line(cause.msg)}"
+        return f"invalid value for '{key}': {_first_line(str(cause.msg))}"
     if isinstance(cause, ConfigKeyError | ConfigAttributeError):
         key = getattr(cause, "full_key", None) or "?"
         parent = key.rsplit(".", 1)[0] if "." in key else "the root config"
@@ -100,7 +100,7 @@ def expand_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
             if not values:
                 axes.pop()
         else:
-            axes.append([ov.input_line])
+            axes.append([str(ov.input_line)])
     return [list(job) for job in itertools.product(*axes)]
 
 

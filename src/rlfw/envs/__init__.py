@@ -104,7 +104,7 @@ class EnvFamily:
                 "need continuous (Box) actions"
             )
         if not (np.allclose(space.low, -1.0) and np.allclose(space.high, 1.0)):
-            env = gym.wrappers.RescaleAction(env, -1.0, 1.0)
+            env = gym.wrappers.RescaleAction(env, np.float32(-1.0), np.float32(1.0))
         return env
 
     def goal_functions(self, env: gym.Env) -> tuple[GoalFn, GoalFn]:
@@ -143,13 +143,13 @@ def _rowwise(fn: Callable[[np.ndarray, np.ndarray], Any], dtype: Any) -> GoalFn:
 class GymFamily(EnvFamily):
     """Any Gymnasium id (MuJoCo locomotion such as Hopper, or a goal env of another suite)."""
 
-    modules = ("gymnasium_robotics", "panda_gym")
+    modules: tuple[str, ...] = ("gymnasium_robotics", "panda_gym")
 
 
 class MujocoFamily(GymFamily):
     """Gymnasium's MuJoCo locomotion tasks (Hopper, Walker2d, HalfCheetah, ...): no goals."""
 
-    modules = ()
+    modules: tuple[str, ...] = ()
     goal = False
 
 

@@ -55,6 +55,11 @@ class NoisyLinear(nn.Module):
     With ``noise_enabled`` False the layer is ``mu_w x + mu_b``.
     """
 
+    eps_w: torch.Tensor
+    eps_b: torch.Tensor
+    eps_in: torch.Tensor
+    eps_out: torch.Tensor
+
     def __init__(
         self, in_features: int, out_features: int, factorised: bool = True, sigma0: float | None = None
     ) -> None:
