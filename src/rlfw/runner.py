@@ -131,6 +131,16 @@ def success_of(infos: dict[str, Any], done: np.ndarray) -> np.ndarray:
     return out
 
 
+class Callback:
+    """Hooks into the loop (progress bars, wandb, early stop). Every method is optional."""
+
+    def on_cycle(self, runner: Runner) -> None:
+        """After each cycle's collection and updates."""
+
+    def on_epoch(self, runner: Runner, row: dict[str, Any]) -> None:
+        """After each epoch's metrics row is written (and the checkpoint, when due)."""
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -206,6 +216,7 @@ class Runner:
         self._obs: dict[str, np.ndarray] | None = None
         self._ep_return = np.zeros(self.num_envs)
         self._ep_len = np.zeros(self.num_envs, np.int64)
+        self.callbacks: list[Callback] = []
 
     # ---------------------------------------------------------------------------------------
 
@@ -318,79 +329,110 @@ class Runner:
         tmp.write_text(json.dumps(data) + "\n")
         os.replace(tmp, self.run_dir / "status.json")
 
-    def run(self) -> dict[str, Any]:
-        """Train for ``train.epochs``; returns the last metrics row."""
+    def train_epoch(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """One epoch: cycles of collection and updates, then evaluation.
+
+        Returns:
+            (the metrics row, the training episodes finished in it).
+        """
         tr, cfg = self.cfg.train, self.cfg
+        t0 = time.perf_counter()
+        steps0 = self.env_steps
+        finished: list[dict[str, Any]] = []
+        losses: dict[str, list[float]] = {"actor_loss": [], "critic_loss": [], "q_mean": []}
+        for _ in range(tr.cycles_per_epoch):
+            finished += self.collect(tr.steps_per_cycle)
+            if self.env_steps >= tr.learning_starts and len(self.buffer) >= tr.batch_size:
+                for _ in range(tr.updates_per_cycle):
+                    batch = self.buffer.sample(tr.batch_size, self.env_steps)
+                    info = self.agent.update(batch)
+                    self.buffer.update_priorities(batch.index, info.td_error)
+                    losses["critic_loss"].append(info.critic_loss)
+                    losses["q_mean"].append(info.q_mean)
+                    if info.actor_loss is not None:
+                        losses["actor_loss"].append(info.actor_loss)
+            for cb in self.callbacks:
+                cb.on_cycle(self)
+        self.epoch += 1
+        eval_ret, eval_std, eval_succ = math.nan, math.nan, math.nan
+        if self.epoch % cfg.eval.every == 0 or self.epoch == tr.epochs:
+            eval_ret, eval_std, eval_succ = self.evaluate(cfg.eval.episodes)
+        dt = time.perf_counter() - t0
+        self.wall_time += dt
+        rets = [f["return"] for f in finished]
+        succ = [f["success"] for f in finished if not math.isnan(f["success"])]
+        row = {
+            "epoch": self.epoch,
+            "env_steps": self.env_steps,
+            "updates": self.agent.updates,
+            "episodes": self.episodes,
+            "wall_time_s": self.wall_time,
+            "steps_per_s": (self.env_steps - steps0) / dt,
+            "train_return": float(np.mean(rets)) if rets else math.nan,
+            "train_success_rate": float(np.mean(succ)) if succ else math.nan,
+            "eval_return": eval_ret,
+            "eval_return_std": eval_std,
+            "eval_success_rate": eval_succ,
+            **{k: float(np.mean(v)) if v else math.nan for k, v in losses.items()},
+            **self.noise.metrics(self.env_steps),
+        }
+        return row, finished
+
+    def run(self, epochs: int | None = None, close: bool = True) -> dict[str, Any]:
+        """Train ``epochs`` more epochs (default: up to ``train.epochs`` in all).
+
+        Each epoch appends to metrics.csv and episodes.csv, writes the checkpoint and logs one
+        console line. ``status.json`` says ``finished`` once ``train.epochs`` are done.
+
+        Args:
+            epochs: epochs to train now (federated rounds call this repeatedly).
+            close: close the envs afterwards.
+
+        Returns:
+            The last metrics row.
+        """
+        tr, cfg = self.cfg.train, self.cfg
+        target = tr.epochs if epochs is None else self.epoch + epochs
         metrics = CsvLog(self.run_dir / "metrics.csv", METRIC_COLUMNS)
         episodes_log = CsvLog(self.run_dir / "episodes.csv", EPISODE_COLUMNS)
         self._status("running")
-        log.info(
-            "training %s on %s (%s, %s, %s): %d epochs x %d cycles x %d steps, run dir %s",
-            cfg.algo.name, self.env_id, cfg.buffer.name, cfg.noise.name, self.device,
-            tr.epochs, tr.cycles_per_epoch, tr.steps_per_cycle, self.run_dir,
-        )  # fmt: skip
+        if self.epoch == 0:
+            log.info(
+                "training %s on %s (%s, %s, %s): %d epochs x %d cycles x %d steps, run dir %s",
+                cfg.algo.name, self.env_id, cfg.buffer.name, cfg.noise.name, self.device,
+                tr.epochs, tr.cycles_per_epoch, tr.steps_per_cycle, self.run_dir,
+            )  # fmt: skip
         row: dict[str, Any] = {}
         try:
-            while self.epoch < tr.epochs:
-                t0 = time.perf_counter()
-                steps0 = self.env_steps
-                finished: list[dict[str, Any]] = []
-                losses: dict[str, list[float]] = {"actor_loss": [], "critic_loss": [], "q_mean": []}
-                for _ in range(tr.cycles_per_epoch):
-                    finished += self.collect(tr.steps_per_cycle)
-                    if self.env_steps >= tr.learning_starts and len(self.buffer) >= tr.batch_size:
-                        for _ in range(tr.updates_per_cycle):
-                            batch = self.buffer.sample(tr.batch_size, self.env_steps)
-                            info = self.agent.update(batch)
-                            self.buffer.update_priorities(batch.index, info.td_error)
-                            losses["critic_loss"].append(info.critic_loss)
-                            losses["q_mean"].append(info.q_mean)
-                            if info.actor_loss is not None:
-                                losses["actor_loss"].append(info.actor_loss)
-                self.epoch += 1
-                eval_ret, eval_std, eval_succ = math.nan, math.nan, math.nan
-                if self.epoch % cfg.eval.every == 0 or self.epoch == tr.epochs:
-                    eval_ret, eval_std, eval_succ = self.evaluate(cfg.eval.episodes)
-                dt = time.perf_counter() - t0
-                self.wall_time += dt
-                rets = [f["return"] for f in finished]
-                succ = [f["success"] for f in finished if not math.isnan(f["success"])]
-                row = {
-                    "epoch": self.epoch,
-                    "env_steps": self.env_steps,
-                    "updates": self.agent.updates,
-                    "episodes": self.episodes,
-                    "wall_time_s": self.wall_time,
-                    "steps_per_s": (self.env_steps - steps0) / dt,
-                    "train_return": float(np.mean(rets)) if rets else math.nan,
-                    "train_success_rate": float(np.mean(succ)) if succ else math.nan,
-                    "eval_return": eval_ret,
-                    "eval_return_std": eval_std,
-                    "eval_success_rate": eval_succ,
-                    **{k: float(np.mean(v)) if v else math.nan for k, v in losses.items()},
-                    **self.noise.metrics(self.env_steps),
-                }
+            while self.epoch < target:
+                row, finished = self.train_epoch()
                 episodes_log.write(finished)
                 metrics.write([row])
                 if self.epoch % tr.checkpoint_every == 0 or self.epoch == tr.epochs:
                     self.checkpoint()
                 self._status("running")
+                for cb in self.callbacks:
+                    cb.on_epoch(self, row)
                 if cfg.logger.console:
                     log.info(
                         "epoch %d/%d | env_steps %d | %.1f s | %.0f steps/s | train_success %s | "
                         "eval_success %s | eval_return %s | critic_loss %s | q_mean %s",
                         self.epoch, tr.epochs, self.env_steps, self.wall_time, row["steps_per_s"],
-                        _fmt(row["train_success_rate"]) or "-", _fmt(eval_succ) or "-",
-                        _fmt(eval_ret) or "-", _fmt(row["critic_loss"]) or "-", _fmt(row["q_mean"]) or "-",
+                        _fmt(row["train_success_rate"]) or "-", _fmt(row["eval_success_rate"]) or "-",
+                        _fmt(row["eval_return"]) or "-", _fmt(row["critic_loss"]) or "-", _fmt(row["q_mean"]) or "-",
                     )  # fmt: skip
         except BaseException as err:
             self._status("failed", error=f"{type(err).__name__}: {err}")
+            if close:
+                self.close()
             raise
         finally:
             metrics.close()
             episodes_log.close()
+        if self.epoch >= tr.epochs:
+            self._status("finished")
+        if close:
             self.close()
-        self._status("finished")
         return row
 
     def close(self) -> None:
