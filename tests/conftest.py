@@ -25,6 +25,7 @@ TINY = [
     "algo.actor_hidden=[32,32]",
     "algo.critic_hidden=[32,32]",
     "buffer.capacity=5000",
+    "logger.plots=false",
 ]
 
 

@@ -1,18 +1,25 @@
-"""``python -m rlfw [overrides]``: train. Hydra main with config groups algo, buffer, noise, env.
+"""``python -m rlfw [overrides]``: train. Hydra main with config groups algo, buffer, noise, env,
+logger (and experiment).
 
 Before Hydra runs any job, :func:`rlfw.config.preflight.preflight` composes and validates every
 job of the command line (every job of a ``-m`` sweep), so a bad key or value stops with one
 line and exit status 2 before any simulator starts.
+
+``python -m rlfw resume=<run_dir> [train.epochs=N]`` continues a stopped or killed run from
+its last checkpoint, in the same directory (see :func:`resume`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from rlfw.config.paths import config_dir
 from rlfw.config.preflight import preflight
@@ -24,27 +31,94 @@ log = logging.getLogger("rlfw")
 register_schemas()
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-def train(cfg: DictConfig) -> float:
-    """Train one job into Hydra's output dir; returns the final eval success rate (or return)."""
-    from rlfw.runner import Runner
-
-    run_dir = HydraConfig.get().runtime.output_dir
-    try:
-        row = Runner(cfg, run_dir).run()
-    except ConfigError as err:
-        log.error("error: %s", err)
-        raise SystemExit(2) from None
+def _result(row: dict) -> float:
     value = row.get("eval_success_rate")
     if value is None or value != value:
         value = row.get("eval_return", float("nan"))
     return float(value)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point: preflight, then Hydra."""
-    args = sys.argv[1:] if argv is None else argv
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+def train(cfg: DictConfig) -> float:
+    """Train one job into Hydra's output dir; returns the final eval success rate (or return).
+
+    The return value is what Hydra's sweepers (Optuna) maximise.
+    """
+    from rlfw.callbacks import make_callbacks
+    from rlfw.runner import Runner
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    run_dir = Path(hc.runtime.output_dir)
     try:
+        tr = cfg.train
+        total = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
+        runner = Runner(cfg, run_dir, make_callbacks(cfg, run_dir, total, multirun))
+        row = runner.run()
+    except ConfigError as err:
+        if multirun:  # Hydra records the failed job and goes on with the others
+            raise
+        log.error("error: %s", err)
+        raise SystemExit(2) from None
+    return _result(row)
+
+
+def resume(run_dir: str, overrides: list[str]) -> float:
+    """Continue ``run_dir`` from ``checkpoints/last.pt`` with its saved config.
+
+    Only ``train.*``, ``eval.*`` and ``logger.*`` keys may be overridden (to extend the run,
+    say ``train.epochs=20``). A run without a checkpoint restarts from epoch 0 in the same
+    directory.
+
+    Raises:
+        ConfigError: the directory is not an rlfw run, or an override is not allowed.
+    """
+    from rlfw.callbacks import make_callbacks
+    from rlfw.runner import Runner
+
+    path = Path(run_dir).expanduser().resolve()
+    saved = path / ".hydra" / "config.yaml"
+    if not saved.exists():
+        raise ConfigError(f"resume={run_dir}: no rlfw run there ({saved} is missing)")
+    bad = [o for o in overrides if not o.split("=", 1)[0].startswith(("train.", "eval.", "logger."))]
+    if bad:
+        raise ConfigError(f"resume takes only train.*, eval.* and logger.* overrides; got: {' '.join(bad)}")
+    cfg = OmegaConf.merge(OmegaConf.load(saved), OmegaConf.from_dotlist(overrides))
+    assert isinstance(cfg, DictConfig)
+    status_file = path / "status.json"
+    if status_file.exists():
+        status = json.loads(status_file.read_text())
+        if status.get("status") == "finished" and status.get("epoch", 0) >= cfg.train.epochs:
+            print(f"rlfw: {path} already finished {status['epoch']} epochs; nothing to do")
+            return float("nan")
+    handler = logging.FileHandler(path / "rlfw.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    logging.getLogger().addHandler(handler)
+    tr = cfg.train
+    total = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
+    runner = Runner(cfg, path, make_callbacks(cfg, path, total))
+    ckpt = path / "checkpoints" / "last.pt"
+    if ckpt.exists():
+        runner.load_checkpoint(ckpt)
+        log.info("resuming %s from epoch %d (%d env steps)", path, runner.epoch, runner.env_steps)
+    else:
+        from rlfw.runner import truncate_csv
+
+        for name in ("metrics.csv", "episodes.csv"):
+            truncate_csv(path / name, "epoch", 0)
+        log.info("resuming %s: no checkpoint yet, starting from epoch 0", path)
+    return _result(runner.run())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: resume, or preflight then Hydra."""
+    args = sys.argv[1:] if argv is None else argv
+    resume_args = [a for a in args if a.startswith("resume=")]
+    try:
+        if resume_args:
+            resume(resume_args[-1].split("=", 1)[1], [a for a in args if not a.startswith("resume=")])
+            return
         preflight(args)
     except ConfigError as err:
         print(f"rlfw: error: {err}", file=sys.stderr)

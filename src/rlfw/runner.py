@@ -92,6 +92,24 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def truncate_csv(path: Path, key: str, max_value: int) -> None:
+    """Keep only the rows whose integer ``key`` is <= ``max_value`` (atomic rewrite)."""
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    col = rows[0].index(key)
+    keep = [rows[0]] + [r for r in rows[1:] if r and int(float(r[col])) <= max_value]
+    if len(keep) == len(rows):
+        return
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", newline="") as f:
+        csv.writer(f).writerows(keep)
+    os.replace(tmp, path)
+
+
 def split_obs(obs: Any, goal: bool) -> dict[str, np.ndarray]:
     """Vector-env observations -> ``{"observation", ["achieved_goal", "desired_goal"]}`` float32 ``[N, dim]``."""
     if goal:
@@ -140,6 +158,9 @@ class Callback:
     def on_epoch(self, runner: Runner, row: dict[str, Any]) -> None:
         """After each epoch's metrics row is written (and the checkpoint, when due)."""
 
+    def on_end(self, runner: Runner) -> None:
+        """When :meth:`Runner.run` returns normally or is interrupted."""
+
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
@@ -159,7 +180,7 @@ class Runner:
             does not fit the config (HER without goals).
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None = None) -> None:
         validate(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -216,7 +237,8 @@ class Runner:
         self._obs: dict[str, np.ndarray] | None = None
         self._ep_return = np.zeros(self.num_envs)
         self._ep_len = np.zeros(self.num_envs, np.int64)
-        self.callbacks: list[Callback] = []
+        self.callbacks: list[Callback] = list(callbacks or [])
+        self.last_cycle: dict[str, float] = {}  # mean losses of the last cycle (for loggers)
 
     # ---------------------------------------------------------------------------------------
 
@@ -308,7 +330,16 @@ class Runner:
     # ---------------------------------------------------------------------------------------
 
     def checkpoint(self) -> None:
-        """Write ``checkpoints/last.pt`` atomically."""
+        """Write ``checkpoints/last.pt`` (and ``buffer.pt`` with ``train.save_buffer``) atomically.
+
+        The buffer file is written first: a ``last.pt`` on disk always has its buffer (or an
+        older, larger one) beside it, never a missing one.
+        """
+        if self.cfg.train.save_buffer:
+            atomic_torch_save(
+                {"epoch": self.epoch, "buffer": self.buffer.state_dict()},
+                self.run_dir / "checkpoints" / "buffer.pt",
+            )
         state = {
             "agent": self.agent.state_dict(),
             "noise": self.noise.state_dict(),
@@ -318,10 +349,40 @@ class Runner:
                 "episodes": self.episodes,
                 "wall_time": self.wall_time,
             },
+            "rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
             "env_id": self.env_id,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
         atomic_torch_save(state, self.run_dir / "checkpoints" / "last.pt")
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Continue from a checkpoint written by :meth:`checkpoint`.
+
+        Restores networks, targets, optimisers, normalisers, noise state, counters and random
+        generators; with ``train.save_buffer`` also the replay buffer. Rows of metrics.csv and
+        episodes.csv from epochs after the checkpoint (an epoch that was cut short) are
+        dropped, so that the resumed run appends without duplicates or gaps. The envs start
+        new episodes: the episode that was running when the run stopped is lost.
+
+        Raises:
+            FileNotFoundError: if ``path`` does not exist.
+        """
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.agent.load_state_dict(state["agent"])
+        self.noise.load_state_dict(state["noise"])
+        c = state["counters"]
+        self.epoch, self.env_steps = int(c["epoch"]), int(c["env_steps"])
+        self.episodes, self.wall_time = int(c["episodes"]), float(c["wall_time"])
+        self.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        buf = Path(path).parent / "buffer.pt"
+        if self.cfg.train.save_buffer and buf.exists():
+            saved = torch.load(buf, weights_only=False)
+            if int(saved["epoch"]) >= self.epoch:
+                self.buffer.load_state_dict(saved["buffer"])
+        for name in ("metrics.csv", "episodes.csv"):
+            truncate_csv(self.run_dir / name, "epoch", self.epoch)
 
     def _status(self, status: str, **extra: Any) -> None:
         data = {"status": status, "epoch": self.epoch, "env_steps": self.env_steps, **extra}
@@ -351,6 +412,9 @@ class Runner:
                     losses["q_mean"].append(info.q_mean)
                     if info.actor_loss is not None:
                         losses["actor_loss"].append(info.actor_loss)
+            if losses["critic_loss"]:
+                n = tr.updates_per_cycle
+                self.last_cycle = {k: float(np.mean(v[-n:])) for k, v in losses.items() if v}
             for cb in self.callbacks:
                 cb.on_cycle(self)
         self.epoch += 1
@@ -422,7 +486,9 @@ class Runner:
                         _fmt(row["eval_return"]) or "-", _fmt(row["critic_loss"]) or "-", _fmt(row["q_mean"]) or "-",
                     )  # fmt: skip
         except BaseException as err:
-            self._status("failed", error=f"{type(err).__name__}: {err}")
+            state = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            self._status(state, error=f"{type(err).__name__}: {err}", resume=f"python -m rlfw resume={self.run_dir}")
+            self._end()
             if close:
                 self.close()
             raise
@@ -431,9 +497,17 @@ class Runner:
             episodes_log.close()
         if self.epoch >= tr.epochs:
             self._status("finished")
+        self._end()
         if close:
             self.close()
         return row
+
+    def _end(self) -> None:
+        for cb in self.callbacks:
+            try:
+                cb.on_end(self)
+            except Exception as err:  # a logger must not turn a finished run into a failure
+                log.warning("callback %s failed at the end: %s", type(cb).__name__, err)
 
     def close(self) -> None:
         """Close the envs."""

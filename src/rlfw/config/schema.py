@@ -11,7 +11,8 @@ that belong to one option (``noise.theta`` for OU) live only in that option's sc
 ``noise=gaussian,ou`` never trips over a key the other option lacks.
 """
 
-# No ``from __future__ import annotations`` here: OmegaConf reads these annotations at run time.
+# No ``from __future__ import annotations`` here: OmegaConf reads these annotations at run time
+# (``X | None`` and ``list[int]`` need Python >= 3.10, as pyproject says).
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,6 +173,9 @@ class TrainConfig:
     device: str = "cpu"  # cpu, cuda, auto
     torch_threads: int = 0  # 0: min(2, cores)
     checkpoint_every: int = 1  # epochs between checkpoints/last.pt writes
+    # Also save the replay buffer with each checkpoint (checkpoints/buffer.pt, about the raw
+    # size of the stored data). Without it a resumed run starts from an empty buffer.
+    save_buffer: bool = False
 
 
 @dataclass
@@ -185,9 +189,30 @@ class EvalConfig:
 
 @dataclass
 class LoggerConfig:
-    """Console and files. metrics.csv and episodes.csv are always written."""
+    """``logger=csv``: console and files only. metrics.csv and episodes.csv are always written."""
 
-    console: bool = True
+    name: str = "csv"
+    console: bool = True  # one line per epoch on the console (and in the run's log file)
+    progress: str = "auto"  # auto (a bar on a terminal, lines otherwise), bar, lines
+    plots: bool = True  # write the run's PNG plots when it ends
+    video_every: int = 0  # record one eval episode as MP4 every N epochs (0: never)
+
+
+@dataclass
+class WandbLoggerConfig(LoggerConfig):
+    """``logger=wandb``: also log to Weights & Biases (offline by default: no network needed).
+
+    Offline runs land in ``<run_dir>/wandb/`` and upload later with ``wandb sync <dir>``.
+    """
+
+    name: str = "wandb"
+    project: str = "rlfw"
+    entity: str | None = None
+    mode: str = "offline"  # offline, online, disabled
+    group: str | None = None  # None: the sweep (multirun) or algo-buffer-noise-env
+    run_name: str | None = None  # None: algo-buffer-noise-env-seedN (+ the job number)
+    tags: list[str] = field(default_factory=list)
+    log_cycles: bool = True  # losses and Q values after every cycle, not only per epoch
 
 
 @dataclass
@@ -201,7 +226,7 @@ class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    logger: Any = MISSING
 
 
 ALGO_SCHEMAS: dict[str, type] = {"ddpg": DDPGConfig, "td3": TD3Config}
@@ -225,3 +250,5 @@ def register_schemas() -> None:
     for name, schema in NOISE_SCHEMAS.items():
         cs.store(group="noise", name=f"{name}_schema", node=schema)
     cs.store(group="buffer", name="buffer_schema", node=BufferConfig)
+    cs.store(group="logger", name="csv_schema", node=LoggerConfig)
+    cs.store(group="logger", name="wandb_schema", node=WandbLoggerConfig)

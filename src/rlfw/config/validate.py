@@ -132,6 +132,22 @@ def validate(cfg: Any) -> str:
         tr.batch_size <= b.capacity,
         f"train.batch_size={tr.batch_size} is larger than buffer.capacity={b.capacity}",
     )
+    from rlfw.callbacks import LOGGERS
+
+    lg = cfg.logger
+    LOGGERS.check(lg.name)
+    _require(lg.progress in ("auto", "bar", "lines"), f"unknown logger.progress '{lg.progress}'; choose one of: auto, bar, lines")
+    _in_range(cfg, "logger.video_every", 0)
+    if lg.name == "wandb":
+        _require(
+            lg.mode in ("offline", "online", "disabled"),
+            f"unknown logger.mode '{lg.mode}'; choose one of: disabled, offline, online",
+        )
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ConfigError("logger=wandb needs the wandb package: pip install 'rlfw[wandb]'") from None
+
     family = FAMILIES.get(e.family).target
     if b.relabel == "her":
         _require(

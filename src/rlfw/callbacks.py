@@ -1,0 +1,209 @@
+"""Runner callbacks built from the ``logger`` config: progress, plots, eval videos, wandb.
+
+:func:`make_callbacks` turns ``cfg.logger`` into the list the CLI hands to the runner.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from rlfw.registry import Registry
+from rlfw.runner import Callback, Runner
+
+log = logging.getLogger("rlfw")
+
+LOGGERS: Registry[None] = Registry("logger")
+LOGGERS.add("csv", None)
+LOGGERS.add("wandb", None)
+
+
+class ProgressCallback(Callback):
+    """A live rich progress bar: env steps, steps per second, last eval success, ETA.
+
+    While it runs, the per-epoch log lines are printed above the bar.
+    """
+
+    def __init__(self, total_steps: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("env steps | {task.fields[sps]} steps/s | eval success {task.fields[success]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            redirect_stdout=True,
+            redirect_stderr=True,
+        )
+        self.total = total_steps
+        self.task: Any = None
+        self._streams: list[tuple[logging.StreamHandler[Any], Any]] = []
+
+    def _start(self, runner: Runner) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task("training", total=self.total, completed=runner.env_steps,
+                                           sps="-", success="-")  # fmt: skip
+        # route the log lines through rich so they print above the bar
+        for h in logging.getLogger().handlers:
+            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.__stdout__, sys.__stderr__):
+                self._streams.append((h, h.stream))
+                h.setStream(self.progress.console.file)
+
+    def on_cycle(self, runner: Runner) -> None:
+        if self.task is None:
+            self._start(runner)
+        self.progress.update(self.task, completed=runner.env_steps)
+
+    def on_epoch(self, runner: Runner, row: dict[str, Any]) -> None:
+        success = row.get("eval_success_rate", math.nan)
+        if success is None or (isinstance(success, float) and math.isnan(success)):
+            success = row.get("eval_return", math.nan)
+        self.progress.update(self.task, completed=runner.env_steps, sps=f"{row['steps_per_s']:.0f}",
+                             success=f"{success:.3g}")  # fmt: skip
+
+    def on_end(self, runner: Runner) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for h, stream in self._streams:
+            h.setStream(stream)
+        self._streams.clear()
+        self.progress.stop()
+
+
+class PlotCallback(Callback):
+    """Writes the run's PNGs (rlfw.plots.plot_run) when the run ends."""
+
+    def on_end(self, runner: Runner) -> None:
+        from rlfw.plots import plot_run
+
+        try:
+            paths = plot_run(runner.run_dir)
+            log.info("plots: %s", ", ".join(p.name for p in paths))
+        except Exception as err:  # a plot must never lose a finished run
+            log.warning("could not write plots: %s", err)
+
+
+class VideoCallback(Callback):
+    """Records one deterministic eval episode as ``videos/epoch_<k>.mp4`` every N epochs."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.paths: list[Path] = []
+
+    def on_epoch(self, runner: Runner, row: dict[str, Any]) -> None:
+        if runner.epoch % self.every:
+            return
+        from rlfw.evaluate import record_episodes
+
+        path = runner.run_dir / "videos" / f"epoch_{runner.epoch:04d}.mp4"
+        try:
+            record_episodes(runner.cfg, runner.agent, path, episodes=1, seed=int(runner.cfg.seed) + runner.epoch)
+            self.paths.append(path)
+            for cb in runner.callbacks:
+                if isinstance(cb, WandbCallback):
+                    cb.log_video(path, runner.env_steps)
+        except Exception as err:
+            log.warning("could not record a video: %s", err)
+
+
+def run_names(cfg: DictConfig) -> tuple[str, str]:
+    """(group, name) of a run, from the Hydra choices and the sweep.
+
+    Group: the sweep directory for a ``-m`` sweep (so a sweep is one comparable group), else
+    ``algo-buffer-noise-env`` (seeds of one setup together). Name: ``algo-buffer-noise-env-seedN``,
+    with the job number in sweeps.
+    """
+    base = f"{cfg.algo.name}-{cfg.buffer.name}-{cfg.noise.name}-{cfg.env.id}"
+    group, name = base, f"{base}-seed{cfg.seed}"
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        ch = hc.runtime.choices
+        base = "-".join(str(ch.get(k, "")) for k in ("algo", "buffer", "noise", "env"))
+        group, name = base, f"{base}-seed{cfg.seed}"
+        if hc.mode == RunMode.MULTIRUN:
+            group = f"sweep-{Path(hc.sweep.dir).name}"
+            name = f"{hc.job.num}-{hc.job.override_dirname or base}"
+    except Exception:  # not inside a Hydra app (resume, tests)
+        pass
+    return group, name
+
+
+class WandbCallback(Callback):
+    """Logs config, every metrics.csv column per epoch, losses per cycle, videos, to wandb.
+
+    Offline mode writes ``<run_dir>/wandb/offline-run-*``; nothing is sent until
+    ``wandb sync``. System metrics (CPU, memory) are wandb's own.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, resume_id: str | None = None) -> None:
+        import wandb
+
+        lc = cfg.logger
+        group, name = run_names(cfg)
+        self.wandb = wandb
+        self.log_cycles = bool(lc.log_cycles)
+        self.run = wandb.init(
+            project=lc.project,
+            entity=lc.entity,
+            group=lc.group or group,
+            name=lc.run_name or name,
+            tags=list(lc.tags),
+            dir=str(run_dir),
+            mode=lc.mode,
+            config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+            id=resume_id,
+            resume="allow" if resume_id else None,
+            reinit="finish_previous",
+        )
+        (run_dir / "wandb_run_id.txt").write_text(str(self.run.id) + "\n")
+
+    def on_cycle(self, runner: Runner) -> None:
+        if self.log_cycles and runner.last_cycle:
+            self.run.log({f"cycle/{k}": v for k, v in runner.last_cycle.items()}, step=runner.env_steps)
+
+    def on_epoch(self, runner: Runner, row: dict[str, Any]) -> None:
+        clean = {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+        self.run.log(clean, step=runner.env_steps)
+
+    def log_video(self, path: Path, step: int) -> None:
+        self.run.log({"eval/video": self.wandb.Video(str(path), format="mp4")}, step=step)
+
+    def on_end(self, runner: Runner) -> None:
+        self.run.finish()
+
+
+def make_callbacks(cfg: DictConfig, run_dir: Path, total_steps: int, multirun: bool = False) -> list[Callback]:
+    """The callbacks ``cfg.logger`` asks for (progress bar, plots, videos, wandb)."""
+    lc = cfg.logger
+    out: list[Callback] = []
+    bar = lc.progress == "bar" or (lc.progress == "auto" and sys.stdout.isatty() and not multirun)
+    if bar:
+        out.append(ProgressCallback(total_steps))
+    if lc.name == "wandb" and lc.mode != "disabled":
+        rid_file = run_dir / "wandb_run_id.txt"
+        rid = rid_file.read_text().strip() if rid_file.exists() else None
+        out.append(WandbCallback(cfg, run_dir, rid))
+    if lc.video_every > 0:
+        out.append(VideoCallback(int(lc.video_every)))
+    if lc.plots:
+        out.append(PlotCallback())
+    return out

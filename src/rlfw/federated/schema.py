@@ -1,0 +1,81 @@
+"""Typed schema of the ``federated:`` block of conf/federated.yaml (stored in Hydra's ConfigStore).
+
+conf/federated.yaml starts with ``defaults: [federated_config_schema, config, _self_]``: the
+root schema :class:`FederatedRootConfig` is rlfw's :class:`rlfw.config.schema.Config` plus a
+typed ``federated`` node, so a misspelt ``federated.*`` key or a wrongly typed value fails at
+compose time and names the key, exactly like the training app's groups.
+"""
+
+# No ``from __future__ import annotations`` here: OmegaConf reads these annotations at run time.
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+
+from rlfw.config.schema import Config, register_schemas
+
+STRATEGIES = ("fedavg", "fedavgm")
+MODES = ("simulation", "server", "client")
+WEIGHTINGS = ("env_steps", "uniform")
+
+
+@dataclass
+class TLSConfig:
+    """PEM files for TLS on the gRPC link. All ``None``: plain (insecure) gRPC.
+
+    Server (``federated.mode=server``): ``root_cert`` (the CA that signed the server cert),
+    ``server_cert`` and ``server_key``; all three or none. Client (``federated.mode=client``):
+    ``root_cert`` only (the CA to trust); a client given a ``root_cert`` connects with TLS.
+    """
+
+    root_cert: str | None = None  # CA certificate (PEM)
+    server_cert: str | None = None  # the server's certificate (PEM), signed by root_cert
+    server_key: str | None = None  # the server's private key (PEM)
+
+
+@dataclass
+class FederatedConfig:
+    """One federation: a server and ``len(clients)`` clients, ``rounds`` rounds.
+
+    Each round every client loads the global model, trains ``epochs_per_round`` epochs of the
+    usual rlfw loop (``train.cycles_per_epoch`` x ``train.steps_per_cycle`` env steps) on its
+    own task and returns its weights; the server aggregates them (``strategy``) into the next
+    global model. A client's ``train.epochs`` is set to ``rounds * epochs_per_round``.
+    """
+
+    rounds: int = 3
+    # Env group options (conf/env/<name>.yaml), one per client; client i trains on clients[i]
+    # with seed ``seed + i``. The global model's shapes come from clients[0]; every client's
+    # observation, goal and action sizes must match it.
+    clients: list[str] = field(default_factory=lambda: ["FetchPush-v4", "FetchSlide-v4"])
+    epochs_per_round: int = 1
+    strategy: str = "fedavg"  # fedavg, fedavgm (server momentum, Hsu et al. 2019)
+    server_lr: float = 1.0  # fedavgm: global <- global - server_lr * momentum_buffer
+    server_momentum: float = 0.9  # fedavgm: momentum_buffer <- m * buffer + (global - mean)
+    # Weights of the clients' models in the mean: env_steps (env steps collected that round,
+    # FedAvg's n_k), uniform (1 each).
+    weighting: str = "env_steps"
+    # Each round, after aggregation, every client also evaluates the new global model on its
+    # task (eval.episodes episodes); the metrics file has both local and global results.
+    evaluate_global: bool = True
+    # simulation: Flower's simulation engine (Ray) in this process; server / client: one real
+    # process each, over gRPC at server_address.
+    mode: str = "simulation"
+    server_address: str = "127.0.0.1:8080"  # server: the address to listen on; client: to dial
+    client_index: int | None = None  # client mode: which entry of ``clients`` this process is
+    round_timeout_s: float | None = None  # server: give up on clients slower than this
+    connect_timeout_s: float = 60.0  # client: keep retrying the server for this long
+    keep_client_rounds: bool = False  # clients also keep federated/round_<k>.pt (their sent weights)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+
+
+@dataclass
+class FederatedRootConfig(Config):
+    """The root of conf/federated.yaml: rlfw's root config plus ``federated``."""
+
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
+
+
+def register_federated_schemas() -> None:
+    """Store rlfw's schemas and ``federated_config_schema`` in Hydra's ConfigStore (idempotent)."""
+    register_schemas()
+    ConfigStore.instance().store(name="federated_config_schema", node=FederatedRootConfig)

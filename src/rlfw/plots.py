@@ -1,0 +1,107 @@
+"""PNG plots of one run (next to metrics.csv) and of several runs (``python -m rlfw.report``)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+RUN_PLOTS = ("returns.png", "success.png", "losses.png", "q_values.png")
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts (an empty list if the file is missing)."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def column(rows: Sequence[dict[str, str]], key: str) -> np.ndarray:
+    """A float column; empty cells and missing keys are NaN."""
+    return np.array([float(r[key]) if r.get(key) not in (None, "") else math.nan for r in rows])
+
+
+def smooth(x: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average over ``window`` points (shorter at the start)."""
+    if len(x) == 0:
+        return x
+    c = np.cumsum(np.insert(np.nan_to_num(x), 0, 0.0))
+    n = np.arange(1, len(x) + 1)
+    lo = np.maximum(0, n - window)
+    return (c[n] - c[lo]) / (n - lo)
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    return plt, fig, ax
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Write the run's PNGs from metrics.csv and episodes.csv; returns their paths.
+
+    - ``returns.png``: return per training episode, raw and smoothed (moving average),
+    - ``success.png``: train and eval success rate per epoch (eval return if no success),
+    - ``losses.png``: actor and critic loss per epoch,
+    - ``q_values.png``: mean Q(s, a) per epoch.
+    """
+    run_dir = Path(run_dir)
+    metrics = read_csv(run_dir / "metrics.csv")
+    episodes = read_csv(run_dir / "episodes.csv")
+    out: list[Path] = []
+    epoch = column(metrics, "epoch")
+
+    plt, fig, ax = _figure()
+    ret = column(episodes, "return")
+    if len(ret):
+        x = np.arange(1, len(ret) + 1)
+        ax.plot(x, ret, alpha=0.3, lw=0.8, label="return")
+        ax.plot(x, smooth(ret, max(1, len(ret) // 20)), lw=2, label="smoothed")
+    ax.set(xlabel="training episode", ylabel="return", title="Return per episode")
+    ax.legend(loc="best")
+    out.append(_save(plt, fig, run_dir / "returns.png"))
+
+    plt, fig, ax = _figure()
+    train_s, eval_s = column(metrics, "train_success_rate"), column(metrics, "eval_success_rate")
+    if np.isfinite(eval_s).any() or np.isfinite(train_s).any():
+        ax.plot(epoch, train_s, marker="o", label="train")
+        ax.plot(epoch, eval_s, marker="o", label="eval")
+        ax.set(ylabel="success rate", ylim=(-0.05, 1.05), title="Success rate per epoch")
+    else:
+        ax.plot(epoch, column(metrics, "train_return"), marker="o", label="train return")
+        ax.plot(epoch, column(metrics, "eval_return"), marker="o", label="eval return")
+        ax.set(ylabel="return", title="Return per epoch")
+    ax.set(xlabel="epoch")
+    ax.legend(loc="best")
+    out.append(_save(plt, fig, run_dir / "success.png"))
+
+    plt, fig, ax = _figure()
+    ax.plot(epoch, column(metrics, "actor_loss"), marker="o", label="actor loss")
+    ax.plot(epoch, column(metrics, "critic_loss"), marker="o", label="critic loss")
+    ax.set(xlabel="epoch", ylabel="loss", title="Losses (mean per epoch)")
+    ax.legend(loc="best")
+    out.append(_save(plt, fig, run_dir / "losses.png"))
+
+    plt, fig, ax = _figure()
+    ax.plot(epoch, column(metrics, "q_mean"), marker="o", label="mean Q(s, a)")
+    ax.set(xlabel="epoch", ylabel="Q", title="Q values (mean per epoch)")
+    ax.legend(loc="best")
+    out.append(_save(plt, fig, run_dir / "q_values.png"))
+    return out
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
