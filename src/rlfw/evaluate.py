@@ -104,7 +104,7 @@ def record_episodes(
     try:
         for k in range(episodes):
             obs, _ = env.reset(seed=seed + k)
-            frames = []
+            frames: list[Any] = []
             if render:
                 frames.append(_render(env, env_id))
             done, ret, length, success = False, 0.0, 0, float("nan")

@@ -45,8 +45,8 @@ def _figure():
     return plt, fig, ax
 
 
-def plot_run(run_dir: str | Path) -> list[Path]:
-    """Write the run's PNGs from metrics.csv and episodes.csv; returns their paths.
+def plot_run(run_dir: str | Path) -> dict[Path, int]:
+    """Write the run's PNGs from metrics.csv and episodes.csv; returns {path: number of curves}.
 
     - ``returns.png``: return per training episode, raw and smoothed (moving average),
     - ``success.png``: train and eval success rate per epoch (eval return if no success),
@@ -56,7 +56,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     metrics = read_csv(run_dir / "metrics.csv")
     episodes = read_csv(run_dir / "episodes.csv")
-    out: list[Path] = []
+    out: dict[Path, int] = {}
     epoch = column(metrics, "epoch")
 
     plt, fig, ax = _figure()
@@ -67,7 +67,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         ax.plot(x, smooth(ret, max(1, len(ret) // 20)), lw=2, label="smoothed")
     ax.set(xlabel="training episode", ylabel="return", title="Return per episode")
     ax.legend(loc="best")
-    out.append(_save(plt, fig, run_dir / "returns.png"))
+    out[_save(plt, fig, run_dir / "returns.png")] = len(ax.lines)
 
     plt, fig, ax = _figure()
     train_s, eval_s = column(metrics, "train_success_rate"), column(metrics, "eval_success_rate")
@@ -81,24 +81,25 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         ax.set(ylabel="return", title="Return per epoch")
     ax.set(xlabel="epoch")
     ax.legend(loc="best")
-    out.append(_save(plt, fig, run_dir / "success.png"))
+    out[_save(plt, fig, run_dir / "success.png")] = len(ax.lines)
 
     plt, fig, ax = _figure()
     ax.plot(epoch, column(metrics, "actor_loss"), marker="o", label="actor loss")
     ax.plot(epoch, column(metrics, "critic_loss"), marker="o", label="critic loss")
     ax.set(xlabel="epoch", ylabel="loss", title="Losses (mean per epoch)")
     ax.legend(loc="best")
-    out.append(_save(plt, fig, run_dir / "losses.png"))
+    out[_save(plt, fig, run_dir / "losses.png")] = len(ax.lines)
 
     plt, fig, ax = _figure()
     ax.plot(epoch, column(metrics, "q_mean"), marker="o", label="mean Q(s, a)")
     ax.set(xlabel="epoch", ylabel="Q", title="Q values (mean per epoch)")
     ax.legend(loc="best")
-    out.append(_save(plt, fig, run_dir / "q_values.png"))
+    out[_save(plt, fig, run_dir / "q_values.png")] = len(ax.lines)
     return out
 
 
 def _save(plt, fig, path: Path) -> Path:
+    """Save atomically (a temp file renamed over ``path``) and close the figure."""
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp)

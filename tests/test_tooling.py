@@ -1,0 +1,215 @@
+"""Experiment tooling: wandb offline, plots, report, evaluate + video, resume after SIGKILL, sweeps."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rlfw.callbacks import make_callbacks
+from rlfw.plots import RUN_PLOTS, plot_run
+from rlfw.report import summarize
+from rlfw.runner import METRIC_COLUMNS, Runner
+
+from .conftest import TINY, run_cli
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def epochs_of(run_dir: Path) -> list[int]:
+    with (run_dir / "metrics.csv").open() as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f)]
+
+
+def read_wandb_records(path: Path) -> list:
+    """Parse a wandb offline ``.wandb`` file (LevelDB log format of protobuf Records)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, buf, out = 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pos += 7
+        chunk = data[pos : pos + length]
+        pos += length
+        if kind == 1:
+            out.append(chunk)
+        elif kind == 2:
+            buf = chunk
+        elif kind == 3:
+            buf += chunk
+        elif kind == 4:
+            out.append(buf + chunk)
+    records = []
+    for d in out:
+        r = pb.Record()
+        r.ParseFromString(d)
+        records.append(r)
+    return records
+
+
+def test_wandb_offline_run_files_hold_logged_keys(compose, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose(["logger=wandb", *TINY])
+    Runner(cfg, tmp_path, make_callbacks(cfg, tmp_path, 400)).run()
+    files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    records = read_wandb_records(files[0])
+    keys, run = set(), None
+    for r in records:
+        kind = r.WhichOneof("record_type")
+        if kind == "history":
+            keys |= {i.key or "/".join(i.nested_key) for i in r.history.item}
+        elif kind == "run":
+            run = r.run
+    assert set(METRIC_COLUMNS) - {"actor_loss"} <= keys  # every metrics.csv column, per epoch
+    assert {"cycle/critic_loss", "cycle/q_mean"} <= keys  # losses per update interval
+    assert run is not None
+    assert run.run_group == "td3-her-gaussian-FetchReach-v4"
+    assert run.display_name == "td3-her-gaussian-FetchReach-v4-seed0"
+    config_keys = {i.key for i in run.config.update}
+    assert {"algo", "buffer", "env", "train"} <= config_keys
+
+
+def test_run_plots_are_valid_pngs_with_expected_curves(compose, tmp_path):
+    cfg = compose(["logger.plots=true", *[t for t in TINY if "plots" not in t]])
+    Runner(cfg, tmp_path, make_callbacks(cfg, tmp_path, 400)).run()
+    for name in RUN_PLOTS:
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000
+    curves = {p.name: n for p, n in plot_run(tmp_path).items()}
+    assert curves == {"returns.png": 2, "success.png": 2, "losses.png": 2, "q_values.png": 1}
+
+
+def test_report_on_a_small_real_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "algo=ddpg,td3", "seed=0,1", *TINY, "train.epochs=2", f"hydra.sweep.dir={sweep}"]
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    png, md, text = summarize([sweep])
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    rows = [ln for ln in text.splitlines() if ln.startswith("| algo=")]
+    assert sorted(r.split("|")[1].strip() for r in rows) == ["algo=ddpg", "algo=td3"]
+    assert all(r.split("|")[2].strip() == "2" for r in rows)  # two seeds per setting
+    assert "eval_success_rate" in md.read_text()
+
+
+@pytest.mark.parametrize("env", ["FetchReach-v4", "PandaReach-v3"])
+def test_evaluate_prints_success_and_writes_mp4(compose, tmp_path, env):
+    if env.startswith("Fetch") and os.environ.get("MUJOCO_GL") != "osmesa":
+        pytest.skip("headless MuJoCo rendering needs libOSMesa (apt-get install libosmesa6)")
+    cfg = compose([f"env={env}", *TINY, "train.epochs=1"])
+    Runner(cfg, tmp_path).run()
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlfw.evaluate", f"run_dir={tmp_path}", "episodes=3", "video=true"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "3 episodes" in proc.stdout and "success rate" in proc.stdout and "return" in proc.stdout
+    summary = json.loads((tmp_path / "evaluation.json").read_text())
+    assert summary["episodes"] == 3 and 0.0 <= summary["success_rate"] <= 1.0
+    video = tmp_path / "videos" / "eval_0.mp4"
+    import imageio.v2 as imageio
+
+    frames = [f for f in imageio.get_reader(video)]
+    assert len(frames) == summary["video_frames"][0]
+    # one frame per observation: the episode's steps + 1 (Fetch: 50 steps; Panda: <= 50)
+    assert (len(frames) == 51) if env.startswith("Fetch") else (2 <= len(frames) <= 51)
+    assert frames[0].ndim == 3 and frames[0].std() > 1.0  # a real image, not a blank frame
+
+
+def test_resume_after_sigkill_mid_epoch(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*TINY, "train.epochs=4", "train.cycles_per_epoch=4", "train.updates_per_cycle=20",
+            "eval.episodes=2", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "-m", "rlfw", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if (run_dir / "metrics.csv").exists() and len(epochs_of(run_dir)) >= 1:
+            break
+        time.sleep(0.05)
+    time.sleep(0.4)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    done_before = epochs_of(run_dir)
+    assert 1 <= len(done_before) < 4, "the run must be killed mid-way"
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "running"
+    # a half-written checkpoint left by a kill must never be the one loaded
+    (run_dir / "checkpoints" / "last.pt.tmp").write_bytes(b"garbage")
+    resumed = run_cli([f"resume={run_dir}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert epochs_of(run_dir) == [1, 2, 3, 4]
+    with (run_dir / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert int(rows[-1]["env_steps"]) == 4 * 4 * 100
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["counters"]["env_steps"] == 1600 and ckpt["counters"]["epoch"] == 4
+    with (run_dir / "episodes.csv").open() as f:
+        eps = list(csv.DictReader(f))
+    ids = [int(e["episode"]) for e in eps]
+    assert ids == sorted(set(ids))  # no duplicate episodes from the cut epoch
+
+
+def test_resume_restores_agent_and_buffer(compose, tmp_path):
+    cfg = compose([*TINY, "train.save_buffer=true"])
+    r1 = Runner(cfg, tmp_path)
+    r1.run(epochs=1, close=False)
+    r1.close()
+    r2 = Runner(cfg, tmp_path)
+    r2.load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert (r2.epoch, r2.env_steps) == (1, 200)
+    assert len(r2.buffer) == len(r1.buffer) > 0
+    obs = np.zeros((2, r1.info.obs_dim), np.float32)
+    goal = np.zeros((2, r1.info.goal_dim), np.float32)
+    np.testing.assert_array_equal(r1.agent.act(obs, goal), r2.agent.act(obs, goal))
+    r2.run()
+    assert epochs_of(tmp_path) == [1, 2]
+
+
+def test_joblib_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "algo=ddpg,td3", *TINY,
+                    f"hydra.sweep.dir={sweep}"], cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = [p for p in sweep.iterdir() if (p / "metrics.csv").exists()]
+    assert len(jobs) == 2
+    for j in jobs:
+        assert epochs_of(j) == [1, 2]
+
+
+def test_failed_job_does_not_lose_the_others(tmp_path):
+    sweep = tmp_path / "sweep"
+    # the second job fails at run time (HER on an env without goals, found once it is built)
+    proc = run_cli(["-m", "env=gym", "env.id=Hopper-v5", "buffer=uniform,her", *TINY,
+                    f"hydra.sweep.dir={sweep}"], cwd=tmp_path)  # fmt: skip
+    assert proc.returncode != 0
+    ok = [p for p in sweep.iterdir() if (p / "metrics.csv").exists() and epochs_of(p) == [1, 2]]
+    assert len(ok) == 1 and "uniform" in ok[0].name
+    assert json.loads((ok[0] / "status.json").read_text())["status"] == "finished"
+    assert "needs a goal env" in proc.stderr + proc.stdout
+
+
+def test_evaluate_bad_input_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "rlfw.evaluate", "episodes=x"], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "episodes" in proc.stderr
+    shutil.rmtree(tmp_path, ignore_errors=True)
