@@ -52,6 +52,13 @@ def train(cfg: DictConfig) -> float:
     run_dir = Path(hc.runtime.output_dir)
     try:
         tr = cfg.train
+        if tr.workers > 1:
+            from rlfw.config.validate import validate
+            from rlfw.distributed import launch
+
+            validate(cfg)
+            row = launch(cfg, run_dir, multirun)[0]["row"]
+            return _result(row)
         total = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
         runner = Runner(cfg, run_dir, make_callbacks(cfg, run_dir, total, multirun))
         row = runner.run()

@@ -180,7 +180,13 @@ class Runner:
             does not fit the config (HER without goals).
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: str | Path,
+        callbacks: list[Callback] | None = None,
+        dist_ctx: Any = None,
+    ) -> None:
         validate(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -191,8 +197,14 @@ class Runner:
             log.warning(message)
         self.env_id = env_id
         torch.set_num_threads(tr.torch_threads or min(2, os.cpu_count() or 1))
-        torch.manual_seed(cfg.seed)
-        self.rng = np.random.default_rng(cfg.seed)
+        # multi-worker (rlfw.distributed): rank r has its own seed; only rank 0 writes files
+        self.dist = dist_ctx
+        self.rank = int(dist_ctx.rank) if dist_ctx is not None else 0
+        self.world = int(dist_ctx.world) if dist_ctx is not None else 1
+        self.is_main = self.rank == 0
+        self.seed = int(cfg.seed) + 1000 * self.rank
+        torch.manual_seed(cfg.seed)  # the same initial networks on every worker
+        self.rng = np.random.default_rng(self.seed)
         self.device = pick_device(tr.device)
 
         family = FAMILIES.get(cfg.env.family).target
@@ -225,6 +237,12 @@ class Runner:
             seed=cfg.seed,
         )
         self.noise.attach(self.agent)
+        if self.dist is not None:
+            self.dist.broadcast_modules(list(self.agent.modules().values()))
+            self.agent.grad_sync = self.dist.average_grads
+            for norm in (self.agent.obs_norm, self.agent.goal_norm):
+                if norm is not None:
+                    norm.deferred = True
         self.total_env_steps = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
         self.buffer = ReplayBuffer(
             cfg.buffer, self.info, self.num_envs, float(cfg.algo.gamma), self.total_env_steps, cfg.seed
@@ -258,7 +276,7 @@ class Runner:
         """Step the vector env ``steps // num_envs`` times; returns the finished episodes."""
         goal = self.info.goal
         if self._obs is None:
-            raw, _ = self.envs.reset(seed=int(self.cfg.seed))
+            raw, _ = self.envs.reset(seed=self.seed)
             self._obs = split_obs(raw, goal)
             self.buffer.start(self._obs)
             self._observe(self._obs)
@@ -307,7 +325,7 @@ class Runner:
         returns: list[float] = []
         successes: list[float] = []
         ep_ret = np.zeros(n)
-        raw, _ = envs.reset(seed=int(self.cfg.seed) + 1_000_003 if self.epoch == 0 else None)
+        raw, _ = envs.reset(seed=self.seed + 1_000_003 if self.epoch == 0 else None)
         while (got < quota).any():
             obs = split_obs(raw, self.info.goal)
             action = self._policy(obs, explore=False)
@@ -324,8 +342,23 @@ class Runner:
                 ep_ret[done] = 0.0
         rets = np.array(returns)
         succ = np.array(successes)
+        if self.dist is not None:  # average over every worker's episodes
+            ok = np.isfinite(succ)
+            t = torch.tensor([rets.sum(), np.square(rets).sum(), len(rets), succ[ok].sum(), ok.sum()], dtype=torch.float64)
+            self.dist.all_reduce_sum(t)
+            s, s2, n_ep, s_succ, n_succ = t.tolist()
+            mean = s / n_ep
+            std = math.sqrt(max(s2 / n_ep - mean * mean, 0.0))
+            return mean, std, (s_succ / n_succ if n_succ else math.nan)
         rate = float(np.nanmean(succ)) if np.isfinite(succ).any() else math.nan
         return float(rets.mean()), float(rets.std()), rate
+
+    def _sync_normalizers(self) -> None:
+        if self.dist is None:
+            return
+        for norm in (self.agent.obs_norm, self.agent.goal_norm):
+            if norm is not None:
+                norm.sync(self.dist.all_reduce_sum)
 
     # ---------------------------------------------------------------------------------------
 
@@ -335,6 +368,8 @@ class Runner:
         The buffer file is written first: a ``last.pt`` on disk always has its buffer (or an
         older, larger one) beside it, never a missing one.
         """
+        if not self.is_main:
+            return
         if self.cfg.train.save_buffer:
             atomic_torch_save(
                 {"epoch": self.epoch, "buffer": self.buffer.state_dict()},
@@ -385,6 +420,8 @@ class Runner:
             truncate_csv(self.run_dir / name, "epoch", self.epoch)
 
     def _status(self, status: str, **extra: Any) -> None:
+        if not self.is_main:
+            return
         data = {"status": status, "epoch": self.epoch, "env_steps": self.env_steps, **extra}
         tmp = self.run_dir / "status.json.tmp"
         tmp.write_text(json.dumps(data) + "\n")
@@ -403,6 +440,7 @@ class Runner:
         losses: dict[str, list[float]] = {"actor_loss": [], "critic_loss": [], "q_mean": []}
         for _ in range(tr.cycles_per_epoch):
             finished += self.collect(tr.steps_per_cycle)
+            self._sync_normalizers()
             if self.env_steps >= tr.learning_starts and len(self.buffer) >= tr.batch_size:
                 for _ in range(tr.updates_per_cycle):
                     batch = self.buffer.sample(tr.batch_size, self.env_steps)
@@ -427,11 +465,11 @@ class Runner:
         succ = [f["success"] for f in finished if not math.isnan(f["success"])]
         row = {
             "epoch": self.epoch,
-            "env_steps": self.env_steps,
+            "env_steps": self.env_steps * self.world,  # over all workers
             "updates": self.agent.updates,
             "episodes": self.episodes,
             "wall_time_s": self.wall_time,
-            "steps_per_s": (self.env_steps - steps0) / dt,
+            "steps_per_s": (self.env_steps - steps0) * self.world / dt,
             "train_return": float(np.mean(rets)) if rets else math.nan,
             "train_success_rate": float(np.mean(succ)) if succ else math.nan,
             "eval_return": eval_ret,
@@ -457,10 +495,11 @@ class Runner:
         """
         tr, cfg = self.cfg.train, self.cfg
         target = tr.epochs if epochs is None else self.epoch + epochs
-        metrics = CsvLog(self.run_dir / "metrics.csv", METRIC_COLUMNS)
-        episodes_log = CsvLog(self.run_dir / "episodes.csv", EPISODE_COLUMNS)
+        main = self.is_main
+        metrics = CsvLog(self.run_dir / "metrics.csv", METRIC_COLUMNS) if main else None
+        episodes_log = CsvLog(self.run_dir / "episodes.csv", EPISODE_COLUMNS) if main else None
         self._status("running")
-        if self.epoch == 0:
+        if self.epoch == 0 and main:
             log.info(
                 "training %s on %s (%s, %s, %s): %d epochs x %d cycles x %d steps, run dir %s",
                 cfg.algo.name, self.env_id, cfg.buffer.name, cfg.noise.name, self.device,
@@ -470,6 +509,8 @@ class Runner:
         try:
             while self.epoch < target:
                 row, finished = self.train_epoch()
+                if metrics is None or episodes_log is None:
+                    continue  # a worker other than rank 0 writes nothing
                 episodes_log.write(finished)
                 metrics.write([row])
                 if self.epoch % tr.checkpoint_every == 0 or self.epoch == tr.epochs:
@@ -481,7 +522,7 @@ class Runner:
                     log.info(
                         "epoch %d/%d | env_steps %d | %.1f s | %.0f steps/s | train_success %s | "
                         "eval_success %s | eval_return %s | critic_loss %s | q_mean %s",
-                        self.epoch, tr.epochs, self.env_steps, self.wall_time, row["steps_per_s"],
+                        self.epoch, tr.epochs, row["env_steps"], self.wall_time, row["steps_per_s"],
                         _fmt(row["train_success_rate"]) or "-", _fmt(row["eval_success_rate"]) or "-",
                         _fmt(row["eval_return"]) or "-", _fmt(row["critic_loss"]) or "-", _fmt(row["q_mean"]) or "-",
                     )  # fmt: skip
@@ -493,8 +534,9 @@ class Runner:
                 self.close()
             raise
         finally:
-            metrics.close()
-            episodes_log.close()
+            for f in (metrics, episodes_log):
+                if f is not None:
+                    f.close()
         if self.epoch >= tr.epochs:
             self._status("finished")
         self._end()

@@ -138,6 +138,9 @@ class ActorCritic:
             if hasattr(m, "reset_noise")
         ]
         self._explore_noise: list[Any] = []
+        # Multi-worker training sets this: it averages gradients over the workers in place
+        # (the HER paper's MPI-averaged Adam), called between backward() and step().
+        self.grad_sync: Callable[[list[torch.Tensor]], None] | None = None
         if self._noisy_actor:
             self.resample_exploration()
 
@@ -224,6 +227,8 @@ class ActorCritic:
         critic_loss = (weight * td.square()).mean(dim=1).sum()
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
+        if self.grad_sync is not None:
+            self.grad_sync([p.grad for p in self._critic_params if p.grad is not None])
         if self.max_grad_norm is not None:
             nn.utils.clip_grad_norm_(self._critic_params, float(self.max_grad_norm))
         self.critic_opt.step()
@@ -240,6 +245,8 @@ class ActorCritic:
             grads = torch.autograd.grad(actor_loss, self._actor_params)
             for p, g in zip(self._actor_params, grads):
                 p.grad = g
+            if self.grad_sync is not None:
+                self.grad_sync(list(grads))
             if self.max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(self._actor_params, float(self.max_grad_norm))
             self.actor_opt.step()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -37,6 +39,10 @@ class Normalizer(nn.Module):
         self.register_buffer("sumsq", torch.zeros(size, dtype=torch.float64))
         self.register_buffer("mean", torch.zeros(size))
         self.register_buffer("std", torch.ones(size))
+        # Multi-worker training: statistics gathered locally wait here until sync() reduces
+        # them over the workers, so that every worker keeps identical mean and std.
+        self.deferred = False
+        self._pending = np.zeros(2 * size + 1, np.float64)  # [count, sum (D), sumsq (D)]
 
     @torch.no_grad()
     def update(self, x: np.ndarray) -> None:
@@ -44,9 +50,30 @@ class Normalizer(nn.Module):
         if not self.enabled or len(x) == 0:
             return
         x64 = np.asarray(x, np.float64).reshape(-1, self.size)
+        if self.deferred:
+            self._pending[0] += x64.shape[0]
+            self._pending[1 : 1 + self.size] += x64.sum(0)
+            self._pending[1 + self.size :] += np.square(x64).sum(0)
+            return
         self.count += x64.shape[0]
         self.sum += torch.from_numpy(x64.sum(0)).to(self.sum.device)
         self.sumsq += torch.from_numpy(np.square(x64).sum(0)).to(self.sum.device)
+        self.recompute()
+
+    @torch.no_grad()
+    def sync(self, all_reduce_sum: Any) -> None:
+        """Add the pending statistics of all workers: ``all_reduce_sum(tensor)`` sums in place.
+
+        Every worker calls it at the same point; afterwards all hold the same statistics.
+        """
+        if not self.enabled:
+            return
+        pending = torch.from_numpy(self._pending.copy())
+        all_reduce_sum(pending)
+        self._pending[:] = 0.0
+        self.count += pending[0].to(self.count.device)
+        self.sum += pending[1 : 1 + self.size].to(self.sum.device)
+        self.sumsq += pending[1 + self.size :].to(self.sum.device)
         self.recompute()
 
     @torch.no_grad()

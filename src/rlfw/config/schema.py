@@ -176,6 +176,11 @@ class TrainConfig:
     # Also save the replay buffer with each checkpoint (checkpoints/buffer.pt, about the raw
     # size of the stored data). Without it a resumed run starts from an empty buffer.
     save_buffer: bool = False
+    # Data-parallel workers (torch.distributed): each has its own envs, buffer and seed
+    # (seed + rank); gradients and normaliser statistics are averaged so all keep identical
+    # networks; steps_per_cycle is per worker. 1: a single process.
+    workers: int = 1
+    dist_backend: str = "auto"  # auto (nccl on CUDA, else gloo), gloo, nccl
 
 
 @dataclass

@@ -116,6 +116,11 @@ def validate(cfg: Any) -> str:
     for key in ("updates_per_cycle", "learning_starts", "torch_threads"):
         _in_range(cfg, f"train.{key}", 0)
     _in_range(cfg, "train.checkpoint_every", 1)
+    _in_range(cfg, "train.workers", 1)
+    _require(
+        tr.dist_backend in ("auto", "gloo", "nccl"),
+        f"unknown train.dist_backend '{tr.dist_backend}'; choose one of: auto, gloo, nccl",
+    )
     _in_range(cfg, "eval.episodes", 0)
     _in_range(cfg, "eval.num_envs", 0)
     _in_range(cfg, "eval.every", 1)
