@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 
 from rlfw.algos import ActorCritic
-from rlfw.config.schema import TD3Config
 from rlfw.distributed import launch, parameter_digest
 from rlfw.envs import EnvInfo
 
