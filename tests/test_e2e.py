@@ -57,24 +57,31 @@ def test_few_hundred_steps_on_real_envs(compose, tmp_path, env):
 def test_each_noise_with_each_algo(compose, tmp_path, env, noise, algo):
     cfg = compose([f"env={env}", f"noise={noise}", f"algo={algo}", *TINY])
     Runner(cfg, tmp_path).run()
-    check_run_dir(tmp_path, 2, 200)
+    rows = check_run_dir(tmp_path, 2, 200)
+    assert float(rows[-1]["noise_sigma"]) > 0  # the exploration scale is logged
 
 
 @pytest.mark.parametrize(
-    ("env", "buffer"),
+    ("env", "sweep"),
     [
-        ("FetchPush-v4", ["buffer=her", "buffer.sampler=prioritized"]),
-        ("FetchPush-v4", ["buffer=per", "buffer.n_step=3"]),
-        ("FetchPush-v4", ["buffer=her", "buffer.n_step=3"]),
-        ("FetchPush-v4", ["buffer=her", "buffer.n_step=3", "buffer.sampler=prioritized"]),
-        ("Hopper-v4", ["buffer=per", "buffer.n_step=3"]),
-        ("Hopper-v4", ["buffer=nstep", "buffer.sampler=prioritized"]),
+        # her, her+PER, her+n-step, her+PER+n-step, and per+n-step among the 8 jobs
+        ("FetchPush-v4", ["buffer=her,per", "buffer.sampler=uniform,prioritized", "buffer.n_step=1,3"]),
+        ("Hopper-v4", ["buffer=per,nstep", "buffer.sampler=prioritized", "buffer.n_step=3"]),
     ],
 )
-def test_buffer_compositions(compose, tmp_path, env, buffer):
-    cfg = compose([f"env={env}", *buffer, *TINY])
-    Runner(cfg, tmp_path).run()
-    check_run_dir(tmp_path, 2, 200)
+def test_cli_buffer_compositions(tmp_path, env, sweep):
+    out = tmp_path / "sweep"
+    proc = run_cli(["-m", f"env={env}", *sweep, *TINY, f"hydra.sweep.dir={out}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = jobs_of(out)
+    expected = 1
+    for s in sweep:
+        expected *= len(s.split("=", 1)[1].split(","))
+    assert len(jobs) == expected
+    for j in jobs:
+        check_run_dir(j, 2, 200)
+        cfg = (j / ".hydra" / "config.yaml").read_text()
+        assert "n_step: 3" in cfg or "n_step: 1" in cfg
 
 
 def jobs_of(sweep_dir: Path) -> list[Path]:

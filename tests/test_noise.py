@@ -37,7 +37,7 @@ def test_gaussian_decay_values(schedule, step, expected):
     cfg = GaussianNoiseConfig(sigma=0.5, sigma_final=0.1, decay_steps=1000, schedule=schedule)
     n = GaussianNoise(cfg, 1, 2, rng())
     assert n.sigma(step) == pytest.approx(expected)
-    assert n.metrics(step)["noise_sigma"] == pytest.approx(expected)
+    assert n.metrics(step)["noise_sigma"] == pytest.approx(expected)  # the metrics.csv column
 
 
 def test_gaussian_noise_std_and_clipping():

@@ -43,7 +43,7 @@ log = logging.getLogger("rlfw")
 METRIC_COLUMNS = [
     "epoch", "env_steps", "updates", "episodes", "wall_time_s", "steps_per_s",
     "train_return", "train_success_rate", "eval_return", "eval_return_std",
-    "eval_success_rate", "actor_loss", "critic_loss", "q_mean",
+    "eval_success_rate", "actor_loss", "critic_loss", "q_mean", "noise_sigma",
 ]  # fmt: skip
 EPISODE_COLUMNS = ["episode", "epoch", "env_steps", "env_index", "return", "length", "success"]
 

@@ -51,7 +51,7 @@ class ActionNoise:
         """Reset the state of the envs whose episode ended (``done [N]`` bool)."""
 
     def metrics(self, env_step: int) -> dict[str, float]:
-        """Values to log (a decaying sigma, say)."""
+        """Values to log: ``noise_sigma``, the current exploration scale (a metrics.csv column)."""
         return {}
 
     def attach(self, agent: Any) -> None:
@@ -125,6 +125,9 @@ class OUNoise(ActionNoise):
 
     def reset(self, done: np.ndarray) -> None:
         self.x[np.asarray(done, bool)] = self.mu
+
+    def metrics(self, env_step: int) -> dict[str, float]:
+        return {"noise_sigma": self.sigma}
 
     def state_dict(self) -> dict[str, Any]:
         return {"x": self.x.copy()}

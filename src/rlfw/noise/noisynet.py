@@ -163,8 +163,8 @@ class NoisyNetNoise(ActionNoise):
             self.agent.resample_exploration()
 
     def metrics(self, env_step: int) -> dict[str, float]:
-        """Mean |sigma_w| of the actor's noisy layers (how much noise is left)."""
+        """``noise_sigma``: mean |sigma_w| of the actor's noisy layers (how much noise is left)."""
         if self.agent is None:
             return {}
         layers = noisy_layers(self.agent.actor)
-        return {"noisy_sigma_mean": float(torch.cat([m.sigma_w.detach().abs().flatten() for m in layers]).mean())}
+        return {"noise_sigma": float(torch.cat([m.sigma_w.detach().abs().flatten() for m in layers]).mean())}
