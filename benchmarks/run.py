@@ -13,6 +13,7 @@ Sections (``--only a,b``; all by default), each run one after the other in this 
   per stored FetchPush transition.
 - ``panda``: PandaReach-v3, env steps until eval success 0.9 for each noise over ``--seeds``
   seeds (median).
+- ``workers``: FetchPush-v4 env steps per second for 1 and 2 data-parallel workers.
 
 Usage: ``python benchmarks/run.py [--only reach,push] [--seeds 3] [--quick]``.
 """
@@ -272,9 +273,31 @@ def bench_panda(seeds: int, quick: bool) -> None:
                f"{median(steps):.0f} ({', '.join(f'{s:.0f}' for s in steps)})")  # fmt: skip
 
 
+def bench_workers(quick: bool) -> None:
+    """FetchPush-v4 env steps per second (all workers) for 1 and 2 data-parallel workers."""
+    from rlfw.distributed import launch
+
+    cycles = 5 if quick else 20
+    common = ["env=FetchPush-v4", "train.epochs=1", f"train.cycles_per_epoch={cycles}", "eval.episodes=0",
+              "logger.plots=false"]  # fmt: skip
+    rates = {}
+    for workers in (1, 2):
+        cfg = compose_config([*common, f"train.workers={workers}"])
+        run_dir = Path(tempfile.mkdtemp(prefix="rlfw-bench-"))
+        if workers == 1:
+            Runner(cfg, run_dir).run()
+        else:
+            launch(cfg, run_dir)
+        with (run_dir / "metrics.csv").open() as f:
+            rates[workers] = float(next(csv.DictReader(f))["steps_per_s"])
+        report(f"workers FetchPush-v4 env steps/s (all workers), {workers} worker(s), 40 updates/100 steps each",
+               f"{rates[workers]:.1f}")  # fmt: skip
+    report("workers speed-up 2 vs 1", f"{rates[2] / rates[1]:.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default="reach,push,replay,panda")
+    p.add_argument("--only", default="reach,push,replay,panda,workers")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
@@ -290,6 +313,8 @@ def main() -> None:
         bench_replay(args.quick)
     if "panda" in only:
         bench_panda(args.seeds, args.quick)
+    if "workers" in only:
+        bench_workers(args.quick)
     print("\n| benchmark | value |\n|---|---|")
     for name, value in RESULTS:
         if not name.startswith("_"):
