@@ -21,14 +21,14 @@ def tests(session: nox.Session) -> None:
 
     Installing the built wheel checks that conf/ ships inside it and is found from there.
     """
-    session.install(*C, ".[test]")
+    session.install(*C, ".[test,federated]")
     session.run("pytest", "-m", "not slow", "-p", "no:cacheprovider", *session.posargs, env=ENV)
 
 
 @nox.session
 def slow(session: nox.Session) -> None:
     """Longer end-to-end runs marked ``slow``."""
-    session.install(*C, ".[test]")
+    session.install(*C, ".[test,federated]")
     session.run("pytest", "-m", "slow", "-p", "no:cacheprovider", *session.posargs, env=ENV)
 
 
@@ -42,7 +42,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy on src/."""
-    session.install(*C, "-e", ".", "mypy==2.4.1")
+    session.install(*C, "-e", ".[federated]", "mypy==2.4.1")
     session.run("mypy", "src/rlfw")
 
 

@@ -1,9 +1,11 @@
 """Typed schema of the ``federated:`` block of conf/federated.yaml (stored in Hydra's ConfigStore).
 
-conf/federated.yaml starts with ``defaults: [federated_config_schema, config, _self_]``: the
-root schema :class:`FederatedRootConfig` is rlfw's :class:`rlfw.config.schema.Config` plus a
-typed ``federated`` node, so a misspelt ``federated.*`` key or a wrongly typed value fails at
-compose time and names the key, exactly like the training app's groups.
+conf/federated.yaml starts with ``defaults: [federated_schema, config, _self_]``:
+``federated_schema`` (:class:`FederatedConfig`, stored in the ``federated`` package) comes
+first, then rlfw's whole root config (conf/config.yaml with its groups), so a misspelt
+``federated.*`` key or a wrongly typed value fails at compose time and names the key, like the
+training app's groups. (The schema comes before ``config`` because rlfw's typed root
+:class:`rlfw.config.schema.Config` accepts no new top-level key once it is in place.)
 """
 
 # No ``from __future__ import annotations`` here: OmegaConf reads these annotations at run time.
@@ -11,7 +13,7 @@ from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
 
-from rlfw.config.schema import Config, register_schemas
+from rlfw.config.schema import register_schemas
 
 STRATEGIES = ("fedavg", "fedavgm")
 MODES = ("simulation", "server", "client")
@@ -64,18 +66,11 @@ class FederatedConfig:
     client_index: int | None = None  # client mode: which entry of ``clients`` this process is
     round_timeout_s: float | None = None  # server: give up on clients slower than this
     connect_timeout_s: float = 60.0  # client: keep retrying the server for this long
-    keep_client_rounds: bool = False  # clients also keep federated/round_<k>.pt (their sent weights)
+    keep_client_rounds: bool = False  # clients also keep federated/round_<k>.pt (weights sent)
     tls: TLSConfig = field(default_factory=TLSConfig)
 
 
-@dataclass
-class FederatedRootConfig(Config):
-    """The root of conf/federated.yaml: rlfw's root config plus ``federated``."""
-
-    federated: FederatedConfig = field(default_factory=FederatedConfig)
-
-
 def register_federated_schemas() -> None:
-    """Store rlfw's schemas and ``federated_config_schema`` in Hydra's ConfigStore (idempotent)."""
+    """Store rlfw's schemas and ``federated_schema`` (package ``federated``) in Hydra's ConfigStore."""
     register_schemas()
-    ConfigStore.instance().store(name="federated_config_schema", node=FederatedRootConfig)
+    ConfigStore.instance().store(name="federated_schema", node=FederatedConfig, package="federated")

@@ -1,0 +1,104 @@
+"""``python -m rlfw.federated [overrides]``: a federation (Hydra app on conf/federated.yaml).
+
+Simulation (default; server and clients in this process and one Ray actor)::
+
+    python -m rlfw.federated federated.clients=[FetchPush-v4,FetchSlide-v4] federated.rounds=10
+
+Real processes (one server, one process per client; ``hydra.run.dir`` picks each one's dir)::
+
+    python -m rlfw.federated federated.mode=server federated.server_address=0.0.0.0:8080 ...
+    python -m rlfw.federated federated.mode=client federated.client_index=0 \
+        federated.server_address=SERVER_HOST:8080 ...
+
+Server and clients take the same ``federated.clients`` and training overrides. TLS: give the
+server ``federated.tls.root_cert=ca.pem federated.tls.server_cert=server.pem
+federated.tls.server_key=server.key`` and each client ``federated.tls.root_cert=ca.pem``.
+
+Before Hydra runs, :func:`preflight` composes and validates the federation (every client's
+config too), so a bad key or value stops with one line and exit status 2; a client whose
+observation/goal/action sizes differ from the global model's stops the same way before Flower
+starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra._internal.utils import get_args_parser
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from rlfw.config.paths import config_dir
+from rlfw.errors import ConfigError
+from rlfw.federated.schema import register_federated_schemas
+
+log = logging.getLogger("rlfw")
+
+register_federated_schemas()
+
+
+def _user_overrides(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if not o.lstrip("~+").startswith(("hydra.", "hydra/"))]
+
+
+def preflight(argv: list[str]) -> None:
+    """Compose and validate the federation of a command line (no env is built).
+
+    Raises:
+        ConfigError: the first problem, as one line.
+    """
+    from rlfw.federated.setup import plan
+
+    args = get_args_parser().parse_args(argv)
+    if args.help or args.hydra_help or args.info or args.shell_completion or args.cfg:
+        return
+    if args.multirun:
+        raise ConfigError(
+            "python -m rlfw.federated runs one federation; -m/--multirun is not supported"
+        )
+    plan(_user_overrides(list(args.overrides)))
+
+
+def quiet_flower() -> None:
+    """Send Flower's log records (INFO and up) through Hydra's handlers only, not twice."""
+    import flwr.common  # noqa: F401  (adds Flower's own console handler, removed below)
+
+    flwr_log = logging.getLogger("flwr")
+    flwr_log.setLevel(logging.INFO)
+    for handler in list(flwr_log.handlers):
+        flwr_log.removeHandler(handler)
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="federated")
+def federate(cfg: DictConfig) -> None:
+    """Run the federation into Hydra's output dir."""
+    from rlfw.federated.app import run
+
+    hc = HydraConfig.get()
+    quiet_flower()
+    try:
+        run(_user_overrides(list(hc.overrides.task)), hc.runtime.output_dir)
+    except ConfigError as err:
+        print(f"rlfw.federated: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ConnectionError as err:
+        print(f"rlfw.federated: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: preflight, then Hydra."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        preflight(args)
+    except ConfigError as err:
+        print(f"rlfw.federated: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    sys.argv = [sys.argv[0], *args]
+    federate()
+
+
+if __name__ == "__main__":
+    main()

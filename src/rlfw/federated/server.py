@@ -1,0 +1,294 @@
+"""The server side: a Flower strategy that aggregates rlfw agents and writes the federation's files.
+
+Files in the run directory:
+
+- ``global/round_<k>.pt`` and ``global/last.pt``: the global model after round ``k``
+  (``round_0.pt`` is the initial one): ``{"round", "agent": {module: state_dict} for actor,
+  critic, actor_target, critic_target, obs_norm, goal_norm, "dims", "strategy", "clients":
+  [per-client results], "config"}``. ``agent[m]`` loads with ``ActorCritic.modules()[m]
+  .load_state_dict``; optimiser states are not federated and not saved here.
+- ``federated_metrics.csv``: one row per round (:func:`metric_columns`): the number of clients
+  aggregated and refused, their env steps, ``eval_success_rate`` / ``eval_return`` (the clients'
+  local models after the round's training, weighted by their env steps, as the seed project
+  reported) and ``global_eval_success_rate`` / ``global_eval_return`` (the new global model
+  evaluated on every client's task, weighted by episodes; with ``federated.evaluate_global``),
+  then the same per client, prefixed ``<index>_<env>/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.common import (
+    EvaluateRes,
+    FitRes,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg
+from omegaconf import DictConfig, OmegaConf
+
+from rlfw.federated import params
+from rlfw.federated.setup import Dims, client_name
+
+log = logging.getLogger("rlfw")
+
+_PER_CLIENT = (
+    "env_steps",
+    "eval_success_rate",
+    "eval_return",
+    "global_eval_success_rate",
+    "global_eval_return",
+)
+
+
+def metric_columns(names: list[str]) -> list[str]:
+    """Columns of federated_metrics.csv for clients named ``<index>_<env>``."""
+    return [
+        "round", "clients", "refused", "env_steps", "eval_success_rate", "eval_return",
+        "global_eval_success_rate", "global_eval_return", "wall_time_s",
+        *[f"{n}/{k}" for n in names for k in _PER_CLIENT],
+    ]  # fmt: skip
+
+
+class RLStrategy(FedAvg):
+    """FedAvg (or FedAvgM) over rlfw agents, with checkpoints and a metrics row every round.
+
+    Network weights: FedAvg's weighted mean (weights: env steps collected that round, or 1 with
+    ``federated.weighting=uniform``); ``fedavgm`` adds server momentum on top (Hsu et al.
+    2019): ``m <- beta m + (g - mean)``, ``g <- g - lr m``. Normaliser statistics: summed deltas
+    (see :mod:`rlfw.federated.params`). A result whose arrays do not match the global layout is
+    refused (logged, counted in ``refused``) and left out.
+
+    Args:
+        cfg: the composed federated config (``federated`` block and the shared training keys).
+        agent: the global model (an ActorCritic built for ``dims``); updated in place.
+        dims: the global model's sizes, sent to the clients with every instruction.
+        run_dir: where the files above go.
+    """
+
+    def __init__(self, cfg: DictConfig, agent: Any, dims: Dims, run_dir: str | Path) -> None:
+        fed = cfg.federated
+        n = len(fed.clients)
+        self.cfg, self.fed, self.agent, self.dims = cfg, fed, agent, dims
+        self.run_dir = Path(run_dir)
+        self.entries = params.layout(agent)
+        self.kinds = [e.kind for e in self.entries]
+        self.names = [client_name(i, e) for i, e in enumerate(fed.clients)]
+        self.global_arrays = params.get_weights(agent)
+        self.momentum: list[np.ndarray] | None = None
+        self.t0 = time.perf_counter()
+        self._row: dict[str, Any] = {}
+        self._results: list[dict[str, Any]] = []
+        self._csv: Any = None
+        evaluate = bool(fed.evaluate_global)
+        super().__init__(
+            fraction_fit=1.0,
+            fraction_evaluate=1.0 if evaluate else 0.0,
+            min_fit_clients=n,
+            min_evaluate_clients=n if evaluate else 0,
+            min_available_clients=n,
+            accept_failures=True,
+            initial_parameters=ndarrays_to_parameters(self.global_arrays),
+            on_fit_config_fn=self._fit_config,
+            on_evaluate_config_fn=self._instructions,
+        )
+        self._save(0, [])
+
+    # -------------------------------------------------------------------------------------
+
+    def _instructions(self, server_round: int) -> dict[str, Scalar]:
+        return {
+            "round": server_round,
+            "obs_dim": self.dims.obs,
+            "goal_dim": self.dims.goal,
+            "act_dim": self.dims.act,
+            "model_env": str(self.fed.clients[0]),
+            "layout": params.fingerprint(self.entries),
+        }
+
+    def _fit_config(self, server_round: int) -> dict[str, Scalar]:
+        return {
+            **self._instructions(server_round),
+            "epochs": int(self.fed.epochs_per_round),
+            "evaluate": bool(self.fed.evaluate_global),
+        }
+
+    def _fits(self, arrays: list[np.ndarray]) -> bool:
+        return len(arrays) == len(self.entries) and all(
+            tuple(a.shape) == e.shape for a, e in zip(arrays, self.entries)
+        )
+
+    # -------------------------------------------------------------------------------------
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """New global weights from the clients' results; writes ``global/round_<k>.pt``."""
+        self._flush()
+        accepted: list[tuple[list[np.ndarray], float, dict[str, Any]]] = []
+        refused = len(failures)
+        for err in failures:
+            log.error(
+                "round %d: a client failed: %s",
+                server_round,
+                repr(err) if isinstance(err, BaseException) else "returned a failed result",
+            )
+        for _proxy, res in results:
+            arrays = parameters_to_ndarrays(res.parameters)
+            m = dict(res.metrics)
+            who = f"client {m.get('client_index', '?')!s} '{m.get('env', '?')!s}'"
+            if not self._fits(arrays):
+                refused += 1
+                log.error(
+                    "round %d: refused %s: its weights do not match the global model %s",
+                    server_round,
+                    who,
+                    self.dims,
+                )
+                continue
+            weight = 1.0 if self.fed.weighting == "uniform" else float(res.num_examples)
+            accepted.append(
+                (arrays, weight, {**m, "num_examples": int(res.num_examples), "weight": weight})
+            )
+        if not accepted or sum(w for _, w, _ in accepted) <= 0:
+            log.error(
+                "round %d: no client result to aggregate; the global model stays as it was",
+                server_round,
+            )
+            self._row = {"round": server_round, "clients": 0, "refused": refused}
+            return None, {}
+        mean = params.aggregate(
+            self.kinds, self.global_arrays, [a for a, _, _ in accepted], [w for _, w, _ in accepted]
+        )
+        if self.fed.strategy == "fedavgm":
+            mean = self._momentum(mean)
+        self.global_arrays = mean
+        params.set_weights(self.agent, mean)
+        self._results = [m for _, _, m in accepted]
+        weights = [m["weight"] for m in self._results]
+        row: dict[str, Any] = {
+            "round": server_round,
+            "clients": len(accepted),
+            "refused": refused,
+            "env_steps": sum(int(m["num_examples"]) for m in self._results),
+            "eval_success_rate": params.weighted_mean(
+                [_f(m.get("eval_success_rate")) for m in self._results], weights
+            ),
+            "eval_return": params.weighted_mean(
+                [_f(m.get("eval_return")) for m in self._results], weights
+            ),
+        }
+        for m in self._results:
+            name = self._name(m)
+            row[f"{name}/env_steps"] = int(m["num_examples"])
+            row[f"{name}/eval_success_rate"] = _f(m.get("eval_success_rate"))
+            row[f"{name}/eval_return"] = _f(m.get("eval_return"))
+        self._row = row
+        self._save(server_round, self._results)
+        log.info(
+            "round %d/%d: aggregated %d clients (%d refused) | eval_success %.3f | eval_return %.2f",
+            server_round, self.fed.rounds, len(accepted), refused, row["eval_success_rate"], row["eval_return"],
+        )  # fmt: skip
+        if not self.fed.evaluate_global:
+            self._flush()
+        return ndarrays_to_parameters(mean), {}
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        """The global model's results on every client's task; writes the round's metrics row."""
+        row = self._row or {"round": server_round}
+        ms = [(dict(res.metrics), float(res.num_examples)) for _, res in results]
+        row["global_eval_success_rate"] = params.weighted_mean(
+            [_f(m.get("eval_success_rate")) for m, _ in ms], [n for _, n in ms]
+        )
+        row["global_eval_return"] = params.weighted_mean(
+            [_f(m.get("eval_return")) for m, _ in ms], [n for _, n in ms]
+        )
+        for m, _ in ms:
+            name = self._name(m)
+            row[f"{name}/global_eval_success_rate"] = _f(m.get("eval_success_rate"))
+            row[f"{name}/global_eval_return"] = _f(m.get("eval_return"))
+        self._row = row
+        log.info(
+            "round %d/%d: global model | eval_success %.3f | eval_return %.2f",
+            server_round, self.fed.rounds, row["global_eval_success_rate"], row["global_eval_return"],
+        )  # fmt: skip
+        self._flush()
+        loss = -row["global_eval_return"] if math.isfinite(row["global_eval_return"]) else None
+        return loss, {}
+
+    # -------------------------------------------------------------------------------------
+
+    def _name(self, m: dict[str, Any]) -> str:
+        i = int(m.get("client_index", -1))
+        return self.names[i] if 0 <= i < len(self.names) else client_name(i, str(m.get("env", "?")))
+
+    def _momentum(self, mean: list[np.ndarray]) -> list[np.ndarray]:
+        beta, lr = float(self.fed.server_momentum), float(self.fed.server_lr)
+        out: list[np.ndarray] = []
+        if self.momentum is None:
+            self.momentum = [np.zeros_like(g, dtype=np.float64) for g in self.global_arrays]
+        for j, (g, a) in enumerate(zip(self.global_arrays, mean)):
+            if self.kinds[j] != "net":
+                out.append(a)
+                continue
+            self.momentum[j] = beta * self.momentum[j] + (np.asarray(g, np.float64) - a)
+            out.append((g - lr * self.momentum[j]).astype(g.dtype))
+        return out
+
+    def _save(self, rnd: int, results: list[dict[str, Any]]) -> None:
+        from rlfw.runner import atomic_torch_save
+
+        state = {
+            "round": rnd,
+            "agent": {k: m.state_dict() for k, m in self.agent.modules().items()},
+            "dims": {"obs": self.dims.obs, "goal": self.dims.goal, "act": self.dims.act},
+            "strategy": str(self.fed.strategy),
+            "weighting": str(self.fed.weighting),
+            "clients": results,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+        }
+        atomic_torch_save(state, self.run_dir / "global" / f"round_{rnd}.pt")
+        atomic_torch_save(state, self.run_dir / "global" / "last.pt")
+
+    def _flush(self) -> None:
+        """Append the pending round row to federated_metrics.csv."""
+        from rlfw.runner import CsvLog
+
+        if not self._row:
+            return
+        if self._csv is None:
+            self._csv = CsvLog(self.run_dir / "federated_metrics.csv", metric_columns(self.names))
+        self._row["wall_time_s"] = time.perf_counter() - self.t0
+        self._csv.write([self._row])
+        self._row = {}
+
+    def close(self) -> None:
+        """Write a pending row and close the CSV."""
+        self._flush()
+        if self._csv is not None:
+            self._csv.close()
+            self._csv = None
+
+
+def _f(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan

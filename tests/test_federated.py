@@ -1,0 +1,367 @@
+"""Federated training over Flower: aggregation, config checks, simulation and real processes.
+
+The end-to-end tests run ``python -m rlfw.federated`` in subprocesses (the simulation engine
+starts Ray; the deployment test starts a server and two clients on 127.0.0.1) with a schedule
+of 50 env steps and 5 updates per client and round.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import ipaddress
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+torch = pytest.importorskip("torch")
+
+from rlfw.errors import ConfigError  # noqa: E402
+from rlfw.federated.params import aggregate, weighted_mean  # noqa: E402
+from rlfw.federated.setup import check_shapes, plan  # noqa: E402
+
+ENVS = ["FetchPush-v4", "FetchSlide-v4"]
+NAMES = [f"{i}_{e}" for i, e in enumerate(ENVS)]
+ROUNDS = 2
+TINY = [
+    f"federated.clients=[{','.join(ENVS)}]",
+    f"federated.rounds={ROUNDS}",
+    "federated.keep_client_rounds=true",
+    "train.cycles_per_epoch=1",
+    "train.steps_per_cycle=50",
+    "train.updates_per_cycle=5",
+    "train.batch_size=32",
+    "eval.episodes=1",
+    "algo.actor_hidden=[32]",
+    "algo.critic_hidden=[32]",
+    "buffer.capacity=5000",
+    "logger.plots=false",
+]
+ENV = dict(
+    os.environ,
+    PYTHONWARNINGS="ignore",
+    HYDRA_FULL_ERROR="0",
+    RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
+)
+
+
+def cli(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "rlfw.federated", *args]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, weights_only=False)
+
+
+def check_federation(server_dir: Path, client_dirs: list[Path]) -> None:
+    """Global checkpoint of every round == the examples-weighted mean of the clients' weights
+    that round (normaliser statistics: previous global + the clients' summed deltas); one row
+    per round in federated_metrics.csv; per-client metrics.csv."""
+    for k in range(1, ROUNDS + 1):
+        glob, prev = (
+            load(server_dir / "global" / f"round_{k}.pt"),
+            load(server_dir / "global" / f"round_{k - 1}.pt"),
+        )
+        sent = [load(d / "federated" / f"round_{k}.pt") for d in client_dirs]
+        w = np.array([s["num_examples"] for s in sent], np.float64)
+        assert (w > 0).all() and glob["round"] == k
+        names = list(sent[0]["weights"])
+        assert any(n.startswith("critic_target.") for n in names) and "obs_norm.sumsq" in names
+        for name in names:
+            module, key = name.split(".", 1)
+            got = glob["agent"][module][key].double().numpy()
+            xs = [np.asarray(s["weights"][name], np.float64) for s in sent]
+            if module.endswith("_norm"):
+                g0 = prev["agent"][module][key].double().numpy()
+                want = g0 + sum(x - g0 for x in xs)
+            else:
+                want = sum(wi * x for wi, x in zip(w / w.sum(), xs))
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f"round {k} {name}")
+        norm = glob["agent"]["obs_norm"]
+        np.testing.assert_allclose(
+            norm["mean"].numpy(), (norm["sum"] / norm["count"]).float().numpy(), rtol=1e-5
+        )
+    assert load(server_dir / "global" / "last.pt")["round"] == ROUNDS
+    rows = read_csv(server_dir / "federated_metrics.csv")
+    assert [int(r["round"]) for r in rows] == list(range(1, ROUNDS + 1))
+    for r in rows:
+        assert int(r["clients"]) == 2 and int(r["refused"]) == 0 and int(r["env_steps"]) == 100
+        for key in (
+            "eval_success_rate",
+            "eval_return",
+            "global_eval_success_rate",
+            "global_eval_return",
+        ):
+            assert r[key] != "", key
+        for n in NAMES:
+            assert r[f"{n}/eval_return"] != "" and r[f"{n}/global_eval_return"] != ""
+        rets = [float(r[f"{n}/eval_return"]) for n in NAMES]
+        assert float(r["eval_return"]) == pytest.approx(np.mean(rets), rel=1e-4)  # equal env steps
+    for d in client_dirs:
+        metrics = read_csv(d / "metrics.csv")
+        assert [int(m["epoch"]) for m in metrics] == list(range(1, ROUNDS + 1))
+        assert [int(m["round"]) for m in read_csv(d / "federated_rounds.csv")] == list(
+            range(1, ROUNDS + 1)
+        )
+
+
+# -------------------------------------------------------------------------------------------
+# fast
+
+
+def test_aggregate_weighted_mean_and_summed_normaliser_deltas():
+    g = [np.zeros((2, 2), np.float32), np.array(10.0), np.array([1.0, 2.0])]
+    c1 = [np.ones((2, 2), np.float32), np.array(14.0), np.array([2.0, 2.0])]
+    c2 = [np.full((2, 2), 4.0, np.float32), np.array(11.0), np.array([1.0, 5.0])]
+    out = aggregate(["net", "norm", "norm"], g, [c1, c2], [300, 100])
+    np.testing.assert_allclose(out[0], np.full((2, 2), (300 * 1 + 100 * 4) / 400))
+    assert out[0].dtype == np.float32
+    assert float(out[1]) == 10 + 4 + 1
+    np.testing.assert_allclose(out[2], [2.0, 5.0])
+    assert weighted_mean([1.0, float("nan"), 3.0], [1, 5, 3]) == pytest.approx(2.5)
+    with pytest.raises(ValueError):
+        aggregate(["net"], [g[0]], [], [])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "federated.strategy=fedsgd",
+            "unknown federated.strategy 'fedsgd'; choose one of: fedavg, fedavgm",
+        ),
+        (
+            "federated.clients=[FetchPush-v4,FetchPsh-v4]",
+            "unknown client env 'FetchPsh-v4' in federated.clients[1]",
+        ),
+        ("federated.mode=client", "federated.mode=client needs federated.client_index"),
+        ("federated.rounds=0", "federated.rounds must be >= 1"),
+        ("federated.roundz=2", "federated.roundz"),
+        (
+            "federated.tls.root_cert=/nonexistent.pem",
+            "federated.tls.* applies to federated.mode=server|client",
+        ),
+        (
+            "federated.mode=server federated.tls.root_cert=/nonexistent.pem",
+            "TLS on the server needs all of",
+        ),
+    ],
+)
+def test_bad_federated_config_is_one_line(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        plan(override.split())
+    assert "\n" not in str(err.value)
+
+
+def test_client_configs_take_the_shared_overrides():
+    p = plan([*TINY, "seed=3", "train.epochs=99", "federated.epochs_per_round=2"])
+    assert [c.env.id for c in p.clients] == ENVS
+    assert [c.seed for c in p.clients] == [3, 4]
+    assert all(c.train.epochs == 2 * ROUNDS and c.train.batch_size == 32 for c in p.clients)
+    assert all(list(c.algo.actor_hidden) == [32] for c in p.clients)
+
+
+def test_fetch_reach_client_is_refused_with_both_shapes():
+    p = plan([*TINY, "federated.clients=[FetchPush-v4,FetchReach-v4]"])
+    with pytest.raises(ConfigError) as err:
+        check_shapes(p)
+    msg = str(err.value)
+    assert "federated.clients[1] 'FetchReach-v4' has (obs 10, goal 3, action 4)" in msg
+    assert "'FetchPush-v4') has (obs 25, goal 3, action 4)" in msg
+    assert "\n" not in msg
+
+
+def test_cli_refuses_fetch_reach_before_flower_starts(tmp_path):
+    run_dir = tmp_path / "run"
+    res = subprocess.run(
+        cli([*TINY, "federated.clients=[FetchPush-v4,FetchReach-v4]", f"hydra.run.dir={run_dir}"]),
+        capture_output=True, text=True, timeout=120, env=ENV, cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("rlfw.federated: error:")]
+    assert len(lines) == 1 and "'FetchReach-v4' has (obs 10, goal 3, action 4)" in lines[0]
+    assert not (run_dir / "global").exists()
+
+
+# -------------------------------------------------------------------------------------------
+# end to end
+
+
+def test_simulation_two_rounds_two_fetch_clients(tmp_path):
+    run_dir = tmp_path / "sim"
+    res = subprocess.run(
+        cli([*TINY, f"hydra.run.dir={run_dir}"]),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    check_federation(run_dir, [run_dir / "clients" / n for n in NAMES])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _certificates(d: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 / localhost (PEM files)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def cert(subject: str, key, issuer: str, issuer_key, ca: bool) -> x509.Certificate:
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = cert("rlfw test CA", ca_key, "rlfw test CA", ca_key, True)
+    server = cert("127.0.0.1", key, "rlfw test CA", ca_key, False)
+    paths = (d / "ca.pem", d / "server.pem", d / "server.key")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+def _deploy(tmp_path: Path, tls: bool) -> None:
+    port = _free_port()
+    common = [*TINY, f"federated.server_address=127.0.0.1:{port}", "federated.connect_timeout_s=60"]
+    server_tls: list[str] = []
+    client_tls: list[str] = []
+    if tls:
+        ca, crt, key = _certificates(tmp_path)
+        server_tls = [
+            f"federated.tls.root_cert={ca}",
+            f"federated.tls.server_cert={crt}",
+            f"federated.tls.server_key={key}",
+        ]
+        client_tls = [f"federated.tls.root_cert={ca}"]
+    logs = {name: (tmp_path / f"{name}.log").open("w") for name in ("server", "client0", "client1")}
+    procs = {
+        "server": subprocess.Popen(
+            cli([*common, *server_tls, "federated.mode=server", f"hydra.run.dir={tmp_path / 'server'}"]),
+            stdout=logs["server"], stderr=subprocess.STDOUT, env=ENV, cwd=tmp_path, start_new_session=True,
+        )
+    }  # fmt: skip
+    for i in range(2):
+        procs[f"client{i}"] = subprocess.Popen(
+            cli([*common, *client_tls, "federated.mode=client", f"federated.client_index={i}", f"hydra.run.dir={tmp_path / f'client{i}'}"]),
+            stdout=logs[f"client{i}"], stderr=subprocess.STDOUT, env=ENV, cwd=tmp_path, start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:  # stop early when any process fails
+            codes = {name: p.poll() for name, p in procs.items()}
+            if all(c is not None for c in codes.values()) or any(
+                c not in (None, 0) for c in codes.values()
+            ):
+                break
+            time.sleep(0.5)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        for f in logs.values():
+            f.close()
+    tails = {n: (tmp_path / f"{n}.log").read_text()[-3000:] for n in procs}
+    assert codes == {"server": 0, "client0": 0, "client1": 0}, tails
+    if tls:
+        assert "SSL is enabled" in (tmp_path / "server.log").read_text()
+    check_federation(
+        tmp_path / "server", [tmp_path / f"client{i}" / "clients" / n for i, n in enumerate(NAMES)]
+    )
+
+
+def test_server_and_client_processes_on_loopback(tmp_path):
+    _deploy(tmp_path, tls=False)
+
+
+@pytest.mark.slow
+def test_server_and_client_processes_on_loopback_with_tls(tmp_path):
+    _deploy(tmp_path, tls=True)
+
+
+def test_strategy_fedavgm_step_and_server_side_refusal(tmp_path):
+    """One aggregate_fit: FedAvgM with server_lr 0.5 lands halfway between the old global model
+    and the clients' weighted mean; a result of another layout is refused and left out."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+
+    from rlfw.federated.params import get_weights
+    from rlfw.federated.server import RLStrategy
+    from rlfw.federated.setup import build_agent
+
+    p = plan(
+        [
+            *TINY,
+            "federated.strategy=fedavgm",
+            "federated.server_lr=0.5",
+            "federated.evaluate_global=false",
+        ]
+    )
+    dims, info = check_shapes(p)
+    strategy = RLStrategy(p.cfg, build_agent(p.clients[0], info), dims, tmp_path)
+    g0 = [a.copy() for a in strategy.global_arrays]
+    rng = np.random.default_rng(0)
+    xs = [[a + rng.normal(size=a.shape).astype(a.dtype) for a in g0] for _ in range(2)]
+
+    def res(arrays, n, i):
+        metrics = {
+            "client_index": i,
+            "env": ENVS[i % 2],
+            "eval_return": -float(i),
+            "eval_success_rate": 0.0,
+        }
+        return None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, metrics)
+
+    bad = [np.zeros((3,), np.float32)]
+    strategy.aggregate_fit(1, [res(xs[0], 300, 0), res(xs[1], 100, 1), res(bad, 50, 1)], [])
+    strategy.close()
+    got = get_weights(strategy.agent)
+    for j, e in enumerate(strategy.entries):
+        if e.kind == "net":
+            mean = 0.75 * xs[0][j].astype(np.float64) + 0.25 * xs[1][j]
+            np.testing.assert_allclose(got[j], g0[j] - 0.5 * (g0[j] - mean), rtol=1e-5, atol=1e-5)
+    (row,) = read_csv(tmp_path / "federated_metrics.csv")
+    assert (row["clients"], row["refused"], row["env_steps"]) == ("2", "1", "400")
+    assert float(row["eval_return"]) == pytest.approx(-0.25)
+    assert load(tmp_path / "global" / "round_1.pt")["strategy"] == "fedavgm"
