@@ -116,7 +116,6 @@ def _worker(rank: int, world: int, cfg_dict: dict, run_dir: str, port: int, mult
     try:
         backend = backend_for(cfg)
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(minutes=10))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
         from rlfw.callbacks import make_callbacks
         from rlfw.runner import Runner, pick_device
 

@@ -196,13 +196,15 @@ class Runner:
         if message:
             log.warning(message)
         self.env_id = env_id
-        torch.set_num_threads(tr.torch_threads or min(2, os.cpu_count() or 1))
         # multi-worker (rlfw.distributed): rank r has its own seed; only rank 0 writes files
         self.dist = dist_ctx
         self.rank = int(dist_ctx.rank) if dist_ctx is not None else 0
         self.world = int(dist_ctx.world) if dist_ctx is not None else 1
         self.is_main = self.rank == 0
         self.seed = int(cfg.seed) + 1000 * self.rank
+        # torch threads: the key, else the cores shared out among the workers (at most 2 each:
+        # more does not speed up 256-wide MLPs and starves the simulators)
+        torch.set_num_threads(tr.torch_threads or max(1, min(2, (os.cpu_count() or 1) // self.world)))
         torch.manual_seed(cfg.seed)  # the same initial networks on every worker
         self.rng = np.random.default_rng(self.seed)
         self.device = pick_device(tr.device)
