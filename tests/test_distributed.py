@@ -43,3 +43,14 @@ def test_sweep_of_multi_worker_runs(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.csv").exists())
     assert len(jobs) == 2
+
+
+def test_multi_worker_run_resumes_from_its_checkpoint(compose, tmp_path):
+    base = ["env=FetchReach-v4", "train.workers=2", *TINY, "train.cycles_per_epoch=2"]
+    launch(compose([*base, "train.epochs=1"]), tmp_path)
+    results = launch(compose([*base, "train.epochs=2"]), tmp_path, checkpoint=tmp_path / "checkpoints" / "last.pt")
+    assert results[0]["digest"] == results[1]["digest"]
+    with (tmp_path / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert [int(r["env_steps"]) for r in rows] == [400, 800]

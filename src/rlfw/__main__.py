@@ -103,9 +103,18 @@ def resume(run_dir: str, overrides: list[str]) -> float:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     logging.getLogger().addHandler(handler)
     tr = cfg.train
+    ckpt = path / "checkpoints" / "last.pt"
+    if tr.workers > 1:
+        from rlfw.distributed import launch
+        from rlfw.runner import truncate_csv
+
+        if not ckpt.exists():
+            for name in ("metrics.csv", "episodes.csv"):
+                truncate_csv(path / name, "epoch", 0)
+        log.info("resuming %s with %d workers", path, tr.workers)
+        return _result(launch(cfg, path, checkpoint=ckpt if ckpt.exists() else None)[0]["row"])
     total = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
     runner = Runner(cfg, path, make_callbacks(cfg, path, total))
-    ckpt = path / "checkpoints" / "last.pt"
     if ckpt.exists():
         runner.load_checkpoint(ckpt)
         log.info("resuming %s from epoch %d (%d env steps)", path, runner.epoch, runner.env_steps)

@@ -101,7 +101,10 @@ def backend_for(cfg: DictConfig) -> str:
     return "nccl" if cuda else "gloo"
 
 
-def _worker(rank: int, world: int, cfg_dict: dict, run_dir: str, port: int, multirun: bool, queue: Any) -> None:
+def _worker(
+    rank: int, world: int, cfg_dict: dict, run_dir: str, port: int, multirun: bool, queue: Any,
+    checkpoint: str | None = None,
+) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     cfg = OmegaConf.create(cfg_dict)
@@ -127,6 +130,8 @@ def _worker(rank: int, world: int, cfg_dict: dict, run_dir: str, port: int, mult
         total = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
         callbacks = make_callbacks(cfg, Path(run_dir), total, multirun) if rank == 0 else []
         runner = Runner(cfg, run_dir, callbacks, dist_ctx=ctx)
+        if checkpoint:
+            runner.load_checkpoint(checkpoint)
         row = runner.run()
         digest = parameter_digest(list(runner.agent.modules().values()))
         queue.put({"rank": rank, "row": row, "digest": digest, "env_steps": runner.env_steps})
@@ -137,8 +142,12 @@ def _worker(rank: int, world: int, cfg_dict: dict, run_dir: str, port: int, mult
         raise
 
 
-def launch(cfg: DictConfig, run_dir: str | Path, multirun: bool = False) -> list[dict[str, Any]]:
+def launch(
+    cfg: DictConfig, run_dir: str | Path, multirun: bool = False, checkpoint: str | Path | None = None
+) -> list[dict[str, Any]]:
     """Train ``cfg`` with ``train.workers`` processes; returns each worker's result, by rank.
+
+    With ``checkpoint`` every worker starts from it (``python -m rlfw resume=<run>``).
 
     Each result has ``row`` (the last metrics row, identical eval figures on every rank),
     ``digest`` (:func:`parameter_digest` of the worker's networks and normalisers) and
@@ -154,7 +163,11 @@ def launch(cfg: DictConfig, run_dir: str | Path, multirun: bool = False) -> list
     port = free_port()
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     procs = [
-        ctx.Process(target=_worker, args=(r, world, cfg_dict, str(run_dir), port, multirun, queue), daemon=False)
+        ctx.Process(
+            target=_worker,
+            args=(r, world, cfg_dict, str(run_dir), port, multirun, queue, str(checkpoint) if checkpoint else None),
+            daemon=False,
+        )
         for r in range(world)
     ]
     for p in procs:

@@ -413,13 +413,18 @@ class Runner:
         self.episodes, self.wall_time = int(c["episodes"]), float(c["wall_time"])
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
+        if self.rank > 0:  # rank 0's saved generators, made distinct again per worker
+            self.rng = np.random.default_rng([self.seed, self.epoch])
+            self.noise.rng = self.rng
+            torch.manual_seed(self.seed * 100_003 + self.epoch)
         buf = Path(path).parent / "buffer.pt"
         if self.cfg.train.save_buffer and buf.exists():
             saved = torch.load(buf, weights_only=False)
             if int(saved["epoch"]) >= self.epoch:
                 self.buffer.load_state_dict(saved["buffer"])
-        for name in ("metrics.csv", "episodes.csv"):
-            truncate_csv(self.run_dir / name, "epoch", self.epoch)
+        if self.is_main:
+            for name in ("metrics.csv", "episodes.csv"):
+                truncate_csv(self.run_dir / name, "epoch", self.epoch)
 
     def _status(self, status: str, **extra: Any) -> None:
         if not self.is_main:
