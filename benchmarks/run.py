@@ -158,7 +158,18 @@ def bench_reach(seeds: int, quick: bool) -> None:
         sb3_steps.append(s)
         sb3_secs.append(t)
         report(f"reach SB3  seed {seed}: env steps / seconds to eval success {THRESHOLD}", f"{s:.0f} / {t:.1f}")
+    # the same without the HER paper's extras that SB3 lacks (normalisation, action L2, return
+    # clipping, random actions): separates the algorithmic part of the ratio from the framework
+    plain = ["algo.normalize=false", "algo.action_l2=0", "algo.clip_return=false", "noise.random_eps=0"]
+    plain_steps, plain_secs = [], []
+    for seed in range(seeds):
+        s, t = first_success(rlfw_run([f"seed={seed}", f"train.epochs={epochs}", *plain]))
+        plain_steps.append(s)
+        plain_secs.append(t)
+        report(f"reach rlfw without HER-paper extras seed {seed}: env steps / seconds to {THRESHOLD}", f"{s:.0f} / {t:.1f}")
     ms, mt, ss, st = median(ours_steps), median(ours_secs), median(sb3_steps), median(sb3_secs)
+    report("reach rlfw without HER-paper extras: median env steps / seconds",
+           f"{median(plain_steps):.0f} / {median(plain_secs):.1f}")  # fmt: skip
     report("reach median env steps to 0.9: rlfw / SB3 / ratio SB3:rlfw", f"{ms:.0f} / {ss:.0f} / {ss / ms:.2f}")
     report("reach median seconds to 0.9:   rlfw / SB3 / ratio SB3:rlfw", f"{mt:.1f} / {st:.1f} / {st / mt:.2f}")
 
