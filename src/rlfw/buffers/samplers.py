@@ -97,13 +97,13 @@ class SumTree:
             return
         node = np.asarray(idx, np.int64) + self.P
         self.tree[node] = values
-        node = np.unique(node // 2)
         reduce = np.add if self.op == "sum" else np.minimum
-        while node[0] >= 1:
+        # every leaf is at the same depth, so all nodes of a level are updated together; a
+        # repeated parent gets the same value twice (it is computed from its children), so no
+        # de-duplication is needed
+        for _ in range(self.depth):
+            node >>= 1
             self.tree[node] = reduce(self.tree[2 * node], self.tree[2 * node + 1])
-            if node[0] == 1:
-                break
-            node = np.unique(node // 2)
 
     def find_prefix(self, u: np.ndarray) -> np.ndarray:
         """For each ``u`` in ``[0, root)``, the leaf ``i`` with ``prefix(i) <= u < prefix(i+1)``."""
