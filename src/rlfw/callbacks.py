@@ -35,7 +35,6 @@ class ProgressCallback(Callback):
             MofNCompleteColumn,
             Progress,
             TextColumn,
-            TimeElapsedColumn,
             TimeRemainingColumn,
         )
 
@@ -43,9 +42,7 @@ class ProgressCallback(Callback):
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("env steps | {task.fields[sps]} steps/s | eval success {task.fields[success]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
+            TextColumn("steps | {task.fields[sps]}/s | eval {task.fields[success]} | eta"),
             TimeRemainingColumn(),
             redirect_stdout=True,
             redirect_stderr=True,
@@ -58,11 +55,12 @@ class ProgressCallback(Callback):
         self.progress.start()
         self.task = self.progress.add_task("training", total=self.total, completed=runner.env_steps,
                                            sps="-", success="-")  # fmt: skip
-        # route the log lines through rich so they print above the bar
+        # route the log lines through rich's stdout proxy (installed by start()) so that they
+        # print above the bar instead of on it
         for h in logging.getLogger().handlers:
             if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.__stdout__, sys.__stderr__):
                 self._streams.append((h, h.stream))
-                h.setStream(self.progress.console.file)
+                h.setStream(sys.stdout)
 
     def on_cycle(self, runner: Runner) -> None:
         if self.task is None:
