@@ -75,8 +75,8 @@ def test_td3_target_min_of_twins_smoothing_and_clipping():
     torch.testing.assert_close(y, expected)
     # terminated samples do not bootstrap
     assert y[1] == reward[1] and y[4] == reward[4]
-    # the noise was really clipped and the action really clamped: some component hit a bound
-    assert (a_next.abs() == 1.0).any() or (eps.abs() == 0.5).any() or eps.abs().max() < 0.5
+    # the smoothed action was clamped to the bounds where 0.9 + eps > 1
+    assert torch.all(a_next <= 1.0) and torch.all(a_next >= -1.0)
 
 
 def test_target_noise_clip_bounds_the_smoothing():
@@ -147,15 +147,17 @@ def test_policy_delay_and_target_updates():
 
 
 def test_actor_step_leaves_critic_gradients_untouched():
-    agent = ActorCritic(DDPGConfig(), INFO)
-    agent.update(make_batch(8))
-    critic_before = params(agent.critic)
-    # the critic's parameters changed only through the critic optimiser; the actor step's
-    # gradients never reach critic .grad (only the critic loss's do)
-    grads = [p.grad.clone() for p in agent.critic.parameters()]
-    agent.update(make_batch(8, seed=1))
-    assert not same(critic_before, params(agent.critic))
-    assert all(g is not None for g in grads)
+    """After an update with an actor step, the critic's .grad is exactly the critic loss's."""
+    torch.manual_seed(0)
+    agent = ActorCritic(DDPGConfig(), INFO, seed=0)
+    torch.manual_seed(0)
+    ref = ActorCritic(DDPGConfig(policy_delay=1000), INFO, seed=0)  # no actor step
+    b = make_batch(8)
+    info = agent.update(b)
+    ref_info = ref.update(b)
+    assert info.actor_loss is not None and ref_info.actor_loss is None
+    for p, q in zip(agent.critic.parameters(), ref.critic.parameters()):
+        assert torch.equal(p.grad, q.grad)
 
 
 def test_critic_loss_weights_and_bootstrap():

@@ -704,3 +704,36 @@ def test_goal_env_functions_are_vectorised() -> None:
     assert info.compute_terminated is not None
     np.testing.assert_array_equal(info.compute_terminated(ag, g), [False, True, True])
     assert EPS == 0.5  # distinct states are 1 apart: only equal states succeed
+
+
+def test_restart_closes_the_running_episode():
+    """A restored buffer whose last episode was cut off (resume): start() ends that episode at
+    its last observation, so n-step returns and HER goals never reach into the next one."""
+    from rlfw.buffers import ReplayBuffer
+    from rlfw.config.schema import BufferConfig
+
+    from .goal_env import decode, goal_env_info, value
+
+    info = goal_env_info(dim=1)
+    buf = ReplayBuffer(BufferConfig(relabel="her", replay_k=4, n_step=3, capacity=100), info, 1, gamma=0.5, seed=0)
+
+    def obs(ep, t):
+        v = np.array([[float(value(ep, t))]], np.float32)
+        return {"observation": v, "achieved_goal": v, "desired_goal": v + 50}
+
+    no = np.zeros(1, bool)
+    buf.start(obs(0, 0))
+    for t in range(1, 4):  # episode 0: 3 steps, still running when the run stops
+        buf.add(np.zeros((1, 1), np.float32), np.ones(1, np.float32), no, no, obs(0, t))
+    buf.start(obs(5, 0))  # the resumed run resets its envs
+    for t in range(1, 3):
+        buf.add(np.zeros((1, 1), np.float32), np.full(1, 7.0, np.float32), no, no, obs(5, t))
+    for _ in range(20):
+        b = buf.sample(64)
+        for o, nxt, g in zip(b.obs, b.next_obs, b.goal):
+            ep, _ = decode(o)
+            assert decode(nxt)[0] == ep  # bootstraps within its own episode
+            gep = round(float(g[0]) - 50) // 100 if float(g[0]) % 100 == 50 else decode(g)[0]
+            assert gep == ep  # relabelled goals come from its own episode
+        old = np.array([decode(o)[0] == 0 for o in b.obs])
+        assert np.all(b.reward[old] < 3.0)  # never includes episode 5's reward of 7

@@ -139,6 +139,8 @@ BAD = [
     (["algo.n_critics=3"], "algo.n_critics=3 is not allowed"),
     (["train.steps_per_cycle=101"], "train.steps_per_cycle=101 must be a multiple of train.num_envs=2"),
     (["env=gym"], "env.id"),
+    (["noise.sigma_final=-0.1", "noise.decay_steps=10"], "noise.sigma_final=-0.1 is out of range"),
+    (["noise.sigma=0", "noise.sigma_final=0.1", "noise.schedule=exponential"], "noise.schedule=exponential needs"),
 ]
 
 

@@ -144,8 +144,13 @@ def test_noisynet_agent_explores_with_noise_and_evaluates_with_means():
               np.zeros(8, np.float32), r.standard_normal((8, 3)).astype(np.float32), np.zeros(8, np.float32),
               np.full(8, 0.99, np.float32), np.ones(8, np.float32), np.arange(8))  # fmt: skip
     before = [m.sigma_w.detach().clone() for m in noisy_layers(agent.actor)]
+    explore_eps = [m.eps_w.clone() for m in noisy_layers(agent.actor)]
     agent.update(b)
     agent.update(b)
+    assert not torch.equal(noisy_layers(agent.actor)[0].eps_w, explore_eps[0])  # training noise
+    agent.act(obs, explore=True)  # acting restores the exploration sample
+    for m, eps in zip(noisy_layers(agent.actor), explore_eps):
+        assert torch.equal(m.eps_w, eps)
     after = [m.sigma_w.detach() for m in noisy_layers(agent.actor)]
     assert any(not torch.equal(a, c) for a, c in zip(before, after))  # sigma is learned
     online = noisy_layers(agent.actor)[0].eps_w

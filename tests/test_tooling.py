@@ -184,6 +184,27 @@ def test_resume_restores_agent_and_buffer(compose, tmp_path):
     assert epochs_of(tmp_path) == [1, 2]
 
 
+def test_resume_rejects_misspelt_and_mistyped_overrides(compose, tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_cli([*TINY, "train.epochs=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path).returncode == 0
+    for bad, expected in (("train.epoch=5", "unknown key 'train.epoch'"), ("train.epochs=abc", "train.epochs")):
+        proc = run_cli([f"resume={run_dir}", bad], cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().count("\n") == 0 and expected in proc.stderr
+
+
+def test_same_seed_same_run(compose, tmp_path):
+    """Training and evaluation are reproducible from the seed (eval envs included)."""
+    rows = []
+    for name in ("a", "b"):
+        d = tmp_path / name
+        Runner(compose([*TINY, "train.epochs=1"]), d).run()
+        with (d / "metrics.csv").open() as f:
+            rows.append(next(csv.DictReader(f)))
+    for key in ("eval_return", "train_return", "critic_loss", "q_mean"):
+        assert rows[0][key] == rows[1][key]
+
+
 def test_joblib_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "algo=ddpg,td3", *TINY,

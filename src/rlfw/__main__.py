@@ -90,8 +90,21 @@ def resume(run_dir: str, overrides: list[str]) -> float:
     bad = [o for o in overrides if not o.split("=", 1)[0].startswith(("train.", "eval.", "logger."))]
     if bad:
         raise ConfigError(f"resume takes only train.*, eval.* and logger.* overrides; got: {' '.join(bad)}")
-    cfg = OmegaConf.merge(OmegaConf.load(saved), OmegaConf.from_dotlist(overrides))
-    assert isinstance(cfg, DictConfig)
+    from omegaconf.errors import OmegaConfBaseException
+
+    from rlfw.config.preflight import translate
+    from rlfw.config.schema import Config
+    from rlfw.config.validate import validate
+
+    try:  # typed and in struct mode, so a misspelt or mistyped override fails in one line
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(saved))
+        assert isinstance(cfg, DictConfig)
+        OmegaConf.set_struct(cfg, True)
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        assert isinstance(cfg, DictConfig)
+        validate(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(translate(err)) from None
     status_file = path / "status.json"
     if status_file.exists():
         status = json.loads(status_file.read_text())

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import socket
+import time
 import traceback
 from dataclasses import dataclass
 from datetime import timedelta
@@ -172,11 +173,18 @@ def launch(
     ]
     for p in procs:
         p.start()
+    # read the results while the workers run (a full pipe would block a worker's put forever),
+    # then join; a worker that dies without a word is caught by its exit code
     results: list[dict[str, Any]] = []
-    for p in procs:
-        p.join()
+    while len(results) < world and any(p.is_alive() for p in procs):
+        if queue.empty():
+            time.sleep(0.05)
+        else:
+            results.append(queue.get())
     while not queue.empty():
         results.append(queue.get())
+    for p in procs:
+        p.join()
     errors = [r for r in results if "error" in r]
     failed = [i for i, p in enumerate(procs) if p.exitcode != 0]
     if errors or failed:

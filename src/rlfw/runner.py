@@ -239,6 +239,9 @@ class Runner:
             seed=cfg.seed,
         )
         self.noise.attach(self.agent)
+        # from here on each worker draws its own randomness (NoisyNet, target smoothing)
+        torch.manual_seed(self.seed)
+        self.agent.generator.manual_seed(self.seed)
         if self.dist is not None:
             self.dist.broadcast_modules(list(self.agent.modules().values()))
             self.agent.grad_sync = self.dist.average_grads
@@ -247,7 +250,7 @@ class Runner:
                     norm.deferred = True
         self.total_env_steps = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
         self.buffer = ReplayBuffer(
-            cfg.buffer, self.info, self.num_envs, float(cfg.algo.gamma), self.total_env_steps, cfg.seed
+            cfg.buffer, self.info, self.num_envs, float(cfg.algo.gamma), self.total_env_steps, self.seed
         )
         # counters (checkpointed)
         self.epoch = 0
@@ -259,6 +262,7 @@ class Runner:
         self._ep_len = np.zeros(self.num_envs, np.int64)
         self.callbacks: list[Callback] = list(callbacks or [])
         self.last_cycle: dict[str, float] = {}  # mean losses of the last cycle (for loggers)
+        self._eval_seeded = False
 
     # ---------------------------------------------------------------------------------------
 
@@ -278,7 +282,8 @@ class Runner:
         """Step the vector env ``steps // num_envs`` times; returns the finished episodes."""
         goal = self.info.goal
         if self._obs is None:
-            raw, _ = self.envs.reset(seed=self.seed)
+            # a resumed run starts new episodes from seeds of its own, not the first epoch's
+            raw, _ = self.envs.reset(seed=self.seed + 7919 * self.epoch)
             self._obs = split_obs(raw, goal)
             self.buffer.start(self._obs)
             self._observe(self._obs)
@@ -327,7 +332,9 @@ class Runner:
         returns: list[float] = []
         successes: list[float] = []
         ep_ret = np.zeros(n)
-        raw, _ = envs.reset(seed=self.seed + 1_000_003 if self.epoch == 0 else None)
+        # seeded on the first evaluation of this process (then the envs' generators go on)
+        raw, _ = envs.reset(seed=None if self._eval_seeded else self.seed + 1_000_003 + 7919 * self.epoch)
+        self._eval_seeded = True
         while (got < quota).any():
             obs = split_obs(raw, self.info.goal)
             action = self._policy(obs, explore=False)
@@ -367,16 +374,16 @@ class Runner:
     def checkpoint(self) -> None:
         """Write ``checkpoints/last.pt`` (and ``buffer.pt`` with ``train.save_buffer``) atomically.
 
-        The buffer file is written first: a ``last.pt`` on disk always has its buffer (or an
-        older, larger one) beside it, never a missing one.
+        Every worker saves its own buffer (``buffer.pt``, ``buffer_rank<r>.pt``), before rank 0
+        writes ``last.pt``; a buffer is loaded only if it belongs to the same epoch as
+        ``last.pt`` (a kill between the two writes leaves a newer buffer, which is ignored).
         """
-        if not self.is_main:
-            return
         if self.cfg.train.save_buffer:
             atomic_torch_save(
-                {"epoch": self.epoch, "buffer": self.buffer.state_dict()},
-                self.run_dir / "checkpoints" / "buffer.pt",
+                {"epoch": self.epoch, "buffer": self.buffer.state_dict()}, self._buffer_file()
             )
+        if not self.is_main:
+            return
         state = {
             "agent": self.agent.state_dict(),
             "noise": self.noise.state_dict(),
@@ -392,6 +399,10 @@ class Runner:
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
         atomic_torch_save(state, self.run_dir / "checkpoints" / "last.pt")
+
+    def _buffer_file(self) -> Path:
+        name = "buffer.pt" if self.rank == 0 else f"buffer_rank{self.rank}.pt"
+        return self.run_dir / "checkpoints" / name
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Continue from a checkpoint written by :meth:`checkpoint`.
@@ -417,11 +428,13 @@ class Runner:
             self.rng = np.random.default_rng([self.seed, self.epoch])
             self.noise.rng = self.rng
             torch.manual_seed(self.seed * 100_003 + self.epoch)
-        buf = Path(path).parent / "buffer.pt"
+        buf = self._buffer_file()
         if self.cfg.train.save_buffer and buf.exists():
             saved = torch.load(buf, weights_only=False)
-            if int(saved["epoch"]) >= self.epoch:
+            if int(saved["epoch"]) == self.epoch:
                 self.buffer.load_state_dict(saved["buffer"])
+            else:
+                log.warning("%s is from epoch %s, not %d: starting with an empty buffer", buf, saved["epoch"], self.epoch)
         if self.is_main:
             for name in ("metrics.csv", "episodes.csv"):
                 truncate_csv(self.run_dir / name, "epoch", self.epoch)
@@ -446,6 +459,7 @@ class Runner:
         finished: list[dict[str, Any]] = []
         losses: dict[str, list[float]] = {"actor_loss": [], "critic_loss": [], "q_mean": []}
         for _ in range(tr.cycles_per_epoch):
+            starts = {k: len(v) for k, v in losses.items()}
             finished += self.collect(tr.steps_per_cycle)
             self._sync_normalizers()
             if self.env_steps >= tr.learning_starts and len(self.buffer) >= tr.batch_size:
@@ -457,9 +471,8 @@ class Runner:
                     losses["q_mean"].append(info.q_mean)
                     if info.actor_loss is not None:
                         losses["actor_loss"].append(info.actor_loss)
-            if losses["critic_loss"]:
-                n = tr.updates_per_cycle
-                self.last_cycle = {k: float(np.mean(v[-n:])) for k, v in losses.items() if v}
+            if len(losses["critic_loss"]) > starts["critic_loss"]:
+                self.last_cycle = {k: float(np.mean(v[starts[k] :])) for k, v in losses.items() if len(v) > starts[k]}
             for cb in self.callbacks:
                 cb.on_cycle(self)
         self.epoch += 1

@@ -91,10 +91,22 @@ class EpisodeStorage:
     def start(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Store the first observations after ``reset`` (``obs[k]`` is ``[N, dim]``).
 
+        Episodes left running in the storage (a restored buffer) are closed at their last
+        stored observation first.
+
         Returns:
             Flat indices of transitions overwritten (for the sampler), int64 ``[k]``.
         """
         envs = self.env_ids
+        # an episode still running here (a resumed run's buffer) ends at its current row: it is
+        # treated as truncated there, so n-step and HER never reach into the new episode
+        for e in np.flatnonzero(self.head >= 0):
+            h = int(self.head[e])
+            r = h % self.rows
+            if self.ep_len[r, e] < 0:
+                T = int(self.ep_t[r, e])
+                first = max(h - T, h - self.rows + 1)
+                self.ep_len[np.arange(first, h + 1) % self.rows, e] = T
         nxt = self.head + 1
         lost = self._claim(nxt, envs)
         self._write_obs(nxt, envs, obs, np.zeros(self.num_envs, np.int32))

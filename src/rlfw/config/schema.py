@@ -140,7 +140,9 @@ class NoisyNetConfig(NoiseConfig):
     name: str = "noisynet"
     factorised: bool = True
     sigma0: float | None = None  # None: the paper's (0.5 factorised, 0.017 independent)
-    resample: str = "step"  # step (every action and update), episode
+    # when the exploration noise sample is redrawn: step (after every env step), episode (when
+    # an episode ends); every update always draws fresh training noise
+    resample: str = "step"
     noisy_critic: bool = False
 
 
@@ -171,13 +173,13 @@ class TrainConfig:
     learning_starts: int = 0  # env steps of uniform random actions before the policy acts
     num_envs: int = 2  # parallel envs for collection
     device: str = "cpu"  # cpu, cuda, auto
-    torch_threads: int = 0  # 0: min(2, cores)
+    torch_threads: int = 0  # 0: min(2, cores / train.workers), at least 1
     checkpoint_every: int = 1  # epochs between checkpoints/last.pt writes
     # Also save the replay buffer with each checkpoint (checkpoints/buffer.pt, about the raw
     # size of the stored data). Without it a resumed run starts from an empty buffer.
     save_buffer: bool = False
     # Data-parallel workers (torch.distributed): each has its own envs, buffer and seed
-    # (seed + rank); gradients and normaliser statistics are averaged so all keep identical
+    # (seed + 1000 * rank); gradients and normaliser statistics are averaged so all keep identical
     # networks; steps_per_cycle is per worker. 1: a single process.
     workers: int = 1
     dist_backend: str = "auto"  # auto (nccl on CUDA, else gloo), gloo, nccl

@@ -78,6 +78,14 @@ def validate(cfg: Any) -> str:
         SCHEDULES.check(n.schedule)
         _in_range(cfg, "noise.sigma", 0.0)
         _in_range(cfg, "noise.decay_steps", 0)
+        if n.sigma_final is not None:
+            _in_range(cfg, "noise.sigma_final", 0.0)
+            if n.schedule == "exponential":
+                _require(
+                    n.sigma > 0 and n.sigma_final > 0,
+                    f"noise.schedule=exponential needs noise.sigma > 0 and noise.sigma_final > 0 "
+                    f"(got {n.sigma} and {n.sigma_final})",
+                )
     if n.name == "ou":
         _in_range(cfg, "noise.theta", 0.0, low_open=True)
         _in_range(cfg, "noise.dt", 0.0, low_open=True)
