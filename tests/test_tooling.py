@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -233,4 +232,3 @@ def test_evaluate_bad_input_is_one_line(tmp_path):
                           text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "episodes" in proc.stderr
-    shutil.rmtree(tmp_path, ignore_errors=True)

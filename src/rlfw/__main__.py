@@ -117,13 +117,13 @@ def resume(run_dir: str, overrides: list[str]) -> float:
     logging.getLogger().addHandler(handler)
     tr = cfg.train
     ckpt = path / "checkpoints" / "last.pt"
+    if not ckpt.exists():  # killed before its first checkpoint: start over in the same dir
+        from rlfw.runner import truncate_logs
+
+        truncate_logs(path, 0)
     if tr.workers > 1:
         from rlfw.distributed import launch
-        from rlfw.runner import truncate_csv
 
-        if not ckpt.exists():
-            for name in ("metrics.csv", "episodes.csv"):
-                truncate_csv(path / name, "epoch", 0)
         log.info("resuming %s with %d workers", path, tr.workers)
         return _result(launch(cfg, path, checkpoint=ckpt if ckpt.exists() else None)[0]["row"])
     total = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
@@ -132,10 +132,6 @@ def resume(run_dir: str, overrides: list[str]) -> float:
         runner.load_checkpoint(ckpt)
         log.info("resuming %s from epoch %d (%d env steps)", path, runner.epoch, runner.env_steps)
     else:
-        from rlfw.runner import truncate_csv
-
-        for name in ("metrics.csv", "episodes.csv"):
-            truncate_csv(path / name, "epoch", 0)
         log.info("resuming %s: no checkpoint yet, starting from epoch 0", path)
     return _result(runner.run())
 

@@ -46,7 +46,7 @@ def _rendering_hint(env_id: str) -> str:
 
 def build_policy(cfg: DictConfig, state: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
     """(agent, env family, EnvInfo) for ``cfg``, with the agent's state loaded if given."""
-    from rlfw.algos import ALGOS
+    from rlfw.algos import build_agent
     from rlfw.envs import FAMILIES, read_env_info, resolve_env_id
     from rlfw.noise import NOISES
 
@@ -56,12 +56,7 @@ def build_policy(cfg: DictConfig, state: dict[str, Any] | None = None) -> tuple[
     info = read_env_info(cfg.env.family, probe, env_id)
     probe.close()
     noise = NOISES.get(cfg.noise.name).target(cfg.noise, 1, info.act_dim, np.random.default_rng(0))
-    import torch
-
-    agent = ALGOS.get(cfg.algo.name).target(
-        cfg.algo, info, "cpu", actor_linear=noise.actor_linear() or torch.nn.Linear,
-        critic_linear=noise.critic_linear(),
-    )  # fmt: skip
+    agent = build_agent(cfg, info, noise)
     if state is not None:
         agent.load_state_dict(state)
     return agent, family, info

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rlfw.algos import ALGOS
+from rlfw.algos import build_agent
 from rlfw.buffers import ReplayBuffer
 from rlfw.config.validate import validate
 from rlfw.envs import FAMILIES, EnvInfo, make_vector_env, read_env_info, resolve_env_id
@@ -108,6 +108,12 @@ def truncate_csv(path: Path, key: str, max_value: int) -> None:
     with tmp.open("w", newline="") as f:
         csv.writer(f).writerows(keep)
     os.replace(tmp, path)
+
+
+def truncate_logs(run_dir: Path, epoch: int) -> None:
+    """Drop the metrics.csv and episodes.csv rows of epochs after ``epoch`` (resume)."""
+    for name in ("metrics.csv", "episodes.csv"):
+        truncate_csv(run_dir / name, "epoch", epoch)
 
 
 def split_obs(obs: Any, goal: bool) -> dict[str, np.ndarray]:
@@ -230,14 +236,7 @@ class Runner:
         )
 
         self.noise = NOISES.get(cfg.noise.name).target(cfg.noise, self.num_envs, self.info.act_dim, self.rng)
-        self.agent = ALGOS.get(cfg.algo.name).target(
-            cfg.algo,
-            self.info,
-            self.device,
-            actor_linear=self.noise.actor_linear() or torch.nn.Linear,
-            critic_linear=self.noise.critic_linear(),
-            seed=cfg.seed,
-        )
+        self.agent = build_agent(cfg, self.info, self.noise, self.device, seed=cfg.seed)
         self.noise.attach(self.agent)
         # from here on each worker draws its own randomness (NoisyNet, target smoothing)
         torch.manual_seed(self.seed)
@@ -436,8 +435,7 @@ class Runner:
             else:
                 log.warning("%s is from epoch %s, not %d: starting with an empty buffer", buf, saved["epoch"], self.epoch)
         if self.is_main:
-            for name in ("metrics.csv", "episodes.csv"):
-                truncate_csv(self.run_dir / name, "epoch", self.epoch)
+            truncate_logs(self.run_dir, self.epoch)
 
     def _status(self, status: str, **extra: Any) -> None:
         if not self.is_main:

@@ -252,19 +252,11 @@ def check_shapes(p: Plan) -> tuple[Dims, Any]:
 
 def build_agent(cfg: DictConfig, info: Any) -> Any:
     """The :class:`ActorCritic` a :class:`rlfw.runner.Runner` with ``cfg`` would build (no envs)."""
-    from rlfw.algos import ALGOS
+    from rlfw.algos import build_agent as build
     from rlfw.noise import NOISES
     from rlfw.runner import pick_device
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     noise = NOISES.get(cfg.noise.name).target(cfg.noise, int(cfg.train.num_envs), info.act_dim, rng)
-    agent = ALGOS.get(cfg.algo.name).target(
-        cfg.algo,
-        info,
-        pick_device(cfg.train.device),
-        actor_linear=noise.actor_linear() or torch.nn.Linear,
-        critic_linear=noise.critic_linear(),
-        seed=cfg.seed,
-    )
-    return agent
+    return build(cfg, info, noise, pick_device(cfg.train.device), seed=cfg.seed)
