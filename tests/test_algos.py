@@ -260,3 +260,59 @@ def test_goal_env_agent_normalises_by_default_and_checkpoints_roundtrip():
     other.load_state_dict(state)
     obs, goal = np.ones((2, 3), np.float32), np.zeros((2, 2), np.float32)
     np.testing.assert_array_equal(agent.act(obs, goal), other.act(obs, goal))
+
+
+def test_preact_l2_enters_actor_loss_as_mean_squared_pre_tanh_output():
+    torch.manual_seed(0)
+    a0 = ActorCritic(TD3Config(preact_l2=0.0, policy_delay=1), INFO, seed=0)
+    torch.manual_seed(0)
+    a1 = ActorCritic(TD3Config(preact_l2=2.0, policy_delay=1), INFO, seed=0)
+    b = make_batch(16)
+    # the actor loss is computed after the critic step, with the (unchanged) actor
+    with torch.no_grad():
+        u, pi = a0.actor.forward_pre(torch.as_tensor(b.obs))
+    torch.testing.assert_close(pi, a0.actor(torch.as_tensor(b.obs)))
+    torch.testing.assert_close(pi, torch.tanh(u))
+    l0 = a0.update(b).actor_loss
+    l1 = a1.update(b).actor_loss
+    assert l1 - l0 == pytest.approx(2.0 * float(u.square().mean()), rel=1e-4)
+
+
+def _corner_then_flip(preact_l2: float) -> tuple[float, float]:
+    """TD3 at the Hopper preset's network and learning rates (3x256, lr 1e-3) on one-step
+    episodes with reward ``+sum(a)`` (the best action is the +1 corner), then ``-sum(a)`` (the
+    best action is -1). Returns the mean action after each phase.
+
+    This is the Hopper-v4 collapse in small: the actor is driven into a corner early, then the
+    critic learns that the corner is bad, and the actor must be able to leave it.
+    """
+    torch.manual_seed(0)
+    info = EnvInfo("corner", False, obs_dim=8, goal_dim=0, act_dim=2, max_episode_steps=1)
+    agent = ActorCritic(TD3Config(preact_l2=preact_l2), info, seed=0)
+    rng = np.random.default_rng(0)
+    test_obs = torch.as_tensor(rng.normal(0.0, 3.0, (512, 8)).astype(np.float32))
+    means = []
+    for sign, updates in ((1.0, 300), (-1.0, 500)):
+        for _ in range(updates):
+            B = 128
+            obs = rng.normal(0.0, 3.0, (B, 8)).astype(np.float32)  # raw, Hopper-like scale
+            action = rng.uniform(-1.0, 1.0, (B, 2)).astype(np.float32)
+            ones = np.ones(B, np.float32)
+            batch = Batch(obs, action, (sign * action.sum(1)).astype(np.float32), obs, ones, ones * 0.99, ones,
+                          np.arange(B))  # fmt: skip
+            agent.update(batch)
+        with torch.no_grad():
+            means.append(float(agent.actor(test_obs).mean()))
+    return means[0], means[1]
+
+
+def test_actor_leaves_a_saturated_corner_with_the_default_preact_l2():
+    """The cause of the Hopper-v4 collapse (issue 14): without the pre-tanh penalty the actor's
+    pre-activations run to |u| ~ 25 in the first phase and tanh's gradient (~1e-20) can never
+    bring it back; with the default ``preact_l2`` it follows the flipped reward to -1."""
+    first, second = _corner_then_flip(TD3Config().preact_l2)
+    assert first > 0.95
+    assert second < -0.95
+    # the trap is real at these settings: switched off, the actor stays in the +1 corner
+    stuck_first, stuck_second = _corner_then_flip(0.0)
+    assert stuck_first > 0.95 and stuck_second > 0.95

@@ -90,6 +90,7 @@ class ActorCritic:
         self.target_noise = float(cfg.target_noise)
         self.target_noise_clip = float(cfg.target_noise_clip)
         self.action_l2 = float(cfg.action_l2)
+        self.preact_l2 = float(cfg.preact_l2)
         self.max_grad_norm = cfg.max_grad_norm
         self.clip_return = bool(cfg.clip_return)
         self.return_low = -1.0 / (1.0 - self.gamma) if self.gamma < 1.0 else -np.inf
@@ -236,11 +237,13 @@ class ActorCritic:
 
         actor_loss_value: float | None = None
         if self.updates % self.policy_delay == 0:
-            pi = self.actor(obs_in)
+            pre, pi = self.actor.forward_pre(obs_in)
             q_pi = self.critic.first(torch.cat([obs_in, pi], dim=-1))  # type: ignore[operator]
             actor_loss = -q_pi.mean()
             if self.action_l2 > 0.0:
                 actor_loss = actor_loss + self.action_l2 * pi.square().mean()
+            if self.preact_l2 > 0.0:
+                actor_loss = actor_loss + self.preact_l2 * pre.square().mean()
             # gradients for the actor only: the critic's weight gradients are never formed
             grads = torch.autograd.grad(actor_loss, self._actor_params)
             for p, g in zip(self._actor_params, grads):

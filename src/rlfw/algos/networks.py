@@ -177,9 +177,15 @@ class MLP(nn.Module):
             layers.append(lin)
             if not last:
                 layers.append(act_cls())
-        if output_activation is not None:
-            layers.append(output_activation)
         self.net = nn.Sequential(*layers)
+        self.output_activation = output_activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        out = self.net(x)
+        return out if self.output_activation is None else self.output_activation(out)
+
+    def forward_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pre-activation u [B, out], output [B, out])``; the output is ``u`` without an
+        output activation (for the actor: ``u`` before the tanh, and ``tanh(u)``)."""
+        u = self.net(x)
+        return u, (u if self.output_activation is None else self.output_activation(u))

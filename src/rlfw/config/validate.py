@@ -104,6 +104,7 @@ def validate(cfg: Any) -> str:
     _in_range(cfg, "algo.target_noise", 0.0)
     _in_range(cfg, "algo.target_noise_clip", 0.0)
     _in_range(cfg, "algo.action_l2", 0.0)
+    _in_range(cfg, "algo.preact_l2", 0.0)
     _in_range(cfg, "algo.actor_lr", 0.0, low_open=True)
     _in_range(cfg, "algo.critic_lr", 0.0, low_open=True)
     for key in ("actor_hidden", "critic_hidden"):
