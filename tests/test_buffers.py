@@ -122,7 +122,7 @@ def check_batch(
         np.testing.assert_allclose(
             batch.reward[i], ref["reward"], rtol=1e-5, atol=1e-5, err_msg=where
         )
-        assert batch.done[i] == ref["done"], where
+        assert batch.terminated[i] == ref["done"], where
         np.testing.assert_allclose(batch.discount[i], ref["discount"], rtol=1e-6, err_msg=where)
         np.testing.assert_array_equal(batch.next_obs[i], ref["next_obs"], err_msg=where)
         rec = {"env": env, "ep": ep_id, "t": t, "k": ref["k"], "row": int(rows[i]), "i": i}
@@ -383,7 +383,7 @@ def test_nstep_hand_computed() -> None:
     for key, (ret, done, disc, nxt) in NSTEP_EXPECTED.items():
         i = first[key]
         assert batch.reward[i] == pytest.approx(ret, rel=1e-6), key
-        assert batch.done[i] == done, key
+        assert batch.terminated[i] == done, key
         assert batch.discount[i] == pytest.approx(disc, rel=1e-6), key
         assert decode(batch.next_obs[i]) == nxt, key
 
@@ -406,7 +406,7 @@ def test_nstep_ring_wraparound(num_envs: int) -> None:
     recs = check_batch(buf, batch, log, info, n=3)
     assert {(r["ep"], r["t"]) for r in recs} == all_transitions(log, R)
     assert any(r["row"] + r["k"] >= R for r in recs), "some n-step window crosses the ring's end"
-    assert any(r["k"] == 3 for r in recs) and batch.done.any()
+    assert any(r["k"] == 3 for r in recs) and batch.terminated.any()
 
 
 @pytest.mark.parametrize("terminate_on_success", [False, True])
@@ -426,14 +426,14 @@ def test_her_nstep_recomputes_all_rewards(terminate_on_success: bool) -> None:
     assert two_ahead
     for r in two_ahead:
         if terminate_on_success:  # reaching the relabelled goal terminates: cut after 2 steps
-            assert batch.done[r["i"]] == 1.0 and r["k"] == 2
+            assert batch.terminated[r["i"]] == 1.0 and r["k"] == 2
             assert batch.reward[r["i"]] == pytest.approx(-1.0)
         else:
-            assert batch.done[r["i"]] == 0.0
+            assert batch.terminated[r["i"]] == 0.0
             if r["k"] == 3:
                 assert batch.reward[r["i"]] == pytest.approx(-1.0 + 0.0 - 0.81)
     if not terminate_on_success:
-        assert all(batch.done[r["i"]] == 0.0 for r in her), "HER recomputes terminations"
+        assert all(batch.terminated[r["i"]] == 0.0 for r in her), "HER recomputes terminations"
 
 
 # ------------------------------------------------------------------------------------------

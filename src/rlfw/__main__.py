@@ -45,7 +45,7 @@ def train(cfg: DictConfig) -> float:
     The return value is what Hydra's sweepers (Optuna) maximise.
     """
     from rlfw.callbacks import make_callbacks
-    from rlfw.runner import Runner
+    from rlfw.training.loop import TrainLoop
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
@@ -60,7 +60,7 @@ def train(cfg: DictConfig) -> float:
             row = launch(cfg, run_dir, multirun)[0]["row"]
             return _result(row)
         total = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
-        runner = Runner(cfg, run_dir, make_callbacks(cfg, run_dir, total, multirun))
+        runner = TrainLoop(cfg, run_dir, make_callbacks(cfg, run_dir, total, multirun))
         row = runner.run()
     except ConfigError as err:
         if multirun:  # Hydra records the failed job and goes on with the others
@@ -81,7 +81,7 @@ def resume(run_dir: str, overrides: list[str]) -> float:
         ConfigError: the directory is not an rlfw run, or an override is not allowed.
     """
     from rlfw.callbacks import make_callbacks
-    from rlfw.runner import Runner
+    from rlfw.training.loop import TrainLoop
 
     path = Path(run_dir).expanduser().resolve()
     saved = path / ".hydra" / "config.yaml"
@@ -118,7 +118,7 @@ def resume(run_dir: str, overrides: list[str]) -> float:
     tr = cfg.train
     ckpt = path / "checkpoints" / "last.pt"
     if not ckpt.exists():  # killed before its first checkpoint: start over in the same dir
-        from rlfw.runner import truncate_logs
+        from rlfw.training.checkpoint import truncate_logs
 
         truncate_logs(path, 0)
     if tr.workers > 1:
@@ -127,7 +127,7 @@ def resume(run_dir: str, overrides: list[str]) -> float:
         log.info("resuming %s with %d workers", path, tr.workers)
         return _result(launch(cfg, path, checkpoint=ckpt if ckpt.exists() else None)[0]["row"])
     total = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
-    runner = Runner(cfg, path, make_callbacks(cfg, path, total))
+    runner = TrainLoop(cfg, path, make_callbacks(cfg, path, total))
     if ckpt.exists():
         runner.load_checkpoint(ckpt)
         log.info("resuming %s from epoch %d (%d env steps)", path, runner.epoch, runner.env_steps)

@@ -1,6 +1,9 @@
-"""Runner callbacks built from the ``logger`` config: progress, plots, eval videos, wandb.
+"""Training-loop callbacks built from the ``logger`` config: progress, plots, eval videos, wandb.
 
-:func:`make_callbacks` turns ``cfg.logger`` into the list the CLI hands to the runner.
+:func:`make_callbacks` turns ``cfg.logger`` into the list the training loop is handed. This
+module registers ``logger=csv`` and ``logger=wandb``. A callback sees the loop only through its
+public attributes (``run_dir``, ``cfg``, ``agent``, ``env_steps``, ``epoch``, ``last_cycle``,
+``callbacks``): it imports nothing of the training package.
 """
 
 from __future__ import annotations
@@ -13,14 +16,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlfw.registry import Registry
-from rlfw.runner import Callback, Runner
+from rlfw.core import Callback
+from rlfw.logger_config import LoggerConfig, WandbLoggerConfig
+from rlfw.registry import register, registry
 
 log = logging.getLogger("rlfw")
 
-LOGGERS: Registry[None] = Registry("logger")
-LOGGERS.add("csv", None)
-LOGGERS.add("wandb", None)
+Runner = Any  # the training loop (rlfw.training.loop.TrainLoop), seen through its attributes
 
 
 class ProgressCallback(Callback):
@@ -107,7 +109,7 @@ class VideoCallback(Callback):
     def on_epoch(self, runner: Runner, row: dict[str, Any]) -> None:
         if runner.epoch % self.every:
             return
-        from rlfw.evaluate import record_episodes
+        from rlfw.envs.recording import record_episodes
 
         path = runner.run_dir / "videos" / f"epoch_{runner.epoch:04d}.mp4"
         try:
@@ -205,3 +207,8 @@ def make_callbacks(cfg: DictConfig, run_dir: Path, total_steps: int, multirun: b
     if lc.plots:
         out.append(PlotCallback())
     return out
+
+
+register("logger", "csv", LoggerConfig, None)
+register("logger", "wandb", WandbLoggerConfig, WandbCallback)
+LOGGERS = registry("logger")

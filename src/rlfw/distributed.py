@@ -25,7 +25,6 @@ import os
 import socket
 import time
 import traceback
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -35,44 +34,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from omegaconf import DictConfig, OmegaConf
 
+from rlfw.training.context import DistContext
+
 log = logging.getLogger("rlfw")
-
-
-@dataclass
-class DistContext:
-    """This process's place among the workers and the collectives the runner needs."""
-
-    rank: int
-    world: int
-    device: torch.device
-
-    def all_reduce_sum(self, t: torch.Tensor) -> None:
-        """Sum ``t`` over the workers in place."""
-        if dist.get_backend() == "nccl" and t.device.type != "cuda":
-            moved = t.to(self.device)
-            dist.all_reduce(moved)
-            t.copy_(moved.cpu())
-        else:
-            dist.all_reduce(t)
-
-    def average_grads(self, grads: list[torch.Tensor]) -> None:
-        """Replace each gradient by its mean over the workers (one all-reduce of a flat copy)."""
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.world
-        offset = 0
-        for g in grads:
-            n = g.numel()
-            g.copy_(flat[offset : offset + n].view_as(g))
-            offset += n
-
-    def broadcast_modules(self, modules: list[torch.nn.Module]) -> None:
-        """Copy rank 0's parameters and buffers to every worker."""
-        for m in modules:
-            for t in m.state_dict().values():
-                dist.broadcast(t, 0)
 
 
 def parameter_digest(modules: list[torch.nn.Module]) -> str:
@@ -120,8 +84,9 @@ def _worker(
     try:
         backend = backend_for(cfg)
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(minutes=10))
+        from rlfw.build import pick_device
         from rlfw.callbacks import make_callbacks
-        from rlfw.runner import Runner, pick_device
+        from rlfw.training.loop import TrainLoop
 
         device = pick_device(str(cfg.train.device))
         if device.type == "cuda":
@@ -130,7 +95,7 @@ def _worker(
         tr = cfg.train
         total = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
         callbacks = make_callbacks(cfg, Path(run_dir), total, multirun) if rank == 0 else []
-        runner = Runner(cfg, run_dir, callbacks, dist_ctx=ctx)
+        runner = TrainLoop(cfg, run_dir, callbacks, ctx=ctx)
         if checkpoint:
             runner.load_checkpoint(checkpoint)
         row = runner.run()

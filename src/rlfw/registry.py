@@ -1,9 +1,16 @@
 """Registries: the short names a user types, mapped to classes and their typed schemas.
 
-Each config group has one :class:`Registry`. An entry is a class (or factory) plus the
-dataclass schema of its config. Unknown names fail with the list of known ones::
+Each config key that names a choice (``algo``, ``noise``, ``buffer.sampler``, ...) has one
+:class:`Registry`. An entry is a class (or factory) plus the dataclass schema of its config.
+Unknown names fail with the list of known ones::
 
     unknown buffer.sampler 'prio'; choose one of: prioritized, uniform
+
+A config-group option is added in one call, :func:`register`, which stores the schema in
+Hydra's ConfigStore (``<group>/<name>_schema``, the node the option's YAML extends) and the
+class in the group's registry::
+
+    register("algo", "sac", SACConfig, SAC)   # plus conf/algo/sac.yaml
 """
 
 from __future__ import annotations
@@ -83,3 +90,33 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+_GROUPS: dict[str, Registry[Any]] = {}
+
+
+def registry(key: str) -> Registry[Any]:
+    """The registry of a config key (``"algo"``, ``"buffer.sampler"``), created on first use."""
+    if key not in _GROUPS:
+        _GROUPS[key] = Registry(key)
+    return _GROUPS[key]
+
+
+def register(group: str, name: str, schema: type | None, target: Any) -> None:
+    """Register ``target`` as option ``name`` of ``group`` with its dataclass ``schema``.
+
+    The schema is stored in Hydra's ConfigStore as ``<group>/<name>_schema`` (only for the
+    config groups; a nested choice such as ``buffer.sampler`` has no option file), so
+    ``conf/<group>/<name>.yaml`` can start with ``defaults: [<name>_schema, _self_]``. A
+    schema may define ``validate(node)`` (a static method) that checks its own fields and
+    raises :class:`rlfw.errors.ConfigError` with one line; :func:`rlfw.config.validate.validate`
+    calls it for the chosen option.
+
+    Raises:
+        ValueError: ``name`` is already registered for ``group``.
+    """
+    registry(group).add(name, target, schema)
+    if schema is not None and "." not in group:
+        from hydra.core.config_store import ConfigStore
+
+        ConfigStore.instance().store(group=group, name=f"{name}_schema", node=schema)

@@ -8,48 +8,36 @@ normalisation and return clipping (Andrychowicz et al. 2017, Appendix A) are opt
 Critic target for a sampled batch (Batch fields in brackets)::
 
     a'  = clip(pi'(s') + clip(N(0, target_noise^2), -c, c), -1, 1)    # c = target_noise_clip
-    y   = [reward] + [discount] * (1 - [done]) * min_j Q'_j(s', a')   # TD3 Eq. 10, n-step
+    y   = [reward] + [discount] * (1 - [terminated]) * min_j Q'_j(s', a')   # TD3 Eq. 10, n-step
     y   = clip(y, -1 / (1 - gamma), 0)                                  # if clip_return
     L_Q = sum_j mean_B([weight] * (Q_j(s, a) - y)^2)
 
-Every ``policy_delay`` critic updates: ``L_pi = -mean_B Q_1(s, pi(s)) + action_l2 * mean(pi(s)^2)``
+Every ``policy_delay`` critic updates, with ``pi(s) = tanh(u(s))``:
+``L_pi = -mean_B Q_1(s, pi(s)) + action_l2 * mean(pi(s)^2) + preact_l2 * mean(u(s)^2)``
 and polyak averaging ``theta' <- tau * theta + (1 - tau) * theta'`` of actor and critics.
+
+``preact_l2`` keeps the actor out of tanh's flat tails: once ``|u|`` is large the actor's
+gradient ``dQ/da * (1 - tanh(u)^2)`` vanishes and it can never leave a saturated corner, which
+is how TD3 on Hopper-v4 collapsed to +1 on every joint (rlkit's ``policy_pre_activation_weight``).
+
+This module registers ``algo=td3`` and ``algo=ddpg`` (schemas in :mod:`rlfw.algos.config`).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from rlfw.algos.config import DDPGConfig, TD3Config
 from rlfw.algos.networks import MLP, EnsembleMLP
 from rlfw.algos.normalizer import Normalizer
-from rlfw.buffers import Batch
-from rlfw.envs import EnvInfo
-
-
-@dataclass
-class UpdateInfo:
-    """What one gradient step reports.
-
-    Attributes:
-        critic_loss: the summed critic loss (float).
-        actor_loss: the actor loss, or None on steps without an actor update.
-        q_mean: mean of Q_1(s, a) over the batch.
-        td_error: ``[B]`` float32 NumPy, mean over critics of ``|Q_j(s, a) - y|`` (the
-            priority signal for prioritised replay: both critics are trained on the sample,
-            so their mean error measures what is left to learn from it).
-    """
-
-    critic_loss: float
-    actor_loss: float | None
-    q_mean: float
-    td_error: np.ndarray
+from rlfw.core import Batch, EnvInfo
+from rlfw.registry import register
 
 
 def polyak_update(target: Sequence[torch.Tensor], online: Sequence[torch.Tensor], tau: float) -> None:
@@ -60,6 +48,12 @@ def polyak_update(target: Sequence[torch.Tensor], online: Sequence[torch.Tensor]
 
 class ActorCritic:
     """DDPG/TD3 agent: actor, critic ensemble, targets, optimisers and normalisers.
+
+    Implements the :class:`rlfw.core.Agent` contract. :meth:`update` returns ``critic_loss``
+    (summed over the critics), ``q_mean`` (mean ``Q_1(s, a)``) and, on steps with an actor
+    update, ``actor_loss``; :attr:`td_error` is the mean over critics of ``|Q_j(s, a) - y|``
+    (the priority signal for prioritised replay: both critics are trained on the sample, so
+    their mean error measures what is left to learn from it).
 
     Args:
         cfg: an :class:`rlfw.config.schema.ActorCriticConfig` (or DictConfig of one).
@@ -72,6 +66,8 @@ class ActorCritic:
 
     Actions are in the normalised space [-1, 1] everywhere.
     """
+
+    metric_names: tuple[str, ...] = ("actor_loss", "critic_loss", "q_mean")
 
     def __init__(
         self,
@@ -130,6 +126,7 @@ class ActorCritic:
         self._online_params = self._actor_params + self._critic_params
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.updates = 0  # critic updates done
+        self.td_error: np.ndarray | None = None
         # NoisyNet: layers with reset_noise(); the actor's exploration sample is kept apart
         self._noisy_actor: list[Any] = [m for m in self.actor.modules() if hasattr(m, "reset_noise")]
         self._noisy_all: list[Any] = [
@@ -141,7 +138,7 @@ class ActorCritic:
         self._explore_noise: list[Any] = []
         # Multi-worker training sets this: it averages gradients over the workers in place
         # (the HER paper's MPI-averaged Adam), called between backward() and step().
-        self.grad_sync: Callable[[list[torch.Tensor]], None] | None = None
+        self.grad_sync: Callable[[list[Any]], None] | None = None
         if self._noisy_actor:
             self.resample_exploration()
 
@@ -195,7 +192,7 @@ class ActorCritic:
 
     @torch.no_grad()
     def critic_target_value(
-        self, next_in: torch.Tensor, reward: torch.Tensor, done: torch.Tensor, discount: torch.Tensor
+        self, next_in: torch.Tensor, reward: torch.Tensor, terminated: torch.Tensor, discount: torch.Tensor
     ) -> torch.Tensor:
         """The bootstrapped target ``y [B]`` (module docstring; TD3 Eq. 10 with smoothing Eq. 14)."""
         next_a = self.actor_target(next_in)
@@ -204,13 +201,18 @@ class ActorCritic:
             noise = (noise * self.target_noise).clamp(-self.target_noise_clip, self.target_noise_clip)
             next_a = (next_a + noise).clamp(-1.0, 1.0)
         q_next = self.critic_target(torch.cat([next_in, next_a], dim=-1)).min(dim=0).values
-        y = reward + discount * (1.0 - done) * q_next
+        y = reward + discount * (1.0 - terminated) * q_next
         if self.clip_return:
             y = y.clamp(self.return_low, 0.0)
         return y
 
-    def update(self, batch: Batch) -> UpdateInfo:
-        """One critic step and, every ``policy_delay`` steps, one actor step and target update."""
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One critic step and, every ``policy_delay`` steps, one actor step and target update.
+
+        Returns:
+            ``critic_loss``, ``q_mean`` and (actor steps only) ``actor_loss``; sets
+            :attr:`td_error` ``[B]``.
+        """
         for m in self._noisy_all:  # fresh, independent noise for online and target nets
             m.noise_enabled = True
             m.reset_noise()
@@ -222,7 +224,7 @@ class ActorCritic:
         action = t(batch.action)
         weight = t(batch.weight)
 
-        y = self.critic_target_value(next_in, t(batch.reward), t(batch.done), t(batch.discount))
+        y = self.critic_target_value(next_in, t(batch.reward), t(batch.terminated), t(batch.discount))
         q = self.critic(torch.cat([obs_in, action], dim=-1))  # [E, B]
         td = q - y
         critic_loss = (weight * td.square()).mean(dim=1).sum()
@@ -235,7 +237,7 @@ class ActorCritic:
         self.critic_opt.step()
         self.updates += 1
 
-        actor_loss_value: float | None = None
+        metrics: dict[str, float] = {}
         if self.updates % self.policy_delay == 0:
             pre, pi = self.actor.forward_pre(obs_in)
             q_pi = self.critic.first(torch.cat([obs_in, pi], dim=-1))  # type: ignore[operator]
@@ -254,28 +256,36 @@ class ActorCritic:
                 nn.utils.clip_grad_norm_(self._actor_params, float(self.max_grad_norm))
             self.actor_opt.step()
             polyak_update(self._target_params, self._online_params, self.tau)
-            actor_loss_value = float(actor_loss.detach())
+            metrics["actor_loss"] = float(actor_loss.detach())
 
         with torch.no_grad():
-            td_error = td.abs().mean(dim=0).cpu().numpy()
-            q_mean = float(q[0].mean())
-        return UpdateInfo(float(critic_loss.detach()), actor_loss_value, q_mean, td_error)
+            self.td_error = td.abs().mean(dim=0).cpu().numpy()
+            metrics["critic_loss"] = float(critic_loss.detach())
+            metrics["q_mean"] = float(q[0].mean())
+        return metrics
 
     # ---------------------------------------------------------------------------------------
     # checkpoints
 
-    def modules(self) -> dict[str, nn.Module]:
-        """The agent's modules by name (networks, targets, normalisers)."""
-        mods: dict[str, nn.Module] = {
+    def networks(self) -> dict[str, nn.Module]:
+        """Actor, critics and their targets by name (exchanged between workers and clients)."""
+        return {
             "actor": self.actor,
             "critic": self.critic,
             "actor_target": self.actor_target,
             "critic_target": self.critic_target,
-            "obs_norm": self.obs_norm,
         }
+
+    def normalizers(self) -> dict[str, Normalizer]:
+        """``obs_norm`` and, for goal envs, ``goal_norm``."""
+        norms = {"obs_norm": self.obs_norm}
         if self.goal_norm is not None:
-            mods["goal_norm"] = self.goal_norm
-        return mods
+            norms["goal_norm"] = self.goal_norm
+        return norms
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The agent's modules by name (networks, targets, normalisers)."""
+        return {**self.networks(), **self.normalizers()}
 
     def state_dict(self) -> dict[str, Any]:
         """Networks, targets, optimisers, normalisers and counters."""
@@ -308,3 +318,7 @@ class _ModuleEnsemble(nn.Module):
 
     def first(self, x: torch.Tensor) -> torch.Tensor:
         return self.members[0](x).squeeze(-1)
+
+
+register("algo", "td3", TD3Config, ActorCritic)
+register("algo", "ddpg", DDPGConfig, ActorCritic)

@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from rlfw.registry import Registry
+from rlfw.core import LinearFactory
+from rlfw.registry import Registry, registry
 
-ACTIVATIONS: Registry[type[nn.Module]] = Registry("algo.activation")
+ACTIVATIONS: Registry[type[nn.Module]] = registry("algo.activation")
 ACTIVATIONS.add("relu", nn.ReLU)
 ACTIVATIONS.add("leaky_relu", nn.LeakyReLU)
 ACTIVATIONS.add("tanh", nn.Tanh)
@@ -51,7 +52,7 @@ def _xavier_uniform(w: torch.Tensor, b: torch.Tensor, last: bool) -> None:
 
 
 InitFn = Callable[[torch.Tensor, torch.Tensor, bool], None]
-INITS: Registry[InitFn] = Registry("algo.init")
+INITS: Registry[InitFn] = registry("algo.init")
 INITS.add("default", _default)
 INITS.add("he_normal", _he_normal)
 INITS.add("orthogonal", _orthogonal)
@@ -134,8 +135,6 @@ class EnsembleMLP(nn.Module):
         last = self.layers[-1]
         return torch.addmm(last.bias[0], h, last.weight[0]).squeeze(-1)
 
-
-LinearFactory = Callable[[int, int], nn.Module]
 
 
 class MLP(nn.Module):

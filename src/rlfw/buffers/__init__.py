@@ -7,16 +7,15 @@ so an algorithm never asks which buffer it has.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from rlfw.buffers.config import BufferConfig
 from rlfw.buffers.samplers import PrioritizedSampler, UniformSampler
 from rlfw.buffers.storage import EpisodeStorage
-from rlfw.config.schema import BufferConfig
-from rlfw.envs import EnvInfo, GoalFn
-from rlfw.registry import Registry
+from rlfw.core import Batch, EnvInfo, GoalFn
+from rlfw.registry import register, registry
 
 __all__ = [
     "BUFFERS",
@@ -29,42 +28,15 @@ __all__ = [
 ]
 
 
-@dataclass
-class Batch:
-    """A sampled batch (NumPy, float32 unless said otherwise); ``B`` is the batch size.
-
-    Attributes:
-        obs: ``[B, obs_dim]`` observation ``o_t`` (the ``observation`` part for goal envs).
-        action: ``[B, act_dim]`` action ``a_t`` in [-1, 1].
-        reward: ``[B]`` the (n-step) discounted return ``sum_{i<k} gamma^i r_{t+i}``.
-        next_obs: ``[B, obs_dim]`` observation ``o_{t+k}`` to bootstrap from.
-        done: ``[B]`` 1.0 if the episode terminated within the k steps (no bootstrap), else 0.
-        discount: ``[B]`` ``gamma**k``, with ``k <= n_step`` the steps actually summed.
-        weight: ``[B]`` importance-sampling weight (1 without prioritised replay).
-        index: ``[B]`` int64 flat storage indices, for :meth:`ReplayBuffer.update_priorities`.
-        goal: ``[B, goal_dim]`` the (possibly relabelled) goal, or None for envs without goals.
-    """
-
-    obs: np.ndarray
-    action: np.ndarray
-    reward: np.ndarray
-    next_obs: np.ndarray
-    done: np.ndarray
-    discount: np.ndarray
-    weight: np.ndarray
-    index: np.ndarray
-    goal: np.ndarray | None = None
-
-
-SAMPLERS: Registry[type] = Registry("buffer.sampler")
+SAMPLERS = registry("buffer.sampler")
 SAMPLERS.add("uniform", UniformSampler)
 SAMPLERS.add("prioritized", PrioritizedSampler)
 
-RELABEL: Registry[None] = Registry("buffer.relabel")
+RELABEL = registry("buffer.relabel")
 RELABEL.add("none", None)
 RELABEL.add("her", None)
 
-STRATEGIES: Registry[None] = Registry("buffer.strategy")
+STRATEGIES = registry("buffer.strategy")
 for _name in ("future", "final", "episode"):
     STRATEGIES.add(_name, None)
 
@@ -89,7 +61,7 @@ class ReplayBuffer:
     recomputed with the env's vectorised ``compute_reward``/``compute_terminated``.
 
     n-step (Sutton & Barto 2018, Sec. 7.1): ``R = sum_{i<k} gamma^i r_{t+i}`` with
-    ``k = min(n_step, steps left in the episode)``, cut after a termination (then ``done=1``,
+    ``k = min(n_step, steps left in the episode)``, cut after a termination (then ``terminated=1``,
     no bootstrap); on truncation it bootstraps from the episode's final observation. With HER
     each of the k rewards is recomputed for the relabelled goal.
 
@@ -235,7 +207,7 @@ class ReplayBuffer:
             action=st.action[rows, envs],
             reward=ret.astype(np.float32),
             next_obs=st.obs[nrow, envs],
-            done=done.astype(np.float32),
+            terminated=done.astype(np.float32),
             discount=self._gamma_pow[k].astype(np.float32),
             weight=weight,
             index=index,
@@ -261,6 +233,6 @@ class ReplayBuffer:
         self.sampler.rng = self.rng
 
 
-BUFFERS: Registry[type] = Registry("buffer")
 for _preset in ("uniform", "her", "per", "nstep"):
-    BUFFERS.add(_preset, ReplayBuffer, BufferConfig)
+    register("buffer", _preset, BufferConfig, ReplayBuffer)
+BUFFERS = registry("buffer")

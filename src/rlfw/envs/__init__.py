@@ -13,7 +13,6 @@ import importlib
 import io
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,43 +21,15 @@ import numpy as np
 from gymnasium.envs.registration import parse_env_id
 from gymnasium.vector import AutoresetMode
 
+from rlfw.core import EnvInfo, GoalFn
 from rlfw.errors import ConfigError
-from rlfw.registry import Registry
+from rlfw.registry import registry
+
+__all__ = ["FAMILIES", "EnvFamily", "EnvInfo", "GoalFn", "make_vector_env", "read_env_info", "resolve_env_id"]
 
 log = logging.getLogger(__name__)
 
 GOAL_KEYS = ("observation", "achieved_goal", "desired_goal")
-
-# (achieved_goal [B, G], desired_goal [B, G]) -> [B]
-GoalFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-@dataclass
-class EnvInfo:
-    """What the agent and the buffer need to know of an env, read from a built instance.
-
-    Attributes:
-        id: the resolved Gymnasium id (``FetchSlide-v2`` -> ``FetchSlide-v4``).
-        goal: whether observations are dicts with observation/achieved_goal/desired_goal.
-        obs_dim: length of the (flattened) ``observation`` vector.
-        goal_dim: length of ``desired_goal`` (0 for envs without goals).
-        act_dim: action dimension; actions are in [-1, 1] (rescaled by a wrapper if needed).
-        max_episode_steps: the TimeLimit, or None.
-        compute_reward: vectorised reward for (achieved_goal [B, G], desired_goal [B, G]) -> [B]
-            float32; None for envs without goals.
-        compute_terminated: vectorised termination for the same inputs -> [B] bool; None for
-            envs without goals.
-    """
-
-    id: str
-    goal: bool
-    obs_dim: int
-    goal_dim: int
-    act_dim: int
-    max_episode_steps: int | None
-    compute_reward: GoalFn | None = None
-    compute_terminated: GoalFn | None = None
-
 
 class EnvFamily:
     """How to make and read the envs of one family. Subclasses override the goal functions.
@@ -194,7 +165,7 @@ class PandaFamily(EnvFamily):
         return reward_fn, _rowwise(task.is_success, bool)
 
 
-FAMILIES: Registry[EnvFamily] = Registry("env.family")
+FAMILIES = registry("env.family")
 FAMILIES.add("gym", GymFamily())
 FAMILIES.add("mujoco", MujocoFamily())
 FAMILIES.add("fetch", FetchFamily())

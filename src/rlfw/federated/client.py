@@ -1,4 +1,4 @@
-"""The Flower client: one :class:`rlfw.runner.Runner` on one task, trained a few epochs a round.
+"""The Flower client: one :class:`rlfw.training.loop.TrainLoop` on one task, trained a few epochs a round.
 
 Files in the client's directory ``<run_dir>/clients/<index>_<env>/``: everything a Runner
 writes (``metrics.csv`` one row per epoch over all rounds, ``episodes.csv``,
@@ -78,7 +78,7 @@ class RLClient(NumPyClient):
     def runner(self) -> Any:
         """The Runner, built on first use (envs, buffer, agent)."""
         if self._runner is None:
-            from rlfw.runner import Runner
+            from rlfw.training.loop import TrainLoop as Runner
 
             self._runner = Runner(self.cfg, self.dir)
         return self._runner
@@ -168,7 +168,7 @@ class RLClient(NumPyClient):
     # -------------------------------------------------------------------------------------
 
     def _save(self, rnd: int, weights: list[np.ndarray], n: int, metrics: dict[str, Any]) -> None:
-        from rlfw.runner import atomic_torch_save
+        from rlfw.training.checkpoint import atomic_torch_save
 
         entries = params.layout(self.runner.agent)
         state = {
@@ -184,7 +184,7 @@ class RLClient(NumPyClient):
         atomic_torch_save(state, self.dir / "federated" / "last.pt")
 
     def _write_round(self) -> None:
-        from rlfw.runner import CsvLog
+        from rlfw.training.outputs import CsvLog
 
         if not self._pending:
             return

@@ -1,9 +1,10 @@
 """What a client sends and the server aggregates: the agent's weights as a flat list of arrays.
 
-The list (Flower's ``NDArrays``) follows :func:`layout`: every tensor of the state dicts of
-``actor``, ``critic``, ``actor_target`` and ``critic_target`` (parameters and buffers, in
-``state_dict`` order), then ``count``, ``sum`` and ``sumsq`` of ``obs_norm`` and ``goal_norm``
-(the goal normaliser only for goal envs). Optimiser states and counters stay with each client.
+The list (Flower's ``NDArrays``) follows :func:`layout`: every tensor of the state dicts of the
+agent's :meth:`rlfw.core.Agent.networks` (for DDPG/TD3 ``actor``, ``critic``, ``actor_target``
+and ``critic_target``; parameters and buffers, in ``state_dict`` order), then ``count``, ``sum``
+and ``sumsq`` of each of its :meth:`rlfw.core.Agent.normalizers`. Optimiser states and counters
+stay with each client.
 
 Aggregation (:func:`aggregate`), for the clients ``i`` that trained this round from the global
 weights ``g`` and return ``x_i`` with weight ``w_i``:
@@ -25,10 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rlfw.algos.actor_critic import ActorCritic
+from rlfw.core import Agent
 
-NET_MODULES = ("actor", "critic", "actor_target", "critic_target")
-NORM_MODULES = ("obs_norm", "goal_norm")
 NORM_STATS = ("count", "sum", "sumsq")
 
 
@@ -49,21 +48,19 @@ class Entry:
         return self.name.split(".", 1)[1]
 
 
-def _tensors(agent: ActorCritic) -> list[tuple[Entry, torch.Tensor]]:
-    mods = agent.modules()
+def _tensors(agent: Agent) -> list[tuple[Entry, torch.Tensor]]:
     out: list[tuple[Entry, torch.Tensor]] = []
-    for m in NET_MODULES:
-        for k, t in mods[m].state_dict(keep_vars=True).items():
+    for m, module in agent.networks().items():
+        for k, t in module.state_dict(keep_vars=True).items():
             out.append((Entry(f"{m}.{k}", tuple(t.shape), "net"), t))
-    for m in NORM_MODULES:
-        if m in mods:
-            for k in NORM_STATS:
-                t = getattr(mods[m], k)
-                out.append((Entry(f"{m}.{k}", tuple(t.shape), "norm"), t))
+    for m, norm in agent.normalizers().items():
+        for k in NORM_STATS:
+            t = getattr(norm, k)
+            out.append((Entry(f"{m}.{k}", tuple(t.shape), "norm"), t))
     return out
 
 
-def layout(agent: ActorCritic) -> list[Entry]:
+def layout(agent: Agent) -> list[Entry]:
     """The names, shapes and kinds of :func:`get_weights`'s arrays, in order."""
     return [e for e, _ in _tensors(agent)]
 
@@ -74,13 +71,13 @@ def fingerprint(entries: Sequence[Entry]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def get_weights(agent: ActorCritic) -> list[np.ndarray]:
+def get_weights(agent: Agent) -> list[np.ndarray]:
     """Copies of the agent's tensors in :func:`layout` order (float32 nets, float64 stats)."""
     return [t.detach().cpu().numpy().copy() for _, t in _tensors(agent)]
 
 
 @torch.no_grad()
-def set_weights(agent: ActorCritic, arrays: Sequence[np.ndarray]) -> None:
+def set_weights(agent: Agent, arrays: Sequence[np.ndarray]) -> None:
     """Load :func:`get_weights`-ordered arrays into the agent; refresh normaliser mean/std.
 
     Raises:
@@ -93,9 +90,7 @@ def set_weights(agent: ActorCritic, arrays: Sequence[np.ndarray]) -> None:
         if tuple(np.shape(a)) != entry.shape:
             raise ValueError(f"{entry.name}: shape {tuple(np.shape(a))} != {entry.shape}")
         t.copy_(torch.as_tensor(np.asarray(a), dtype=t.dtype, device=t.device))
-    for norm in (agent.obs_norm, agent.goal_norm):
-        if norm is None:
-            continue
+    for norm in agent.normalizers().values():
         if float(norm.count) > 0:
             norm.recompute()
         else:

@@ -253,7 +253,7 @@ class RLStrategy(FedAvg):
         return out
 
     def _save(self, rnd: int, results: list[dict[str, Any]]) -> None:
-        from rlfw.runner import atomic_torch_save
+        from rlfw.training.checkpoint import atomic_torch_save
 
         state = {
             "round": rnd,
@@ -269,7 +269,7 @@ class RLStrategy(FedAvg):
 
     def _flush(self) -> None:
         """Append the pending round row to federated_metrics.csv."""
-        from rlfw.runner import CsvLog
+        from rlfw.training.outputs import CsvLog
 
         if not self._row:
             return

@@ -205,18 +205,12 @@ class Dims:
 
 
 def env_info(cfg: DictConfig) -> Any:
-    """Build the client's env once, read its :class:`rlfw.envs.EnvInfo`, close it."""
-    from rlfw.envs import FAMILIES, read_env_info, resolve_env_id
+    """Build the client's env once (:func:`rlfw.build.build_env`), read its EnvInfo, close it."""
+    from rlfw.build import build_env
 
-    env_id, _ = resolve_env_id(str(cfg.env.id), cfg.env.family)
-    family = FAMILIES.get(cfg.env.family).target
-    raw = OmegaConf.to_container(cfg.env.kwargs, resolve=True)
-    kwargs: dict[str, Any] = {str(k): v for k, v in raw.items()} if isinstance(raw, dict) else {}
-    env = family.make(env_id, cfg.env.max_episode_steps, kwargs)
-    try:
-        return read_env_info(cfg.env.family, env, env_id)
-    finally:
-        env.close()
+    env = build_env(cfg, log_resolution=False)
+    env.ref_env.close()
+    return env.info
 
 
 def dims_of(info: Any) -> Dims:
@@ -251,12 +245,11 @@ def check_shapes(p: Plan) -> tuple[Dims, Any]:
 
 
 def build_agent(cfg: DictConfig, info: Any) -> Any:
-    """The :class:`ActorCritic` a :class:`rlfw.runner.Runner` with ``cfg`` would build (no envs)."""
-    from rlfw.algos import build_agent as build
-    from rlfw.noise import NOISES
-    from rlfw.runner import pick_device
+    """The agent a :class:`rlfw.training.loop.TrainLoop` with ``cfg`` would build (no envs)."""
+    from rlfw.build import build_agent as build
+    from rlfw.build import build_exploration, pick_device
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    noise = NOISES.get(cfg.noise.name).target(cfg.noise, int(cfg.train.num_envs), info.act_dim, rng)
-    return build(cfg, info, noise, pick_device(cfg.train.device), seed=cfg.seed)
+    exploration = build_exploration(cfg, int(cfg.train.num_envs), info.act_dim, rng)
+    return build(cfg, info, exploration, pick_device(cfg.train.device), seed=cfg.seed)

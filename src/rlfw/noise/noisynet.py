@@ -25,14 +25,16 @@ How rlfw uses it with DDPG/TD3 (see :class:`rlfw.algos.actor_critic.ActorCritic`
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from rlfw.noise import ActionNoise
+from rlfw.core import LinearFactory
+from rlfw.noise.action_noise import random_actions
+from rlfw.noise.config import NoisyNetConfig
+from rlfw.registry import register
 
 
 def f_scale(x: torch.Tensor) -> torch.Tensor:
@@ -123,37 +125,41 @@ def noisy_layers(*modules: nn.Module) -> list[NoisyLinear]:
     return [m for mod in modules for m in mod.modules() if isinstance(m, NoisyLinear)]
 
 
-class NoisyNetNoise(ActionNoise):
-    """Exploration by noisy actor weights; adds no action noise (``random_eps`` still applies).
+class NoisyNetNoise:
+    """Parameter-space exploration (:class:`rlfw.core.Exploration`): noisy actor weights, no
+    action noise (``random_eps`` still applies).
 
-    The runner builds the actor with :meth:`actor_linear` and calls :meth:`attach` with the
-    agent; after each exploratory step (``resample=step``) or at an episode end
+    It is a network-layer factory: the build step makes the actor (and with ``noisy_critic``
+    the critics) from :meth:`actor_linear`/:meth:`critic_linear` and calls :meth:`attach` with
+    the agent; after each exploratory step (``resample=step``) or at an episode end
     (``resample=episode``) the agent's exploration noise is redrawn.
     """
 
     def __init__(self, cfg: Any, num_envs: int, act_dim: int, rng: np.random.Generator) -> None:
-        super().__init__(cfg, num_envs, act_dim, rng)
+        self.cfg = cfg
+        self.num_envs, self.act_dim, self.rng = num_envs, act_dim, rng
+        self.random_eps = float(cfg.random_eps)
         self.factorised = bool(cfg.factorised)
         self.sigma0 = None if cfg.sigma0 is None else float(cfg.sigma0)
         self.resample = str(cfg.resample)
         self.noisy_critic = bool(cfg.noisy_critic)
         self.agent: Any = None
 
-    def _factory(self) -> Callable[[int, int], nn.Module]:
+    def _factory(self) -> LinearFactory:
         factorised, sigma0 = self.factorised, self.sigma0
         return lambda i, o: NoisyLinear(i, o, factorised, sigma0)
 
-    def actor_linear(self) -> Callable[[int, int], nn.Module] | None:
+    def actor_linear(self) -> LinearFactory | None:
         return self._factory()
 
-    def critic_linear(self) -> Callable[[int, int], nn.Module] | None:
+    def critic_linear(self) -> LinearFactory | None:
         return self._factory() if self.noisy_critic else None
 
     def attach(self, agent: Any) -> None:
         self.agent = agent
 
     def __call__(self, actions: np.ndarray, env_step: int) -> np.ndarray:
-        out = super().__call__(actions, env_step)
+        out = random_actions(np.clip(actions, -1.0, 1.0), self.random_eps, self.rng).astype(np.float32)
         if self.resample == "step" and self.agent is not None:
             self.agent.resample_exploration()
         return out
@@ -168,3 +174,12 @@ class NoisyNetNoise(ActionNoise):
             return {}
         layers = noisy_layers(self.agent.actor)
         return {"noise_sigma": float(torch.cat([m.sigma_w.detach().abs().flatten() for m in layers]).mean())}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+register("noise", "noisynet", NoisyNetConfig, NoisyNetNoise)

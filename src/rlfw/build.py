@@ -1,0 +1,182 @@
+"""One build step: a composed config -> the components of a run.
+
+:func:`build` is what training (:class:`rlfw.training.loop.TrainLoop`), ``rlfw.evaluate``,
+the federated clients, the public API (:func:`rlfw.load`) and the benchmarks use, so envs and
+agents are made one way everywhere (``env.kwargs`` included) and a checkpoint always loads into
+the same network layout. Each choice is looked up in its registry (:mod:`rlfw.registry`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+import rlfw.components  # noqa: F401  (the built-ins register on import)
+from rlfw.core import Agent, EnvInfo, Exploration
+from rlfw.envs import EnvFamily, make_vector_env, read_env_info, resolve_env_id
+from rlfw.errors import ConfigError
+from rlfw.registry import registry
+
+log = logging.getLogger("rlfw")
+
+
+def pick_device(name: str) -> torch.device:
+    """``train.device``: ``auto`` is CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def env_kwargs(cfg: Any) -> dict[str, Any]:
+    """``env.kwargs`` as a plain dict (passed to ``gymnasium.make``)."""
+    raw = OmegaConf.to_container(cfg.env.kwargs, resolve=True) if OmegaConf.is_config(cfg.env.kwargs) else cfg.env.kwargs
+    return {str(k): v for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+
+@dataclass
+class EnvParts:
+    """The env side of a run: the resolved id, its family, a reference env and its EnvInfo."""
+
+    env_id: str
+    family: EnvFamily
+    kwargs: dict[str, Any]
+    ref_env: gym.Env
+    info: EnvInfo
+
+
+def build_env(cfg: Any, log_resolution: bool = True) -> EnvParts:
+    """Resolve ``env.id``, make one reference env and read its :class:`EnvInfo`.
+
+    Raises:
+        ConfigError: an unknown id, an env that does not fit its family, or a HER buffer on an
+            env without goals.
+    """
+    env_id, message = resolve_env_id(str(cfg.env.id), cfg.env.family)
+    if message and log_resolution:
+        log.warning(message)
+    family = registry("env.family").get(cfg.env.family).target
+    kwargs = env_kwargs(cfg)
+    ref_env = family.make(env_id, cfg.env.max_episode_steps, kwargs)
+    info = read_env_info(cfg.env.family, ref_env, env_id)
+    if cfg.buffer.relabel == "her" and not info.goal:
+        ref_env.close()
+        raise ConfigError(f"buffer.relabel=her needs a goal env; env.id '{env_id}' has no goals")
+    return EnvParts(env_id, family, kwargs, ref_env, info)
+
+
+def build_exploration(cfg: Any, num_envs: int, act_dim: int, rng: np.random.Generator) -> Exploration:
+    """The exploration ``cfg.noise.name`` names (registry ``noise``)."""
+    cls = registry("noise").get(cfg.noise.name).target
+    return cls(cfg.noise, num_envs, act_dim, rng)  # type: ignore[no-any-return]
+
+
+def build_agent(cfg: Any, info: EnvInfo, exploration: Exploration, device: str | torch.device = "cpu",
+                seed: int = 0) -> Agent:  # fmt: skip
+    """The agent ``cfg.algo`` names, with the layers the exploration asks for (NoisyNet's noisy
+    linear layers; plain ``nn.Linear`` otherwise), attached to the exploration.
+
+    Raises:
+        ConfigError: an unknown ``cfg.algo.name``.
+    """
+    cls = registry("algo").get(cfg.algo.name).target
+    agent = cls(
+        cfg.algo,
+        info,
+        device,
+        actor_linear=exploration.actor_linear() or torch.nn.Linear,
+        critic_linear=exploration.critic_linear(),
+        seed=seed,
+    )
+    exploration.attach(agent)
+    return agent  # type: ignore[no-any-return]
+
+
+def build_buffer(cfg: Any, info: EnvInfo, num_envs: int, total_env_steps: int, seed: int) -> Any:
+    """The replay buffer ``cfg.buffer`` describes (registry ``buffer``)."""
+    cls = registry("buffer").get(cfg.buffer.name).target
+    return cls(cfg.buffer, info, num_envs, float(cfg.algo.gamma), total_env_steps, seed)
+
+
+@dataclass
+class Components:
+    """Everything a run trains with. ``seed`` is this process's (``cfg.seed + 1000 * rank``)."""
+
+    env: EnvParts
+    envs: gym.vector.VectorEnv
+    eval_envs: gym.vector.VectorEnv | None
+    exploration: Exploration
+    agent: Agent
+    buffer: Any
+    rng: np.random.Generator
+    device: torch.device
+    seed: int
+
+    @property
+    def info(self) -> EnvInfo:
+        return self.env.info
+
+    def close(self) -> None:
+        """Close every env."""
+        for env in (self.envs, self.eval_envs, self.env.ref_env):
+            if env is not None:
+                env.close()
+
+
+def build(cfg: Any, rank: int = 0) -> Components:
+    """Build a run's components for worker ``rank`` (0 for a single process).
+
+    Every worker starts from the same networks (``torch.manual_seed(cfg.seed)`` before the
+    agent is made); afterwards each draws its own randomness from ``seed = cfg.seed + 1000 * rank``
+    (collection, buffer sampling, NoisyNet and target smoothing).
+
+    Raises:
+        ConfigError: see :func:`build_env`.
+    """
+    tr = cfg.train
+    seed = int(cfg.seed) + 1000 * rank
+    torch.manual_seed(cfg.seed)  # the same initial networks on every worker
+    rng = np.random.default_rng(seed)
+    device = pick_device(str(tr.device))
+    if device.type == "cuda" and rank > 0:
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+    env = build_env(cfg, log_resolution=rank == 0)
+    num_envs = int(tr.num_envs)
+    envs = make_vector_env(env.family, env.env_id, num_envs, cfg.env.max_episode_steps, env.kwargs,
+                           cfg.env.vectorization)  # fmt: skip
+    n_eval = int(cfg.eval.num_envs or min(cfg.eval.episodes, 10))
+    eval_envs = (
+        make_vector_env(env.family, env.env_id, n_eval, cfg.env.max_episode_steps, env.kwargs, "sync")
+        if cfg.eval.episodes > 0
+        else None
+    )
+    exploration = build_exploration(cfg, num_envs, env.info.act_dim, rng)
+    agent = build_agent(cfg, env.info, exploration, device, seed=int(cfg.seed))
+    # from here on each worker draws its own randomness (NoisyNet, target smoothing)
+    torch.manual_seed(seed)
+    generator = getattr(agent, "generator", None)
+    if generator is not None:
+        generator.manual_seed(seed)
+    total = int(tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle)
+    buffer = build_buffer(cfg, env.info, num_envs, total, seed)
+    return Components(env, envs, eval_envs, exploration, agent, buffer, rng, device, seed)
+
+
+def build_policy_agent(cfg: Any, state: dict[str, Any] | None = None, device: str = "cpu") -> tuple[Agent, EnvParts]:
+    """An agent for acting only (evaluation, :func:`rlfw.load`): no vector envs, no buffer.
+
+    Returns:
+        (the agent with ``state`` loaded if given, the env parts; its reference env is closed).
+    """
+    env = build_env(cfg, log_resolution=False)
+    env.ref_env.close()
+    exploration = build_exploration(cfg, 1, env.info.act_dim, np.random.default_rng(0))
+    agent = build_agent(cfg, env.info, exploration, device)
+    if state is not None:
+        agent.load_state_dict(state)
+    return agent, env

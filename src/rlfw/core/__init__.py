@@ -1,0 +1,35 @@
+"""Contracts: the types every part of rlfw agrees on. This package imports nothing of rlfw
+except :mod:`rlfw.errors`, and everything else depends on it, never the reverse.
+
+- :class:`EnvInfo`: what an agent and a buffer need to know of an env.
+- :class:`Batch`: what a replay buffer hands an agent (Gymnasium's ``terminated``).
+- :class:`Agent`: what the training loop, evaluation, multi-worker and federated training ask
+  of an algorithm (SB3's ``BaseAlgorithm.train``/``predict``, BenchMARL's ``Algorithm``).
+- :class:`Exploration`: how actions are perturbed while collecting (SB3 ``common/noise.py``),
+  and which network layers an algorithm should build (NoisyNet).
+- :class:`Callback`: hooks into the training loop.
+"""
+
+from rlfw.core.checks import in_range, one_of, require
+from rlfw.core.contracts import (
+    Agent,
+    Batch,
+    Callback,
+    EnvInfo,
+    Exploration,
+    GoalFn,
+    LinearFactory,
+)
+
+__all__ = [
+    "Agent",
+    "Batch",
+    "Callback",
+    "EnvInfo",
+    "Exploration",
+    "GoalFn",
+    "LinearFactory",
+    "in_range",
+    "one_of",
+    "require",
+]

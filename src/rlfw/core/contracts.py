@@ -1,0 +1,175 @@
+"""The contracts (see :mod:`rlfw.core`). Imports nothing of rlfw."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# (achieved_goal [B, G], desired_goal [B, G]) -> [B]
+GoalFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# (in_features, out_features) -> a linear layer (nn.Linear, or NoisyNet's noisy linear)
+LinearFactory = Callable[[int, int], "nn.Module"]
+
+
+@dataclass
+class EnvInfo:
+    """What the agent and the buffer need to know of an env, read from a built instance.
+
+    Attributes:
+        id: the resolved Gymnasium id (``FetchSlide-v2`` -> ``FetchSlide-v4``).
+        goal: whether observations are dicts with observation/achieved_goal/desired_goal.
+        obs_dim: length of the (flattened) ``observation`` vector.
+        goal_dim: length of ``desired_goal`` (0 for envs without goals).
+        act_dim: action dimension; actions are in [-1, 1] (rescaled by a wrapper if needed).
+        max_episode_steps: the TimeLimit, or None.
+        compute_reward: vectorised reward for (achieved_goal [B, G], desired_goal [B, G]) -> [B]
+            float32; None for envs without goals.
+        compute_terminated: vectorised termination for the same inputs -> [B] bool; None for
+            envs without goals.
+    """
+
+    id: str
+    goal: bool
+    obs_dim: int
+    goal_dim: int
+    act_dim: int
+    max_episode_steps: int | None
+    compute_reward: GoalFn | None = None
+    compute_terminated: GoalFn | None = None
+
+
+@dataclass
+class Batch:
+    """A sampled batch (NumPy, float32 unless said otherwise); ``B`` is the batch size.
+
+    Attributes:
+        obs: ``[B, obs_dim]`` observation ``o_t`` (the ``observation`` part for goal envs).
+        action: ``[B, act_dim]`` action ``a_t`` in [-1, 1].
+        reward: ``[B]`` the (n-step) discounted return ``sum_{i<k} gamma^i r_{t+i}``.
+        next_obs: ``[B, obs_dim]`` observation ``o_{t+k}`` to bootstrap from.
+        terminated: ``[B]`` 1.0 if the episode terminated within the k steps (Gymnasium's
+            ``terminated``: no bootstrap), else 0.0. A truncation (time limit) is not a
+            termination: the target bootstraps through it.
+        discount: ``[B]`` ``gamma**k``, with ``k <= n_step`` the steps actually summed.
+        weight: ``[B]`` importance-sampling weight (1 without prioritised replay).
+        index: ``[B]`` int64 flat storage indices, for ``update_priorities``.
+        goal: ``[B, goal_dim]`` the (possibly relabelled) goal, or None for envs without goals.
+    """
+
+    obs: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    next_obs: np.ndarray
+    terminated: np.ndarray
+    discount: np.ndarray
+    weight: np.ndarray
+    index: np.ndarray
+    goal: np.ndarray | None = None
+
+
+@runtime_checkable
+class Agent(Protocol):
+    """An off-policy algorithm as the rest of rlfw sees it.
+
+    Actions are in the normalised space [-1, 1]; observations and goals are float32 arrays
+    ``[N, obs_dim]`` and ``[N, goal_dim]``.
+
+    Attributes:
+        metric_names: the keys :meth:`update` returns, in the order of their metrics.csv
+            columns (known before the first update, so the CSV header can be written).
+        td_error: ``[B]`` float32, the per-sample TD error magnitude of the last
+            :meth:`update` (the prioritised-replay signal), or None before the first.
+        updates: gradient steps done so far (checkpointed).
+        grad_sync: set by multi-worker training: averages a list of gradients over the
+            workers in place; the agent calls it between ``backward()`` and ``step()``.
+    """
+
+    metric_names: tuple[str, ...]
+    td_error: np.ndarray | None
+    updates: int
+    grad_sync: Callable[[list[Any]], None] | None
+
+    def act(self, obs: np.ndarray, goal: np.ndarray | None = None, explore: bool = False) -> np.ndarray:
+        """Actions ``[N, act_dim]`` in [-1, 1]; ``explore=False`` is the deterministic policy."""
+        ...
+
+    def observe(self, obs: np.ndarray, goals: np.ndarray | None = None) -> None:
+        """Feed collected observations (and goals) to the agent's normalisers."""
+        ...
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One gradient step on ``batch``; returns its metrics (keys from :attr:`metric_names`)."""
+        ...
+
+    def networks(self) -> dict[str, nn.Module]:
+        """The trained networks and their targets, by name: what data-parallel workers keep
+        identical and federated clients average."""
+        ...
+
+    def normalizers(self) -> dict[str, Any]:
+        """Running-statistics normalisers by name (``rlfw.algos.normalizer.Normalizer``): their
+        sums are added up over workers and federated clients."""
+        ...
+
+    def modules(self) -> dict[str, nn.Module]:
+        """:meth:`networks` and :meth:`normalizers` together (broadcast, digests)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue training (networks, optimisers, counters)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        ...
+
+
+class Exploration(Protocol):
+    """How collection perturbs the agent's actions, per parallel env (SB3 ``ActionNoise``).
+
+    ``__call__(actions [N, A], env_step) -> actions [N, A]`` in [-1, 1]; ``reset(done [N])`` for
+    the envs whose episode ended; ``metrics(env_step)`` values for metrics.csv (``noise_sigma``).
+    Parameter-space exploration (NoisyNet) perturbs no action: it supplies the network layers
+    through :meth:`actor_linear` and :meth:`critic_linear` and redraws their noise.
+    """
+
+    def __call__(self, actions: np.ndarray, env_step: int) -> np.ndarray: ...
+
+    def reset(self, done: np.ndarray) -> None: ...
+
+    def metrics(self, env_step: int) -> dict[str, float]: ...
+
+    def attach(self, agent: Any) -> None: ...
+
+    def actor_linear(self) -> LinearFactory | None: ...
+
+    def critic_linear(self) -> LinearFactory | None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Callback:
+    """Hooks into the training loop (progress bars, loggers, plots, early stop). Every method
+    is optional. ``loop`` is the :class:`rlfw.train.loop.TrainLoop` (its ``run_dir``, ``cfg``,
+    ``agent``, ``env_steps``, ``epoch``, ``last_cycle``, ``last_episodes``, ``callbacks``, and at
+    the end ``status`` and ``error``)."""
+
+    def on_start(self, loop: Any) -> None:
+        """When the loop starts (or resumes) training."""
+
+    def on_cycle(self, loop: Any) -> None:
+        """After each cycle's collection and updates."""
+
+    def on_epoch(self, loop: Any, row: dict[str, Any]) -> None:
+        """After each epoch's metrics row is written (and the checkpoint, when due)."""
+
+    def on_end(self, loop: Any) -> None:
+        """When the loop returns normally or is interrupted."""

@@ -1,0 +1,90 @@
+"""Collection: step a Gymnasium vector env with the agent's exploratory actions into the buffer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rlfw.envs.obs import final_obs, split_obs, success_of
+
+
+class Collector:
+    """Steps ``envs`` (same-step autoreset) and stores every transition in ``buffer``.
+
+    Args:
+        envs: the vector env (``N = envs.num_envs``).
+        agent: an :class:`rlfw.core.Agent` (``act`` and ``observe``).
+        exploration: an :class:`rlfw.core.Exploration` applied to the agent's actions.
+        buffer: the replay buffer (``start``, ``add``).
+        goal: whether observations carry goals.
+        act_dim: action size (uniform random actions before ``learning_starts``).
+        learning_starts: env steps (over all envs) of uniformly random actions first.
+        rng: the generator of the random actions.
+        seed: the envs reset with ``seed + 7919 * epoch`` when collection (re)starts.
+
+    Counters: ``env_steps`` (this process's, over its envs) and ``episodes``.
+    """
+
+    def __init__(self, envs: Any, agent: Any, exploration: Any, buffer: Any, goal: bool, act_dim: int,
+                 learning_starts: int, rng: np.random.Generator, seed: int) -> None:  # fmt: skip
+        self.envs, self.agent, self.exploration, self.buffer = envs, agent, exploration, buffer
+        self.goal, self.act_dim, self.learning_starts = goal, act_dim, int(learning_starts)
+        self.rng, self.seed = rng, seed
+        self.num_envs = int(envs.num_envs)
+        self.env_steps = 0
+        self.episodes = 0
+        self._obs: dict[str, np.ndarray] | None = None
+        self._ep_return = np.zeros(self.num_envs)
+        self._ep_len = np.zeros(self.num_envs, np.int64)
+
+    def policy(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Exploratory actions ``[N, act_dim]`` in [-1, 1] for ``obs``."""
+        if self.env_steps < self.learning_starts:
+            return self.rng.uniform(-1.0, 1.0, (len(obs["observation"]), self.act_dim)).astype(np.float32)
+        actions = self.agent.act(obs["observation"], obs.get("desired_goal"), explore=True)
+        return self.exploration(actions, self.env_steps)
+
+    def _observe(self, obs: dict[str, np.ndarray]) -> None:
+        goals = np.concatenate([obs["desired_goal"], obs["achieved_goal"]]) if self.goal else None
+        self.agent.observe(obs["observation"], goals)
+
+    def collect(self, steps: int, epoch: int) -> list[dict[str, Any]]:
+        """Step the vector env ``steps // N`` times during ``epoch`` (0-based).
+
+        Returns:
+            The finished episodes: ``episode``, ``epoch`` (1-based), ``env_steps``,
+            ``env_index``, ``return``, ``length``, ``success`` (NaN if not reported).
+        """
+        if self._obs is None:
+            # a resumed run starts new episodes from seeds of its own, not the first epoch's
+            raw, _ = self.envs.reset(seed=self.seed + 7919 * epoch)
+            self._obs = split_obs(raw, self.goal)
+            self.buffer.start(self._obs)
+            self._observe(self._obs)
+        finished: list[dict[str, Any]] = []
+        for _ in range(steps // self.num_envs):
+            action = self.policy(self._obs)
+            raw, reward, terminated, truncated, infos = self.envs.step(action)
+            nxt = split_obs(raw, self.goal)
+            done = np.logical_or(terminated, truncated)
+            fin = final_obs(infos, nxt, done) if done.any() else None
+            self.buffer.add(action, reward, terminated, truncated, nxt, fin)
+            self._observe(nxt)
+            self.env_steps += self.num_envs
+            self._ep_return += reward
+            self._ep_len += 1
+            if done.any():
+                success = success_of(infos, done)
+                for e in np.flatnonzero(done):
+                    self.episodes += 1
+                    finished.append({
+                        "episode": self.episodes, "epoch": epoch + 1, "env_steps": self.env_steps,
+                        "env_index": int(e), "return": float(self._ep_return[e]),
+                        "length": int(self._ep_len[e]), "success": success[e],
+                    })  # fmt: skip
+                self._ep_return[done] = 0.0
+                self._ep_len[done] = 0
+                self.exploration.reset(done)
+            self._obs = nxt
+        return finished

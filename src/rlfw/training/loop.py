@@ -1,0 +1,242 @@
+"""The one training loop for every algo x buffer x noise x env combination.
+
+Per epoch: ``cycles_per_epoch`` times (collect ``steps_per_cycle`` env steps into the buffer,
+add up normaliser statistics over the workers, run ``updates_per_cycle`` gradient steps), then
+evaluate the deterministic policy and tell the callbacks. The HER paper's schedule (epochs x
+cycles x episodes, 40 updates a cycle) and the TD3 paper's (one update per env step) are two
+settings of this loop.
+
+Files in the run directory (Hydra's output dir), written by rank 0 through callbacks
+(:mod:`rlfw.training.outputs`) and the checkpointer:
+
+- ``.hydra/`` the resolved config (Hydra's),
+- ``metrics.csv`` one row per epoch (:func:`rlfw.training.outputs.metric_columns`),
+- ``episodes.csv`` one row per finished training episode,
+- ``checkpoints/last.pt`` (and per-worker buffer files with ``train.save_buffer``),
+- ``status.json`` ``running`` while training, ``finished``, ``failed`` or ``interrupted`` at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from rlfw.build import Components, build
+from rlfw.config.validate import validate
+from rlfw.core import Callback
+from rlfw.training.checkpoint import Checkpointer
+from rlfw.training.collector import Collector
+from rlfw.training.context import LocalContext
+from rlfw.training.evaluation import evaluate_policy
+from rlfw.training.outputs import ConsoleLine, CsvFiles, StatusFile
+
+log = logging.getLogger("rlfw")
+
+
+class TrainLoop:
+    """Trains the components :func:`rlfw.build.build` makes from a composed config.
+
+    Args:
+        cfg: the composed root config (see conf/config.yaml).
+        run_dir: where to write (Hydra's ``runtime.output_dir``).
+        callbacks: extra callbacks (progress, plots, videos, wandb: :mod:`rlfw.callbacks`).
+        ctx: the worker context (:class:`rlfw.training.context.DistContext`); None: one process.
+        components: already built components (None: built here from ``cfg``).
+
+    Raises:
+        ConfigError: a rule of :func:`rlfw.config.validate.validate` is broken, or the env does
+            not fit the config (HER without goals).
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None = None,
+                 ctx: LocalContext | None = None, components: Components | None = None) -> None:  # fmt: skip
+        validate(cfg)
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.ctx = ctx or LocalContext()
+        tr = cfg.train
+        # torch threads: the key, else the cores shared out among the workers (at most 2 each:
+        # more does not speed up 256-wide MLPs and starves the simulators)
+        torch.set_num_threads(tr.torch_threads or max(1, min(2, (os.cpu_count() or 1) // self.ctx.world)))
+        self.parts = components or build(cfg, self.ctx.rank)
+        p = self.parts
+        self.env_id, self.info, self.device = p.env.env_id, p.info, p.device
+        self.agent, self.exploration, self.buffer = p.agent, p.exploration, p.buffer
+        self.rng, self.seed = p.rng, p.seed
+        self.ctx.attach(self.agent)
+        self.collector = Collector(p.envs, self.agent, self.exploration, self.buffer, self.info.goal,
+                                   self.info.act_dim, tr.learning_starts, self.rng, self.seed)  # fmt: skip
+        self.checkpointer = Checkpointer(self.run_dir, self.ctx.rank, tr.save_buffer)
+        self.epoch = 0
+        self.wall_time = 0.0
+        outputs: list[Callback] = []
+        if self.ctx.is_main:
+            outputs = [CsvFiles(), StatusFile()] + ([ConsoleLine()] if cfg.logger.console else [])
+        self._outputs = outputs
+        self.callbacks: list[Callback] = list(callbacks or []) if self.ctx.is_main else []
+        self.last_cycle: dict[str, float] = {}  # mean metrics of the last cycle (for loggers)
+        self.last_episodes: list[dict[str, Any]] = []  # training episodes of the last epoch
+        self.status = "running"
+        self.error: str | None = None
+        self._eval_seeded = False
+
+    # ---------------------------------------------------------------------------------------
+
+    @property
+    def env_steps(self) -> int:
+        """This worker's env steps so far."""
+        return self.collector.env_steps
+
+    @property
+    def episodes(self) -> int:
+        """This worker's finished training episodes so far."""
+        return self.collector.episodes
+
+    @property
+    def is_main(self) -> bool:
+        return self.ctx.is_main
+
+    def evaluate(self, episodes: int) -> tuple[float, float, float]:
+        """Deterministic-policy episodes: (mean return, std of returns, success rate or NaN),
+        over every worker's episodes."""
+        # seeded on the first evaluation of this process (then the envs' generators go on)
+        seed = None if self._eval_seeded else self.seed + 1_000_003 + 7919 * self.epoch
+        self._eval_seeded = True
+        reduce = self.ctx.all_reduce_sum if self.ctx.world > 1 else None
+        return evaluate_policy(self.parts.eval_envs, lambda o, g: self.agent.act(o, g, explore=False),
+                               episodes, self.info.goal, seed, reduce)  # fmt: skip
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Continue from a checkpoint (:meth:`rlfw.training.checkpoint.Checkpointer.load`)."""
+        self.checkpointer.load(self, path)
+
+    def checkpoint(self) -> None:
+        """Write this worker's checkpoint files now."""
+        self.checkpointer.save(self)
+
+    def train_epoch(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """One epoch: cycles of collection and updates, then evaluation.
+
+        Returns:
+            (the metrics row, the training episodes finished in it).
+        """
+        tr, cfg = self.cfg.train, self.cfg
+        t0 = time.perf_counter()
+        steps0 = self.env_steps
+        finished: list[dict[str, Any]] = []
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for _ in range(tr.cycles_per_epoch):
+            finished += self.collector.collect(tr.steps_per_cycle, self.epoch)
+            self.ctx.sync_normalizers(self.agent)
+            cycle: dict[str, list[float]] = {}
+            if self.env_steps >= tr.learning_starts and len(self.buffer) >= tr.batch_size:
+                for _ in range(tr.updates_per_cycle):
+                    batch = self.buffer.sample(tr.batch_size, self.env_steps)
+                    metrics = self.agent.update(batch)
+                    if self.agent.td_error is not None:
+                        self.buffer.update_priorities(batch.index, self.agent.td_error)
+                    for k, v in metrics.items():
+                        cycle.setdefault(k, []).append(v)
+            if cycle:
+                self.last_cycle = {k: float(np.mean(v)) for k, v in cycle.items()}
+                for k, v in cycle.items():
+                    sums[k] = sums.get(k, 0.0) + float(np.sum(v))
+                    counts[k] = counts.get(k, 0) + len(v)
+            for cb in self.callbacks:
+                cb.on_cycle(self)
+        self.epoch += 1
+        eval_ret, eval_std, eval_succ = math.nan, math.nan, math.nan
+        if self.epoch % cfg.eval.every == 0 or self.epoch == tr.epochs:
+            eval_ret, eval_std, eval_succ = self.evaluate(cfg.eval.episodes)
+        dt = time.perf_counter() - t0
+        self.wall_time += dt
+        rets = [f["return"] for f in finished]
+        succ = [f["success"] for f in finished if not math.isnan(f["success"])]
+        world = self.ctx.world
+        row = {
+            "epoch": self.epoch,
+            "env_steps": self.env_steps * world,  # over all workers
+            "updates": self.agent.updates,
+            "episodes": self.episodes,
+            "wall_time_s": self.wall_time,
+            "steps_per_s": (self.env_steps - steps0) * world / dt,
+            "train_return": float(np.mean(rets)) if rets else math.nan,
+            "train_success_rate": float(np.mean(succ)) if succ else math.nan,
+            "eval_return": eval_ret,
+            "eval_return_std": eval_std,
+            "eval_success_rate": eval_succ,
+            **{k: sums[k] / counts[k] if counts.get(k) else math.nan for k in self.agent.metric_names},
+            **self.exploration.metrics(self.env_steps),
+        }
+        return row, finished
+
+    def run(self, epochs: int | None = None, close: bool = True) -> dict[str, Any]:
+        """Train ``epochs`` more epochs (default: up to ``train.epochs`` in all).
+
+        Each epoch the output callbacks append to metrics.csv and episodes.csv, every worker
+        writes its checkpoint files when due, and the callbacks are told. ``status.json`` says
+        ``finished`` once ``train.epochs`` are done.
+
+        Args:
+            epochs: epochs to train now (federated rounds call this repeatedly).
+            close: close the envs afterwards.
+
+        Returns:
+            The last metrics row.
+        """
+        tr, cfg = self.cfg.train, self.cfg
+        target = tr.epochs if epochs is None else self.epoch + epochs
+        every = [*self._outputs, *self.callbacks]
+        self.status, self.error = "running", None
+        for cb in every:
+            cb.on_start(self)
+        if self.epoch == 0 and self.is_main:
+            log.info(
+                "training %s on %s (%s, %s, %s): %d epochs x %d cycles x %d steps, run dir %s",
+                cfg.algo.name, self.env_id, cfg.buffer.name, cfg.noise.name, self.device,
+                tr.epochs, tr.cycles_per_epoch, tr.steps_per_cycle, self.run_dir,
+            )  # fmt: skip
+        row: dict[str, Any] = {}
+        try:
+            while self.epoch < target:
+                row, self.last_episodes = self.train_epoch()
+                for cb in self._outputs[:1]:  # the CSV rows first: a checkpoint never runs ahead
+                    cb.on_epoch(self, row)
+                if self.epoch % tr.checkpoint_every == 0 or self.epoch == tr.epochs:
+                    self.checkpoint()  # every worker: rank 0's last.pt, each rank's buffer
+                for cb in [*self._outputs[1:], *self.callbacks]:
+                    cb.on_epoch(self, row)
+        except BaseException as err:
+            self.status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            self.error = f"{type(err).__name__}: {err}"
+            self._end(every)
+            if close:
+                self.close()
+            raise
+        if self.epoch >= tr.epochs:
+            self.status = "finished"
+        self._end(every)
+        if close:
+            self.close()
+        return row
+
+    def _end(self, callbacks: list[Callback]) -> None:
+        for cb in callbacks:
+            try:
+                cb.on_end(self)
+            except Exception as err:  # a logger must not turn a finished run into a failure
+                log.warning("callback %s failed at the end: %s", type(cb).__name__, err)
+
+    def close(self) -> None:
+        """Close the envs."""
+        self.parts.close()
