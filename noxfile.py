@@ -1,4 +1,4 @@
-"""nox sessions: tests (default, CI), slow, lint, typecheck, bench.
+"""nox sessions: tests (default, CI), slow, lint (ruff, import layers, no cycles), typecheck, bench.
 
 Every install goes through constraints.txt: torch==2.13.0 is the local CPU wheel, and mujoco
 stays below 3.12 (gymnasium-robotics 1.4.2's Fetch envs break on 3.12+).
@@ -34,9 +34,13 @@ def slow(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check and format check."""
-    session.install("ruff==0.17.5")
-    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
+    """ruff check; the import layers (import-linter, pyproject's [tool.importlinter]) and no
+    import cycle between rlfw's modules (tools/import_cycles.py). Both read the source only."""
+    session.install("ruff==0.17.5", "import-linter==2.16")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "tools", "noxfile.py")
+    env = {"PYTHONPATH": "src"}
+    session.run("lint-imports", env=env)
+    session.run("python", "tools/import_cycles.py", env=env)
 
 
 @nox.session
