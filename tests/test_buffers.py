@@ -13,14 +13,19 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
+from omegaconf import OmegaConf
 
-from rlfw.buffers import Batch, ReplayBuffer
+from rlfw.buffers import RELABEL, SAMPLERS, STRATEGIES, Batch, ReplayBuffer
+from rlfw.buffers.relabel import HerRelabel, NoRelabel, Relabeler
+from rlfw.buffers.returns import NStepReturns
+from rlfw.buffers.samplers import Sampler, UniformSampler
+from rlfw.buffers.storage import EpisodeStorage
 from rlfw.config.schema import BufferConfig
 from rlfw.envs import EnvInfo
+from rlfw.errors import ConfigError
 
 try:  # works with and without tests/__init__.py
     from tests.goal_env import (
-        EPS,
         FeedLog,
         PointGoalEnv,
         decode,
@@ -32,7 +37,6 @@ try:  # works with and without tests/__init__.py
     )
 except ImportError:  # pragma: no cover - depends on how pytest put tests/ on sys.path
     from goal_env import (  # type: ignore[no-redef]
-        EPS,
         FeedLog,
         PointGoalEnv,
         decode,
@@ -317,6 +321,9 @@ def test_her_goal_strategies(strategy: str) -> None:
         assert any(r["g_t"] == 0 for r in her) and any(r["g_t"] == log.end(r["ep"]) for r in her)
     # relabelled rewards are recomputed: 0 where the next state reaches the new goal, else -1
     assert {float(batch.reward[r["i"]]) for r in her} == {0.0, -1.0}
+    # ... and only there: the goal is the achieved goal of step t + 1 exactly
+    for r in her:
+        assert (float(batch.reward[r["i"]]) == 0.0) == (r["g_t"] == r["t"] + 1), r
     # samples that keep their goal keep the stored reward (never 0 or -1 in these episodes)
     assert all(float(batch.reward[r["i"]]) not in (0.0, -1.0) for r in plain)
     # the running episode is relabelled too, with states stored so far only
@@ -703,7 +710,15 @@ def test_goal_env_functions_are_vectorised() -> None:
     info = goal_env_info(dim=2, terminate_on_success=True)
     assert info.compute_terminated is not None
     np.testing.assert_array_equal(info.compute_terminated(ag, g), [False, True, True])
-    assert EPS == 0.5  # distinct states are 1 apart: only equal states succeed
+    # distinct states are 1 apart: only equal states succeed. Checked on every pair of states of
+    # hand-built episodes with the goal function the buffer gets, not on the EPS constant.
+    states = np.concatenate([make_episode(i, 6, dim=2).achieved_goal for i in (0, 1)])
+    ag_all = np.repeat(states, len(states), axis=0)
+    g_all = np.tile(states, (len(states), 1))
+    same = (ag_all == g_all).all(axis=1)
+    assert same.sum() == len(states) and (~same).any()
+    assert info.compute_reward is not None
+    np.testing.assert_array_equal(info.compute_reward(ag_all, g_all), np.where(same, 0.0, -1.0))
 
 
 def test_restart_closes_the_running_episode():
@@ -737,3 +752,180 @@ def test_restart_closes_the_running_episode():
             assert gep == ep  # relabelled goals come from its own episode
         old = np.array([decode(o)[0] == 0 for o in b.obs])
         assert np.all(b.reward[old] < 3.0)  # never includes episode 5's reward of 7
+
+
+# ------------------------------------------------------------------------------------------
+# the parts: a registered sampler, relabelers and n-step returns on their own
+
+
+class LatestSampler(Sampler):
+    """A test sampler: always each env's latest transition, with weight 0.5; logs its calls."""
+
+    def __init__(self, storage: EpisodeStorage, rng: np.random.Generator, **cfg: Any) -> None:
+        super().__init__(storage, rng, **cfg)
+        self.cfg = cfg
+        self.added = 0
+        self.updated: list[np.ndarray] = []
+
+    def on_add(self, new: np.ndarray, lost: np.ndarray) -> None:
+        self.added += len(new)
+
+    def sample(self, batch_size: int, env_step: int) -> tuple[np.ndarray, np.ndarray]:
+        st = self.storage
+        rows = (st.head - 1) % st.rows  # the row before each env's current observation
+        flat = (rows * st.num_envs + st.env_ids)[st.is_transition[rows, st.env_ids]]
+        if len(flat) == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        return np.resize(flat, batch_size).astype(np.int64), np.full(batch_size, 0.5, np.float32)
+
+    def update(self, index: np.ndarray, td_error: np.ndarray) -> None:
+        self.updated.append(np.asarray(td_error))
+
+
+@pytest.fixture
+def latest_sampler():
+    """``buffer.sampler=latest`` registered for one test, then removed again."""
+    SAMPLERS.add("latest", LatestSampler)
+    try:
+        yield LatestSampler
+    finally:
+        SAMPLERS._entries.pop("latest", None)
+
+
+def test_registered_sampler_is_used_by_the_buffer(latest_sampler: type[LatestSampler]) -> None:
+    info = goal_env_info()
+    BufferConfig.validate(OmegaConf.structured(BufferConfig(sampler="latest")))  # a known name
+    buf = make_buffer(info, 2, sampler="latest", n_step=2, alpha=0.3, seed=1)
+    assert type(buf.sampler) is latest_sampler
+    assert buf.sampler.cfg["alpha"] == 0.3, "built from the config keys"
+    assert buf.nbytes == buf.storage.nbytes, "a sampler without arrays adds no bytes"
+    scripts = [[make_episode(0, 5), make_episode(1, 4)], [make_episode(10, 3, terminated=True)]]
+    log = feed(buf, scripts, steps=6)  # env 0: episode 1 at step 1; env 1: a phantom at step 3
+    assert buf.sampler.added == 12, "on_add sees every new transition"
+    batch = buf.sample(8)
+    recs = check_batch(buf, batch, log, info, n=2)
+    assert {(r["ep"], r["t"]) for r in recs} == {(1, 0), (910, 2)}
+    np.testing.assert_array_equal(batch.weight, 0.5)
+    buf.update_priorities(batch.index, np.arange(8.0))
+    np.testing.assert_array_equal(buf.sampler.updated[-1], np.arange(8.0))
+
+
+def test_unregistered_sampler_is_rejected() -> None:
+    assert "latest" not in SAMPLERS, "the fixture removed its registration"
+    with pytest.raises(ConfigError, match=r"unknown buffer\.sampler 'latest'"):
+        make_buffer(goal_env_info(), sampler="latest")
+
+
+def test_registries_hold_the_part_classes() -> None:
+    assert SAMPLERS.get("uniform").target is UniformSampler
+    assert issubclass(SAMPLERS.get("prioritized").target, Sampler)
+    assert RELABEL.get("none").target is NoRelabel and RELABEL.get("her").target is HerRelabel
+    assert STRATEGIES.names() == ["episode", "final", "future"]
+    buf = make_buffer(goal_env_info(), relabel="her", strategy="final")
+    assert type(buf.relabeler) is HerRelabel
+    assert buf.relabeler.pick is STRATEGIES.get("final").target
+    assert type(make_buffer(goal_env_info()).relabeler) is NoRelabel
+
+
+def hand_storage(dim: int = 1) -> tuple[EpisodeStorage, FeedLog]:
+    """One env: episode 0 (4 steps, terminated, rewards 1..4), then episode 1 running (3 steps)."""
+    st = EpisodeStorage(capacity=20, num_envs=1, obs_dim=dim, act_dim=dim, goal_dim=dim)
+    scripts = [[make_episode(0, 4, terminated=True, dim=dim, rewards=[1, 2, 3, 4]),
+                make_episode(1, 6, dim=dim, rewards=[5, 6, 7, 8, 9, 10])]]  # fmt: skip
+    log = feed(st, scripts, steps=7)
+    assert log.rows[0] == [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, 0), (1, 1), (1, 2), (1, 3)]
+    return st, log
+
+
+def bounds(st: EpisodeStorage, t: list[int]) -> tuple[np.ndarray, ...]:
+    t_abs = np.array(t, np.int64)
+    envs = np.zeros(len(t), np.int64)
+    return (t_abs, envs, *st.episode_bounds(t_abs, envs))
+
+
+def test_relabelers_on_a_hand_built_episode() -> None:
+    st, _ = hand_storage()
+    info = goal_env_info()
+    t, envs, start, end = bounds(st, [0, 2, 3, 5, 7])
+    np.testing.assert_array_equal(start, [0, 0, 0, 5, 5])
+    np.testing.assert_array_equal(end, [4, 4, 4, 8, 8])  # terminal row 4; current row 8
+    desired = st.desired_goal[t % st.rows, envs]
+
+    rng = np.random.default_rng(0)
+    before = rng.bit_generator.state
+    goal, mask = NoRelabel(st, rng, info)(t, envs, start, end, desired.copy())
+    assert goal is not None and not mask.any() and mask.shape == (5,)
+    np.testing.assert_array_equal(goal, desired)
+    assert rng.bit_generator.state == before, "no relabelling draws nothing"
+
+    # replay_k = 0: p = 1 - 1/(1 + 0) = 0, nothing relabelled; huge k: everything
+    her0 = HerRelabel(st, np.random.default_rng(0), info, strategy="final", replay_k=0)
+    assert her0.future_p == 0.0
+    assert not her0(t, envs, start, end, desired.copy())[1].any()
+    assert HerRelabel(st, rng, info, replay_k=4).future_p == pytest.approx(0.8)
+    expected_range = {"final": (end, end), "future": (t + 1, end), "episode": (start, end)}
+    for strategy, (lo, hi) in expected_range.items():
+        her = HerRelabel(st, np.random.default_rng(1), info, strategy=strategy, replay_k=1e12)
+        seen = []
+        for _ in range(200):
+            goal, mask = her(t, envs, start, end, desired.copy())
+            assert goal is not None and mask.all()
+            g = np.array([decode(x) for x in goal])  # (episode, step) of each new goal
+            np.testing.assert_array_equal(g[:, 0], [0, 0, 0, 1, 1], err_msg=strategy)
+            g_abs = g[:, 1] + np.where(g[:, 0] == 1, 5, 0)  # back to absolute rows
+            assert ((lo <= g_abs) & (g_abs <= hi)).all(), (strategy, g_abs)
+            seen.append(g_abs)
+        seen_all = np.stack(seen)
+        np.testing.assert_array_equal(seen_all.min(axis=0), lo, err_msg=strategy)
+        np.testing.assert_array_equal(seen_all.max(axis=0), hi, err_msg=strategy)
+
+    with pytest.raises(ValueError, match="goal env"):
+        HerRelabel(st, rng, plain_env_info())
+    with pytest.raises(ConfigError, match=r"unknown buffer\.strategy 'past'"):
+        HerRelabel(st, rng, info, strategy="past")
+    assert issubclass(HerRelabel, Relabeler) and issubclass(NoRelabel, Relabeler)
+
+
+def test_nstep_returns_on_a_hand_built_episode() -> None:
+    st, _ = hand_storage()
+    gamma = 0.5
+    t, envs, _, end = bounds(st, [0, 1, 2, 3, 5, 6, 7])
+    out = NStepReturns(st, 3, gamma)(t, envs, end)
+    # episode 0 terminates at its last step (t=3); episode 1 runs (rows 5..8, 3 steps stored)
+    np.testing.assert_allclose(out.reward, [1 + 1 + 0.75, 2 + 1.5 + 1, 3 + 2, 4, 5 + 3 + 1.75,
+                                            6 + 3.5, 7])  # fmt: skip
+    np.testing.assert_array_equal(out.k, [3, 3, 2, 1, 3, 2, 1])
+    np.testing.assert_array_equal(out.terminated, [0, 1, 1, 1, 0, 0, 0])
+    np.testing.assert_allclose(out.discount, gamma ** out.k)
+    np.testing.assert_array_equal(out.next_row, [3, 4, 4, 4, 8, 8, 8])
+    assert out.reward.dtype == out.terminated.dtype == out.discount.dtype == np.float32
+    # n = 1 is the one-step target
+    one = NStepReturns(st, 1, gamma)(t, envs, end)
+    np.testing.assert_array_equal(one.reward, [1, 2, 3, 4, 5, 6, 7])
+    np.testing.assert_array_equal(one.next_row, t + 1)
+    np.testing.assert_array_equal(one.terminated, [0, 0, 0, 1, 0, 0, 0])
+
+
+@pytest.mark.parametrize("terminate_on_success", [False, True])
+def test_nstep_returns_recompute_relabelled_rewards(terminate_on_success: bool) -> None:
+    st, _ = hand_storage()
+    info = goal_env_info(terminate_on_success=terminate_on_success)
+    gamma = 0.5
+    t, envs, _, end = bounds(st, [0, 1, 5, 2])
+    # new goals: the achieved goals of rows 2, 2, 8, 4 (reached after 2, -, 3, 2 steps)
+    goal = st.achieved_goal[[2, 2, 8, 4], 0].copy()
+    relabelled = np.array([True, False, True, True])
+    ret = NStepReturns(st, 3, gamma, info.compute_reward, info.compute_terminated)
+    out = ret(t, envs, end, goal, relabelled)
+    if terminate_on_success:  # reaching the new goal terminates: cut there
+        np.testing.assert_allclose(out.reward, [-1 + 0, 2 + 1.5 + 1, -1 - 0.5 + 0, -1 + 0])
+        np.testing.assert_array_equal(out.k, [2, 3, 3, 2])
+        np.testing.assert_array_equal(out.terminated, [1, 1, 1, 1])
+    else:  # the stored termination of row 3 is recomputed too (sample 3: no longer terminal)
+        np.testing.assert_allclose(out.reward, [-1 + 0 - 0.25, 2 + 1.5 + 1, -1 - 0.5 + 0, -1 + 0])
+        np.testing.assert_array_equal(out.k, [3, 3, 3, 2])
+        np.testing.assert_array_equal(out.terminated, [0, 1, 0, 0])
+    # sample 1 keeps its goal: stored rewards 2, 3, 4 and the stored termination at row 3
+    np.testing.assert_array_equal(out.next_row, t + out.k)  # no wrap: 20 rows
+    with pytest.raises(ValueError, match="compute_reward"):
+        NStepReturns(st, 3, gamma)(t, envs, end, goal, relabelled)

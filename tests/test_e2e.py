@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from rlfw.runner import EPISODE_COLUMNS, METRIC_COLUMNS, Runner
 
@@ -78,10 +79,15 @@ def test_cli_buffer_compositions(tmp_path, env, sweep):
     for s in sweep:
         expected *= len(s.split("=", 1)[1].split(","))
     assert len(jobs) == expected
+    n_steps = []
     for j in jobs:
         check_run_dir(j, 2, 200)
-        cfg = (j / ".hydra" / "config.yaml").read_text()
-        assert "n_step: 3" in cfg or "n_step: 1" in cfg
+        # the job ran with the n_step its overrides asked for
+        asked = [o for o in (j / ".hydra" / "overrides.yaml").read_text().split() if o.startswith("buffer.n_step=")]
+        cfg = yaml.safe_load((j / ".hydra" / "config.yaml").read_text())
+        assert cfg["buffer"]["n_step"] == int(asked[0].split("=")[1])
+        n_steps.append(cfg["buffer"]["n_step"])
+    assert n_steps.count(3) == expected // len(sweep[-1].split("=", 1)[1].split(","))
 
 
 def jobs_of(sweep_dir: Path) -> list[Path]:

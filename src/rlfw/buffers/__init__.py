@@ -1,6 +1,10 @@
 """Replay: episode storage x relabelling (none, HER) x sampler (uniform, prioritized) x n-step.
 
-:class:`ReplayBuffer` composes the three orthogonal parts of :class:`rlfw.config.schema.BufferConfig`.
+:class:`ReplayBuffer` composes the orthogonal parts of :class:`rlfw.config.schema.BufferConfig`,
+each a class of its own: a :class:`~rlfw.buffers.samplers.Sampler` (``buffer.sampler``), a
+:class:`~rlfw.buffers.relabel.Relabeler` (``buffer.relabel``, with HER's ``buffer.strategy``)
+and :class:`~rlfw.buffers.returns.NStepReturns` (``buffer.n_step``). Samplers and relabelers are
+looked up in their registries, so a new one is registered, not typed into the buffer.
 Every batch carries ``discount`` (``gamma**k`` per sample) and ``weight`` (importance sampling),
 so an algorithm never asks which buffer it has.
 """
@@ -12,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from rlfw.buffers.config import BufferConfig
-from rlfw.buffers.samplers import PrioritizedSampler, UniformSampler
+from rlfw.buffers.relabel import RELABEL, STRATEGIES, HerRelabel, NoRelabel, Relabeler
+from rlfw.buffers.returns import NStep, NStepReturns
+from rlfw.buffers.samplers import PrioritizedSampler, Sampler, SumTree, UniformSampler
 from rlfw.buffers.storage import EpisodeStorage
-from rlfw.core import Batch, EnvInfo, GoalFn
+from rlfw.core import Batch, EnvInfo
 from rlfw.registry import register, registry
 
 __all__ = [
@@ -24,7 +30,16 @@ __all__ = [
     "STRATEGIES",
     "Batch",
     "EpisodeStorage",
+    "HerRelabel",
+    "NStep",
+    "NStepReturns",
+    "NoRelabel",
+    "PrioritizedSampler",
+    "Relabeler",
     "ReplayBuffer",
+    "Sampler",
+    "SumTree",
+    "UniformSampler",
 ]
 
 
@@ -32,17 +47,9 @@ SAMPLERS = registry("buffer.sampler")
 SAMPLERS.add("uniform", UniformSampler)
 SAMPLERS.add("prioritized", PrioritizedSampler)
 
-RELABEL = registry("buffer.relabel")
-RELABEL.add("none", None)
-RELABEL.add("her", None)
-
-STRATEGIES = registry("buffer.strategy")
-for _name in ("future", "final", "episode"):
-    STRATEGIES.add(_name, None)
-
 
 class ReplayBuffer:
-    """Episode storage with HER relabelling, a sampler and n-step returns, all at sample time.
+    """Episode storage with a sampler, goal relabelling and n-step returns, all at sample time.
 
     Args:
         cfg: the buffer config (relabel, strategy, replay_k, sampler, alpha, beta0,
@@ -52,7 +59,12 @@ class ReplayBuffer:
         num_envs: parallel envs writing at each step.
         gamma: discount, for n-step returns (passed at run time, never typed into YAML).
         total_env_steps: the run's length, the default for ``beta_final_step``.
-        seed: seed of the buffer's own generator.
+        seed: seed of the buffer's own generator, shared by the sampler and the relabeler.
+
+    Parts (attributes): ``storage`` (:class:`EpisodeStorage`), ``sampler`` (the
+    :class:`~rlfw.buffers.samplers.Sampler` subclass registered as ``cfg.sampler``, built with
+    its ``from_config``), ``relabeler`` (the :class:`~rlfw.buffers.relabel.Relabeler` registered
+    as ``cfg.relabel``) and ``returns`` (:class:`~rlfw.buffers.returns.NStepReturns`).
 
     HER (Andrychowicz et al. 2017, Sec. 3.3 and 4.5): with probability
     ``1 - 1/(1 + replay_k)`` a sample's goal is replaced by an achieved goal of the same
@@ -66,7 +78,8 @@ class ReplayBuffer:
     each of the k rewards is recomputed for the relabelled goal.
 
     Raises:
-        ValueError: HER on an env without goals; an unknown sampler, relabelling or strategy.
+        ValueError: HER on an env without goals.
+        rlfw.errors.ConfigError: an unknown sampler, relabelling or strategy.
     """
 
     def __init__(
@@ -78,33 +91,20 @@ class ReplayBuffer:
         total_env_steps: int = 1,
         seed: int = 0,
     ) -> None:
-        RELABEL.check(cfg.relabel)
+        relabel_cls: type[Relabeler] = RELABEL.get(cfg.relabel).target
         STRATEGIES.check(cfg.strategy)
-        self.her = cfg.relabel == "her"
-        if self.her and not env.goal:
-            raise ValueError(f"buffer.relabel=her needs a goal env; '{env.id}' has no goals")
-        self.strategy = cfg.strategy
-        self.future_p = 1.0 - 1.0 / (1.0 + float(cfg.replay_k))
-        self.n_step = int(cfg.n_step)
         self.gamma = float(gamma)
         self.rng = np.random.default_rng(seed)
         self.storage = EpisodeStorage(
             int(cfg.capacity), num_envs, env.obs_dim, env.act_dim, env.goal_dim if env.goal else 0
         )
         self.goal = env.goal
-        self.compute_reward: GoalFn | None = env.compute_reward
-        self.compute_terminated: GoalFn | None = env.compute_terminated
-        beta_final = cfg.beta_final_step if cfg.beta_final_step is not None else total_env_steps
-        sampler_cls = SAMPLERS.get(cfg.sampler).target
-        self.sampler = sampler_cls(
-            self.storage,
-            self.rng,
-            alpha=cfg.alpha,
-            beta0=cfg.beta0,
-            beta_final_step=beta_final,
-            priority_eps=cfg.priority_eps,
+        self.relabeler = relabel_cls.from_config(self.storage, self.rng, env, cfg)
+        sampler_cls: type[Sampler] = SAMPLERS.get(cfg.sampler).target
+        self.sampler = sampler_cls.from_config(self.storage, self.rng, cfg, total_env_steps)
+        self.returns = NStepReturns(
+            self.storage, int(cfg.n_step), self.gamma, env.compute_reward, env.compute_terminated
         )
-        self._gamma_pow = self.gamma ** np.arange(self.n_step + 1, dtype=np.float64)
 
     def __len__(self) -> int:
         """Stored transitions."""
@@ -112,11 +112,8 @@ class ReplayBuffer:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the stored arrays (priority trees included)."""
-        extra = 0
-        if isinstance(self.sampler, PrioritizedSampler):
-            extra = self.sampler.sum_tree.tree.nbytes + self.sampler.min_tree.tree.nbytes
-        return self.storage.nbytes + extra
+        """Bytes of the stored arrays (the sampler's, e.g. priority trees, included)."""
+        return self.storage.nbytes + self.sampler.nbytes
 
     # ---------------------------------------------------------------------------------------
     # writing
@@ -147,11 +144,14 @@ class ReplayBuffer:
     # sampling
 
     def sample(self, batch_size: int, env_step: int = 0) -> Batch:
-        """Draw a batch: sampler -> HER goals -> n-step returns.
+        """Draw a batch: sampler -> relabeler (goals) -> n-step returns.
 
         Args:
             batch_size: B.
             env_step: the run's env step (anneals PER's beta).
+
+        Returns:
+            A :class:`Batch` of B samples (``goal`` is None for envs without goals).
 
         Raises:
             ValueError: if the buffer is empty.
@@ -161,54 +161,16 @@ class ReplayBuffer:
         rows, envs = st.split(index)
         t = st.to_abs(rows, envs)
         start, end = st.episode_bounds(t, envs)
-        R = st.rows
-
         goal = st.desired_goal[rows, envs] if self.goal else None
-        her = np.zeros(batch_size, bool)
-        if self.her:
-            her = self.rng.random(batch_size) < self.future_p
-            hi = np.flatnonzero(her)
-            if self.strategy == "future":
-                g_t = self.rng.integers(t[hi] + 1, end[hi] + 1)
-            elif self.strategy == "final":
-                g_t = end[hi]
-            else:  # episode
-                g_t = self.rng.integers(start[hi], end[hi] + 1)
-            assert goal is not None
-            goal[hi] = st.achieved_goal[g_t % R, envs[hi]]
-
-        n = self.n_step
-        steps = t[:, None] + np.arange(n)[None, :]  # [B, n] absolute rows t .. t+n-1
-        valid = steps < end[:, None]  # a transition exists at that step of the episode
-        srows = steps % R
-        senv = np.broadcast_to(envs[:, None], steps.shape)
-        rew = st.reward[srows, senv].astype(np.float64)
-        term = st.terminated[srows, senv].copy()
-        if her.any():
-            assert self.compute_reward is not None and self.compute_terminated is not None
-            assert goal is not None
-            hb, hs = np.nonzero(her[:, None] & valid)
-            nxt = (steps[hb, hs] + 1) % R
-            ag_next = st.achieved_goal[nxt, envs[hb]]
-            g = goal[hb]
-            rew[hb, hs] = self.compute_reward(ag_next, g)
-            term[hb, hs] = self.compute_terminated(ag_next, g)
-        # alive[i]: step i is summed, i.e. it exists and no earlier step terminated
-        term &= valid
-        ended_before = np.cumsum(term, axis=1) - term
-        alive = valid & (ended_before == 0)
-        k = alive.sum(axis=1)
-        ret = (rew * alive * self._gamma_pow[None, :n]).sum(axis=1)
-        done = (term & alive).any(axis=1)
-        nrow = (t + k) % R
-
+        goal, relabelled = self.relabeler(t, envs, start, end, goal)
+        ret = self.returns(t, envs, end, goal, relabelled)
         return Batch(
             obs=st.obs[rows, envs],
             action=st.action[rows, envs],
-            reward=ret.astype(np.float32),
-            next_obs=st.obs[nrow, envs],
-            terminated=done.astype(np.float32),
-            discount=self._gamma_pow[k].astype(np.float32),
+            reward=ret.reward,
+            next_obs=st.obs[ret.next_row, envs],
+            terminated=ret.terminated,
+            discount=ret.discount,
             weight=weight,
             index=index,
             goal=goal,

@@ -2,6 +2,13 @@
 
 A sampler sees flat transition indices (``row * num_envs + env`` of
 :class:`rlfw.buffers.storage.EpisodeStorage`) and returns them with importance-sampling weights.
+Every sampler derives from :class:`Sampler`; :class:`rlfw.buffers.ReplayBuffer` builds the one
+named by ``buffer.sampler`` from ``registry("buffer.sampler")``, so a new sampler is a subclass
+plus one registration::
+
+    @registry("buffer.sampler").register("recent")
+    class RecentSampler(Sampler):
+        def sample(self, batch_size, env_step): ...
 """
 
 from __future__ import annotations
@@ -13,21 +20,90 @@ import numpy as np
 from rlfw.buffers.storage import EpisodeStorage
 
 
-class UniformSampler:
+class Sampler:
+    """The interface :class:`rlfw.buffers.ReplayBuffer` uses to choose transitions.
+
+    A subclass implements :meth:`sample`; :meth:`on_add`, :meth:`update`, :meth:`state_dict`
+    and :meth:`load_state_dict` default to no-ops (a sampler without state of its own).
+
+    Args:
+        storage: the episode storage the flat indices refer to (read its ``is_transition``
+            ``[R, N]`` and ``n_transitions``; never write it).
+        rng: the buffer's random generator, shared with relabelling: draw only from it, so a
+            seed fixes the whole batch.
+        **cfg: the sampler keys of :class:`rlfw.buffers.config.BufferConfig` (``alpha``,
+            ``beta0``, ``beta_final_step``, ``priority_eps``, see :meth:`from_config`); a
+            sampler ignores the keys it does not use.
+    """
+
+    def __init__(self, storage: EpisodeStorage, rng: np.random.Generator, **cfg: Any) -> None:
+        self.storage = storage
+        self.rng = rng
+
+    @classmethod
+    def from_config(
+        cls, storage: EpisodeStorage, rng: np.random.Generator, cfg: Any, total_env_steps: int = 1
+    ) -> Sampler:
+        """Build from a :class:`~rlfw.buffers.config.BufferConfig` (``beta_final_step=None``
+        resolves to ``total_env_steps``, the run's length)."""
+        beta_final = cfg.beta_final_step if cfg.beta_final_step is not None else total_env_steps
+        return cls(
+            storage,
+            rng,
+            alpha=cfg.alpha,
+            beta0=cfg.beta0,
+            beta_final_step=beta_final,
+            priority_eps=cfg.priority_eps,
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the sampler's own arrays (0 unless it keeps any, e.g. priority trees)."""
+        return 0
+
+    def sample(self, batch_size: int, env_step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``batch_size`` stored transitions.
+
+        Args:
+            batch_size: B.
+            env_step: the run's env step (for schedules such as PER's beta).
+
+        Returns:
+            (flat indices ``[B]`` int64, each a stored transition; importance-sampling weights
+            ``[B]`` float32).
+
+        Raises:
+            ValueError: if the storage holds no transition yet.
+        """
+        raise NotImplementedError
+
+    def on_add(self, new: np.ndarray, lost: np.ndarray) -> None:
+        """Called after each storage write with the flat indices of new transitions ``[k]`` and
+        of transitions overwritten ``[m]`` (int64; a new index may already be lost again)."""
+
+    def update(self, index: np.ndarray, td_error: np.ndarray) -> None:
+        """TD errors ``[B]`` of the sampled ``index`` ``[B]`` (ignored unless overridden)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's own state for checkpoints (the generator is the buffer's)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+class UniformSampler(Sampler):
     """Every stored transition with equal probability; weights are 1.
 
     Args:
         storage: the episode storage the indices refer to.
         rng: the buffer's random generator.
+        **cfg: ignored (the prioritised keys).
     """
 
-    def __init__(self, storage: EpisodeStorage, rng: np.random.Generator, **_: Any) -> None:
-        self.storage = storage
-        self.rng = rng
+    def __init__(self, storage: EpisodeStorage, rng: np.random.Generator, **cfg: Any) -> None:
+        super().__init__(storage, rng)
         self._valid = storage.is_transition.reshape(-1)  # a view: sees every write
-
-    def on_add(self, new: np.ndarray, lost: np.ndarray) -> None:
-        """Called after each storage write with new and overwritten flat indices (no-op)."""
 
     def sample(self, batch_size: int, env_step: int) -> tuple[np.ndarray, np.ndarray]:
         """``batch_size`` flat indices (int64) and weights (float32, all 1).
@@ -51,15 +127,6 @@ class UniformSampler:
             need -= len(cand)
         idx = np.concatenate(out).astype(np.int64)
         return idx, np.ones(batch_size, np.float32)
-
-    def update(self, index: np.ndarray, td_error: np.ndarray) -> None:
-        """Uniform replay ignores TD errors (no-op)."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 class SumTree:
@@ -118,7 +185,7 @@ class SumTree:
         return node - self.P
 
 
-class PrioritizedSampler:
+class PrioritizedSampler(Sampler):
     """Proportional prioritised replay (Schaul et al. 2016, Sec. 3.3 and 3.4).
 
     ``P(i) = p_i^alpha / sum_k p_k^alpha`` with ``p_i = |delta_i| + priority_eps``; new
@@ -135,6 +202,14 @@ class PrioritizedSampler:
     replayed, whatever goal they are then relabelled with, and the TD error of the relabelled
     sample updates the stored transition's priority. A transition thus keeps a high priority
     while some of its relabelled versions are still surprising.
+
+    Args:
+        storage: the episode storage the indices refer to.
+        rng: the buffer's random generator.
+        alpha: priority exponent.
+        beta0: importance-sampling exponent at env step 0.
+        beta_final_step: env step at which beta reaches 1 (at least 1).
+        priority_eps: added to ``|delta|`` so no stored transition has probability 0.
     """
 
     def __init__(
@@ -147,14 +222,18 @@ class PrioritizedSampler:
         priority_eps: float = 1e-6,
         **_: Any,
     ) -> None:
-        self.storage = storage
-        self.rng = rng
+        super().__init__(storage, rng)
         self.alpha, self.beta0, self.priority_eps = alpha, beta0, priority_eps
         self.beta_final_step = max(1, int(beta_final_step))
         size = storage.rows * storage.num_envs
         self.sum_tree = SumTree(size, "sum")
         self.min_tree = SumTree(size, "min")
         self.max_priority = 1.0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the sum and min trees."""
+        return int(self.sum_tree.tree.nbytes + self.min_tree.tree.nbytes)
 
     def beta(self, env_step: int) -> float:
         """beta at ``env_step``: linear from beta0 to 1 over ``beta_final_step`` steps."""
@@ -211,6 +290,7 @@ class PrioritizedSampler:
         self.min_tree.update(index, pa)
 
     def state_dict(self) -> dict[str, Any]:
+        """Both trees and the largest priority seen."""
         return {
             "sum": self.sum_tree.tree,
             "min": self.min_tree.tree,
@@ -218,6 +298,7 @@ class PrioritizedSampler:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
         self.sum_tree.tree = np.asarray(state["sum"], np.float64)
         self.min_tree.tree = np.asarray(state["min"], np.float64)
         self.max_priority = float(state["max_priority"])
