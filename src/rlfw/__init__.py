@@ -2,11 +2,23 @@
 
 ``python -m rlfw algo=td3 buffer=her env=FetchSlide-v2`` composes conf/config.yaml with one
 option per group, looks each choice up in a registry (:mod:`rlfw.registry`), builds it with its
-typed config, and hands everything to :class:`rlfw.runner.Runner`.
+typed config, and hands everything to :class:`rlfw.training.loop.TrainLoop`.
+
+The Python API (:mod:`rlfw.api`, imported on first use so ``import rlfw`` stays light)::
+
+    run_dir = rlfw.train(["env=FetchReach-v4", "train.epochs=1"])   # as python -m rlfw does
+    policy = rlfw.load(run_dir)                                     # an rlfw.Policy
+    action = policy.predict(obs)                                    # in the env's own bounds
 """
 
 import ctypes.util
 import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rlfw.api import Policy, load, train
+
+__all__ = ["Policy", "__version__", "load", "train"]
 
 __version__ = "0.1.0"
 
@@ -16,3 +28,19 @@ __version__ = "0.1.0"
 if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY") and ctypes.util.find_library("OSMesa"):
     os.environ["MUJOCO_GL"] = "osmesa"
     os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+
+
+_API = ("Policy", "load", "train")
+
+
+def __getattr__(name: str) -> Any:
+    """``rlfw.train``, ``rlfw.load`` and ``rlfw.Policy`` import :mod:`rlfw.api` on first use."""
+    if name in _API:
+        from rlfw import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'rlfw' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])

@@ -5,6 +5,9 @@ Before Hydra runs any job, :func:`rlfw.config.preflight.preflight` composes and 
 job of the command line (every job of a ``-m`` sweep), so a bad key or value stops with one
 line and exit status 2 before any simulator starts.
 
+``python -m rlfw --help`` prints rlfw's own help (:func:`help_text`: the config groups and their
+options, the root keys); ``--hydra-help`` shows Hydra's.
+
 ``python -m rlfw resume=<run_dir> [train.epochs=N]`` continues a stopped or killed run from
 its last checkpoint, in the same directory (see :func:`resume`).
 """
@@ -38,30 +41,40 @@ def _result(row: dict) -> float:
     return float(value)
 
 
+def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict:
+    """Train one composed job into ``run_dir``; returns its last metrics row.
+
+    The body of the Hydra app :func:`train`, also run by :func:`rlfw.api.train`.
+
+    Raises:
+        ConfigError: a rule of :func:`rlfw.config.validate.validate` is broken, or the env does
+            not fit the config (HER without goals).
+    """
+    from rlfw.callbacks import make_callbacks
+    from rlfw.training.loop import TrainLoop
+
+    tr = cfg.train
+    if tr.workers > 1:
+        from rlfw.config.validate import validate
+        from rlfw.distributed import launch
+
+        validate(cfg)
+        return launch(cfg, run_dir, multirun)[0]["row"]  # type: ignore[no-any-return]
+    total = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
+    runner = TrainLoop(cfg, run_dir, make_callbacks(cfg, run_dir, total, multirun))
+    return runner.run()
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def train(cfg: DictConfig) -> float:
     """Train one job into Hydra's output dir; returns the final eval success rate (or return).
 
     The return value is what Hydra's sweepers (Optuna) maximise.
     """
-    from rlfw.callbacks import make_callbacks
-    from rlfw.training.loop import TrainLoop
-
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    run_dir = Path(hc.runtime.output_dir)
     try:
-        tr = cfg.train
-        if tr.workers > 1:
-            from rlfw.config.validate import validate
-            from rlfw.distributed import launch
-
-            validate(cfg)
-            row = launch(cfg, run_dir, multirun)[0]["row"]
-            return _result(row)
-        total = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
-        runner = TrainLoop(cfg, run_dir, make_callbacks(cfg, run_dir, total, multirun))
-        row = runner.run()
+        row = run_job(cfg, Path(hc.runtime.output_dir), multirun)
     except ConfigError as err:
         if multirun:  # Hydra records the failed job and goes on with the others
             raise
@@ -136,9 +149,73 @@ def resume(run_dir: str, overrides: list[str]) -> float:
     return _result(runner.run())
 
 
+GROUPS = ("algo", "buffer", "noise", "env", "logger", "experiment")
+
+
+def _keys(prefix: str, schema: type) -> str:
+    import dataclasses
+
+    return ", ".join(f"{prefix}{f.name}" for f in dataclasses.fields(schema))
+
+
+def help_text() -> str:
+    """rlfw's ``--help``: usage, each config group with its options (the YAML files in
+    ``conf/<group>/``), the root keys, sweeps, resume and where Hydra's own help is."""
+    import textwrap
+
+    from rlfw.config.paths import group_options
+    from rlfw.config.schema import EvalConfig, TrainConfig
+
+    def wrap(text: str, indent: str, hang: int = 2) -> str:
+        return textwrap.fill(text, width=100, initial_indent=indent, subsequent_indent=indent + " " * hang,
+                             break_on_hyphens=False)  # fmt: skip
+
+    width = max(len(g) for g in GROUPS)
+    groups = []
+    for group in GROUPS:
+        options = [o for o in group_options(group) if not o.endswith("_schema")]
+        groups.append(wrap(f"{group:<{width}}  {', '.join(options)}", "  ", width + 2))
+    keys = [
+        wrap("seed", "  "),
+        wrap(_keys("train.", TrainConfig), "  "),
+        wrap(_keys("eval.", EvalConfig), "  "),
+    ]
+    return "\n".join(
+        [
+            "usage: python -m rlfw [group=option ...] [key=value ...]",
+            "       python -m rlfw -m [key=a,b,c ...]          (a sweep: one job per combination)",
+            "       python -m rlfw resume=<run_dir> [train.epochs=N ...]",
+            "",
+            "Train an off-policy agent; the run directory is outputs/<date>/<time>_<algo>_<buffer>_<noise>_<env>",
+            "(hydra.run.dir=<dir> picks another). Default: algo=td3 buffer=her noise=gaussian logger=csv",
+            "env=FetchReach-v4.",
+            "",
+            "Config groups (group=option):",
+            *groups,
+            "",
+            "Each chosen option has its keys (algo.gamma=0.95, buffer.n_step=3, env.id=..., logger.plots=false);",
+            "python -m rlfw --cfg job [overrides] prints the composed config with all of them. Root keys:",
+            *keys,
+            "",
+            "Examples:",
+            "  python -m rlfw algo=ddpg buffer=her buffer.sampler=prioritized env=FetchPush-v4",
+            "  python -m rlfw env=Hopper-v4 buffer=per buffer.n_step=3 noise=noisynet",
+            "  python -m rlfw env=gym env.id=Pendulum-v1 train.epochs=5",
+            "  python -m rlfw -m algo=ddpg,td3 seed=0,1,2          (6 jobs into multirun/<date>/<time>/)",
+            "  python -m rlfw resume=outputs/<run> train.epochs=20   (continue or extend a run)",
+            "",
+            "Evaluate a run: python -m rlfw.evaluate run_dir=<run_dir> episodes=N [video=true].",
+            "Hydra's own help (launchers, sweepers, its flags): python -m rlfw --hydra-help",
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: resume, or preflight then Hydra."""
+    """Console entry point: help, resume, or preflight then Hydra."""
     args = sys.argv[1:] if argv is None else argv
+    if "--help" in args or "-h" in args:
+        print(help_text())
+        return
     resume_args = [a for a in args if a.startswith("resume=")]
     try:
         if resume_args:

@@ -10,12 +10,15 @@ the Compose API first and turns any failure into one :class:`ConfigError` line, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
+from collections.abc import Iterator
 from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
@@ -104,16 +107,27 @@ def expand_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     return [list(job) for job in itertools.product(*axes)]
 
 
+@contextlib.contextmanager
+def hydra_context() -> Iterator[None]:
+    """A Hydra context for the Compose API: the running app's, or one on rlfw's conf/."""
+    if GlobalHydra.instance().is_initialized():
+        yield
+        return
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        yield
+
+
 def compose_config(overrides: list[str], config_name: str = "config") -> DictConfig:
-    """Compose (no Hydra run) the config of one job.
+    """Compose (no Hydra run) the config of one job (``config_name`` in conf/: ``config``, or
+    ``federated`` for ``python -m rlfw.federated``).
 
     Raises:
         ConfigError: a composition failure, as one line.
     """
     register_schemas()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+    with hydra_context():
         try:
-            return compose(config_name=config_name, overrides=overrides)
+            return compose(config_name=config_name, overrides=list(overrides))
         except (ConfigCompositionException, OmegaConfBaseException, HydraException) as err:
             raise ConfigError(translate(err)) from None
 

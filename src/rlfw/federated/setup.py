@@ -13,22 +13,16 @@ overrides as the command line, less the ``federated.*`` ones, plus ``env=<client
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from rlfw.config.paths import config_dir, group_options
-from rlfw.config.preflight import translate
+from rlfw.config.paths import group_options
+from rlfw.config.preflight import compose_config
 from rlfw.config.validate import validate
 from rlfw.errors import ConfigError
 from rlfw.federated.schema import MODES, STRATEGIES, WEIGHTINGS, register_federated_schemas
@@ -42,28 +36,15 @@ def _for_federation(key: str) -> bool:
     )
 
 
-@contextlib.contextmanager
-def _hydra() -> Iterator[None]:
-    """A Hydra context for the Compose API: the running app's, or one on rlfw's conf/."""
-    if GlobalHydra.instance().is_initialized():
-        yield
-        return
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        yield
-
-
 def compose_named(config_name: str, overrides: list[str]) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with ``overrides``.
+    """Compose ``conf/<config_name>.yaml`` with ``overrides`` (rlfw's one composer,
+    :func:`rlfw.config.preflight.compose_config`, with the federated schema stored).
 
     Raises:
         ConfigError: a composition failure, as one line.
     """
     register_federated_schemas()
-    with _hydra():
-        try:
-            return compose(config_name=config_name, overrides=list(overrides))
-        except (OmegaConfBaseException, HydraException) as err:
-            raise ConfigError(translate(err)) from None
+    return compose_config(list(overrides), config_name)
 
 
 def _key(override: str) -> str:

@@ -145,13 +145,13 @@ class TrainLoop:
                     metrics = self.agent.update(batch)
                     if self.agent.td_error is not None:
                         self.buffer.update_priorities(batch.index, self.agent.td_error)
-                    for k, v in metrics.items():
-                        cycle.setdefault(k, []).append(v)
+                    for k, value in metrics.items():
+                        cycle.setdefault(k, []).append(value)
             if cycle:
-                self.last_cycle = {k: float(np.mean(v)) for k, v in cycle.items()}
-                for k, v in cycle.items():
-                    sums[k] = sums.get(k, 0.0) + float(np.sum(v))
-                    counts[k] = counts.get(k, 0) + len(v)
+                self.last_cycle = {k: float(np.mean(vs)) for k, vs in cycle.items()}
+                for k, vs in cycle.items():
+                    sums[k] = sums.get(k, 0.0) + float(np.sum(vs))
+                    counts[k] = counts.get(k, 0) + len(vs)
             for cb in self.callbacks:
                 cb.on_cycle(self)
         self.epoch += 1

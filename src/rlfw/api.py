@@ -1,0 +1,311 @@
+"""rlfw's Python API: train a run, load its policy, act in the env.
+
+::
+
+    import gymnasium as gym
+    import rlfw
+
+    run_dir = rlfw.train(["env=FetchReach-v4", "train.epochs=1", "hydra.run.dir=runs/reach"])
+    policy = rlfw.load(run_dir)
+    env = gym.make(policy.env_id)
+    obs, _ = env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(policy.predict(obs))
+
+:func:`train` runs the same Hydra app as ``python -m rlfw`` (same composition, checks and run
+directory files), so ``python -m rlfw resume=<run_dir>`` and ``python -m rlfw.evaluate
+run_dir=<run_dir>`` work on its runs. :func:`load` builds the policy of a run's checkpoint;
+:class:`Policy` takes observations as the Gymnasium env returns them and returns actions in the
+env's own action bounds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from rlfw.errors import ConfigError
+
+__all__ = ["Policy", "load", "load_checkpoint", "train"]
+
+
+# ---------------------------------------------------------------------------------------- train
+
+
+def train(overrides: Sequence[str] = ()) -> Path:
+    """Train one run, exactly as ``python -m rlfw <overrides>`` does; returns its run directory.
+
+    The overrides are the CLI's (``"algo=ddpg"``, ``"env=FetchPush-v4"``, ``"train.epochs=5"``,
+    ``"hydra.run.dir=runs/push"``). They are composed and validated first, as the CLI's
+    preflight does, so a bad one raises before any simulator starts. The run is Hydra's job:
+    the directory is ``hydra.run.dir`` (default ``outputs/<date>/<time>_<algo>_<buffer>_<noise>_<env>``,
+    relative to the current directory) and gets the CLI's files (``.hydra/config.yaml``,
+    ``.hydra/overrides.yaml``, ``.hydra/hydra.yaml``, ``rlfw.log``, ``metrics.csv``,
+    ``episodes.csv``, ``status.json``, ``checkpoints/last.pt``, plots).
+
+    Hydra configures logging for the run (console and ``<run_dir>/rlfw.log``) as the CLI does;
+    the root logger's handlers and level are restored when the run returns.
+
+    Args:
+        overrides: Hydra overrides of one job (``key=value``, ``group=option``). Sweeps
+            (``-m``, ``a,b`` values), flags (``--cfg``) and ``resume=`` are not taken: use the CLI.
+
+    Returns:
+        The run directory (absolute).
+
+    Raises:
+        ConfigError: an unknown option or key, a wrongly typed value, a rule broken across keys,
+            a flag or ``resume=`` (one line, before any simulator starts; a HER buffer on an
+            env without goals is found when the env is built, before training).
+        Exception: whatever a failed run raised (``status.json`` says ``failed`` if training
+            had started).
+    """
+    overrides = [str(o) for o in overrides]
+    flags = [o for o in overrides if o.startswith("-")]
+    if flags:
+        raise ConfigError(
+            f"rlfw.train takes overrides (key=value, group=option) only; got {' '.join(flags)} "
+            "(sweeps and flags: python -m rlfw)"
+        )
+    if any(o.split("=", 1)[0].lstrip("~+") == "resume" for o in overrides):
+        raise ConfigError("rlfw.train does not resume runs; use python -m rlfw resume=<run_dir>")
+
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+    from omegaconf import DictConfig
+    from omegaconf.errors import OmegaConfBaseException
+
+    from rlfw.__main__ import run_job  # also stores the schemas in Hydra's ConfigStore
+    from rlfw.config.paths import config_dir
+    from rlfw.config.preflight import preflight, translate
+
+    outcome: dict[str, Any] = {}
+
+    def job(cfg: DictConfig) -> None:  # the Hydra task: errors are kept, not logged by Hydra
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        outcome["run_dir"] = run_dir
+        try:
+            outcome["row"] = run_job(cfg, run_dir)
+        except Exception as err:  # re-raised below, after Hydra is cleared
+            outcome["error"] = err
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    # a Hydra app calling this: its Hydra is put back afterwards (GlobalHydra.instance() each
+    # time: Hydra's initialize_config_dir replaces the singleton object when it exits)
+    saved_hydra = GlobalHydra.instance().hydra
+    GlobalHydra.instance().clear()
+    try:
+        preflight(overrides)  # the CLI's checks, on rlfw's conf/: ConfigError in one line
+        hydra = Hydra.create_main_hydra2(
+            task_name="rlfw", config_search_path=create_config_search_path(str(config_dir()))
+        )
+        args = list(overrides)
+        mode = hydra.get_mode(config_name="config", overrides=args)
+        if mode == RunMode.MULTIRUN:
+            raise ConfigError("rlfw.train runs one job; hydra.mode=MULTIRUN sweeps need python -m rlfw -m")
+        if mode is None:  # as Hydra's main does
+            args.append("hydra.mode=RUN")
+        try:
+            hydra.run(config_name="config", task_function=job, overrides=args)
+        except (HydraException, OmegaConfBaseException) as err:  # a bad hydra.* override
+            raise ConfigError(translate(err)) from None
+    finally:
+        GlobalHydra.instance().clear()
+        GlobalHydra.instance().hydra = saved_hydra
+        for handler in root.handlers[:]:
+            if handler not in saved_handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    if "error" in outcome:
+        raise outcome["error"]
+    return Path(outcome["run_dir"])
+
+
+# ----------------------------------------------------------------------------------------- load
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> dict[str, Any]:
+    """Read a checkpoint file (``checkpoints/last.pt``) into its state dict.
+
+    The one place the API unpickles a checkpoint: ``torch.load(..., weights_only=False)``, as
+    ``rlfw.evaluate`` does, so only load checkpoints you trust.
+    """
+    import torch
+
+    return torch.load(path, map_location=device, weights_only=False)  # type: ignore[no-any-return]
+
+
+def load(run_dir: str | Path, checkpoint: str = "last.pt", device: str = "cpu") -> Policy:
+    """The policy of a run's checkpoint.
+
+    Builds the run's agent from the config saved in the checkpoint (``rlfw.build``), loads the
+    networks and observation normalisers, and makes one env to read its spaces (closed again).
+
+    Args:
+        run_dir: a run directory (what :func:`train` returns, or ``outputs/<date>/<time>_...``).
+        checkpoint: a file in ``<run_dir>/checkpoints/``.
+        device: the torch device to act on (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+
+    Raises:
+        FileNotFoundError: no such checkpoint.
+        ConfigError: the checkpoint's env is not installed or does not fit its config.
+    """
+    path = Path(run_dir).expanduser() / "checkpoints" / checkpoint
+    if not path.is_file():
+        raise FileNotFoundError(f"no rlfw checkpoint at {path}")
+    return Policy.from_state(load_checkpoint(path, device), device)
+
+
+class Policy:
+    """A trained deterministic policy (DDPG, TD3) acting in its env's own terms.
+
+    Attributes:
+        env_id: the resolved Gymnasium id the run trained on (``FetchReach-v4``).
+        observation_space: the env's observation space (a ``Dict`` with ``observation``,
+            ``achieved_goal``, ``desired_goal`` for goal envs, else a ``Box``).
+        action_space: the env's own action space (``Box``); :meth:`predict` returns actions in
+            its bounds, not in rlfw's normalised [-1, 1].
+        agent: the :class:`rlfw.core.Agent` (its ``act`` works in [-1, 1]).
+        config: the run's composed config (``DictConfig``).
+        info: the :class:`rlfw.core.EnvInfo` of the env.
+        device: the torch device the networks are on.
+    """
+
+    def __init__(self, agent: Any, config: Any, env_id: str, info: Any, observation_space: gym.Space,
+                 action_space: gym.spaces.Box, device: str = "cpu") -> None:  # fmt: skip
+        self.agent = agent
+        self.config = config
+        self.env_id = env_id
+        self.info = info
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.device = device
+        if info.goal:
+            assert isinstance(observation_space, gym.spaces.Dict)
+            self._obs_shape = tuple(observation_space["observation"].shape or ())
+            self._goal_shape: tuple[int, ...] = tuple(observation_space["desired_goal"].shape or ())
+        else:
+            self._obs_shape = tuple(observation_space.shape or ())
+            self._goal_shape = ()
+        self._act_shape = tuple(action_space.shape or ())
+        low, high = action_space.low.astype(np.float64), action_space.high.astype(np.float64)
+        # the inverse of rlfw's [-1, 1] rescaling, as gymnasium.wrappers.RescaleAction applies it
+        self._rescale = not (np.allclose(low, -1.0) and np.allclose(high, 1.0))
+        if self._rescale:
+            from gymnasium.wrappers.utils import rescale_box
+
+            _, _, self._to_env = rescale_box(action_space, np.float32(-1.0), np.float32(1.0))
+        self._noisy = str(config.noise.name) == "noisynet"
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: str = "cpu") -> Policy:
+        """A policy from a checkpoint's state (``config`` and ``agent`` entries).
+
+        Raises:
+            ConfigError: the checkpoint's env is not installed or does not fit its config.
+        """
+        from omegaconf import OmegaConf
+
+        from rlfw.build import build_policy_agent
+
+        cfg = OmegaConf.create(state["config"])
+        agent, env = build_policy_agent(cfg, state["agent"], device=device)
+        ref = env.ref_env
+        # family.make wraps envs whose bounds are not [-1, 1] in RescaleAction: its inner env
+        # has the bounds the user's gym.make(env_id) env has
+        own = ref.env if isinstance(ref, gym.wrappers.RescaleAction) else ref
+        space = own.action_space
+        assert isinstance(space, gym.spaces.Box)
+        return cls(agent, cfg, env.env_id, env.info, ref.observation_space, space, device)
+
+    def __repr__(self) -> str:
+        return (
+            f"Policy(env_id={self.env_id!r}, algo={self.config.algo.name!r}, "
+            f"action_space={self.action_space}, device={self.device!r})"
+        )
+
+    def predict(self, obs: Any, deterministic: bool = True) -> np.ndarray:
+        """Actions for observations as the env returns them.
+
+        Args:
+            obs: goal envs: a dict with ``observation`` ``(obs_dim,)`` and ``desired_goal``
+                ``(goal_dim,)`` (``achieved_goal`` is not used), or the same with a leading batch
+                axis ``(N, ...)`` on each value (a vector env's observation); other envs: an
+                array ``(obs_dim,)`` or ``(N, obs_dim)``. The shapes are the env's
+                observation space's (``obs_dim`` may itself be several axes).
+            deterministic: True: the actor's action ``pi(s)`` (what evaluation uses). False:
+                only for runs trained with ``noise=noisynet``, the action of the actor with a
+                fresh sample of its weight noise; DDPG and TD3 are deterministic-policy
+                algorithms whose action noise is not part of the policy, so otherwise
+                NotImplementedError is raised.
+
+        Returns:
+            float actions (the action space's dtype) in the env's own bounds
+            (``action_space.low`` to ``high``, rescaled from the actor's [-1, 1] with the
+            affine map Gymnasium's ``RescaleAction`` uses): ``(act_dim,)`` for one observation,
+            ``(N, act_dim)`` for a batch.
+
+        Raises:
+            TypeError: a goal env's observation is not a dict, or another env's is.
+            ValueError: an observation or goal whose shape fits neither one nor a batch, or
+                batches of different sizes.
+            NotImplementedError: ``deterministic=False`` for a run without NoisyNet.
+        """
+        o, g, single = self._inputs(obs)
+        if deterministic:
+            actions = self.agent.act(o, g, explore=False)
+        else:
+            if not self._noisy:
+                raise NotImplementedError(
+                    f"{self.config.algo.name} learns a deterministic policy; deterministic=False "
+                    "needs a run trained with noise=noisynet (add your own action noise otherwise)"
+                )
+            self.agent.resample_exploration()
+            actions = self.agent.act(o, g, explore=True)
+        a = np.asarray(actions, dtype=np.float32).reshape(len(o), *self._act_shape)
+        if self._rescale:
+            a = self._to_env(a)
+        a = np.clip(a, self.action_space.low, self.action_space.high).astype(self.action_space.dtype)
+        return a[0] if single else a
+
+    def _inputs(self, obs: Any) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        """(observations [N, obs_dim], goals [N, goal_dim] or None, whether obs was single)."""
+        if self.info.goal:
+            if not isinstance(obs, Mapping):
+                raise TypeError(
+                    f"{self.env_id} is a goal env: predict takes its dict observation "
+                    f"(observation, achieved_goal, desired_goal), not {type(obs).__name__}"
+                )
+            missing = [k for k in ("observation", "desired_goal") if k not in obs]
+            if missing:
+                raise ValueError(f"the observation dict lacks {', '.join(missing)} (keys: {', '.join(obs)})")
+            o, single = _batch(obs["observation"], self._obs_shape, "observation")
+            g, _ = _batch(obs["desired_goal"], self._goal_shape, "desired_goal")
+            if len(o) != len(g):
+                raise ValueError(f"{len(o)} observations but {len(g)} desired goals")
+            return o, g, single
+        if isinstance(obs, Mapping):
+            raise TypeError(f"{self.env_id} has array observations; predict got a dict")
+        o, single = _batch(obs, self._obs_shape, "observation")
+        return o, None, single
+
+
+def _batch(x: Any, shape: tuple[int, ...], name: str) -> tuple[np.ndarray, bool]:
+    """``x`` of ``shape`` or ``(N, *shape)`` as float32 ``[N, prod(shape)]``; whether it was single."""
+    arr = np.asarray(x, dtype=np.float32)
+    if arr.shape == shape:
+        return arr.reshape(1, -1), True
+    if arr.ndim == len(shape) + 1 and arr.shape[1:] == shape:
+        return arr.reshape(len(arr), -1), False
+    raise ValueError(f"{name} has shape {arr.shape}; expected {shape} (one) or (N, {', '.join(map(str, shape))}) (a batch)")
