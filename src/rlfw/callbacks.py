@@ -198,10 +198,7 @@ def make_callbacks(cfg: DictConfig, run_dir: Path, total_steps: int, multirun: b
     bar = lc.progress == "bar" or (lc.progress == "auto" and sys.stdout.isatty() and not multirun)
     if bar:
         out.append(ProgressCallback(total_steps))
-    if lc.name == "wandb" and lc.mode != "disabled":
-        rid_file = run_dir / "wandb_run_id.txt"
-        rid = rid_file.read_text().strip() if rid_file.exists() else None
-        out.append(WandbCallback(cfg, run_dir, rid))
+    out += registry("logger").get(lc.name).target(cfg, run_dir)  # the logger's own callbacks
     if lc.video_every > 0:
         out.append(VideoCallback(int(lc.video_every)))
     if lc.plots:
@@ -209,6 +206,22 @@ def make_callbacks(cfg: DictConfig, run_dir: Path, total_steps: int, multirun: b
     return out
 
 
-register("logger", "csv", LoggerConfig, None)
-register("logger", "wandb", WandbLoggerConfig, WandbCallback)
+def csv_logger(cfg: DictConfig, run_dir: Path) -> list[Callback]:
+    """``logger=csv``: no callback of its own (metrics.csv and episodes.csv are always written)."""
+    return []
+
+
+def wandb_logger(cfg: DictConfig, run_dir: Path) -> list[Callback]:
+    """``logger=wandb``: a :class:`WandbCallback` (none with ``logger.mode=disabled``); a run
+    resumed in the same directory continues its wandb run (``wandb_run_id.txt``)."""
+    if cfg.logger.mode == "disabled":
+        return []
+    rid_file = run_dir / "wandb_run_id.txt"
+    rid = rid_file.read_text().strip() if rid_file.exists() else None
+    return [WandbCallback(cfg, run_dir, rid)]
+
+
+# a logger option is a factory (cfg, run_dir) -> its callbacks
+register("logger", "csv", LoggerConfig, csv_logger)
+register("logger", "wandb", WandbLoggerConfig, wandb_logger)
 LOGGERS = registry("logger")
