@@ -136,14 +136,16 @@ def train(overrides: Sequence[str] = ()) -> Path:
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> dict[str, Any]:
-    """Read a checkpoint file (``checkpoints/last.pt``) into its state dict.
+    """Read a checkpoint file (``checkpoints/last.pt``) into its state dict, with the safe
+    loader (:func:`rlfw.training.checkpoint.safe_load`: tensors and plain data, never code).
 
-    The one place the API unpickles a checkpoint: ``torch.load(..., weights_only=False)``, as
-    ``rlfw.evaluate`` does, so only load checkpoints you trust.
+    Raises:
+        FileNotFoundError: no such file.
+        ConfigError: the file is refused (it needs other types) or truncated.
     """
-    import torch
+    from rlfw.training.checkpoint import safe_load
 
-    return torch.load(path, map_location=device, weights_only=False)  # type: ignore[no-any-return]
+    return safe_load(path, map_location=device)  # type: ignore[no-any-return]
 
 
 def load(run_dir: str | Path, checkpoint: str = "last.pt", device: str = "cpu") -> Policy:

@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rlfw.build import build_policy_agent
 from rlfw.envs.recording import record_episodes
 from rlfw.errors import ConfigError
+from rlfw.training.checkpoint import safe_load
 
 __all__ = ["EvaluateConfig", "build_policy", "evaluate", "main", "record_episodes"]
 
@@ -54,13 +55,12 @@ def evaluate(ecfg: Any) -> dict[str, Any]:
     Raises:
         ConfigError: the run directory or checkpoint is missing.
     """
-    import torch
 
     run = Path(ecfg.run_dir).expanduser()
     ckpt = run / "checkpoints" / ecfg.checkpoint
     if not ckpt.exists():
         raise ConfigError(f"run_dir={ecfg.run_dir}: no checkpoint at {ckpt}")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = safe_load(ckpt)
     cfg = OmegaConf.create(state["config"])
     agent, _, _ = build_policy(cfg, state["agent"])
     n_video = min(ecfg.video_episodes, ecfg.episodes) if ecfg.video else 0

@@ -4,6 +4,10 @@ Files in ``<run_dir>/checkpoints/``: ``last.pt`` (rank 0: networks, targets, opt
 normalisers, exploration state, counters, random generators, env id, config) and, with
 ``train.save_buffer``, one buffer file per worker (``buffer.pt`` for rank 0,
 ``buffer_rank<r>.pt`` for the others), each tagged with its epoch.
+
+Every file holds tensors and plain data only (NumPy arrays are stored as tensors) and is read
+with ``torch.load(weights_only=True)`` (:func:`safe_load`): a checkpoint from someone else can
+never run code when it is loaded; one that needs any other type is refused with one line.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +23,70 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from rlfw.errors import ConfigError
+
 log = logging.getLogger("rlfw")
 
 
+def to_safe(obj: Any) -> Any:
+    """``obj`` with every NumPy array turned into a tensor and every NumPy scalar into a Python
+    number (dicts, lists and tuples recursed), so that ``torch.load(weights_only=True)`` reads it."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: to_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_safe(v) for v in obj)
+    return obj
+
+
+def to_numpy(obj: Any) -> Any:
+    """The inverse of :func:`to_safe` for state that lives in NumPy (buffers, noise): every
+    tensor becomes a NumPy array."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu().numpy()
+    if isinstance(obj, dict):
+        return {k: to_numpy(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_numpy(v) for v in obj)
+    return obj
+
+
+def safe_load(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain data only, never code.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ConfigError: one line: the file needs other types (refused, nothing of it was run), or
+            it is truncated or corrupt.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            raise ConfigError(
+                f"{path}: refused: it holds objects other than tensors and plain data, and rlfw "
+                "never unpickles those (loading them could run code)"
+            ) from None
+        raise ConfigError(f"{path}: cannot be read (truncated or corrupt): {str(err).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot be read (truncated or corrupt): {str(err).splitlines()[0]}") from None
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write ``obj`` to ``path`` so that a reader never sees a half-written file.
+    """Write ``obj`` (NumPy arrays stored as tensors: :func:`to_safe`) to ``path`` so that a
+    reader never sees a half-written file and :func:`safe_load` can read it.
 
     The data goes to ``path.tmp``, is fsynced, then renamed over ``path`` (atomic on POSIX).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("wb") as f:
-        torch.save(obj, f)
+        torch.save(to_safe(obj), f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -113,10 +170,11 @@ class Checkpointer:
 
         Raises:
             FileNotFoundError: if ``path`` does not exist.
+            ConfigError: the file is refused or unreadable (:func:`safe_load`).
         """
-        state = torch.load(path, map_location=loop.device, weights_only=False)
+        state = safe_load(path, map_location=loop.device)
         loop.agent.load_state_dict(state["agent"])
-        loop.exploration.load_state_dict(state["noise"])
+        loop.exploration.load_state_dict(to_numpy(state["noise"]))
         c = state["counters"]
         loop.epoch = int(c["epoch"])
         loop.collector.env_steps, loop.collector.episodes = int(c["env_steps"]), int(c["episodes"])
@@ -129,9 +187,9 @@ class Checkpointer:
             torch.manual_seed(loop.seed * 100_003 + loop.epoch)
         if self.save_buffer:
             if self.buffer_file.exists():
-                saved = torch.load(self.buffer_file, weights_only=False)
+                saved = safe_load(self.buffer_file)
                 if int(saved["epoch"]) == loop.epoch:
-                    loop.buffer.load_state_dict(saved["buffer"])
+                    loop.buffer.load_state_dict(to_numpy(saved["buffer"]))
                 else:
                     log.warning("%s is from epoch %s, not %d: starting with an empty buffer",
                                 self.buffer_file, saved["epoch"], loop.epoch)  # fmt: skip

@@ -1,0 +1,96 @@
+"""Checkpoints that cannot run code: every file rlfw writes loads with the safe loader, and a
+checkpoint whose pickle would run code is refused by ``rlfw.evaluate``, ``resume=`` and
+``rlfw.load`` with one line, without running it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlfw.errors import ConfigError
+from rlfw.runner import Runner
+from rlfw.training.checkpoint import safe_load
+
+from .conftest import TINY, run_cli
+
+
+class _Payload:
+    """Unpickling this creates the file ``path`` (what a malicious checkpoint would do)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A finished tiny FetchReach run with its buffer saved."""
+    d = tmp_path_factory.mktemp("run")
+    from rlfw.config.preflight import compose_config
+
+    Runner(compose_config([*TINY, "train.epochs=1", "train.save_buffer=true", "noise=ou"]), d).run()
+    # the run directory the CLI would have: its saved config
+    (d / ".hydra").mkdir(exist_ok=True)
+    ckpt = torch.load(d / "checkpoints" / "last.pt", weights_only=True)
+    import yaml
+
+    (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(ckpt["config"]))
+    (d / "clean.pt").write_bytes((d / "checkpoints" / "last.pt").read_bytes())
+    return d
+
+
+def test_every_checkpoint_file_loads_with_weights_only(run_dir):
+    for name in ("last.pt", "buffer.pt"):
+        state = torch.load(run_dir / "checkpoints" / name, weights_only=True)
+        assert state["epoch" if name == "buffer.pt" else "counters"]
+
+
+def _poison(run_dir: Path, marker: Path) -> None:
+    state = torch.load(run_dir / "clean.pt", weights_only=True)
+    state["extra"] = _Payload(marker)
+    torch.save(state, run_dir / "checkpoints" / "last.pt")
+
+
+@pytest.mark.parametrize("entry", ["evaluate", "resume", "load"])
+def test_a_checkpoint_that_would_run_code_is_refused(run_dir, tmp_path, entry):
+    marker = tmp_path / "pwned"
+    _poison(run_dir, marker)
+    # the payload is real: an unsafe load would create the file
+    torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert marker.exists()
+    marker.unlink()
+    if entry == "load":
+        import rlfw
+
+        with pytest.raises(ConfigError, match="refused"):
+            rlfw.load(run_dir)
+    else:
+        if entry == "evaluate":
+            import subprocess
+            import sys
+
+            proc = subprocess.run([sys.executable, "-m", "rlfw.evaluate", f"run_dir={run_dir}", "episodes=1"],
+                                  capture_output=True, text=True, timeout=300,
+                                  env=dict(os.environ, PYTHONWARNINGS="ignore"))  # fmt: skip
+        else:
+            proc = run_cli([f"resume={run_dir}", "train.epochs=2"], cwd=tmp_path)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "Warn" not in ln and "deprecat" not in ln]
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert len(lines) == 1 and "refused" in lines[0], lines
+        assert "Traceback" not in proc.stderr + proc.stdout
+    assert not marker.exists()
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+
+
+def test_a_truncated_checkpoint_is_one_line(tmp_path):
+    path = tmp_path / "last.pt"
+    torch.save({"a": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ConfigError, match="truncated or corrupt"):
+        safe_load(path)
