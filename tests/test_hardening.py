@@ -94,3 +94,38 @@ def test_a_truncated_checkpoint_is_one_line(tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ConfigError, match="truncated or corrupt"):
         safe_load(path)
+
+
+def test_resume_falls_back_to_the_previous_checkpoint_when_the_newest_is_truncated(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli([*TINY, "train.epochs=3", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpts = run_dir / "checkpoints"
+    assert torch.load(ckpts / "previous.pt", weights_only=True)["counters"]["epoch"] == 2
+    last = ckpts / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])  # a copy cut short
+    # evaluation falls back too, with one warning
+    import rlfw
+
+    assert rlfw.load(run_dir).env_id == "FetchReach-v4"
+    resumed = run_cli([f"resume={run_dir}", "train.epochs=4"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "falling back to the previous checkpoint" in resumed.stderr + resumed.stdout
+    import csv
+
+    with (run_dir / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    # epoch 3 (after the checkpoint actually loaded) was dropped and trained again: every
+    # epoch exactly once
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert torch.load(last, weights_only=True)["counters"]["epoch"] == 4
+
+
+def test_both_checkpoints_unreadable_is_one_line(tmp_path):
+    for name in ("last.pt", "previous.pt"):
+        (tmp_path / name).write_bytes(b"not a checkpoint")
+    from rlfw.training.checkpoint import load_latest
+
+    with pytest.raises(ConfigError, match="previous checkpoint too") as err:
+        load_latest(tmp_path)
+    assert "\n" not in str(err.value)

@@ -129,8 +129,11 @@ def resume(run_dir: str, overrides: list[str]) -> float:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     logging.getLogger().addHandler(handler)
     tr = cfg.train
-    ckpt = path / "checkpoints" / "last.pt"
-    if not ckpt.exists():  # killed before its first checkpoint: start over in the same dir
+    from rlfw.training.checkpoint import has_checkpoint
+
+    ckpt = path / "checkpoints" / "last.pt"  # previous.pt if last.pt is lost (load_latest)
+    found = has_checkpoint(ckpt.parent)
+    if not found:  # killed before its first checkpoint: start over in the same dir
         from rlfw.training.checkpoint import truncate_logs
 
         truncate_logs(path, 0)
@@ -138,10 +141,10 @@ def resume(run_dir: str, overrides: list[str]) -> float:
         from rlfw.distributed import launch
 
         log.info("resuming %s with %d workers", path, tr.workers)
-        return _result(launch(cfg, path, checkpoint=ckpt if ckpt.exists() else None)[0]["row"])
+        return _result(launch(cfg, path, checkpoint=ckpt if found else None)[0]["row"])
     total = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
     runner = TrainLoop(cfg, path, make_callbacks(cfg, path, total))
-    if ckpt.exists():
+    if found:
         runner.load_checkpoint(ckpt)
         log.info("resuming %s from epoch %d (%d env steps)", path, runner.epoch, runner.env_steps)
     else:

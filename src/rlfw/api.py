@@ -161,12 +161,18 @@ def load(run_dir: str | Path, checkpoint: str = "last.pt", device: str = "cpu") 
 
     Raises:
         FileNotFoundError: no such checkpoint.
-        ConfigError: the checkpoint's env is not installed or does not fit its config.
+        ConfigError: the checkpoint is refused (it needs types beyond tensors and plain data) or
+            unreadable (and so is ``previous.pt``), or its env is not installed or does not fit
+            its config.
     """
+    from rlfw.training.checkpoint import load_latest
+
     path = Path(run_dir).expanduser() / "checkpoints" / checkpoint
-    if not path.is_file():
-        raise FileNotFoundError(f"no rlfw checkpoint at {path}")
-    return Policy.from_state(load_checkpoint(path, device), device)
+    try:  # last.pt falls back to previous.pt when it is truncated or lost (one warning)
+        state, _ = load_latest(path.parent, path.name, map_location=device)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no rlfw checkpoint at {path}") from None
+    return Policy.from_state(state, device)
 
 
 class Policy:

@@ -26,7 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rlfw.build import build_policy_agent
 from rlfw.envs.recording import record_episodes
 from rlfw.errors import ConfigError
-from rlfw.training.checkpoint import safe_load
+from rlfw.training.checkpoint import load_latest
 
 __all__ = ["EvaluateConfig", "build_policy", "evaluate", "main", "record_episodes"]
 
@@ -58,9 +58,10 @@ def evaluate(ecfg: Any) -> dict[str, Any]:
 
     run = Path(ecfg.run_dir).expanduser()
     ckpt = run / "checkpoints" / ecfg.checkpoint
-    if not ckpt.exists():
-        raise ConfigError(f"run_dir={ecfg.run_dir}: no checkpoint at {ckpt}")
-    state = safe_load(ckpt)
+    try:
+        state, _ = load_latest(ckpt.parent, ckpt.name)
+    except FileNotFoundError:
+        raise ConfigError(f"run_dir={ecfg.run_dir}: no checkpoint at {ckpt}") from None
     cfg = OmegaConf.create(state["config"])
     agent, _, _ = build_policy(cfg, state["agent"])
     n_video = min(ecfg.video_episodes, ecfg.episodes) if ecfg.video else 0

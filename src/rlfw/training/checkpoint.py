@@ -3,7 +3,10 @@
 Files in ``<run_dir>/checkpoints/``: ``last.pt`` (rank 0: networks, targets, optimisers,
 normalisers, exploration state, counters, random generators, env id, config) and, with
 ``train.save_buffer``, one buffer file per worker (``buffer.pt`` for rank 0,
-``buffer_rank<r>.pt`` for the others), each tagged with its epoch.
+``buffer_rank<r>.pt`` for the others), each tagged with its epoch. The checkpoint written
+before ``last.pt`` is kept as ``previous.pt``: when ``last.pt`` is truncated or corrupt (a full
+disk, a copy cut short), resume, ``rlfw.evaluate`` and :func:`rlfw.load` fall back to it with
+one warning line (:func:`load_latest`).
 
 Every file holds tensors and plain data only (NumPy arrays are stored as tensors) and is read
 with ``torch.load(weights_only=True)`` (:func:`safe_load`): a checkpoint from someone else can
@@ -67,7 +70,7 @@ def safe_load(path: str | Path, map_location: Any = "cpu") -> Any:
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err):
+        if "Weights only load failed" in str(err) and "GLOBAL" in str(err).upper():
             raise ConfigError(
                 f"{path}: refused: it holds objects other than tensors and plain data, and rlfw "
                 "never unpickles those (loading them could run code)"
@@ -77,11 +80,16 @@ def safe_load(path: str | Path, map_location: Any = "cpu") -> Any:
         raise ConfigError(f"{path}: cannot be read (truncated or corrupt): {str(err).splitlines()[0]}") from None
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
+LAST, PREVIOUS = "last.pt", "previous.pt"
+
+
+def atomic_torch_save(obj: Any, path: Path, keep_previous: Path | None = None) -> None:
     """Write ``obj`` (NumPy arrays stored as tensors: :func:`to_safe`) to ``path`` so that a
     reader never sees a half-written file and :func:`safe_load` can read it.
 
     The data goes to ``path.tmp``, is fsynced, then renamed over ``path`` (atomic on POSIX).
+    With ``keep_previous`` the file at ``path`` is first renamed to that path, so the last
+    complete checkpoint survives whatever happens to the new one.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -89,7 +97,41 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         torch.save(to_safe(obj), f)
         f.flush()
         os.fsync(f.fileno())
+    if keep_previous is not None and path.exists():
+        os.replace(path, keep_previous)
     os.replace(tmp, path)
+
+
+def has_checkpoint(directory: Path) -> bool:
+    """Whether ``directory`` holds ``last.pt`` or ``previous.pt``."""
+    return (Path(directory) / LAST).exists() or (Path(directory) / PREVIOUS).exists()
+
+
+def load_latest(directory: Path, name: str = LAST, map_location: Any = "cpu") -> tuple[Any, Path]:
+    """Read ``directory/name`` with :func:`safe_load`; for ``last.pt`` fall back to
+    ``previous.pt`` (one warning line) when ``last.pt`` is missing, truncated or corrupt.
+
+    Returns:
+        (the state, the path actually read).
+
+    Raises:
+        FileNotFoundError: no checkpoint to read.
+        ConfigError: one line: the file is refused (it needs types beyond tensors and plain
+            data; no fallback then), or it and ``previous.pt`` are both unreadable.
+    """
+    path = Path(directory) / name
+    prev = Path(directory) / PREVIOUS
+    try:
+        return safe_load(path, map_location), path
+    except (FileNotFoundError, ConfigError) as err:
+        if name != LAST or not prev.exists() or "refused" in str(err):
+            raise
+        reason = "missing" if isinstance(err, FileNotFoundError) else "unreadable"
+        log.warning("%s is %s; falling back to the previous checkpoint %s", path, reason, prev)
+        try:
+            return safe_load(prev, map_location), prev
+        except ConfigError as err2:
+            raise ConfigError(f"{path} is {reason} and the previous checkpoint too: {err2}") from None
 
 
 def truncate_csv(path: Path, key: str, max_value: int) -> None:
@@ -132,7 +174,7 @@ class Checkpointer:
     @property
     def last(self) -> Path:
         """``checkpoints/last.pt``."""
-        return self.dir / "last.pt"
+        return self.dir / LAST
 
     @property
     def buffer_file(self) -> Path:
@@ -157,7 +199,7 @@ class Checkpointer:
             "env_id": loop.env_id,
             "config": OmegaConf.to_container(loop.cfg, resolve=True),
         }
-        atomic_torch_save(state, self.last)
+        atomic_torch_save(state, self.last, keep_previous=self.dir / PREVIOUS)
 
     def load(self, loop: Any, path: str | Path) -> None:
         """Restore ``loop`` from a checkpoint written by :meth:`save`.
@@ -172,7 +214,7 @@ class Checkpointer:
             FileNotFoundError: if ``path`` does not exist.
             ConfigError: the file is refused or unreadable (:func:`safe_load`).
         """
-        state = safe_load(path, map_location=loop.device)
+        state, _ = load_latest(Path(path).parent, Path(path).name, map_location=loop.device)
         loop.agent.load_state_dict(state["agent"])
         loop.exploration.load_state_dict(to_numpy(state["noise"]))
         c = state["counters"]
