@@ -129,3 +129,47 @@ def test_both_checkpoints_unreadable_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match="previous checkpoint too") as err:
         load_latest(tmp_path)
     assert "\n" not in str(err.value)
+
+
+def test_a_nan_loss_stops_the_run_and_resume_continues(compose, tmp_path):
+    """The divergence guard: a NaN reward injected into one batch mid-run makes the critic loss
+    NaN; the run stops with status failed naming the update, writes no non-finite checkpoint,
+    and ``resume=`` continues from the last good one."""
+    from rlfw.errors import TrainingDiverged
+
+    cfg = compose([*TINY, "train.epochs=3"])
+    loop = Runner(cfg, tmp_path)
+    sample = loop.buffer.sample
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        batch = sample(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 25:  # epoch 3 runs updates 21-30 (2 cycles x 5 updates an epoch)
+            batch.reward[:] = float("nan")
+        return batch
+
+    loop.buffer.sample = poisoned
+    with pytest.raises(TrainingDiverged, match="update 25") as err:
+        loop.run()
+    assert "\n" not in str(err.value) and "resume=" in str(err.value)
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "failed" and "update 25" in status["error"]
+    for f in (tmp_path / "checkpoints").glob("*.pt"):
+        state = torch.load(f, weights_only=True)
+        tensors = [t for m in state["agent"].values() if isinstance(m, dict) for t in m.values()
+                   if isinstance(t, torch.Tensor) and t.is_floating_point()]  # fmt: skip
+        assert tensors and all(torch.isfinite(t).all() for t in tensors), f
+        assert state["counters"]["epoch"] < 3
+    import yaml
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(torch.load(
+        tmp_path / "checkpoints" / "last.pt", weights_only=True)["config"]))  # fmt: skip
+    resumed = run_cli([f"resume={tmp_path}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "finished"
+    import csv
+
+    with (tmp_path / "metrics.csv").open() as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3]

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlfw.config.paths import config_dir
 from rlfw.config.preflight import preflight
 from rlfw.config.schema import register_schemas
-from rlfw.errors import ConfigError
+from rlfw.errors import ConfigError, TrainingDiverged
 
 log = logging.getLogger("rlfw")
 
@@ -80,6 +80,11 @@ def train(cfg: DictConfig) -> float:
             raise
         log.error("error: %s", err)
         raise SystemExit(2) from None
+    except TrainingDiverged as err:
+        if multirun:
+            raise
+        log.error("error: %s", err)
+        raise SystemExit(1) from None
     return _result(row)
 
 
@@ -228,6 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as err:
         print(f"rlfw: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except TrainingDiverged as err:
+        print(f"rlfw: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     sys.argv = [sys.argv[0], *args]
     train()
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from rlfw.errors import ConfigError
+from rlfw.errors import ConfigError, TrainingDiverged
 
 log = logging.getLogger("rlfw")
 
@@ -189,6 +189,13 @@ class Checkpointer:
             atomic_torch_save({"epoch": loop.epoch, "buffer": loop.buffer.state_dict()}, self.buffer_file)
         if self.rank != 0:
             return
+        bad = [k for k, m in loop.agent.modules().items()
+               if not all(bool(torch.isfinite(t).all()) for t in m.state_dict().values() if t.is_floating_point())]  # fmt: skip
+        if bad:
+            raise TrainingDiverged(
+                f"non-finite values in {', '.join(bad)} at epoch {loop.epoch}: checkpoint not written; "
+                f"resume from the last good one with: python -m rlfw resume={loop.run_dir}"
+            )
         state = {
             "agent": loop.agent.state_dict(),
             "noise": loop.exploration.state_dict(),

@@ -32,6 +32,7 @@ from omegaconf import DictConfig
 from rlfw.build import Components, build
 from rlfw.config.validate import validate
 from rlfw.core import Callback
+from rlfw.errors import TrainingDiverged
 from rlfw.training.checkpoint import Checkpointer
 from rlfw.training.collector import Collector
 from rlfw.training.context import LocalContext
@@ -143,6 +144,8 @@ class TrainLoop:
                 for _ in range(tr.updates_per_cycle):
                     batch = self.buffer.sample(tr.batch_size, self.env_steps)
                     metrics = self.agent.update(batch)
+                    if not all(math.isfinite(v) for v in metrics.values()):
+                        self._diverged(metrics)
                     if self.agent.td_error is not None:
                         self.buffer.update_priorities(batch.index, self.agent.td_error)
                     for k, value in metrics.items():
@@ -179,6 +182,22 @@ class TrainLoop:
             **self.exploration.metrics(self.env_steps),
         }
         return row, finished
+
+    def _diverged(self, metrics: dict[str, float]) -> None:
+        """The divergence guard: stop the run on a non-finite loss (a non-finite gradient or
+        parameter shows up as one at the next update, and :meth:`Checkpointer.save` refuses
+        non-finite tensors).
+
+        Raises:
+            TrainingDiverged: naming the epoch, the update and the values.
+        """
+        bad = ", ".join(f"{k}={v}" for k, v in metrics.items() if not math.isfinite(v))
+        good = self.epoch - self.epoch % self.cfg.train.checkpoint_every
+        raise TrainingDiverged(
+            f"training diverged at epoch {self.epoch + 1}, update {self.agent.updates}: {bad}; "
+            f"nothing of this epoch was saved; resume from the last good checkpoint (epoch {good}) "
+            f"with: python -m rlfw resume={self.run_dir}"
+        )
 
     def run(self, epochs: int | None = None, close: bool = True) -> dict[str, Any]:
         """Train ``epochs`` more epochs (default: up to ``train.epochs`` in all).
