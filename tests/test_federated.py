@@ -365,3 +365,47 @@ def test_strategy_fedavgm_step_and_server_side_refusal(tmp_path):
     assert (row["clients"], row["refused"], row["env_steps"]) == ("2", "1", "400")
     assert float(row["eval_return"]) == pytest.approx(-0.25)
     assert load(tmp_path / "global" / "round_1.pt")["strategy"] == "fedavgm"
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedmedian"])
+def test_server_drops_poisoned_updates_and_names_the_clients(tmp_path, caplog, strategy):
+    """One client sends NaN weights, one sends weights 1e6 times too large: both are dropped
+    with a log line naming them; the global model stays finite and equals the honest clients'
+    aggregate."""
+    import logging
+
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+
+    from rlfw.federated.params import get_weights
+    from rlfw.federated.server import RLStrategy
+    from rlfw.federated.setup import build_agent
+
+    p = plan([*TINY, f"federated.strategy={strategy}", "federated.evaluate_global=false",
+              "federated.clients=[FetchPush-v4,FetchSlide-v4,FetchPush-v4,FetchSlide-v4]"])  # fmt: skip
+    dims, info = check_shapes(p)
+    strategy_ = RLStrategy(p.cfg, build_agent(p.clients[0], info), dims, tmp_path)
+    g0 = [a.copy() for a in strategy_.global_arrays]
+    rng = np.random.default_rng(0)
+    honest = [[a + (0.01 * rng.normal(size=a.shape)).astype(a.dtype) for a in g0] for _ in range(2)]
+    nan = [a.copy() for a in g0]
+    nan[0][...] = np.nan
+    huge = [a * 1e6 for a in g0]
+
+    def res(arrays, i):
+        metrics = {"client_index": i, "env": p.fed.clients[i], "eval_return": 0.0, "eval_success_rate": 0.0}
+        return None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), 100, metrics)
+
+    with caplog.at_level(logging.ERROR, logger="rlfw"):
+        strategy_.aggregate_fit(1, [res(honest[0], 0), res(nan, 1), res(honest[1], 2), res(huge, 3)], [])
+    strategy_.close()
+    log_text = caplog.text
+    assert "refused client 1 'FetchSlide-v4'" in log_text and "non-finite" in log_text
+    assert "refused client 3 'FetchSlide-v4'" in log_text and "max_update_ratio" in log_text
+    got = get_weights(strategy_.agent)
+    for j, e in enumerate(strategy_.entries):
+        assert np.isfinite(got[j]).all()
+        if e.kind == "net":  # mean, and median, of two honest clients: their mean
+            expected = 0.5 * (honest[0][j].astype(np.float64) + honest[1][j])
+            np.testing.assert_allclose(got[j], expected, rtol=1e-5, atol=1e-5)
+    (row,) = read_csv(tmp_path / "federated_metrics.csv")
+    assert (row["clients"], row["refused"]) == ("2", "2")

@@ -15,7 +15,7 @@ from hydra.core.config_store import ConfigStore
 
 from rlfw.config.schema import register_schemas
 
-STRATEGIES = ("fedavg", "fedavgm")
+STRATEGIES = ("fedavg", "fedavgm", "fedmedian", "fedtrimmedavg", "krum")
 MODES = ("simulation", "server", "client")
 WEIGHTINGS = ("env_steps", "uniform")
 
@@ -50,12 +50,26 @@ class FederatedConfig:
     # observation, goal and action sizes must match it.
     clients: list[str] = field(default_factory=lambda: ["FetchPush-v4", "FetchSlide-v4"])
     epochs_per_round: int = 1
-    strategy: str = "fedavg"  # fedavg, fedavgm (server momentum, Hsu et al. 2019)
+    # fedavg, fedavgm (server momentum, Hsu et al. 2019), and Flower's robust aggregations of
+    # the network weights: fedmedian (coordinate-wise median, Yin et al. 2018), fedtrimmedavg
+    # (coordinate-wise mean without the trim_beta fraction at each end), krum (Blanchard et al.
+    # 2017: the update closest to its neighbours, tolerating krum_malicious bad clients)
+    strategy: str = "fedavg"
     server_lr: float = 1.0  # fedavgm: global <- global - server_lr * momentum_buffer
     server_momentum: float = 0.9  # fedavgm: momentum_buffer <- m * buffer + (global - mean)
     # Weights of the clients' models in the mean: env_steps (env steps collected that round,
     # FedAvg's n_k), uniform (1 each).
     weighting: str = "env_steps"
+    trim_beta: float = 0.2  # fedtrimmedavg: fraction cut at each end, in [0, 0.5)
+    krum_malicious: int = 0  # krum: clients assumed malicious (f in the paper)
+    # Every client update is checked before aggregation: the global model's shapes and dtypes,
+    # finite values, and (if set) the L2 norm of its change to the global networks at most
+    # max_update_norm ...
+    # A failing update is dropped with a log line naming the client.
+    max_update_norm: float | None = None
+    # ... and the norm of that change at most this multiple of the global networks' norm
+    # (scale-free; an honest round moves the weights by a fraction of their norm). null: off.
+    max_update_ratio: float | None = 10.0
     # Each round, after aggregation, every client also evaluates the new global model on its
     # task (eval.episodes episodes); the metrics file has both local and global results.
     evaluate_global: bool = True

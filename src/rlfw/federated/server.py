@@ -65,8 +65,14 @@ class RLStrategy(FedAvg):
     Network weights: FedAvg's weighted mean (weights: env steps collected that round, or 1 with
     ``federated.weighting=uniform``); ``fedavgm`` adds server momentum on top (Hsu et al.
     2019): ``m <- beta m + (g - mean)``, ``g <- g - lr m``. Normaliser statistics: summed deltas
-    (see :mod:`rlfw.federated.params`). A result whose arrays do not match the global layout is
-    refused (logged, counted in ``refused``) and left out.
+    (see :mod:`rlfw.federated.params`). ``fedmedian``, ``fedtrimmedavg`` and ``krum`` aggregate
+    the network weights with Flower's robust rules instead of the mean.
+
+    Every client update is checked first (:meth:`check_update`): the global model's layout
+    (shapes and dtypes), finite values, and the L2 norm of its change to the global networks
+    (``federated.max_update_norm``, absolute, and ``federated.max_update_ratio`` times the
+    global networks' norm, 10 by default). A failing one is refused (a log line names the client and
+    the reason; counted in ``refused``) and left out.
 
     Args:
         cfg: the composed federated config (``federated`` block and the shared training keys).
@@ -122,10 +128,44 @@ class RLStrategy(FedAvg):
             "evaluate": bool(self.fed.evaluate_global),
         }
 
-    def _fits(self, arrays: list[np.ndarray]) -> bool:
-        return len(arrays) == len(self.entries) and all(
-            tuple(a.shape) == e.shape for a, e in zip(arrays, self.entries)
-        )
+    def check_update(self, arrays: list[np.ndarray]) -> str | None:
+        """Why a client's ``arrays`` may not enter the aggregate, or None if they may."""
+        if len(arrays) != len(self.entries) or any(tuple(a.shape) != e.shape for a, e in zip(arrays, self.entries)):
+            return f"its weights do not match the global model {self.dims}"
+        for a, g, e in zip(arrays, self.global_arrays, self.entries):
+            if a.dtype != g.dtype:
+                return f"{e.name} has dtype {a.dtype}, the global model {g.dtype}"
+            if not np.isfinite(a).all():
+                return f"{e.name} has non-finite values"
+        nets = [(np.asarray(a, np.float64), g) for a, g, k in zip(arrays, self.global_arrays, self.kinds) if k == "net"]
+        change = math.sqrt(sum(float(np.square(a - g).sum()) for a, g in nets))
+        bound, ratio = self.fed.max_update_norm, self.fed.max_update_ratio
+        if bound is not None and change > float(bound):
+            return f"its update norm {change:.3g} exceeds federated.max_update_norm={bound}"
+        if ratio is not None:
+            scale = math.sqrt(sum(float(np.square(np.asarray(g, np.float64)).sum()) for _, g in nets))
+            if change > float(ratio) * scale:
+                return (f"its update norm {change:.3g} is over federated.max_update_ratio={ratio} times "
+                        f"the global networks' norm {scale:.3g}")  # fmt: skip
+        return None
+
+    def _robust(self, mean: list[np.ndarray], accepted: list[tuple[list[np.ndarray], float, dict[str, Any]]]) -> list[np.ndarray]:
+        """Replace the network entries of ``mean`` by Flower's robust aggregate (median,
+        trimmed mean or Krum) of the accepted clients; normaliser entries stay summed deltas."""
+        from flwr.server.strategy import aggregate as fl
+
+        net = [j for j, k in enumerate(self.kinds) if k == "net"]
+        results = [([arrays[j] for j in net], max(int(w), 1)) for arrays, w, _ in accepted]
+        if self.fed.strategy == "fedmedian":
+            robust = fl.aggregate_median(results)
+        elif self.fed.strategy == "fedtrimmedavg":
+            robust = fl.aggregate_trimmed_avg(results, float(self.fed.trim_beta))
+        else:  # krum
+            robust = fl.aggregate_krum(results, int(self.fed.krum_malicious), 0)
+        out = list(mean)
+        for j, a in zip(net, robust):
+            out[j] = np.asarray(a, dtype=self.global_arrays[j].dtype)
+        return out
 
     # -------------------------------------------------------------------------------------
 
@@ -149,14 +189,10 @@ class RLStrategy(FedAvg):
             arrays = parameters_to_ndarrays(res.parameters)
             m = dict(res.metrics)
             who = f"client {m.get('client_index', '?')!s} '{m.get('env', '?')!s}'"
-            if not self._fits(arrays):
+            reason = self.check_update(arrays)
+            if reason is not None:
                 refused += 1
-                log.error(
-                    "round %d: refused %s: its weights do not match the global model %s",
-                    server_round,
-                    who,
-                    self.dims,
-                )
+                log.error("round %d: refused %s: %s", server_round, who, reason)
                 continue
             weight = 1.0 if self.fed.weighting == "uniform" else float(res.num_examples)
             accepted.append(
@@ -174,6 +210,8 @@ class RLStrategy(FedAvg):
         )
         if self.fed.strategy == "fedavgm":
             mean = self._momentum(mean)
+        elif self.fed.strategy in ("fedmedian", "fedtrimmedavg", "krum"):
+            mean = self._robust(mean, accepted)
         self.global_arrays = mean
         params.set_weights(self.agent, mean)
         self._results = [m for _, _, m in accepted]

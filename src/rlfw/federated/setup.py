@@ -98,6 +98,14 @@ def validate_federated(fed: Any) -> None:
             raise ConfigError(
                 f"unknown client env '{env}' in federated.clients[{i}]; choose env options from: {', '.join(options)}"
             )
+    if not 0 <= fed.trim_beta < 0.5:
+        raise ConfigError(f"federated.trim_beta must be in [0, 0.5), got {fed.trim_beta}")
+    if fed.krum_malicious < 0:
+        raise ConfigError(f"federated.krum_malicious must be >= 0, got {fed.krum_malicious}")
+    if fed.max_update_norm is not None and fed.max_update_norm <= 0:
+        raise ConfigError(f"federated.max_update_norm must be > 0 (or null: no bound), got {fed.max_update_norm}")
+    if fed.max_update_ratio is not None and fed.max_update_ratio <= 0:
+        raise ConfigError(f"federated.max_update_ratio must be > 0 (or null: no bound), got {fed.max_update_ratio}")
     if not 0 <= fed.server_momentum < 1:
         raise ConfigError(f"federated.server_momentum must be in [0, 1), got {fed.server_momentum}")
     if fed.server_lr <= 0:
