@@ -85,6 +85,11 @@ def train(cfg: DictConfig) -> float:
             raise
         log.error("error: %s", err)
         raise SystemExit(1) from None
+    except OSError as err:  # a full disk, an unwritable file: one line, the run marked failed
+        if multirun:
+            raise
+        log.error("error: cannot write the run's files: %s", err)
+        raise SystemExit(1) from None
     return _result(row)
 
 
@@ -235,6 +240,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     except TrainingDiverged as err:
         print(f"rlfw: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as err:
+        print(f"rlfw: error: cannot write the run's files: {err}", file=sys.stderr)
         raise SystemExit(1) from None
     sys.argv = [sys.argv[0], *args]
     train()

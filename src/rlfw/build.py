@@ -57,7 +57,7 @@ def build_env(cfg: Any, log_resolution: bool = True) -> EnvParts:
         ConfigError: an unknown id, an env that does not fit its family, or a HER buffer on an
             env without goals.
     """
-    env_id, message = resolve_env_id(str(cfg.env.id), cfg.env.family)
+    env_id, message = resolve_env_id(str(cfg.env.id), cfg.env.family, bool(cfg.env.resolve_version))
     if message and log_resolution:
         log.warning(message)
     family = registry("env.family").get(cfg.env.family).target

@@ -154,7 +154,7 @@ class WandbCallback(Callback):
     ``wandb sync``. System metrics (CPU, memory) are wandb's own.
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, resume_id: str | None = None) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path, resume_id: str | None = None, mode: str | None = None) -> None:
         import wandb
 
         lc = cfg.logger
@@ -168,7 +168,7 @@ class WandbCallback(Callback):
             name=lc.run_name or name,
             tags=list(lc.tags),
             dir=str(run_dir),
-            mode=lc.mode,
+            mode=mode or lc.mode,  # type: ignore[arg-type]
             config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
             id=resume_id,
             resume="allow" if resume_id else None,
@@ -213,12 +213,40 @@ def csv_logger(cfg: DictConfig, run_dir: Path) -> list[Callback]:
 
 def wandb_logger(cfg: DictConfig, run_dir: Path) -> list[Callback]:
     """``logger=wandb``: a :class:`WandbCallback` (none with ``logger.mode=disabled``); a run
-    resumed in the same directory continues its wandb run (``wandb_run_id.txt``)."""
+    resumed in the same directory continues its wandb run (``wandb_run_id.txt``).
+
+    ``logger.mode=online`` without an API key, or whose ``wandb.init`` fails (no network),
+    falls back to offline with one warning line: the run goes on and ``wandb sync`` uploads it.
+    """
     if cfg.logger.mode == "disabled":
         return []
     rid_file = run_dir / "wandb_run_id.txt"
     rid = rid_file.read_text().strip() if rid_file.exists() else None
+    if cfg.logger.mode == "online":
+        if not _wandb_credentials():
+            log.warning("logger.mode=online but no wandb API key is set (WANDB_API_KEY or wandb login): "
+                        "logging offline to %s/wandb instead; upload later with wandb sync", run_dir)  # fmt: skip
+            return [WandbCallback(cfg, run_dir, rid, mode="offline")]
+        try:
+            return [WandbCallback(cfg, run_dir, rid)]
+        except Exception as err:  # no network, server down: the run must not die of its logger
+            log.warning("wandb online failed (%s): logging offline to %s/wandb instead; upload later "
+                        "with wandb sync", str(err).splitlines()[0] if str(err) else type(err).__name__, run_dir)  # fmt: skip
+            return [WandbCallback(cfg, run_dir, rid, mode="offline")]
     return [WandbCallback(cfg, run_dir, rid)]
+
+
+def _wandb_credentials() -> bool:
+    """Whether a wandb API key is configured (``WANDB_API_KEY`` or a ``wandb login`` netrc entry)."""
+    import netrc
+    import os
+
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 # a logger option is a factory (cfg, run_dir) -> its callbacks

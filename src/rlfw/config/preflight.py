@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
@@ -49,6 +51,15 @@ def _keys_of(err: OmegaConfBaseException) -> str:
     return ""
 
 
+def _value_of(key: str, err: BaseException) -> str:
+    """The value the user typed for ``key``, read from Hydra's message, or ''."""
+    text = str(err)
+    marker = f"'{key}="
+    if marker in text:
+        return text.split(marker, 1)[1].split("'", 1)[0]
+    return ""
+
+
 def translate(err: BaseException) -> str:
     """One line for a Hydra/OmegaConf composition error."""
     if isinstance(err, MissingConfigException):
@@ -69,6 +80,10 @@ def translate(err: BaseException) -> str:
         key = getattr(cause, "full_key", None) or "?"
         parent = key.rsplit(".", 1)[0] if "." in key else "the root config"
         keys = _keys_of(cause)  # type: ignore[arg-type]
+        if getattr(cause, "object_type", None) is dict:  # a free-form dict such as env.kwargs
+            value = f"={_value_of(key, err)}" if _value_of(key, err) else "=..."
+            return (f"unknown key '{key}': {parent} is a dict with no such key yet; add one with "
+                    f"Hydra's + prefix: +{key}{value}")
         allowed = f"; the keys of {parent} are: {keys}" if keys else ""
         return f"unknown key '{key}'{allowed}"
     if cause is not None:
@@ -147,6 +162,12 @@ def preflight(argv: list[str]) -> int:
         if not o.lstrip("~+").startswith(("hydra.", "hydra/"))
         and o.split("=", 1)[0].lstrip("~+") not in _APP_KEYS
     ]
+    for o in args.overrides:
+        key, _, value = o.lstrip("+").partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value and "${" not in value:
+            check_writable(value, key)
+    if not any(o.lstrip("+").startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for o in args.overrides):
+        check_writable(".", "the current directory (where outputs/ and multirun/ go)")
     jobs = expand_jobs(user, bool(args.multirun))
     seen: set[str] = set()
     for job in jobs:
@@ -160,6 +181,23 @@ def preflight(argv: list[str]) -> int:
         except OmegaConfBaseException as err:
             raise ConfigError(translate(err)) from None
     return len(jobs)
+
+
+def check_writable(path: str, key: str) -> None:
+    """Refuse a run directory that cannot be made or written: its nearest existing ancestor must
+    be a directory this process may write (checked without creating anything).
+
+    Raises:
+        ConfigError: one line naming ``key`` and the obstacle.
+    """
+    p = Path(path).expanduser().absolute()
+    probe = p
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{key}={path}: cannot create it, {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={path}: {probe} is not writable by this user")
 
 
 def cfg_get(cfg: Any, dotted: str, default: Any = None) -> Any:

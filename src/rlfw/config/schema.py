@@ -50,6 +50,9 @@ class EnvConfig:
     max_episode_steps: int | None = None  # None: the registered TimeLimit
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
     vectorization: str = "sync"  # sync, async (gymnasium.vector)
+    # An id whose version is not registered (FetchSlide-v3) is refused; true runs the newest
+    # registered version instead, with one log line (the env=Fetch*-v2 option files set it).
+    resolve_version: bool = False
 
     @staticmethod
     def validate(node: Any) -> None:
@@ -58,6 +61,8 @@ class EnvConfig:
 
         registry("env.family").check(node.family)
         one_of(node.vectorization, ("sync", "async"), "env.vectorization")
+        if node.max_episode_steps is not None:
+            in_range(node, "max_episode_steps", 1, prefix="env.")
 
 
 @dataclass
@@ -98,6 +103,22 @@ class TrainConfig:
             f"unknown train.device '{node.device}'; choose one of: auto, cpu, cuda, cuda:N",
         )
         one_of(node.dist_backend, ("auto", "gloo", "nccl"), "train.dist_backend")
+        device = str(node.device)
+        if device.startswith("cuda"):
+            import torch
+
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            require(count > 0, f"train.device={device} but this machine has no CUDA device; use train.device=cpu (or auto)")
+            index = int(device.split(":")[1]) if ":" in device else 0
+            require(index < count, f"train.device={device} but this machine has {count} CUDA device(s): cuda:0..cuda:{count - 1}")
+        import os
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        require(
+            node.workers <= cores,
+            f"train.workers={node.workers} is more than the {cores} CPU cores this process may use "
+            f"(each worker needs one); use train.workers<={cores}",
+        )
         require(
             node.steps_per_cycle % node.num_envs == 0,
             f"train.steps_per_cycle={node.steps_per_cycle} must be a multiple of "

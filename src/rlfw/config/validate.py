@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 from rlfw.core import require
+from rlfw.errors import ConfigError
 from rlfw.registry import registry
 
 # config groups whose node has a ``name`` that picks a registered option
@@ -40,8 +41,14 @@ def cross_rules(cfg: Any) -> None:
         tr.batch_size <= b.capacity,
         f"train.batch_size={tr.batch_size} is larger than buffer.capacity={b.capacity}",
     )
+    family = registry("env.family").get(cfg.env.family).target
+    if cfg.algo.get("clip_return", False) and family.goal is False:
+        raise ConfigError(
+            f"algo.clip_return=true clips critic targets to [-1/(1-gamma), 0], which is right only "
+            f"for the {{-1, 0}} rewards of goal envs (fetch, panda); env.family '{cfg.env.family}' has "
+            "dense rewards that can be positive: set algo.clip_return=false"
+        )
     if b.relabel == "her":
-        family = registry("env.family").get(cfg.env.family).target
         require(
             family.goal is not False,
             f"buffer.relabel=her needs a goal env, and env.family '{cfg.env.family}' has no goals "
@@ -74,5 +81,5 @@ def validate(cfg: Any) -> str:
     for schema, key in ((EnvConfig, "env"), (TrainConfig, "train"), (EvalConfig, "eval")):
         _check(schema, cfg[key])
     cross_rules(cfg)
-    env_id, _ = resolve_env_id(str(cfg.env.id), cfg.env.family)
+    env_id, _ = resolve_env_id(str(cfg.env.id), cfg.env.family, bool(cfg.env.resolve_version))
     return env_id

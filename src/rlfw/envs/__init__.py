@@ -172,19 +172,21 @@ FAMILIES.add("fetch", FetchFamily())
 FAMILIES.add("panda", PandaFamily())
 
 
-def resolve_env_id(env_id: str, family: str = "gym") -> tuple[str, str | None]:
+def resolve_env_id(env_id: str, family: str = "gym", resolve_version: bool = False) -> tuple[str, str | None]:
     """Map a user's id to a registered one.
 
-    An id that is registered is returned unchanged. An unregistered or deprecated version of a
-    registered name resolves to the highest registered version that does not need mujoco-py
-    (gymnasium-robotics 1.4 registers Fetch v1 for mujoco-py and v4 only, so ``FetchSlide-v2``
-    becomes ``FetchSlide-v4``).
+    An id that is registered is returned unchanged. An unregistered version of a registered name
+    is refused unless ``resolve_version`` (``env.resolve_version``; the ``env=Fetch*-v2`` option
+    files set it), then it resolves to the highest registered version that does not need
+    mujoco-py (gymnasium-robotics 1.4 registers Fetch v1 for mujoco-py and v4 only, so
+    ``FetchSlide-v2`` becomes ``FetchSlide-v4``).
 
     Returns:
         (resolved id, a one-line message saying what was changed, or None).
 
     Raises:
-        ConfigError: if no version of the name is registered (with close matches).
+        ConfigError: if no version of the name is registered (with close matches), or the
+            version is not registered and ``resolve_version`` is False (naming the ones that are).
     """
     FAMILIES.get(family).target.register()
     if env_id in gym.registry:
@@ -205,6 +207,11 @@ def resolve_env_id(env_id: str, family: str = "gym") -> tuple[str, str | None]:
         raise ConfigError(f"env.id '{env_id}' is not a registered Gymnasium id{hint}")
     best = max(usable, key=lambda s: s.version or 0)
     have = ", ".join(f"v{s.version}" for s in sorted(versions, key=lambda s: s.version or 0))
+    if not resolve_version:
+        raise ConfigError(
+            f"env.id '{env_id}' is not registered (installed: {have}); use env.id={best.id}, or "
+            f"env.resolve_version=true to run the newest registered version"
+        )
     message = f"env.id '{env_id}' is not registered (installed: {have}); using '{best.id}'"
     return best.id, message
 

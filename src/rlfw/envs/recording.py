@@ -48,7 +48,7 @@ def record_episodes(
     from rlfw.envs import FAMILIES, resolve_env_id
     from rlfw.envs.obs import split_obs
 
-    env_id, _ = resolve_env_id(str(cfg.env.id), cfg.env.family)
+    env_id, _ = resolve_env_id(str(cfg.env.id), cfg.env.family, bool(cfg.env.resolve_version))
     family = FAMILIES.get(cfg.env.family).target
     env = family.make(env_id, cfg.env.max_episode_steps, dict(cfg.env.kwargs), "rgb_array" if render else None)
     goal = isinstance(env.observation_space, __import__("gymnasium").spaces.Dict)

@@ -67,6 +67,7 @@ class OUNoiseConfig(NoiseConfig):
         in_range(node, "theta", 0.0, low_open=True, prefix="noise.")
         in_range(node, "dt", 0.0, low_open=True, prefix="noise.")
         in_range(node, "sigma", 0.0, prefix="noise.")
+        in_range(node, "mu", -1.0, 1.0, prefix="noise.")  # the long-run mean, in [-1, 1] action units
 
 
 @dataclass

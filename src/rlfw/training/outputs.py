@@ -52,10 +52,24 @@ class CsvLog:
             self._f.flush()
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
-        for row in rows:
-            self._w.writerow([fmt(row.get(c)) for c in self.columns])
+        """Append ``rows`` and fsync them. A failed write (a full disk) is cut back to the rows
+        written before it, so the file never ends in a partial row; the error is re-raised.
+
+        Raises:
+            OSError: the write failed (``ENOSPC``, an I/O error).
+        """
         self._f.flush()
-        os.fsync(self._f.fileno())
+        start = self._f.tell()
+        try:
+            for row in rows:
+                self._w.writerow([fmt(row.get(c)) for c in self.columns])
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError:
+            try:
+                self._f.truncate(start)
+            finally:
+                raise
 
     def close(self) -> None:
         self._f.close()
