@@ -173,3 +173,72 @@ def test_a_nan_loss_stops_the_run_and_resume_continues(compose, tmp_path):
 
     with (tmp_path / "metrics.csv").open() as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3]
+
+
+# Each case: the command line, a fragment of the one error line. Every one must exit 2 with
+# one line, no traceback, and leave no run directory (nothing started).
+BAD_INPUTS = [
+    (["train.device=cuda"], "has no CUDA device"),
+    (["train.device=cuda:3"], "train.device=cuda:3"),
+    (["train.workers=64"], "train.workers=64 is more than"),
+    (["env.max_episode_steps=0"], "env.max_episode_steps=0 is out of range"),
+    (["env.max_episode_steps=-5"], "env.max_episode_steps=-5 is out of range"),
+    (["train.epochs=0"], "train.epochs=0 is out of range"),
+    (["train.steps_per_cycle=-1"], "train.steps_per_cycle=-1 is out of range"),
+    (["eval.episodes=-1"], "eval.episodes=-1 is out of range"),
+    (["noise=ou", "noise.mu=5"], "noise.mu=5.0 is out of range"),
+    (["noise=ou", "noise.theta=0"], "noise.theta=0.0 is out of range"),
+    (["noise=noisynet", "noise.sigma0=-1"], "noise.sigma0=-1.0 is out of range"),
+    (["noise=noisynet", "noise.resample=never"], "unknown noise.resample 'never'"),
+    (["noise.sigma=-0.1"], "noise.sigma=-0.1 is out of range"),
+    (["noise.random_eps=1.5"], "noise.random_eps=1.5 is out of range"),
+    (["env=Hopper-v4", "algo.clip_return=true"], "algo.clip_return=true"),
+    (["env.id=FetchSlide-v3"], "env.id 'FetchSlide-v3' is not registered"),
+    (["env.id=NoSuchEnv-v0"], "env.id 'NoSuchEnv-v0' is not a registered Gymnasium id"),
+    (["env.kwargs.reward_type=dense"], "+env.kwargs.reward_type"),
+    (["algo.preact_l2=-1"], "algo.preact_l2=-1.0 is out of range"),
+    (["algo.gamma=1.5"], "algo.gamma=1.5 is out of range"),
+    (["buffer=per", "buffer.beta0=2"], "buffer.beta0=2.0 is out of range"),
+    (["buffer.sampler=prio"], "unknown buffer.sampler 'prio'"),
+    (["logger=wandb", "logger.mode=cloud"], "unknown logger.mode 'cloud'"),
+    (["train.batch_size=512", "buffer.capacity=256"], "larger than buffer.capacity=256"),
+    (["env=Hopper-v4", "buffer=her"], "buffer.relabel=her needs a goal env"),
+    (["hydra.run.dir=/proc/version/run"], "is a file, not a directory"),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_nothing_started(tmp_path, args, expected):
+    if args[0].startswith("train.device=cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    run_dir = tmp_path / "run"
+    extra = [] if any(a.startswith("hydra.run.dir=") for a in args) else [f"hydra.run.dir={run_dir}"]
+    proc = run_cli([*args, *extra], cwd=tmp_path, timeout=120)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("rlfw: error: "), lines
+    assert expected in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not run_dir.exists() and not (tmp_path / "outputs").exists()
+
+
+def test_a_failed_csv_write_leaves_no_partial_row(tmp_path, monkeypatch):
+    """A full disk mid-row: the file is cut back to its last complete row and the error raised."""
+    import errno
+
+    from rlfw.training.outputs import CsvLog
+
+    log = CsvLog(tmp_path / "m.csv", ["a", "b"])
+    log.write([{"a": 1, "b": 2}])
+    good = (tmp_path / "m.csv").read_text()
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        log.write([{"a": 3, "b": 4}, {"a": 5, "b": 6}])
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    log.close()
+    assert (tmp_path / "m.csv").read_text() == good
