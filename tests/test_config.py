@@ -113,10 +113,13 @@ def test_default_is_td3_her_fetchreach(compose):
 
 
 def test_v2_fetch_ids_resolve_to_the_registered_version():
-    env_id, message = resolve_env_id("FetchSlide-v2", "fetch")
+    env_id, message = resolve_env_id("FetchSlide-v2", "fetch", resolve_version=True)
     assert env_id == "FetchSlide-v4"
     assert message is not None and "FetchSlide-v2" in message and "FetchSlide-v4" in message
     assert resolve_env_id("FetchSlide-v4", "fetch") == ("FetchSlide-v4", None)
+    # without the opt-in an unregistered version is refused, naming the installed ones
+    with pytest.raises(ConfigError, match="installed: v1, v4"):
+        resolve_env_id("FetchSlide-v2", "fetch")
 
 
 BAD = [
