@@ -68,7 +68,13 @@ def test_wandb_offline_run_files_hold_logged_keys(compose, tmp_path, monkeypatch
     Runner(cfg, tmp_path, make_callbacks(cfg, tmp_path, 400)).run()
     files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
+    # wandb's service process may still be writing the file when finish() returns: wait for
+    # the run's exit record (seen in CI: an early read found no history records yet)
+    deadline = time.time() + 60
     records = read_wandb_records(files[0])
+    while not any(r.WhichOneof("record_type") == "exit" for r in records) and time.time() < deadline:
+        time.sleep(0.5)
+        records = read_wandb_records(files[0])
     keys, run = set(), None
     for r in records:
         kind = r.WhichOneof("record_type")
