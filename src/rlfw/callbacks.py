@@ -147,6 +147,9 @@ def run_names(cfg: DictConfig) -> tuple[str, str]:
     return group, name
 
 
+CYCLE_LOG_EVERY = 1000  # env steps between wandb's per-cycle loss points
+
+
 class WandbCallback(Callback):
     """Logs config, every metrics.csv column per epoch, losses per cycle, videos, to wandb.
 
@@ -161,6 +164,7 @@ class WandbCallback(Callback):
         group, name = run_names(cfg)
         self.wandb = wandb
         self.log_cycles = bool(lc.log_cycles)
+        self._last_cycle_log = -CYCLE_LOG_EVERY
         self.run = wandb.init(
             project=lc.project,
             entity=lc.entity,
@@ -177,8 +181,15 @@ class WandbCallback(Callback):
         (run_dir / "wandb_run_id.txt").write_text(str(self.run.id) + "\n")
 
     def on_cycle(self, runner: Runner) -> None:
-        if self.log_cycles and runner.last_cycle:
-            self.run.log({f"cycle/{k}": v for k, v in runner.last_cycle.items()}, step=runner.env_steps)
+        """The last cycle's losses, at most once per :data:`CYCLE_LOG_EVERY` env steps: the
+        Hopper preset's cycles are one env step long, and a log call per step would cost more
+        than it shows."""
+        if not (self.log_cycles and runner.last_cycle):
+            return
+        if runner.env_steps - self._last_cycle_log < CYCLE_LOG_EVERY:
+            return
+        self._last_cycle_log = runner.env_steps
+        self.run.log({f"cycle/{k}": v for k, v in runner.last_cycle.items()}, step=runner.env_steps)
 
     def on_epoch(self, runner: Runner, row: dict[str, Any]) -> None:
         clean = {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}

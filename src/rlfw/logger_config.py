@@ -40,7 +40,7 @@ class WandbLoggerConfig(LoggerConfig):
     group: str | None = None  # None: the sweep (multirun) or algo-buffer-noise-env
     run_name: str | None = None  # None: algo-buffer-noise-env-seedN (+ the job number)
     tags: list[str] = field(default_factory=list)
-    log_cycles: bool = True  # losses and Q values after every cycle, not only per epoch
+    log_cycles: bool = True  # losses and Q values per cycle (at most every 1000 env steps), not only per epoch
 
     @staticmethod
     def validate(node: Any) -> None:
