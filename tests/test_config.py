@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+import rlfw.components  # noqa: F401  (every built-in registers)
 from rlfw.algos import ALGOS
 from rlfw.buffers import BUFFERS, ReplayBuffer
 from rlfw.config.paths import config_dir, group_options
@@ -53,6 +54,7 @@ def test_algo_options_compose_and_build(compose, algo):
     act = agent.act(np.zeros((3, 5), np.float32), np.zeros((3, 3), np.float32))
     assert act.shape == (3, 2) and np.all(np.abs(act) <= 1)
     assert agent.n_critics == (1 if algo == "ddpg" else 2)
+    assert set(agent.metric_names) >= {"actor_loss", "critic_loss", "q_mean"}
 
 
 @pytest.mark.parametrize("buffer", group_options("buffer"))
@@ -124,7 +126,7 @@ def test_v2_fetch_ids_resolve_to_the_registered_version():
 
 BAD = [
     (["buffer=hr"], "unknown buffer 'hr'; choose one of: her, nstep, per, uniform"),
-    (["algo=ppo"], "unknown algo 'ppo'; choose one of: ddpg, td3"),
+    (["algo=ppo"], "unknown algo 'ppo'; choose one of: crossq, ddpg, sac, td3, tqc"),
     (["noise=pink"], "unknown noise 'pink'; choose one of: gaussian, noisynet, none, ou"),
     (["algo.tua=0.1"], "unknown key 'algo.tua'; the keys of algo are: action_l2,"),
     (["noise.theta=0.1"], "unknown key 'noise.theta'; the keys of noise are:"),

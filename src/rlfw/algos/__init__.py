@@ -6,9 +6,10 @@ An algorithm class implements :class:`rlfw.core.Agent` and is built as
 (:func:`rlfw.build.build_agent`).
 """
 
-from rlfw.algos.actor_critic import ActorCritic, polyak_update
+from rlfw.algos.actor_critic import ActorCritic
+from rlfw.algos.base import OffPolicyAgent, polyak_update
 from rlfw.registry import registry
 
 ALGOS = registry("algo")
 
-__all__ = ["ALGOS", "ActorCritic", "polyak_update"]
+__all__ = ["ALGOS", "ActorCritic", "OffPolicyAgent", "polyak_update"]

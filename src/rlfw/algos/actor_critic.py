@@ -26,27 +26,21 @@ This module registers ``algo=td3`` and ``algo=ddpg`` (schemas in :mod:`rlfw.algo
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from rlfw.algos.base import OffPolicyAgent, polyak_update
 from rlfw.algos.config import DDPGConfig, TD3Config
 from rlfw.algos.networks import MLP, EnsembleMLP
-from rlfw.algos.normalizer import Normalizer
 from rlfw.core import Batch, EnvInfo
 from rlfw.registry import register
 
 
-def polyak_update(target: Sequence[torch.Tensor], online: Sequence[torch.Tensor], tau: float) -> None:
-    """``target <- tau * online + (1 - tau) * target`` in place (Lillicrap et al. 2016, Alg. 1)."""
-    with torch.no_grad():
-        torch._foreach_lerp_(list(target), list(online), tau)
-
-
-class ActorCritic:
+class ActorCritic(OffPolicyAgent):
     """DDPG/TD3 agent: actor, critic ensemble, targets, optimisers and normalisers.
 
     Implements the :class:`rlfw.core.Agent` contract. :meth:`update` returns ``critic_loss``
@@ -78,8 +72,7 @@ class ActorCritic:
         critic_linear: Callable[[int, int], nn.Module] | None = None,
         seed: int = 0,
     ) -> None:
-        self.cfg = cfg
-        self.device = torch.device(device)
+        super().__init__(cfg, env, device, seed)
         self.gamma = float(cfg.gamma)
         self.tau = float(cfg.tau)
         self.policy_delay = int(cfg.policy_delay)
@@ -90,15 +83,7 @@ class ActorCritic:
         self.max_grad_norm = cfg.max_grad_norm
         self.clip_return = bool(cfg.clip_return)
         self.return_low = -1.0 / (1.0 - self.gamma) if self.gamma < 1.0 else -np.inf
-        self.act_dim = env.act_dim
-        normalize = cfg.normalize if cfg.normalize is not None else env.goal
-        self.obs_norm = Normalizer(env.obs_dim, cfg.norm_clip, cfg.norm_eps, bool(normalize)).to(self.device)
-        self.goal_norm = (
-            Normalizer(env.goal_dim, cfg.norm_clip, cfg.norm_eps, bool(normalize)).to(self.device)
-            if env.goal
-            else None
-        )
-        in_dim = env.obs_dim + (env.goal_dim if env.goal else 0)
+        in_dim = self.in_dim
         self.actor = MLP(
             in_dim, env.act_dim, list(cfg.actor_hidden), cfg.activation, cfg.init,
             output_activation=nn.Tanh(), linear=actor_linear,
@@ -107,12 +92,23 @@ class ActorCritic:
         self.critic: nn.Module
         if critic_linear is None:
             self.critic = EnsembleMLP(
-                self.n_critics, in_dim + env.act_dim, list(cfg.critic_hidden), cfg.activation, cfg.init
+                self.n_critics,
+                in_dim + env.act_dim,
+                list(cfg.critic_hidden),
+                cfg.activation,
+                cfg.init,
             ).to(self.device)
         else:
             self.critic = _ModuleEnsemble(
                 [
-                    MLP(in_dim + env.act_dim, 1, list(cfg.critic_hidden), cfg.activation, cfg.init, linear=critic_linear)
+                    MLP(
+                        in_dim + env.act_dim,
+                        1,
+                        list(cfg.critic_hidden),
+                        cfg.activation,
+                        cfg.init,
+                        linear=critic_linear,
+                    )
                     for _ in range(self.n_critics)
                 ]
             ).to(self.device)
@@ -122,13 +118,14 @@ class ActorCritic:
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=float(cfg.critic_lr))
         self._actor_params = list(self.actor.parameters())
         self._critic_params = list(self.critic.parameters())
-        self._target_params = list(self.actor_target.parameters()) + list(self.critic_target.parameters())
+        self._target_params = list(self.actor_target.parameters()) + list(
+            self.critic_target.parameters()
+        )
         self._online_params = self._actor_params + self._critic_params
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.updates = 0  # critic updates done
-        self.td_error: np.ndarray | None = None
         # NoisyNet: layers with reset_noise(); the actor's exploration sample is kept apart
-        self._noisy_actor: list[Any] = [m for m in self.actor.modules() if hasattr(m, "reset_noise")]
+        self._noisy_actor: list[Any] = [
+            m for m in self.actor.modules() if hasattr(m, "reset_noise")
+        ]
         self._noisy_all: list[Any] = [
             m
             for net in (self.actor, self.actor_target, self.critic, self.critic_target)
@@ -136,27 +133,16 @@ class ActorCritic:
             if hasattr(m, "reset_noise")
         ]
         self._explore_noise: list[Any] = []
-        # Multi-worker training sets this: it averages gradients over the workers in place
-        # (the HER paper's MPI-averaged Adam), called between backward() and step().
-        self.grad_sync: Callable[[list[Any]], None] | None = None
         if self._noisy_actor:
             self.resample_exploration()
 
     # ---------------------------------------------------------------------------------------
     # acting
 
-    def _inputs(self, obs: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
-        x = self.obs_norm(obs)
-        if self.goal_norm is not None:
-            assert goal is not None
-            x = torch.cat([x, self.goal_norm(goal)], dim=-1)
-        return x
-
-    def _tensor(self, x: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(x, dtype=torch.float32, device=self.device)
-
     @torch.no_grad()
-    def act(self, obs: np.ndarray, goal: np.ndarray | None = None, explore: bool = False) -> np.ndarray:
+    def act(
+        self, obs: np.ndarray, goal: np.ndarray | None = None, explore: bool = False
+    ) -> np.ndarray:
         """The actor's action ``pi(s)`` in [-1, 1].
 
         Args:
@@ -181,24 +167,24 @@ class ActorCritic:
             m.reset_noise()
         self._explore_noise = [m.get_noise() for m in self._noisy_actor]
 
-    def observe(self, obs: np.ndarray, goals: np.ndarray | None = None) -> None:
-        """Update the normalisers with collected observations ``[B, obs_dim]`` and goals."""
-        self.obs_norm.update(obs)
-        if self.goal_norm is not None and goals is not None:
-            self.goal_norm.update(goals)
-
     # ---------------------------------------------------------------------------------------
     # learning
 
     @torch.no_grad()
     def critic_target_value(
-        self, next_in: torch.Tensor, reward: torch.Tensor, terminated: torch.Tensor, discount: torch.Tensor
+        self,
+        next_in: torch.Tensor,
+        reward: torch.Tensor,
+        terminated: torch.Tensor,
+        discount: torch.Tensor,
     ) -> torch.Tensor:
         """The bootstrapped target ``y [B]`` (module docstring; TD3 Eq. 10 with smoothing Eq. 14)."""
         next_a = self.actor_target(next_in)
         if self.target_noise > 0.0:
             noise = torch.randn(next_a.shape, generator=self.generator, device=self.device)
-            noise = (noise * self.target_noise).clamp(-self.target_noise_clip, self.target_noise_clip)
+            noise = (noise * self.target_noise).clamp(
+                -self.target_noise_clip, self.target_noise_clip
+            )
             next_a = (next_a + noise).clamp(-1.0, 1.0)
         q_next = self.critic_target(torch.cat([next_in, next_a], dim=-1)).min(dim=0).values
         y = reward + discount * (1.0 - terminated) * q_next
@@ -224,17 +210,13 @@ class ActorCritic:
         action = t(batch.action)
         weight = t(batch.weight)
 
-        y = self.critic_target_value(next_in, t(batch.reward), t(batch.terminated), t(batch.discount))
+        y = self.critic_target_value(
+            next_in, t(batch.reward), t(batch.terminated), t(batch.discount)
+        )
         q = self.critic(torch.cat([obs_in, action], dim=-1))  # [E, B]
         td = q - y
         critic_loss = (weight * td.square()).mean(dim=1).sum()
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        if self.grad_sync is not None:
-            self.grad_sync([p.grad for p in self._critic_params if p.grad is not None])
-        if self.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(self._critic_params, float(self.max_grad_norm))
-        self.critic_opt.step()
+        self._minimize(self.critic_opt, self._critic_params, critic_loss, self.max_grad_norm)
         self.updates += 1
 
         metrics: dict[str, float] = {}
@@ -248,13 +230,7 @@ class ActorCritic:
                 actor_loss = actor_loss + self.preact_l2 * pre.square().mean()
             # gradients for the actor only: the critic's weight gradients are never formed
             grads = torch.autograd.grad(actor_loss, self._actor_params)
-            for p, g in zip(self._actor_params, grads):
-                p.grad = g
-            if self.grad_sync is not None:
-                self.grad_sync(list(grads))
-            if self.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(self._actor_params, float(self.max_grad_norm))
-            self.actor_opt.step()
+            self._step(self.actor_opt, self._actor_params, grads, self.max_grad_norm)
             polyak_update(self._target_params, self._online_params, self.tau)
             metrics["actor_loss"] = float(actor_loss.detach())
 
@@ -276,34 +252,9 @@ class ActorCritic:
             "critic_target": self.critic_target,
         }
 
-    def normalizers(self) -> dict[str, Normalizer]:
-        """``obs_norm`` and, for goal envs, ``goal_norm``."""
-        norms = {"obs_norm": self.obs_norm}
-        if self.goal_norm is not None:
-            norms["goal_norm"] = self.goal_norm
-        return norms
-
-    def modules(self) -> dict[str, nn.Module]:
-        """The agent's modules by name (networks, targets, normalisers)."""
-        return {**self.networks(), **self.normalizers()}
-
-    def state_dict(self) -> dict[str, Any]:
-        """Networks, targets, optimisers, normalisers and counters."""
-        state: dict[str, Any] = {k: m.state_dict() for k, m in self.modules().items()}
-        state["actor_opt"] = self.actor_opt.state_dict()
-        state["critic_opt"] = self.critic_opt.state_dict()
-        state["updates"] = self.updates
-        state["generator"] = self.generator.get_state()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        for k, m in self.modules().items():
-            m.load_state_dict(state[k])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.updates = int(state["updates"])
-        self.generator.set_state(state["generator"])
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """``actor_opt`` and ``critic_opt``."""
+        return {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt}
 
 
 class _ModuleEnsemble(nn.Module):

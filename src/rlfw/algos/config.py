@@ -55,7 +55,10 @@ class ActorCriticConfig:
         p = "algo."
         in_range(node, "gamma", 0.0, 1.0, low_open=True, prefix=p)
         in_range(node, "tau", 0.0, 1.0, low_open=True, prefix=p)
-        require(node.n_critics in (1, 2), f"algo.n_critics={node.n_critics} is not allowed; choose 1 or 2")
+        require(
+            node.n_critics in (1, 2),
+            f"algo.n_critics={node.n_critics} is not allowed; choose 1 or 2",
+        )
         in_range(node, "policy_delay", 1, prefix=p)
         for key in ("target_noise", "target_noise_clip", "action_l2", "preact_l2"):
             in_range(node, key, 0.0, prefix=p)

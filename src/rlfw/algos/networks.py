@@ -90,16 +90,17 @@ class EnsembleLinear(nn.Module):
 
 
 class EnsembleMLP(nn.Module):
-    """``E`` MLPs with scalar outputs (the critics), evaluated together.
+    """``E`` MLPs (the critics), evaluated together.
 
     Args:
-        ensemble: E (1 for DDPG, 2 for TD3).
+        ensemble: E (1 for DDPG, 2 for TD3 and SAC, ``n_critics`` for TQC).
         in_features: input size (normalised observation, goal and action).
         hidden: hidden layer sizes.
         activation: a name in :data:`ACTIVATIONS`.
         init: a name in :data:`INITS`.
+        out_features: outputs per member (1: a scalar Q value; TQC: ``n_quantiles``).
 
-    Shapes: ``forward(x [B, in]) -> [E, B]``.
+    Shapes: ``forward(x [B, in]) -> [E, B]`` for ``out_features=1``, else ``[E, B, out]``.
     """
 
     def __init__(
@@ -109,9 +110,11 @@ class EnsembleMLP(nn.Module):
         hidden: Sequence[int],
         activation: str = "relu",
         init: str = "default",
+        out_features: int = 1,
     ) -> None:
         super().__init__()
-        sizes = [in_features, *hidden, 1]
+        self.out_features = out_features
+        sizes = [in_features, *hidden, out_features]
         self.layers: list[EnsembleLinear] = nn.ModuleList(  # type: ignore[assignment]
             EnsembleLinear(ensemble, a, b) for a, b in itertools.pairwise(sizes)
         )
@@ -125,7 +128,8 @@ class EnsembleMLP(nn.Module):
         h = x.unsqueeze(0).expand(self.ensemble, *x.shape)
         for layer in self.layers[:-1]:
             h = self.act(layer(h))
-        return self.layers[-1](h).squeeze(-1)
+        out = self.layers[-1](h)
+        return out.squeeze(-1) if self.out_features == 1 else out
 
     def first(self, x: torch.Tensor) -> torch.Tensor:
         """Member 0 alone (the actor's objective uses Q_1): ``[B, in] -> [B]``."""
@@ -133,8 +137,8 @@ class EnsembleMLP(nn.Module):
         for layer in self.layers[:-1]:
             h = self.act(torch.addmm(layer.bias[0], h, layer.weight[0]))
         last = self.layers[-1]
-        return torch.addmm(last.bias[0], h, last.weight[0]).squeeze(-1)
-
+        out = torch.addmm(last.bias[0], h, last.weight[0])
+        return out.squeeze(-1) if self.out_features == 1 else out
 
 
 class MLP(nn.Module):
@@ -148,6 +152,8 @@ class MLP(nn.Module):
             their own initialisation).
         output_activation: module applied to the output, or None.
         linear: factory ``(in, out) -> module`` for the layers (nn.Linear, or a noisy linear).
+        norm: factory ``features -> module`` of a normalisation layer placed on the input and
+            after every hidden activation (CrossQ's batch renormalisation), or None.
 
     Shapes: ``[B, in] -> [B, out]``.
     """
@@ -161,12 +167,13 @@ class MLP(nn.Module):
         init: str = "default",
         output_activation: nn.Module | None = None,
         linear: LinearFactory = nn.Linear,
+        norm: Callable[[int], nn.Module] | None = None,
     ) -> None:
         super().__init__()
         sizes = [in_features, *hidden, out_features]
         act_cls = ACTIVATIONS.get(activation).target
         init_fn = INITS.get(init).target
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [] if norm is None else [norm(in_features)]
         for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             lin = linear(a, b)
             last = i == len(sizes) - 2
@@ -176,6 +183,8 @@ class MLP(nn.Module):
             layers.append(lin)
             if not last:
                 layers.append(act_cls())
+                if norm is not None:
+                    layers.append(norm(b))
         self.net = nn.Sequential(*layers)
         self.output_activation = output_activation
 

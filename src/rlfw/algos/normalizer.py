@@ -31,7 +31,9 @@ class Normalizer(nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, size: int, clip: float = 5.0, eps: float = 0.01, enabled: bool = True) -> None:
+    def __init__(
+        self, size: int, clip: float = 5.0, eps: float = 0.01, enabled: bool = True
+    ) -> None:
         super().__init__()
         self.size, self.clip, self.eps, self.enabled = size, float(clip), float(eps), enabled
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))

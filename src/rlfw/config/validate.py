@@ -63,7 +63,8 @@ def validate(cfg: Any) -> str:
 
     Order: the root keys; each option group's schema (``algo``, ``buffer``, ``noise``,
     ``logger``) and the root sections (``env``, ``train``, ``eval``) check their own fields;
-    :func:`cross_rules`; the env id is resolved (``FetchSlide-v2`` -> the registered version).
+    :func:`cross_rules`; each chosen option's ``validate_with(cfg)``, where its schema has one
+    (its rules with other groups: ``algo=sac`` refuses ``noise=noisynet``); the env id is resolved (``FetchSlide-v2`` -> the registered version).
 
     Raises:
         ConfigError: the first rule broken, as one line naming the key and the allowed values.
@@ -75,11 +76,15 @@ def validate(cfg: Any) -> str:
     known = {f.name for f in dataclasses.fields(Config)}
     for key in cfg:
         require(key in known, f"unknown key '{key}'; the keys of the root config are: {', '.join(sorted(known))}")
-    for group in OPTION_GROUPS:
-        entry = registry(group).get(str(cfg[group].name))
-        _check(entry.schema, cfg[group])
+    schemas = [registry(group).get(str(cfg[group].name)).schema for group in OPTION_GROUPS]
+    for group, schema in zip(OPTION_GROUPS, schemas):
+        _check(schema, cfg[group])
     for schema, key in ((EnvConfig, "env"), (TrainConfig, "train"), (EvalConfig, "eval")):
         _check(schema, cfg[key])
     cross_rules(cfg)
+    for schema in schemas:  # an option's own rules with the other groups
+        check_with = getattr(schema, "validate_with", None)
+        if check_with is not None:
+            check_with(cfg)
     env_id, _ = resolve_env_id(str(cfg.env.id), cfg.env.family, bool(cfg.env.resolve_version))
     return env_id

@@ -1,0 +1,157 @@
+"""What every off-policy agent of rlfw shares: input normalisation, the torch side of the
+:class:`rlfw.core.Agent` contract (tensors, counters, the gradient-sync hook) and checkpoints.
+
+Subclasses build their networks and optimisers, then list them in :meth:`OffPolicyAgent.networks`
+and :meth:`OffPolicyAgent.optimizers`; :meth:`state_dict`, :meth:`load_state_dict`,
+:meth:`modules` and :meth:`normalizers` follow from those two, so a new algorithm's checkpoint,
+multi-worker broadcast and federated exchange need no code of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlfw.algos.normalizer import Normalizer
+from rlfw.core import EnvInfo
+
+
+def polyak_update(
+    target: Sequence[torch.Tensor], online: Sequence[torch.Tensor], tau: float
+) -> None:
+    """``target <- tau * online + (1 - tau) * target`` in place (Lillicrap et al. 2016, Alg. 1)."""
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target), list(online), tau)
+
+
+class OffPolicyAgent:
+    """Base of the algorithms: normalisers of observations and goals, counters, checkpoints.
+
+    Args:
+        cfg: the algorithm's config node; reads ``normalize`` (None: on for goal envs),
+            ``norm_clip`` and ``norm_eps``.
+        env: observation, goal and action sizes.
+        device: torch device of the networks.
+        seed: seeds :attr:`generator` (per-worker draws: policy samples, target smoothing).
+
+    Attributes:
+        in_dim: the networks' state input size, ``obs_dim + goal_dim``.
+        updates: critic updates done (checkpointed).
+        td_error: ``[B]`` float32 priority signal of the last update, or None.
+        grad_sync: multi-worker training sets it: averages a list of tensors over the workers
+            in place (gradients between ``backward()`` and ``step()``).
+    """
+
+    metric_names: tuple[str, ...] = ()
+
+    def __init__(
+        self, cfg: Any, env: EnvInfo, device: str | torch.device = "cpu", seed: int = 0
+    ) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.act_dim = env.act_dim
+        normalize = cfg.normalize if cfg.normalize is not None else env.goal
+        self.obs_norm = Normalizer(env.obs_dim, cfg.norm_clip, cfg.norm_eps, bool(normalize)).to(
+            self.device
+        )
+        self.goal_norm = (
+            Normalizer(env.goal_dim, cfg.norm_clip, cfg.norm_eps, bool(normalize)).to(self.device)
+            if env.goal
+            else None
+        )
+        self.in_dim = env.obs_dim + (env.goal_dim if env.goal else 0)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.updates = 0
+        self.td_error: np.ndarray | None = None
+        self.grad_sync: Callable[[list[Any]], None] | None = None
+
+    # ---------------------------------------------------------------------------------------
+    # inputs
+
+    def _inputs(self, obs: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
+        """Normalised ``[B, obs_dim (+ goal_dim)]`` network input."""
+        x = self.obs_norm(obs)
+        if self.goal_norm is not None:
+            assert goal is not None
+            x = torch.cat([x, self.goal_norm(goal)], dim=-1)
+        return x
+
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(x, dtype=torch.float32, device=self.device)
+
+    def observe(self, obs: np.ndarray, goals: np.ndarray | None = None) -> None:
+        """Update the normalisers with collected observations ``[B, obs_dim]`` and goals."""
+        self.obs_norm.update(obs)
+        if self.goal_norm is not None and goals is not None:
+            self.goal_norm.update(goals)
+
+    def _minimize(self, opt: torch.optim.Optimizer, params: list[nn.Parameter], loss: torch.Tensor,
+                  max_grad_norm: float | None) -> None:  # fmt: skip
+        """``loss.backward()``, then average ``params``' gradients over workers, clip, step ``opt``."""
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_sync is not None:
+            self.grad_sync([p.grad for p in params if p.grad is not None])
+        if max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(params, float(max_grad_norm))
+        opt.step()
+
+    def _step(self, opt: torch.optim.Optimizer, params: list[nn.Parameter], grads: Iterable[torch.Tensor],
+              max_grad_norm: float | None) -> None:  # fmt: skip
+        """Set ``params``' gradients, average them over workers, clip, and step ``opt``."""
+        grads = list(grads)
+        for p, g in zip(params, grads):
+            p.grad = g
+        if self.grad_sync is not None:
+            self.grad_sync(grads)
+        if max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(params, float(max_grad_norm))
+        opt.step()
+
+    # ---------------------------------------------------------------------------------------
+    # the contract's module lists and checkpoints
+
+    def networks(self) -> dict[str, nn.Module]:
+        """The trained networks (and targets) by name; subclasses list theirs."""
+        raise NotImplementedError
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimisers by checkpoint key; subclasses list theirs."""
+        raise NotImplementedError
+
+    def normalizers(self) -> dict[str, Normalizer]:
+        """``obs_norm`` and, for goal envs, ``goal_norm``."""
+        norms = {"obs_norm": self.obs_norm}
+        if self.goal_norm is not None:
+            norms["goal_norm"] = self.goal_norm
+        return norms
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The agent's modules by name (networks, targets, normalisers)."""
+        return {**self.networks(), **self.normalizers()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Modules, optimisers, the update counter and the generator state."""
+        state: dict[str, Any] = {k: m.state_dict() for k, m in self.modules().items()}
+        state.update({k: opt.state_dict() for k, opt in self.optimizers().items()})
+        state["updates"] = self.updates
+        state["generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`.
+
+        Raises:
+            KeyError: ``state`` lacks a module or optimiser of this agent (another algorithm's
+                checkpoint).
+        """
+        for k, m in self.modules().items():
+            m.load_state_dict(state[k])
+        for k, opt in self.optimizers().items():
+            opt.load_state_dict(state[k])
+        self.updates = int(state["updates"])
+        self.generator.set_state(state["generator"])
