@@ -67,7 +67,7 @@ def load(path: Path) -> dict:
     return torch.load(path, weights_only=False)
 
 
-def check_federation(server_dir: Path, client_dirs: list[Path]) -> None:
+def check_federation(server_dir: Path, client_dirs: list[Path], targets: bool = True) -> None:
     """Global checkpoint of every round == the examples-weighted mean of the clients' weights
     that round (normaliser statistics: previous global + the clients' summed deltas); one row
     per round in federated_metrics.csv; per-client metrics.csv."""
@@ -80,7 +80,10 @@ def check_federation(server_dir: Path, client_dirs: list[Path]) -> None:
         w = np.array([s["num_examples"] for s in sent], np.float64)
         assert (w > 0).all() and glob["round"] == k
         names = list(sent[0]["weights"])
-        assert any(n.startswith("critic_target.") for n in names) and "obs_norm.sumsq" in names
+        assert (
+            any(n.startswith("critic_target.") for n in names) == targets
+            and "obs_norm.sumsq" in names
+        )
         for name in names:
             module, key = name.split(".", 1)
             got = glob["agent"][module][key].double().numpy()
@@ -213,6 +216,21 @@ def test_simulation_two_rounds_two_fetch_clients(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-4000:]
     check_federation(run_dir, [run_dir / "clients" / n for n in NAMES])
+
+
+@pytest.mark.parametrize("algo", ["sac", "tqc", "crossq"])
+def test_simulation_with_each_soft_algo(tmp_path, algo):
+    """The exchanged modules come from the agent: the temperature, TQC's quantile critics and
+    CrossQ's batch-renormalisation statistics (no target networks) are averaged like the rest."""
+    run_dir = tmp_path / "sim"
+    res = subprocess.run(cli([*TINY, f"algo={algo}", f"hydra.run.dir={run_dir}"]), capture_output=True,
+                         text=True, timeout=300, env=ENV, cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-4000:]
+    check_federation(run_dir, [run_dir / "clients" / n for n in NAMES], targets=algo != "crossq")
+    glob = load(run_dir / "global" / "last.pt")["agent"]
+    assert "temperature" in glob
+    if algo == "crossq":
+        assert "input_norm.running_mean" in glob["critic"]
 
 
 def _free_port() -> int:
@@ -392,11 +410,18 @@ def test_server_drops_poisoned_updates_and_names_the_clients(tmp_path, caplog, s
     huge = [a * 1e6 for a in g0]
 
     def res(arrays, i):
-        metrics = {"client_index": i, "env": p.fed.clients[i], "eval_return": 0.0, "eval_success_rate": 0.0}
+        metrics = {
+            "client_index": i,
+            "env": p.fed.clients[i],
+            "eval_return": 0.0,
+            "eval_success_rate": 0.0,
+        }
         return None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), 100, metrics)
 
     with caplog.at_level(logging.ERROR, logger="rlfw"):
-        strategy_.aggregate_fit(1, [res(honest[0], 0), res(nan, 1), res(honest[1], 2), res(huge, 3)], [])
+        strategy_.aggregate_fit(
+            1, [res(honest[0], 0), res(nan, 1), res(honest[1], 2), res(huge, 3)], []
+        )
     strategy_.close()
     log_text = caplog.text
     assert "refused client 1 'FetchSlide-v4'" in log_text and "non-finite" in log_text

@@ -51,7 +51,9 @@ def plot_run(run_dir: str | Path) -> dict[Path, int]:
     - ``returns.png``: return per training episode, raw and smoothed (moving average),
     - ``success.png``: train and eval success rate per epoch (eval return if no success),
     - ``losses.png``: actor and critic loss per epoch,
-    - ``q_values.png``: mean Q(s, a) per epoch.
+    - ``q_values.png``: mean Q(s, a) per epoch,
+    - ``entropy.png`` (when metrics.csv has an ``alpha`` column: SAC, TQC, CrossQ): the entropy
+      temperature (log scale) and the policy entropy estimate per epoch.
     """
     run_dir = Path(run_dir)
     metrics = read_csv(run_dir / "metrics.csv")
@@ -95,6 +97,21 @@ def plot_run(run_dir: str | Path) -> dict[Path, int]:
     ax.set(xlabel="epoch", ylabel="Q", title="Q values (mean per epoch)")
     ax.legend(loc="best")
     out[_save(plt, fig, run_dir / "q_values.png")] = len(ax.lines)
+
+    if metrics and "alpha" in metrics[0]:  # entropy-regularised algorithms (sac, tqc, crossq)
+        plt, fig, ax = _figure()
+        ax.plot(epoch, column(metrics, "alpha"), marker="o", color="C0", label="alpha")
+        ax.set(
+            xlabel="epoch",
+            ylabel="alpha",
+            yscale="log",
+            title="Entropy temperature and policy entropy",
+        )
+        ax2 = ax.twinx()
+        ax2.plot(epoch, column(metrics, "entropy"), marker="s", color="C1", label="entropy (nats)")
+        ax2.set(ylabel="entropy (nats)")
+        fig.legend(loc="upper right")
+        out[_save(plt, fig, run_dir / "entropy.png")] = len(ax.lines) + len(ax2.lines)
     return out
 
 
