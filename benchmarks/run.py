@@ -8,6 +8,9 @@ Sections (``--only a,b``; all by default), each run one after the other in this 
   tau 0.005, lr 1e-3, Gaussian sigma 0.1, HER future k=4, eval of 10 episodes every 1000 steps).
 - ``push``: env steps per second of FetchPush-v4 at one update per env step (1 env, batch 256,
   3x256 MLPs, TD3 + HER), rlfw and SB3.
+- ``soft_speed``: env steps per second of rlfw's SAC and TQC against SB3's SAC and
+  sb3-contrib's TQC at equal settings (FetchPush-v4, 1 env, HER future k=4, batch 256, 3x256
+  MLPs, lr 1e-3, one update per env step).
 - ``replay``: PER sample + priority update of a batch of 256 from a full 1M-transition buffer
   (median microseconds); HER sampling throughput against SB3's HerReplayBuffer (ratio); bytes
   per stored FetchPush transition.
@@ -21,6 +24,11 @@ Sections (``--only a,b``; all by default), each run one after the other in this 
   action entries at the bounds (|a| > 0.99) of the final deterministic policy.
 - ``hopper_compose``: the Hopper seed project's compositions on the preset (PER with n-step 3,
   NoisyNet factorised and independent, decaying Gaussian noise): eval return every 10k steps.
+
+- ``learning``: FetchPush-v4 with the Fetch preset of td3, sac, tqc and crossq for the same
+  budget (``--learning-budget`` env steps, 40k by default): eval success after every
+  5000-step epoch and the wall seconds, per seed (``--seeds``); curves in
+  ``benchmarks/results/learning_push.csv``.
 
 Usage: ``python benchmarks/run.py [--only reach,push] [--seeds 3] [--quick]``.
 """
@@ -79,20 +87,19 @@ def median(xs: list[float]) -> float:
 
 
 def sb3_fetch(env_id: str, n_envs: int, seed: int, total: int, train_every: int, grad_steps: int,
-              eval_every: int | None, learning_starts: int) -> tuple[float, float, float]:  # fmt: skip
-    """SB3 TD3 + HER. Returns (steps to success, seconds to success, env steps per second)."""
+              eval_every: int | None, learning_starts: int, algo: str = "td3") -> tuple[float, float, float]:  # fmt: skip
+    """SB3 TD3 (or SB3 SAC, sb3-contrib TQC) + HER. Returns (steps to success, seconds to
+    success, env steps per second)."""
     import gymnasium as gym
     import gymnasium_robotics
-    from stable_baselines3 import TD3, HerReplayBuffer
+    from stable_baselines3 import SAC, TD3, HerReplayBuffer
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.noise import NormalActionNoise
 
     gym.register_envs(gymnasium_robotics)
     venv = make_vec_env(env_id, n_envs=n_envs, seed=seed)
-    model = TD3(
-        "MultiInputPolicy",
-        venv,
+    common: dict = dict(
         replay_buffer_class=HerReplayBuffer,
         replay_buffer_kwargs={"n_sampled_goal": 4, "goal_selection_strategy": "future"},
         learning_rate=1e-3,
@@ -103,15 +110,28 @@ def sb3_fetch(env_id: str, n_envs: int, seed: int, total: int, train_every: int,
         gamma=0.98,
         train_freq=(train_every, "step"),
         gradient_steps=grad_steps,
-        action_noise=NormalActionNoise(np.zeros(4), 0.1 * np.ones(4)),
-        policy_delay=2,
-        target_policy_noise=0.2,
-        target_noise_clip=0.5,
-        policy_kwargs={"net_arch": [256, 256, 256]},
         seed=seed,
         device="cpu",
         verbose=0,
     )
+    if algo == "td3":
+        model = TD3(
+            "MultiInputPolicy",
+            venv,
+            action_noise=NormalActionNoise(np.zeros(4), 0.1 * np.ones(4)),
+            policy_delay=2,
+            target_policy_noise=0.2,
+            target_noise_clip=0.5,
+            policy_kwargs={"net_arch": [256, 256, 256]},
+            **common,
+        )
+    elif algo == "sac":
+        model = SAC("MultiInputPolicy", venv, policy_kwargs={"net_arch": [256, 256, 256]}, **common)
+    else:
+        from sb3_contrib import TQC
+
+        model = TQC("MultiInputPolicy", venv, top_quantiles_to_drop_per_net=2,
+                    policy_kwargs={"net_arch": [256, 256, 256], "n_critics": 2, "n_quantiles": 25}, **common)  # fmt: skip
     eval_env = gym.make(env_id)
     eval_env.reset(seed=seed + 1_000_003)
 
@@ -159,26 +179,46 @@ def bench_reach(seeds: int, quick: bool) -> None:
         s, t = first_success(d)
         ours_steps.append(s)
         ours_secs.append(t)
-        report(f"reach rlfw seed {seed}: env steps / seconds to eval success {THRESHOLD}", f"{s:.0f} / {t:.1f}")
+        report(
+            f"reach rlfw seed {seed}: env steps / seconds to eval success {THRESHOLD}",
+            f"{s:.0f} / {t:.1f}",
+        )
     for seed in range(seeds):
         s, t, _ = sb3_fetch("FetchReach-v4", 2, seed, epochs * 1000, 50, 40, 1000, 100)
         sb3_steps.append(s)
         sb3_secs.append(t)
-        report(f"reach SB3  seed {seed}: env steps / seconds to eval success {THRESHOLD}", f"{s:.0f} / {t:.1f}")
+        report(
+            f"reach SB3  seed {seed}: env steps / seconds to eval success {THRESHOLD}",
+            f"{s:.0f} / {t:.1f}",
+        )
     # the same without the HER paper's extras that SB3 lacks (normalisation, action L2, return
     # clipping, random actions): separates the algorithmic part of the ratio from the framework
-    plain = ["algo.normalize=false", "algo.action_l2=0", "algo.clip_return=false", "noise.random_eps=0"]
+    plain = [
+        "algo.normalize=false",
+        "algo.action_l2=0",
+        "algo.clip_return=false",
+        "noise.random_eps=0",
+    ]
     plain_steps, plain_secs = [], []
     for seed in range(seeds):
         s, t = first_success(rlfw_run([f"seed={seed}", f"train.epochs={epochs}", *plain]))
         plain_steps.append(s)
         plain_secs.append(t)
-        report(f"reach rlfw without HER-paper extras seed {seed}: env steps / seconds to {THRESHOLD}", f"{s:.0f} / {t:.1f}")
+        report(
+            f"reach rlfw without HER-paper extras seed {seed}: env steps / seconds to {THRESHOLD}",
+            f"{s:.0f} / {t:.1f}",
+        )
     ms, mt, ss, st = median(ours_steps), median(ours_secs), median(sb3_steps), median(sb3_secs)
     report("reach rlfw without HER-paper extras: median env steps / seconds",
            f"{median(plain_steps):.0f} / {median(plain_secs):.1f}")  # fmt: skip
-    report("reach median env steps to 0.9: rlfw / SB3 / ratio SB3:rlfw", f"{ms:.0f} / {ss:.0f} / {ss / ms:.2f}")
-    report("reach median seconds to 0.9:   rlfw / SB3 / ratio SB3:rlfw", f"{mt:.1f} / {st:.1f} / {st / mt:.2f}")
+    report(
+        "reach median env steps to 0.9: rlfw / SB3 / ratio SB3:rlfw",
+        f"{ms:.0f} / {ss:.0f} / {ss / ms:.2f}",
+    )
+    report(
+        "reach median seconds to 0.9:   rlfw / SB3 / ratio SB3:rlfw",
+        f"{mt:.1f} / {st:.1f} / {st / mt:.2f}",
+    )
 
 
 def bench_push(quick: bool) -> None:
@@ -191,7 +231,62 @@ def bench_push(quick: bool) -> None:
     with (d / "metrics.csv").open() as f:
         ours = float(next(csv.DictReader(f))["steps_per_s"])
     _, _, theirs = sb3_fetch("FetchPush-v4", 1, 0, steps + 256, 1, 1, None, 256)
-    report("push env steps/s at 1 update/step: rlfw / SB3 / ratio rlfw:SB3", f"{ours:.1f} / {theirs:.1f} / {ours / theirs:.2f}")
+    report(
+        "push env steps/s at 1 update/step: rlfw / SB3 / ratio rlfw:SB3",
+        f"{ours:.1f} / {theirs:.1f} / {ours / theirs:.2f}",
+    )
+
+
+def bench_soft_speed(quick: bool) -> None:
+    """Env steps/s of rlfw's SAC and TQC against SB3's SAC and sb3-contrib's TQC at equal
+    settings: FetchPush-v4, 1 env, HER future k=4, batch 256, 3x256, one update per env step."""
+    steps = 500 if quick else 2000
+    equal = ["algo.actor_hidden=[256,256,256]", "algo.critic_hidden=[256,256,256]", "algo.actor_lr=1e-3",
+             "algo.critic_lr=1e-3", "algo.alpha_lr=1e-3"]  # fmt: skip
+    for algo in ("sac", "tqc"):
+        d = rlfw_run([
+            "env=FetchPush-v4", f"algo={algo}", *equal, "train.epochs=1", f"train.cycles_per_epoch={steps // 50}",
+            "train.steps_per_cycle=50", "train.updates_per_cycle=50", "train.num_envs=1",
+            "train.learning_starts=0", "train.batch_size=256", "eval.episodes=0",
+        ])  # fmt: skip
+        with (d / "metrics.csv").open() as f:
+            ours = float(next(csv.DictReader(f))["steps_per_s"])
+        _, _, theirs = sb3_fetch("FetchPush-v4", 1, 0, steps + 256, 1, 1, None, 256, algo=algo)
+        peer = "SB3 SAC" if algo == "sac" else "sb3-contrib TQC"
+        report(f"soft_speed {algo} push env steps/s at 1 update/step: rlfw / {peer} / ratio",
+               f"{ours:.1f} / {theirs:.1f} / {ours / theirs:.2f}")  # fmt: skip
+
+
+LEARNING_ALGOS = ("td3", "sac", "tqc", "crossq")
+
+
+def bench_learning(seeds: int, quick: bool, budget: int) -> None:
+    """FetchPush-v4 with each algorithm's Fetch preset (``env=FetchPush-v4 algo=<a>``) for the
+    same env-step budget: eval success (10 episodes) after every 5000-step epoch, with the
+    wall seconds, per seed; the curves go to ``benchmarks/results/learning_push.csv``."""
+    budget = 10_000 if quick else budget
+    epochs = max(1, budget // 5000)
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    rows: list[dict[str, object]] = []
+    for algo in LEARNING_ALGOS:
+        for seed in range(seeds):
+            d = rlfw_run(
+                ["env=FetchPush-v4", f"algo={algo}", f"seed={seed}", f"train.epochs={epochs}"]
+            )
+            with (d / "metrics.csv").open() as f:
+                metrics = list(csv.DictReader(f))
+            for m in metrics:
+                rows.append({"algo": algo, "seed": seed, "env_steps": m["env_steps"], "wall_time_s": m["wall_time_s"],
+                             "eval_success_rate": m["eval_success_rate"], "train_success_rate": m["train_success_rate"]})  # fmt: skip
+            curve = " ".join(f"{float(m['eval_success_rate']):.1f}" for m in metrics)
+            last = metrics[-1]
+            report(f"learning push {algo} seed {seed}: eval success per 5k steps",
+                   f"{curve} (at {last['env_steps']} steps, {float(last['wall_time_s']):.0f} s)")  # fmt: skip
+    with (out / "learning_push.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
 
 
 def bench_replay(quick: bool) -> None:
@@ -252,7 +347,9 @@ def bench_replay(quick: bool) -> None:
             nxt = {k: v[:1] for k, v in o.items()}
             a = r.uniform(-1, 1, (1, 4)).astype(np.float32)
             trunc = np.array([s == T - 1])
-            uni.add(a, -np.ones(1, np.float32), np.zeros(1, bool), trunc, nxt, nxt if trunc[0] else None)
+            uni.add(
+                a, -np.ones(1, np.float32), np.zeros(1, bool), trunc, nxt, nxt if trunc[0] else None
+            )
             sb3.add(nxt, nxt, a, np.array([-1.0]), trunc, [{"TimeLimit.truncated": bool(trunc[0])}])
     for name, fn in (("rlfw", lambda: uni.sample(256)), ("SB3", lambda: sb3.sample(256))):
         fn()
@@ -336,7 +433,9 @@ def _saturation(act, episodes: int = 5, seed: int = 0) -> float:
     return float(np.mean(sat))
 
 
-def rlfw_hopper(seed: int, total: int, extra: list[str] | None = None) -> tuple[dict[int, float], float, float]:
+def rlfw_hopper(
+    seed: int, total: int, extra: list[str] | None = None
+) -> tuple[dict[int, float], float, float]:
     """rlfw's Hopper-v4 preset. Returns ({env steps: eval return}, env steps/s after the random
     phase, saturated fraction of the final policy)."""
     epochs = total // HOPPER_EVERY
@@ -412,7 +511,10 @@ def bench_hopper(seeds: int, quick: bool) -> None:
     for seed in range(seeds):
         for name, fn in (("rlfw", rlfw_hopper), ("SB3 ", sb3_hopper)):
             curve, rate, sat = fn(seed, total)
-            report(f"hopper {name} seed {seed}: eval return at 10k..{total // 1000}k env steps", _curve_text(curve))
+            report(
+                f"hopper {name} seed {seed}: eval return at 10k..{total // 1000}k env steps",
+                _curve_text(curve),
+            )
             report(f"hopper {name} seed {seed}: env steps/s after the random phase / saturated actions",
                    f"{rate:.1f} / {sat:.2f}")  # fmt: skip
 
@@ -421,7 +523,11 @@ HOPPER_COMPOSITIONS = {
     "per n_step=3": ["buffer=per", "buffer.n_step=3"],
     "noisynet factorised": ["noise=noisynet"],
     "noisynet independent": ["noise=noisynet", "noise.factorised=false"],
-    "gaussian 0.2 -> 0.05 over 50k": ["noise.sigma=0.2", "noise.sigma_final=0.05", "noise.decay_steps=50000"],
+    "gaussian 0.2 -> 0.05 over 50k": [
+        "noise.sigma=0.2",
+        "noise.sigma_final=0.05",
+        "noise.decay_steps=50000",
+    ],
 }
 
 
@@ -435,19 +541,29 @@ def bench_hopper_compose(quick: bool) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default="reach,push,replay,panda,workers,hopper,hopper_compose")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--only",
+        default="reach,push,soft_speed,replay,panda,workers,hopper,hopper_compose,learning",
+    )
+    p.add_argument("--learning-budget", type=int, default=40_000, help="env steps per learning run")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    print(f"rlfw benchmarks on {os.cpu_count()} cores, torch {torch.__version__}, {args}", flush=True)
+    print(
+        f"rlfw benchmarks on {os.cpu_count()} cores, torch {torch.__version__}, {args}", flush=True
+    )
     only = set(args.only.split(","))
     if "reach" in only:
         bench_reach(args.seeds, args.quick)
     if "push" in only:
         bench_push(args.quick)
+    if "soft_speed" in only:
+        bench_soft_speed(args.quick)
     if "replay" in only:
         bench_replay(args.quick)
     if "panda" in only:
@@ -458,6 +574,8 @@ def main() -> None:
         bench_hopper(args.seeds, args.quick)
     if "hopper_compose" in only:
         bench_hopper_compose(args.quick)
+    if "learning" in only:
+        bench_learning(args.seeds, args.quick, args.learning_budget)
     print("\n| benchmark | value |\n|---|---|")
     for name, value in RESULTS:
         if not name.startswith("_"):
