@@ -25,6 +25,8 @@ Sections (``--only a,b``; all by default), each run one after the other in this 
 - ``hopper_compose``: the Hopper seed project's compositions on the preset (PER with n-step 3,
   NoisyNet factorised and independent, decaying Gaussian noise): eval return every 10k steps.
 
+- ``hopper_soft``: the Hopper-v4 preset with sac, tqc and crossq (seed 0, 30k steps): eval
+  return every 10k steps, env steps/s after the random phase, saturated action fraction.
 - ``learning``: FetchPush-v4 with the Fetch preset of td3, sac, tqc and crossq for the same
   budget (``--learning-budget`` env steps, 40k by default): eval success after every
   5000-step epoch and the wall seconds, per seed (``--seeds``); curves in
@@ -540,6 +542,15 @@ def bench_hopper_compose(quick: bool) -> None:
                f"{_curve_text(curve)} / {sat:.2f}")  # fmt: skip
 
 
+def bench_hopper_soft(quick: bool, total: int = 30_000) -> None:
+    """The Hopper-v4 preset with sac, tqc and crossq, seed 0: eval return every 10k steps."""
+    total = 20_000 if quick else total
+    for algo in ("sac", "tqc", "crossq"):
+        curve, rate, sat = rlfw_hopper(0, total, [f"algo={algo}"])
+        report(f"hopper_soft {algo}: eval return at 10k..{total // 1000}k / env steps/s / saturated",
+               f"{_curve_text(curve)} / {rate:.1f} / {sat:.2f}")  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -574,6 +585,8 @@ def main() -> None:
         bench_hopper(args.seeds, args.quick)
     if "hopper_compose" in only:
         bench_hopper_compose(args.quick)
+    if "hopper_soft" in only:
+        bench_hopper_soft(args.quick)
     if "learning" in only:
         bench_learning(args.seeds, args.quick, args.learning_budget)
     print("\n| benchmark | value |\n|---|---|")

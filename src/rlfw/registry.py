@@ -109,8 +109,9 @@ def register(group: str, name: str, schema: type | None, target: Any) -> None:
     config groups; a nested choice such as ``buffer.sampler`` has no option file), so
     ``conf/<group>/<name>.yaml`` can start with ``defaults: [<name>_schema, _self_]``. A
     schema may define ``validate(node)`` (a static method) that checks its own fields and
-    raises :class:`rlfw.errors.ConfigError` with one line; :func:`rlfw.config.validate.validate`
-    calls it for the chosen option.
+    raises :class:`rlfw.errors.ConfigError` with one line, and ``validate_with(cfg)`` for its
+    rules with other groups (given the whole config); :func:`rlfw.config.validate.validate`
+    calls both for the chosen option.
 
     Raises:
         ValueError: ``name`` is already registered for ``group``.

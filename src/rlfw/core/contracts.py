@@ -86,8 +86,10 @@ class Agent(Protocol):
         td_error: ``[B]`` float32, the per-sample TD error magnitude of the last
             :meth:`update` (the prioritised-replay signal), or None before the first.
         updates: gradient steps done so far (checkpointed).
-        grad_sync: set by multi-worker training: averages a list of gradients over the
-            workers in place; the agent calls it between ``backward()`` and ``step()``.
+        grad_sync: set by multi-worker training: averages a list of tensors over the workers
+            in place; the agent calls it with its gradients between ``backward()`` and
+            ``step()`` (and with any other state the workers must share, such as CrossQ's
+            batch-renormalisation statistics).
     """
 
     metric_names: tuple[str, ...]
