@@ -72,7 +72,9 @@ def test_wandb_offline_run_files_hold_logged_keys(compose, tmp_path, monkeypatch
     # the run's exit record (seen in CI: an early read found no history records yet)
     deadline = time.time() + 60
     records = read_wandb_records(files[0])
-    while not any(r.WhichOneof("record_type") == "exit" for r in records) and time.time() < deadline:
+    while (
+        not any(r.WhichOneof("record_type") == "exit" for r in records) and time.time() < deadline
+    ):
         time.sleep(0.5)
         records = read_wandb_records(files[0])
     keys, run = set(), None
@@ -173,6 +175,46 @@ def test_resume_after_sigkill_mid_epoch(tmp_path):
     assert ids == sorted(set(ids))  # no duplicate episodes from the cut epoch
 
 
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
+def test_stop_signal_mid_epoch_marks_interrupted_and_resume_completes(tmp_path, sig):
+    """What ``timeout`` and SLURM send before they kill: the run ends after its current cycle,
+    status.json says interrupted with the resume command, the exit status is 128 + signum, the
+    checkpoint is the last finished epoch's, and resume= completes the run."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, "train.epochs=4", "train.cycles_per_epoch=4", "train.updates_per_cycle=20",
+            "eval.episodes=2", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "-m", "rlfw", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.time() + 240
+    while time.time() < deadline and not (
+        (run_dir / "metrics.csv").exists() and epochs_of(run_dir)
+    ):
+        time.sleep(0.05)
+    time.sleep(0.4)  # into the next epoch
+    proc.send_signal(getattr(signal, sig))
+    err, _ = proc.communicate(timeout=60)
+    signum = int(getattr(signal, sig))
+    assert proc.returncode == 128 + signum, err[-2000:]
+    done_before = epochs_of(run_dir)
+    assert 1 <= len(done_before) < 4, "the signal must arrive mid-way"
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "interrupted"
+    assert status["resume"] == f"python -m rlfw resume={run_dir}"
+    assert (
+        sig in status["error"] and f"last checkpoint is epoch {len(done_before)}" in status["error"]
+    )
+    last = err.strip().splitlines()[-1]  # one line saying what happened and how to go on
+    assert f"stopped by {sig}" in last and f"resume={run_dir}" in last
+    assert "Traceback" not in err
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["counters"]["epoch"] == len(done_before)
+    resumed = run_cli([f"resume={run_dir}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert epochs_of(run_dir) == [1, 2, 3, 4]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+
+
 def test_resume_restores_agent_and_buffer(compose, tmp_path):
     cfg = compose([*TINY, "train.save_buffer=true"])
     r1 = Runner(cfg, tmp_path)
@@ -191,8 +233,13 @@ def test_resume_restores_agent_and_buffer(compose, tmp_path):
 
 def test_resume_rejects_misspelt_and_mistyped_overrides(compose, tmp_path):
     run_dir = tmp_path / "run"
-    assert run_cli([*TINY, "train.epochs=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path).returncode == 0
-    for bad, expected in (("train.epoch=5", "unknown key 'train.epoch'"), ("train.epochs=abc", "train.epochs")):
+    assert (
+        run_cli([*TINY, "train.epochs=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path).returncode == 0
+    )
+    for bad, expected in (
+        ("train.epoch=5", "unknown key 'train.epoch'"),
+        ("train.epochs=abc", "train.epochs"),
+    ):
         proc = run_cli([f"resume={run_dir}", bad], cwd=tmp_path, timeout=120)
         assert proc.returncode == 2
         assert proc.stderr.strip().count("\n") == 0 and expected in proc.stderr
@@ -238,3 +285,20 @@ def test_evaluate_bad_input_is_one_line(tmp_path):
                           text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "episodes" in proc.stderr
+
+
+def test_torch_threads_take_a_fair_share_of_the_cores(monkeypatch):
+    from rlfw.training import cores
+
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.delenv(cores.PARALLEL_JOBS_ENV, raising=False)
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert cores.torch_threads(0) == 2  # a job alone on 2 cores
+    monkeypatch.setenv(cores.PARALLEL_JOBS_ENV, "2")
+    assert cores.torch_threads(0) == 1  # two launcher jobs side by side: one core each
+    assert cores.torch_threads(3) == 3  # train.torch_threads wins
+    monkeypatch.delenv(cores.PARALLEL_JOBS_ENV)
+    assert cores.torch_threads(0, workers=2) == 1  # two data-parallel workers
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert cores.available_cores() == 1 and cores.torch_threads(0) == 1  # SLURM's allocation

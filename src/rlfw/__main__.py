@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlfw.config.paths import config_dir
 from rlfw.config.preflight import preflight
 from rlfw.config.schema import register_schemas
-from rlfw.errors import ConfigError, TrainingDiverged
+from rlfw.errors import ConfigError, TrainingDiverged, TrainingInterrupted
 
 log = logging.getLogger("rlfw")
 
@@ -73,6 +74,11 @@ def train(cfg: DictConfig) -> float:
     """
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
+    n_jobs = OmegaConf.select(hc.launcher, "n_jobs") if multirun else None  # type: ignore[arg-type]
+    if isinstance(n_jobs, int) and n_jobs != 1:  # joblib: jobs side by side share the cores
+        from rlfw.training.cores import PARALLEL_JOBS_ENV
+
+        os.environ[PARALLEL_JOBS_ENV] = str(n_jobs if n_jobs > 0 else os.cpu_count() or 1)
     try:
         row = run_job(cfg, Path(hc.runtime.output_dir), multirun)
     except ConfigError as err:
@@ -85,6 +91,11 @@ def train(cfg: DictConfig) -> float:
             raise
         log.error("error: %s", err)
         raise SystemExit(1) from None
+    except TrainingInterrupted as err:  # SIGTERM/SIGUSR1: status.json says interrupted
+        if multirun:
+            raise
+        log.warning("%s", err)
+        raise SystemExit(128 + err.signum) from None
     except OSError as err:  # a full disk, an unwritable file: one line, the run marked failed
         if multirun:
             raise
@@ -241,6 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     except TrainingDiverged as err:
         print(f"rlfw: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    except TrainingInterrupted as err:
+        print(f"rlfw: {err}", file=sys.stderr)
+        raise SystemExit(128 + err.signum) from None
     except OSError as err:
         print(f"rlfw: error: cannot write the run's files: {err}", file=sys.stderr)
         raise SystemExit(1) from None

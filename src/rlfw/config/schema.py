@@ -77,7 +77,9 @@ class TrainConfig:
     learning_starts: int = 0  # env steps of uniform random actions before the policy acts
     num_envs: int = 2  # parallel envs for collection
     device: str = "cpu"  # cpu, cuda, auto
-    torch_threads: int = 0  # 0: min(2, cores / train.workers), at least 1
+    # 0: a fair share, min(2, cores / (train.workers x parallel launcher jobs)), at least 1;
+    # cores from SLURM_CPUS_PER_TASK or the CPU affinity mask (rlfw.training.cores)
+    torch_threads: int = 0
     checkpoint_every: int = 1  # epochs between checkpoints/last.pt writes
     # Also save the replay buffer with each checkpoint (checkpoints/buffer.pt, about the raw
     # size of the stored data). Without it a resumed run starts from an empty buffer.

@@ -14,14 +14,23 @@ Files in the run directory (Hydra's output dir), written by rank 0 through callb
 - ``episodes.csv`` one row per finished training episode,
 - ``checkpoints/last.pt`` (and per-worker buffer files with ``train.save_buffer``),
 - ``status.json`` ``running`` while training, ``finished``, ``failed`` or ``interrupted`` at the end.
+
+A stop signal (SIGTERM, SIGUSR1: :data:`STOP_SIGNALS`) received while training ends the run after
+the current cycle: every worker agrees on the cycle, the epoch in progress is dropped (its
+rows never reach the CSVs), ``status.json`` says ``interrupted`` with the resume command, and
+:class:`rlfw.errors.TrainingInterrupted` is raised; ``resume=`` continues from the last
+checkpoint (the last finished epoch with the default ``train.checkpoint_every=1``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +41,19 @@ from omegaconf import DictConfig
 from rlfw.build import Components, build
 from rlfw.config.validate import validate
 from rlfw.core import Callback
-from rlfw.errors import TrainingDiverged
+from rlfw.errors import TrainingDiverged, TrainingInterrupted
 from rlfw.training.checkpoint import Checkpointer
 from rlfw.training.collector import Collector
 from rlfw.training.context import LocalContext
+from rlfw.training.cores import torch_threads
 from rlfw.training.evaluation import evaluate_policy
 from rlfw.training.outputs import ConsoleLine, CsvFiles, StatusFile
 
 log = logging.getLogger("rlfw")
+
+# what schedulers send before they kill: timeout and SLURM's time limit (SIGTERM), SLURM's
+# configurable warning (sbatch --signal=USR1@90)
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
 
 
 class TrainLoop:
@@ -67,7 +81,7 @@ class TrainLoop:
         tr = cfg.train
         # torch threads: the key, else the cores shared out among the workers (at most 2 each:
         # more does not speed up 256-wide MLPs and starves the simulators)
-        torch.set_num_threads(tr.torch_threads or max(1, min(2, (os.cpu_count() or 1) // self.ctx.world)))
+        torch.set_num_threads(torch_threads(int(tr.torch_threads), self.ctx.world))
         self.parts = components or build(cfg, self.ctx.rank)
         p = self.parts
         self.env_id, self.info, self.device = p.env.env_id, p.info, p.device
@@ -157,6 +171,7 @@ class TrainLoop:
                     counts[k] = counts.get(k, 0) + len(vs)
             for cb in self.callbacks:
                 cb.on_cycle(self)
+            self._check_stop()
         self.epoch += 1
         eval_ret, eval_std, eval_succ = math.nan, math.nan, math.nan
         if self.epoch % cfg.eval.every == 0 or self.epoch == tr.epochs:
@@ -182,6 +197,53 @@ class TrainLoop:
             **self.exploration.metrics(self.env_steps),
         }
         return row, finished
+
+    @contextlib.contextmanager
+    def _stop_signals(self) -> Iterator[None]:
+        """While training, :data:`STOP_SIGNALS` set :attr:`_stop_signal` instead of killing the
+        process (only in the main thread, where Python delivers signals); handlers restored after."""
+        self._stop_signal: int | None = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_signal is None:
+                log.warning("%s received: stopping after this cycle", signal.Signals(signum).name)
+            self._stop_signal = signum
+
+        previous = {}
+        for name in STOP_SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                previous[sig] = signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def _check_stop(self) -> None:
+        """After each cycle: raise :class:`TrainingInterrupted` if a stop signal came (to any
+        worker: they agree through one all-reduce, so all stop at the same cycle).
+
+        Raises:
+            TrainingInterrupted: naming the signal, the epoch, the last checkpoint and the
+                resume command.
+        """
+        signum = getattr(self, "_stop_signal", None)
+        if self.ctx.world > 1:
+            flag = torch.tensor([float(signum or 0)])
+            self.ctx.all_reduce_sum(flag)
+            signum = signum or (int(signal.SIGTERM) if float(flag) > 0 else None)
+        if signum is None:
+            return
+        good = self.epoch - self.epoch % self.cfg.train.checkpoint_every
+        raise TrainingInterrupted(
+            f"stopped by {signal.Signals(signum).name} during epoch {self.epoch + 1}; its steps are dropped; "
+            f"the last checkpoint is epoch {good}; resume with: python -m rlfw resume={self.run_dir}",
+            int(signum),
+        )
 
     def _diverged(self, metrics: dict[str, float]) -> None:
         """The divergence guard: stop the run on a non-finite loss (a non-finite gradient or
@@ -227,16 +289,20 @@ class TrainLoop:
             )  # fmt: skip
         row: dict[str, Any] = {}
         try:
-            while self.epoch < target:
-                row, self.last_episodes = self.train_epoch()
-                for cb in self._outputs[:1]:  # the CSV rows first: a checkpoint never runs ahead
-                    cb.on_epoch(self, row)
-                if self.epoch % tr.checkpoint_every == 0 or self.epoch == tr.epochs:
-                    self.checkpoint()  # every worker: rank 0's last.pt, each rank's buffer
-                for cb in [*self._outputs[1:], *self.callbacks]:
-                    cb.on_epoch(self, row)
+            with self._stop_signals():
+                while self.epoch < target:
+                    row, self.last_episodes = self.train_epoch()
+                    for cb in self._outputs[
+                        :1
+                    ]:  # the CSV rows first: a checkpoint never runs ahead
+                        cb.on_epoch(self, row)
+                    if self.epoch % tr.checkpoint_every == 0 or self.epoch == tr.epochs:
+                        self.checkpoint()  # every worker: rank 0's last.pt, each rank's buffer
+                    for cb in [*self._outputs[1:], *self.callbacks]:
+                        cb.on_epoch(self, row)
         except BaseException as err:
-            self.status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            interrupted = isinstance(err, KeyboardInterrupt | TrainingInterrupted)
+            self.status = "interrupted" if interrupted else "failed"
             self.error = f"{type(err).__name__}: {err}"
             self._end(every)
             if close:
