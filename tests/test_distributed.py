@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
 from rlfw.algos import ActorCritic
-from rlfw.distributed import launch, parameter_digest
+from rlfw.distributed import free_port, launch, parameter_digest
 from rlfw.envs import EnvInfo
 
 from .conftest import TINY, run_cli
@@ -75,3 +78,63 @@ def test_every_worker_saves_and_reloads_its_own_buffer(compose, tmp_path):
         # resumed from the saved 200 transitions, then 200 more: nothing was lost
         assert after["buffer"]["storage"]["n_transitions"] == 400
 
+
+
+# -------------------------------------------------------------------------------------------
+# the standard launchers: torchrun (one machine, and two "nodes" on this machine)
+
+LAUNCHED = [a for a in TINY if not a.startswith("logger.")] + ["logger.plots=false", "train.epochs=2",
+                                                               "train.cycles_per_epoch=2"]  # fmt: skip
+
+
+def _torchrun(launcher_args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0")
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *launcher_args, "-m", "rlfw",
+                             *LAUNCHED], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def check_launched_run(cwd: Path, outputs: list[str]) -> None:
+    """One run directory for both ranks; metrics.csv counts both ranks' steps; equal networks."""
+    runs = [p for p in (cwd / "outputs").glob("*/*") if p.is_dir()]
+    assert len(runs) == 1, runs
+    run = runs[0]
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["env_steps"]) for r in rows] == [400, 800]  # 2 ranks x 2 cycles x 100 steps
+    assert [int(r["updates"]) for r in rows] == [10, 20]  # each rank's updates, averaged gradients
+    assert '"status": "finished"' in (run / "status.json").read_text()
+    assert (run / "checkpoints" / "last.pt").exists() and (run / ".hydra" / "config.yaml").exists()
+    text = "\n".join(outputs)
+    assert "2 ranks finished with equal networks" in text, text[-3000:]
+
+
+def test_torchrun_standalone_two_processes_train_one_run(tmp_path):
+    proc = _torchrun(["--standalone", "--nproc_per_node=2"], tmp_path)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    check_launched_run(tmp_path, [out])
+
+
+def test_torchrun_two_nodes_on_this_machine(tmp_path):
+    port = str(free_port())
+    static = ["--nnodes=2", "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}"]
+    nodes = [_torchrun([*static, f"--node_rank={i}"], tmp_path) for i in (0, 1)]
+    outs = [p.communicate(timeout=600)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], "\n".join(o[-3000:] for o in outs)
+    check_launched_run(tmp_path, outs)
+
+
+def test_torchrun_refuses_train_workers_in_one_line(tmp_path):
+    env = dict(os.environ, PYTHONWARNINGS="ignore", RANK="0", WORLD_SIZE="2", LOCAL_RANK="0")
+    proc = run_cli_env(["train.workers=2", *LAUNCHED], tmp_path, env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "rlfw: error: train.workers=2 spawns workers on one machine; under torchrun/srun the launcher "
+        "starts them: leave train.workers=1"
+    ]
+
+
+def run_cli_env(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rlfw", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip

@@ -55,6 +55,12 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict:
     from rlfw.training.loop import TrainLoop
 
     tr = cfg.train
+    from rlfw.distributed import launched_group_joined
+
+    if launched_group_joined():  # one rank of torchrun/srun (main() joined its group)
+        from rlfw.distributed import run_launched
+
+        return run_launched(cfg, run_dir, multirun)
     if tr.workers > 1:
         from rlfw.config.validate import validate
         from rlfw.distributed import launch
@@ -246,6 +252,10 @@ def main(argv: list[str] | None = None) -> None:
             resume(resume_args[-1].split("=", 1)[1], [a for a in args if not a.startswith("resume=")])
             return
         preflight(args)
+        from rlfw.distributed import join_launched_group, launcher_env
+
+        if launcher_env() is not None:  # torchrun/srun: one run over every rank
+            args = [*args, *join_launched_group(args)]
     except ConfigError as err:
         print(f"rlfw: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

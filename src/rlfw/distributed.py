@@ -15,6 +15,11 @@ As in the HER paper's MPI setup (Andrychowicz et al. 2017, App. A; the seed proj
 - only rank 0 writes metrics.csv, episodes.csv (its own episodes), checkpoints, plots and wandb.
 
 ``train.steps_per_cycle`` is per worker; metrics.csv counts the env steps of all workers.
+
+Under torchrun or srun (:func:`launcher_env`) the launcher starts the ranks instead:
+``python -m rlfw`` joins their process group before Hydra runs (:func:`join_launched_group`:
+rank 0 picks the run directory and broadcasts it) and trains one run with the same semantics
+(:func:`run_launched`).
 """
 
 from __future__ import annotations
@@ -156,3 +161,112 @@ def launch(
         first = errors[0] if errors else {"rank": failed[0], "error": f"exit code {procs[failed[0]].exitcode}", "traceback": ""}
         raise RuntimeError(f"worker {first['rank']} failed: {first['error']}\n{first.get('traceback', '')}")
     return sorted(results, key=lambda r: r["rank"])
+
+
+# --------------------------------------------------------------------------------------------
+# standard launchers: torchrun (any --nnodes/--nproc_per_node/rendezvous) and SLURM's srun
+
+
+def launcher_env() -> tuple[int, int, int] | None:
+    """``(rank, world, local_rank)`` when a launcher started this process as one of several:
+    torchrun (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) or srun with more than one task
+    (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``; the sbatch script exports
+    ``MASTER_ADDR``/``MASTER_PORT``). None for a plain process."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env and int(env["WORLD_SIZE"]) > 1:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0"))
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_PROCID" in env and "MASTER_ADDR" in env:
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0"))
+    return None
+
+
+def launched_group_joined() -> bool:
+    """Whether this process is a launcher's rank that has joined its process group."""
+    return launcher_env() is not None and dist.is_available() and dist.is_initialized()
+
+
+def join_launched_group(args: list[str]) -> list[str]:
+    """Join the process group the launcher describes (``env://``) and agree on one run
+    directory: rank 0's (``hydra.run.dir`` if given, else its resolution of the configured
+    pattern), broadcast to every rank. Returns the overrides every rank adds to its Hydra job:
+    ``hydra.run.dir=<dir>`` and, on ranks > 0, ``hydra.output_subdir=null`` (only rank 0
+    writes the run's files).
+
+    Raises:
+        ConfigError: ``-m``, or ``train.workers`` > 1, under a launcher.
+    """
+    from rlfw.config.preflight import compose_config, hydra_context
+    from rlfw.errors import ConfigError
+
+    launched = launcher_env()
+    assert launched is not None
+    rank, world, local = launched
+    if any(a in ("-m", "--multirun") for a in args):
+        raise ConfigError("-m sweeps are not run under torchrun/srun: launch one run per command")
+    cfg = compose_config(args)
+    if int(cfg.train.workers) > 1:
+        raise ConfigError(
+            f"train.workers={cfg.train.workers} spawns workers on one machine; under torchrun/srun the "
+            "launcher starts them: leave train.workers=1"
+        )
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
+    os.environ.setdefault("MASTER_PORT", "29500")
+    backend = backend_for(cfg)
+    if backend == "nccl":
+        torch.cuda.set_device(local % max(1, torch.cuda.device_count()))
+    dist.init_process_group(backend, init_method="env://", timeout=timedelta(minutes=10))
+    given = [a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")]
+    chosen: list[Any] = [None]
+    if given:
+        chosen[0] = given[-1]
+    elif rank == 0:
+        from hydra import compose
+        from hydra.core.hydra_config import HydraConfig
+
+        with hydra_context():
+            full = compose(config_name="config", overrides=list(args), return_hydra_config=True)
+        HydraConfig.instance().set_config(full)
+        chosen[0] = str(Path(str(OmegaConf.select(full, "hydra.run.dir"))).resolve())
+    dist.broadcast_object_list(chosen, src=0)
+    extra = [f"hydra.run.dir={chosen[0]}"]
+    if rank > 0:
+        extra.append("hydra.output_subdir=null")
+    return extra
+
+
+def run_launched(cfg: DictConfig, run_dir: str | Path, multirun: bool = False) -> dict[str, Any]:
+    """Train one run as this rank of the launcher's group (:func:`join_launched_group` joined
+    it): the semantics of ``train.workers`` (rank 0 writes; gradients averaged; normaliser sums
+    added up; per-rank seeds and buffers). Ends by comparing every rank's network digest.
+
+    Returns:
+        The last metrics row.
+
+    Raises:
+        RuntimeError: the ranks' networks differ at the end.
+    """
+    from rlfw.build import pick_device
+    from rlfw.callbacks import make_callbacks
+    from rlfw.training.loop import TrainLoop
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(str(cfg.train.device))
+    if device.type == "cuda":
+        device = torch.device("cuda", local % torch.cuda.device_count())
+    tr = cfg.train
+    total = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
+    callbacks = make_callbacks(cfg, Path(run_dir), total, multirun) if rank == 0 else []
+    loop = TrainLoop(cfg, run_dir, callbacks, ctx=DistContext(rank, world, device))
+    try:
+        row = loop.run()
+        digest = parameter_digest(list(loop.agent.modules().values()))
+        digests: list[Any] = [None] * world
+        dist.all_gather_object(digests, digest)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"the ranks' networks differ at the end: {digests}")
+        if rank == 0:
+            log.info("%d ranks finished with equal networks (digest %s)", world, digest[:16])
+        return row
+    finally:
+        dist.destroy_process_group()
