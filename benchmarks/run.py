@@ -17,6 +17,8 @@ Sections (``--only a,b``; all by default), each run one after the other in this 
 - ``panda``: PandaReach-v3, env steps until eval success 0.9 for each noise over ``--seeds``
   seeds (median).
 - ``workers``: FetchPush-v4 env steps per second for 1 and 2 data-parallel workers.
+- ``joblib``: two FetchPush-v4 jobs one after the other against a ``hydra/launcher=joblib``
+  sweep with ``n_jobs=2`` (wall seconds; the parallel sweep must not be slower).
 - ``hopper``: Hopper-v4, rlfw's preset against SB3's TD3 at equal settings (TD3, 3x256, lr
   1e-3, batch 256, gamma 0.99, tau 0.005, Gaussian sigma 0.1, 10k random steps, then one update
   per env step): eval return (10 episodes) every 10k env steps to 50k per seed, env steps per
@@ -412,6 +414,29 @@ def bench_workers(quick: bool) -> None:
     report("workers speed-up 2 vs 1", f"{rates[2] / rates[1]:.2f}")
 
 
+def bench_joblib(quick: bool) -> None:
+    """Two FetchPush-v4 jobs (seeds 0 and 1) one after the other (Hydra's basic launcher) and
+    side by side (``hydra/launcher=joblib hydra.launcher.n_jobs=2``), wall seconds of each
+    ``python -m rlfw -m`` command; the fair share gives each parallel job one torch thread."""
+    import subprocess
+
+    cycles = 5 if quick else 20
+    common = ["-m", "seed=0,1", "env=FetchPush-v4", "train.epochs=1", f"train.cycles_per_epoch={cycles}",
+              "eval.episodes=0", "logger.plots=false", "logger.progress=lines"]  # fmt: skip
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    secs = {}
+    for name, extra in (("sequential", []), ("joblib n_jobs=2", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])):
+        sweep = Path(tempfile.mkdtemp(prefix="rlfw-bench-"))
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "rlfw", *common, *extra, f"hydra.sweep.dir={sweep}"],
+                              capture_output=True, text=True, env=env)  # fmt: skip
+        secs[name] = time.perf_counter() - t0
+        done = len(list(sweep.glob("*/metrics.csv")))
+        report(f"joblib 2 FetchPush jobs ({cycles * 100} steps each), {name}: wall s / jobs done (rc)",
+               f"{secs[name]:.1f} / {done} ({proc.returncode})")  # fmt: skip
+    report("joblib parallel:sequential wall time", f"{secs['joblib n_jobs=2'] / secs['sequential']:.2f}")
+
+
 HOPPER_EVERY = 10_000
 HOPPER_RANDOM = 10_000
 
@@ -581,6 +606,8 @@ def main() -> None:
         bench_panda(args.seeds, args.quick)
     if "workers" in only:
         bench_workers(args.quick)
+    if "joblib" in only:
+        bench_joblib(args.quick)
     if "hopper" in only:
         bench_hopper(args.seeds, args.quick)
     if "hopper_compose" in only:
