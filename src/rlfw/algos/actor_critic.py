@@ -73,16 +73,9 @@ class ActorCritic(OffPolicyAgent):
         seed: int = 0,
     ) -> None:
         super().__init__(cfg, env, device, seed)
-        self.gamma = float(cfg.gamma)
-        self.tau = float(cfg.tau)
         self.policy_delay = int(cfg.policy_delay)
         self.target_noise = float(cfg.target_noise)
         self.target_noise_clip = float(cfg.target_noise_clip)
-        self.action_l2 = float(cfg.action_l2)
-        self.preact_l2 = float(cfg.preact_l2)
-        self.max_grad_norm = cfg.max_grad_norm
-        self.clip_return = bool(cfg.clip_return)
-        self.return_low = -1.0 / (1.0 - self.gamma) if self.gamma < 1.0 else -np.inf
         in_dim = self.in_dim
         self.actor = MLP(
             in_dim, env.act_dim, list(cfg.actor_hidden), cfg.activation, cfg.init,

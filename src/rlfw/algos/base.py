@@ -32,13 +32,15 @@ class OffPolicyAgent:
     """Base of the algorithms: normalisers of observations and goals, counters, checkpoints.
 
     Args:
-        cfg: the algorithm's config node; reads ``normalize`` (None: on for goal envs),
-            ``norm_clip`` and ``norm_eps``.
+        cfg: the algorithm's config node; reads the keys every algorithm has (``gamma``,
+            ``tau``, ``action_l2``, ``preact_l2``, ``max_grad_norm``, ``clip_return``) and
+            ``normalize`` (None: on for goal envs), ``norm_clip``, ``norm_eps``.
         env: observation, goal and action sizes.
         device: torch device of the networks.
         seed: seeds :attr:`generator` (per-worker draws: policy samples, target smoothing).
 
     Attributes:
+        return_low: ``-1 / (1 - gamma)``, the lowest return of {-1, 0} rewards (``clip_return``).
         in_dim: the networks' state input size, ``obs_dim + goal_dim``.
         updates: critic updates done (checkpointed).
         td_error: ``[B]`` float32 priority signal of the last update, or None.
@@ -54,6 +56,15 @@ class OffPolicyAgent:
         self.cfg = cfg
         self.device = torch.device(device)
         self.act_dim = env.act_dim
+        # the keys every algorithm has (rlfw.algos.config.validate_shared)
+        self.gamma = float(cfg.gamma)
+        self.tau = float(cfg.tau)
+        self.action_l2 = float(cfg.action_l2)
+        self.preact_l2 = float(cfg.preact_l2)
+        self.max_grad_norm = cfg.max_grad_norm
+        self.clip_return = bool(cfg.clip_return)
+        # HER's return clipping: critic targets in [return_low, 0] for {-1, 0} rewards
+        self.return_low = -1.0 / (1.0 - self.gamma) if self.gamma < 1.0 else -np.inf
         normalize = cfg.normalize if cfg.normalize is not None else env.goal
         self.obs_norm = Normalizer(env.obs_dim, cfg.norm_clip, cfg.norm_eps, bool(normalize)).to(
             self.device

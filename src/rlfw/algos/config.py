@@ -10,6 +10,31 @@ from omegaconf import MISSING
 from rlfw.core import in_range, require
 
 
+def validate_shared(node: Any) -> None:
+    """The keys every algorithm has (DDPG, TD3, SAC, TQC, CrossQ): ``gamma``, ``tau``, the
+    learning rates, the penalties, the layer sizes, ``activation`` and ``init``.
+
+    Raises:
+        ConfigError: one line naming the first key out of range or unknown.
+    """
+    from rlfw.registry import registry
+
+    p = "algo."
+    in_range(node, "gamma", 0.0, 1.0, low_open=True, prefix=p)
+    in_range(node, "tau", 0.0, 1.0, low_open=True, prefix=p)
+    for key in ("action_l2", "preact_l2"):
+        in_range(node, key, 0.0, prefix=p)
+    in_range(node, "actor_lr", 0.0, low_open=True, prefix=p)
+    in_range(node, "critic_lr", 0.0, low_open=True, prefix=p)
+    for key in ("actor_hidden", "critic_hidden"):
+        require(
+            len(node[key]) >= 1 and all(int(h) > 0 for h in node[key]),
+            f"algo.{key}={list(node[key])} must be a non-empty list of positive layer sizes",
+        )
+    registry("algo.activation").check(node.activation)
+    registry("algo.init").check(node.init)
+
+
 @dataclass
 class ActorCriticConfig:
     """Keys shared by DDPG and TD3 (one actor-critic core; see rlfw.algos.actor_critic).
@@ -50,27 +75,15 @@ class ActorCriticConfig:
     @staticmethod
     def validate(node: Any) -> None:
         """Ranges and names of these keys (one :class:`rlfw.errors.ConfigError` line)."""
-        from rlfw.registry import registry
-
+        validate_shared(node)
         p = "algo."
-        in_range(node, "gamma", 0.0, 1.0, low_open=True, prefix=p)
-        in_range(node, "tau", 0.0, 1.0, low_open=True, prefix=p)
         require(
             node.n_critics in (1, 2),
             f"algo.n_critics={node.n_critics} is not allowed; choose 1 or 2",
         )
         in_range(node, "policy_delay", 1, prefix=p)
-        for key in ("target_noise", "target_noise_clip", "action_l2", "preact_l2"):
+        for key in ("target_noise", "target_noise_clip"):
             in_range(node, key, 0.0, prefix=p)
-        in_range(node, "actor_lr", 0.0, low_open=True, prefix=p)
-        in_range(node, "critic_lr", 0.0, low_open=True, prefix=p)
-        for key in ("actor_hidden", "critic_hidden"):
-            require(
-                len(node[key]) >= 1 and all(int(h) > 0 for h in node[key]),
-                f"algo.{key}={list(node[key])} must be a non-empty list of positive layer sizes",
-            )
-        registry("algo.activation").check(node.activation)
-        registry("algo.init").check(node.init)
 
 
 @dataclass

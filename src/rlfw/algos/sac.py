@@ -46,8 +46,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlfw.algos.base import OffPolicyAgent, polyak_update
+from rlfw.algos.config import validate_shared
 from rlfw.algos.networks import MLP, EnsembleMLP
-from rlfw.core import Batch, EnvInfo, in_range, require
+from rlfw.core import Batch, EnvInfo, in_range
 from rlfw.errors import ConfigError
 from rlfw.registry import register
 
@@ -95,25 +96,12 @@ class SACConfig:
     @staticmethod
     def validate(node: Any) -> None:
         """Ranges and names of these keys (one :class:`rlfw.errors.ConfigError` line)."""
-        from rlfw.registry import registry
-
+        validate_shared(node)
         p = "algo."
-        in_range(node, "gamma", 0.0, 1.0, low_open=True, prefix=p)
-        in_range(node, "tau", 0.0, 1.0, low_open=True, prefix=p)
         for key in ("target_update_interval", "n_critics", "policy_delay"):
             in_range(node, key, 1, prefix=p)
         in_range(node, "alpha", 0.0, low_open=True, prefix=p)
-        for key in ("alpha_lr", "actor_lr", "critic_lr"):
-            in_range(node, key, 0.0, low_open=True, prefix=p)
-        for key in ("action_l2", "preact_l2"):
-            in_range(node, key, 0.0, prefix=p)
-        for key in ("actor_hidden", "critic_hidden"):
-            require(
-                len(node[key]) >= 1 and all(int(h) > 0 for h in node[key]),
-                f"algo.{key}={list(node[key])} must be a non-empty list of positive layer sizes",
-            )
-        registry("algo.activation").check(node.activation)
-        registry("algo.init").check(node.init)
+        in_range(node, "alpha_lr", 0.0, low_open=True, prefix=p)
 
     @staticmethod
     def validate_with(cfg: Any) -> None:
@@ -226,16 +214,9 @@ class SAC(OffPolicyAgent):
             raise ConfigError(
                 f"algo={cfg.name} has no noisy critic layers: choose noise=none, gaussian or ou"
             )
-        self.gamma = float(cfg.gamma)
-        self.tau = float(cfg.tau)
         self.target_update_interval = int(cfg.target_update_interval)
         self.policy_delay = int(cfg.policy_delay)
         self.n_critics = int(cfg.n_critics)
-        self.action_l2 = float(cfg.action_l2)
-        self.preact_l2 = float(cfg.preact_l2)
-        self.max_grad_norm = cfg.max_grad_norm
-        self.clip_return = bool(cfg.clip_return)
-        self.return_low = -1.0 / (1.0 - self.gamma) if self.gamma < 1.0 else -np.inf
         self.autotune_alpha = bool(cfg.autotune_alpha)
         self.target_entropy = (
             float(cfg.target_entropy) if cfg.target_entropy is not None else -float(env.act_dim)
