@@ -106,11 +106,28 @@ def _worker(
         row = runner.run()
         digest = parameter_digest(list(runner.agent.modules().values()))
         queue.put({"rank": rank, "row": row, "digest": digest, "env_steps": runner.env_steps})
-        dist.barrier()
-        dist.destroy_process_group()
+        _leave_group()
     except BaseException as err:
         queue.put({"rank": rank, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
         raise
+
+
+def _leave_group() -> None:
+    """Leave the process group together: a barrier, then ``destroy_process_group``.
+
+    Without the barrier a rank that destroys its gloo pairs while a peer is still inside the
+    last collective can make the peer's gloo threads call ``std::terminate`` (seen once in CI:
+    "terminate called without an active exception", SIGABRT on rank 1 after both ranks had
+    logged their equal digests). A failed barrier (a peer already gone) is not an error here:
+    the run's result is decided before this point.
+    """
+    if not dist.is_initialized():
+        return
+    try:
+        dist.barrier()
+    except Exception as err:  # shutting down: the peer may have left already
+        log.warning("barrier before leaving the process group failed: %s", err)
+    dist.destroy_process_group()
 
 
 def launch(
@@ -267,6 +284,8 @@ def run_launched(cfg: DictConfig, run_dir: str | Path, multirun: bool = False) -
             raise RuntimeError(f"the ranks' networks differ at the end: {digests}")
         if rank == 0:
             log.info("%d ranks finished with equal networks (digest %s)", world, digest[:16])
-        return row
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        dist.destroy_process_group()  # no barrier: the peers may be inside another collective
+        raise
+    _leave_group()
+    return row
