@@ -1,4 +1,4 @@
-"""nox sessions: tests (default, CI), slow, lint (ruff, import layers, no cycles), typecheck, bench.
+"""nox sessions: tests (default, CI), slow, cluster (a real single-node SLURM), lint (ruff, import layers, no cycles), typecheck, bench.
 
 Every install goes through constraints.txt: torch==2.13.0 is the local CPU wheel, and mujoco
 stays below 3.12 (gymnasium-robotics 1.4.2's Fetch envs break on 3.12+).
@@ -22,7 +22,17 @@ def tests(session: nox.Session) -> None:
     Installing the built wheel checks that conf/ ships inside it and is found from there.
     """
     session.install(*C, ".[test,federated]")
-    session.run("pytest", "-m", "not slow", "-p", "no:cacheprovider", *session.posargs, env=ENV)
+    session.run("pytest", "-m", "not slow and not cluster", "-p", "no:cacheprovider", *session.posargs, env=ENV)
+
+
+@nox.session
+def cluster(session: nox.Session) -> None:
+    """Cluster sweeps against a real single-node SLURM (tests/test_cluster.py): installs
+    Debian's slurm-wlm and munge when missing (apt-get, as root) and rlfw[sweeps]; the tests
+    start munged, slurmctld and slurmd in a temporary directory and stop them at the end."""
+    session.install(*C, ".[test,sweeps]")
+    session.run("python", "-c", "import sys; sys.path.insert(0, 'tools'); import slurm_local; slurm_local.ensure_installed()")
+    session.run("pytest", "-m", "cluster", "-p", "no:cacheprovider", "tests/test_cluster.py", *session.posargs, env=ENV)
 
 
 @nox.session

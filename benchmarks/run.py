@@ -33,6 +33,9 @@ Sections (``--only a,b``; all by default), each run one after the other in this 
   budget (``--learning-budget`` env steps, 40k by default): eval success after every
   5000-step epoch and the wall seconds, per seed (``--seeds``); curves in
   ``benchmarks/results/learning_push.csv``.
+- ``push_search`` (not in the default list): the FetchPush preset search of issue 13, each try
+  of ``PUSH_TRIES`` for ``--budget-s`` wall seconds (``--tries a,b``, ``--search-seeds N``);
+  curves appended to ``benchmarks/results/push_search.csv``.
 
 Usage: ``python benchmarks/run.py [--only reach,push] [--seeds 3] [--quick]``.
 """
@@ -291,6 +294,66 @@ def bench_learning(seeds: int, quick: bool, budget: int) -> None:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+
+
+# FetchPush preset search (issue 13): each try is the Fetch preset plus these overrides, trained
+# for a wall-clock budget (SIGTERM at the end: the run stops after its cycle, status
+# interrupted, its finished epochs in metrics.csv). Epochs of 2000 env steps, 10 eval episodes.
+PUSH_TRIES: dict[str, list[str]] = {
+    "preset": [],
+    "td3_nstep3": ["buffer.n_step=3"],
+    "sac_nstep3": ["algo=sac", "buffer.n_step=3", "algo.actor_lr=1e-3", "algo.critic_lr=1e-3",
+                   "algo.alpha_lr=1e-3"],
+    "tqc_nstep3": ["algo=tqc", "buffer.n_step=3", "algo.actor_lr=1e-3", "algo.critic_lr=1e-3",
+                   "algo.alpha_lr=1e-3"],
+    "crossq_nstep3": ["algo=crossq", "buffer.n_step=3"],
+    "td3_nstep3_utd08": ["buffer.n_step=3", "train.updates_per_cycle=80"],
+}
+
+
+def bench_push_search(quick: bool, budget_s: float, tries: list[str] | None = None, seed: int = 0) -> None:
+    """Each try of :data:`PUSH_TRIES` on FetchPush-v4 for ``budget_s`` wall seconds (seed
+    ``seed``): eval success after every 2000 env steps. Appends the curves to
+    ``benchmarks/results/push_search.csv`` (try, seed, env_steps, wall_time_s, eval and train
+    success) and reports the first env steps and seconds at eval success >= 0.9."""
+    import signal
+    import subprocess
+
+    budget_s = 60.0 if quick else budget_s
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    path = out / "push_search.csv"
+    fields = ["try", "overrides", "seed", "env_steps", "wall_time_s", "eval_success_rate", "train_success_rate"]
+    new = not path.exists()
+    for name in tries or list(PUSH_TRIES):
+        overrides = PUSH_TRIES[name]
+        run_dir = Path(tempfile.mkdtemp(prefix=f"rlfw-push-{name}-"))
+        cmd = [sys.executable, "-m", "rlfw", "env=FetchPush-v4", *overrides, f"seed={seed}",
+               "train.epochs=1000", "train.cycles_per_epoch=20", f"hydra.run.dir={run_dir}"]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=budget_s)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=600)
+        with (run_dir / "metrics.csv").open() as f:
+            metrics = list(csv.DictReader(f))
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            if new:
+                w.writeheader()
+                new = False
+            for m in metrics:
+                w.writerow({"try": name, "overrides": " ".join(overrides), "seed": seed,
+                            "env_steps": m["env_steps"], "wall_time_s": m["wall_time_s"],
+                            "eval_success_rate": m["eval_success_rate"],
+                            "train_success_rate": m["train_success_rate"]})  # fmt: skip
+        steps, secs = first_success(run_dir)
+        curve = " ".join(f"{float(m['eval_success_rate']):.1f}" for m in metrics if m["eval_success_rate"])
+        last = metrics[-1] if metrics else {"env_steps": "0", "wall_time_s": "0"}
+        report(f"push_search {name} seed {seed}: steps, s to 0.9 | eval success per 2k steps",
+               f"{steps:.0f}, {secs:.0f} | {curve} (to {last['env_steps']} steps, "
+               f"{float(last['wall_time_s']):.0f} s)")  # fmt: skip
 
 
 def bench_replay(quick: bool) -> None:
@@ -586,6 +649,9 @@ def main() -> None:
     )
     p.add_argument("--learning-budget", type=int, default=40_000, help="env steps per learning run")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--budget-s", type=float, default=900.0, help="wall seconds per push_search try")
+    p.add_argument("--tries", default="", help="push_search: comma-separated names of PUSH_TRIES")
+    p.add_argument("--search-seeds", type=int, default=1, help="push_search: seeds 0..N-1 per try")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -616,6 +682,10 @@ def main() -> None:
         bench_hopper_soft(args.quick)
     if "learning" in only:
         bench_learning(args.seeds, args.quick, args.learning_budget)
+    if "push_search" in only:
+        tries = args.tries.split(",") if args.tries else None
+        for seed in range(args.search_seeds):
+            bench_push_search(args.quick, args.budget_s, tries, seed)
     print("\n| benchmark | value |\n|---|---|")
     for name, value in RESULTS:
         if not name.startswith("_"):

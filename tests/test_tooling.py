@@ -175,7 +175,7 @@ def test_resume_after_sigkill_mid_epoch(tmp_path):
     assert ids == sorted(set(ids))  # no duplicate episodes from the cut epoch
 
 
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1", "SIGUSR2"])
 def test_stop_signal_mid_epoch_marks_interrupted_and_resume_completes(tmp_path, sig):
     """What ``timeout`` and SLURM send before they kill: the run ends after its current cycle,
     status.json says interrupted with the resume command, the exit status is 128 + signum, the
@@ -213,6 +213,46 @@ def test_stop_signal_mid_epoch_marks_interrupted_and_resume_completes(tmp_path, 
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert epochs_of(run_dir) == [1, 2, 3, 4]
     assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+
+
+def test_a_requeued_slurm_job_resumes_from_its_run_dir_and_hands_its_stop_to_submitit(compose, tmp_path, monkeypatch):
+    """Without SLURM: the two halves of the requeue (rlfw.training.requeue). A job restarted by
+    SLURM (SLURM_RESTART_COUNT=1) in a run dir with a checkpoint continues from it (every
+    epoch once); a first start ignores the old checkpoint (no restart count); and after a
+    clean stop the signal goes to a submitit handler when one is installed, to nothing else."""
+    from rlfw.__main__ import run_job
+    from rlfw.training import requeue
+
+    cfg = compose([*TINY, "train.epochs=2"])
+    run_job(cfg, tmp_path)
+    assert epochs_of(tmp_path) == [1, 2]
+    longer = compose([*TINY, "train.epochs=3"])
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert requeue.requeued_checkpoint(tmp_path) == tmp_path / "checkpoints" / "last.pt"
+    run_job(longer, tmp_path)
+    assert epochs_of(tmp_path) == [1, 2, 3]
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["counters"]["env_steps"] == 600
+    monkeypatch.delenv("SLURM_RESTART_COUNT")
+    assert requeue.requeued_checkpoint(tmp_path) is None
+
+    calls: list[int] = []
+
+    class Handler:  # stands in for submitit's SignalHandler
+        def checkpoint_and_try_requeue(self, signum, frame):
+            calls.append(signum)
+
+    previous = signal.getsignal(signal.SIGUSR2)
+    try:
+        signal.signal(signal.SIGUSR2, lambda s, f: calls.append(-s))
+        requeue.hand_over(int(signal.SIGTERM))  # not submitit's: left alone
+        assert calls == []
+        Handler.__module__ = "submitit.core.job_environment"
+        signal.signal(signal.SIGUSR2, Handler().checkpoint_and_try_requeue)
+        requeue.hand_over(int(signal.SIGTERM))
+        assert calls == [int(signal.SIGUSR2)]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
 
 
 def test_resume_restores_agent_and_buffer(compose, tmp_path):

@@ -61,14 +61,26 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict:
         from rlfw.distributed import run_launched
 
         return run_launched(cfg, run_dir, multirun)
+    from rlfw.training.requeue import requeued_checkpoint, restart_count
+
+    ckpt = requeued_checkpoint(run_dir)  # a requeued SLURM job continues where it stopped
+    if restart_count() > 0:
+        if ckpt is None:  # stopped before its first checkpoint: start over, no stale rows
+            from rlfw.training.checkpoint import truncate_logs
+
+            truncate_logs(run_dir, 0)
+        log.info("SLURM restart %d of this job: %s", restart_count(),
+                 f"resuming from {ckpt}" if ckpt else "no checkpoint yet, starting from epoch 0")  # fmt: skip
     if tr.workers > 1:
         from rlfw.config.validate import validate
         from rlfw.distributed import launch
 
         validate(cfg)
-        return launch(cfg, run_dir, multirun)[0]["row"]  # type: ignore[no-any-return]
+        return launch(cfg, run_dir, multirun, checkpoint=ckpt)[0]["row"]  # type: ignore[no-any-return]
     total = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
     runner = TrainLoop(cfg, run_dir, make_callbacks(cfg, run_dir, total, multirun))
+    if ckpt is not None:
+        runner.load_checkpoint(ckpt)
     return runner.run()
 
 
@@ -97,7 +109,10 @@ def train(cfg: DictConfig) -> float:
             raise
         log.error("error: %s", err)
         raise SystemExit(1) from None
-    except TrainingInterrupted as err:  # SIGTERM/SIGUSR1: status.json says interrupted
+    except TrainingInterrupted as err:  # SIGTERM/SIGUSR1/SIGUSR2: status.json says interrupted
+        from rlfw.training.requeue import hand_over
+
+        hand_over(err.signum)  # under submitit: requeue this job (exits); else go on
         if multirun:
             raise
         log.warning("%s", err)
