@@ -33,6 +33,9 @@ Sections (``--only a,b``; all by default), each run one after the other in this 
   budget (``--learning-budget`` env steps, 40k by default): eval success after every
   5000-step epoch and the wall seconds, per seed (``--seeds``); curves in
   ``benchmarks/results/learning_push.csv``.
+- ``learning_tasks`` (not in the default list; hours): the family preset of FetchPush-v4,
+  FetchPickAndPlace-v4, FetchSlide-v4, PandaPush-v3 and Hopper-v4 over ``--seeds`` seeds at the
+  budgets of ``LEARNING_TASKS``; curves and tables to ``docs/results/`` (``--tasks a,b``).
 - ``push_search`` (not in the default list): the FetchPush preset search of issue 13, each try
   of ``PUSH_TRIES`` for ``--budget-s`` wall seconds (``--tries a,b``, ``--search-seeds N``);
   curves appended to ``benchmarks/results/push_search.csv``.
@@ -299,6 +302,7 @@ def bench_learning(seeds: int, quick: bool, budget: int) -> None:
 # FetchPush preset search (issue 13): each try is the Fetch preset plus these overrides, trained
 # for a wall-clock budget (SIGTERM at the end: the run stops after its cycle, status
 # interrupted, its finished epochs in metrics.csv). Epochs of 2000 env steps, 10 eval episodes.
+SMALL_NETS = ["algo.actor_hidden=[256,256]", "algo.critic_hidden=[256,256]"]
 PUSH_TRIES: dict[str, list[str]] = {
     "preset": [],
     "td3_nstep3": ["buffer.n_step=3"],
@@ -308,6 +312,12 @@ PUSH_TRIES: dict[str, list[str]] = {
                    "algo.alpha_lr=1e-3"],
     "crossq_nstep3": ["algo=crossq", "buffer.n_step=3"],
     "td3_nstep3_utd08": ["buffer.n_step=3", "train.updates_per_cycle=80"],
+    # 2x256 networks: about half the update's FLOPs, so more env steps in the same wall time
+    "td3_nstep3_2x256_s02": ["buffer.n_step=3", *SMALL_NETS, "noise.sigma=0.2"],
+    "ddpg_nstep3_2x256_her_paper": ["algo=ddpg", "algo.tau=0.05", "noise.sigma=0.2", "buffer.n_step=3", *SMALL_NETS],
+    "sac_nstep3_2x256": ["algo=sac", "buffer.n_step=3", *SMALL_NETS, "algo.actor_lr=1e-3", "algo.critic_lr=1e-3",
+                         "algo.alpha_lr=1e-3"],
+    "td3_nstep3_2x256_s02_utd02": ["buffer.n_step=3", *SMALL_NETS, "noise.sigma=0.2", "train.updates_per_cycle=20"],
 }
 
 
@@ -354,6 +364,90 @@ def bench_push_search(quick: bool, budget_s: float, tries: list[str] | None = No
         report(f"push_search {name} seed {seed}: steps, s to 0.9 | eval success per 2k steps",
                f"{steps:.0f}, {secs:.0f} | {curve} (to {last['env_steps']} steps, "
                f"{float(last['wall_time_s']):.0f} s)")  # fmt: skip
+
+
+# The learning table (issue 13): each task's family preset, 3 seeds, a budget that fits a 2-core
+# machine (a 15-35 minute run per seed), against the published reference at its own budget.
+LEARNING_TASKS: dict[str, dict[str, object]] = {
+    "FetchPush-v4": {
+        "epochs": 30, "overrides": [],  # 150k env steps (5000 per epoch)
+        "reference": "DDPG+HER, 19 workers, 4.75M steps: success about 1.0 (Plappert et al. 2018, Fig. 3; read "
+                     "off the figure); rl-zoo: TQC+HER, 1M steps, batch 2048, 3x512",
+    },
+    "FetchPickAndPlace-v4": {
+        "epochs": 30, "overrides": [],
+        "reference": "DDPG+HER, 19 workers, 4.75M steps: success about 0.9 (Plappert et al. 2018, Fig. 3; read off)",
+    },
+    "FetchSlide-v4": {
+        "epochs": 30, "overrides": [],
+        "reference": "DDPG+HER, 19 workers, 4.75M steps: success about 0.7 (Plappert et al. 2018, Fig. 3; read off)",
+    },
+    "PandaPush-v3": {
+        "epochs": 30, "overrides": [],
+        "reference": "DDPG/TD3/SAC/TQC+HER, 1M steps (Gallouedec et al. 2021, panda-gym, Fig. 4)",
+    },
+    "Hopper-v4": {
+        "epochs": 10, "overrides": [],  # the Hopper preset's epochs of 10k steps: 100k env steps
+        "reference": "TD3, 1M steps: max average return 3564 +- 115 (Fujimoto et al. 2018, Table 1, Hopper-v1)",
+    },
+}
+
+
+def bench_learning_tasks(seeds: int, quick: bool, tasks: list[str] | None = None,
+                         out_root: Path | None = None) -> None:  # fmt: skip
+    """Each task of :data:`LEARNING_TASKS` with its family preset over ``seeds`` seeds, one
+    after the other (``python -m rlfw -m env=<task> seed=0,..``); rlfw.report writes each
+    task's curves (eval success or return against env steps with a 95% band, and against wall
+    seconds) and table to ``docs/results/<task>/``; ``docs/results/learning.md`` gets one row per
+    task next to its published reference, with the command, the commit and the date."""
+    import shutil
+    import subprocess
+
+    from rlfw.report import summarize
+
+    out_root = out_root or Path(__file__).resolve().parents[1] / "docs" / "results"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip() or "unknown"  # fmt: skip
+    rows = []
+    for task in tasks or list(LEARNING_TASKS):
+        spec = LEARNING_TASKS[task]
+        epochs = 2 if quick else int(spec["epochs"])  # type: ignore[call-overload]
+        sweep = Path(tempfile.mkdtemp(prefix=f"rlfw-learning-{task}-"))
+        seeds_arg = ",".join(str(i) for i in range(seeds))
+        cmd = [sys.executable, "-m", "rlfw", "-m", f"env={task}", f"seed={seeds_arg}", f"train.epochs={epochs}",
+               *spec["overrides"], f"hydra.sweep.dir={sweep}"]  # type: ignore[misc]  # fmt: skip
+        if quick:
+            cmd += ["train.cycles_per_epoch=2", "eval.episodes=2"]
+        t0 = time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            report(f"learning_tasks {task}", f"failed: {proc.stderr.strip().splitlines()[-1:]}")
+            continue
+        dest = out_root / task
+        dest.mkdir(parents=True, exist_ok=True)
+        _, _, text = summarize([sweep], dest)
+        shutil.rmtree(dest / "runs", ignore_errors=True)
+        line = next(ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("| setting"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows.append((task, cells, spec["reference"], time.time() - t0))
+        report(f"learning_tasks {task} ({seeds} seeds, {epochs} epochs)", " | ".join(cells[1:]))
+    if not rows:
+        return
+    lines = [
+        "# Learning results", "",
+        f"Commit `{commit}`, {time.strftime('%Y-%m-%d')}, on {os.cpu_count()} CPU cores; each task's "
+        "family preset (`python -m rlfw env=<task>`), seeds 0..{}; made by "
+        "`python benchmarks/run.py --only learning_tasks` (`nox -s bench -- --only learning_tasks`).".format(seeds - 1),
+        "Curves: `<task>/summary.png` (against env steps, mean with a 95% band over seeds) and "
+        "`<task>/summary_wall.png` (against wall seconds, each seed).", "",
+        "| task | seeds | env steps | final | best | median steps to 0.9 | median s to 0.9 | wall s (all seeds) | published reference |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for task, cells, ref, wall in rows:
+        reach = cells[5:7] if len(cells) >= 7 else ["n/a", "n/a"]
+        lines.append(f"| [{task}]({task}/summary.png) | {cells[1]} | {cells[2]} | {cells[3]} | {cells[4]} | "
+                     f"{reach[0]} | {reach[1]} | {wall:.0f} | {ref} |")  # fmt: skip
+    (out_root / "learning.md").write_text("\n".join(lines) + "\n")
 
 
 def bench_replay(quick: bool) -> None:
@@ -650,8 +744,10 @@ def main() -> None:
     p.add_argument("--learning-budget", type=int, default=40_000, help="env steps per learning run")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=900.0, help="wall seconds per push_search try")
+    p.add_argument("--tasks", default="", help="learning_tasks: comma-separated names of LEARNING_TASKS")
     p.add_argument("--tries", default="", help="push_search: comma-separated names of PUSH_TRIES")
-    p.add_argument("--search-seeds", type=int, default=1, help="push_search: seeds 0..N-1 per try")
+    p.add_argument("--search-seeds", type=int, default=1, help="push_search: seeds per try")
+    p.add_argument("--first-seed", type=int, default=0, help="push_search: the first seed")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -682,9 +778,11 @@ def main() -> None:
         bench_hopper_soft(args.quick)
     if "learning" in only:
         bench_learning(args.seeds, args.quick, args.learning_budget)
+    if "learning_tasks" in only:
+        bench_learning_tasks(args.seeds, args.quick, args.tasks.split(",") if args.tasks else None)
     if "push_search" in only:
         tries = args.tries.split(",") if args.tries else None
-        for seed in range(args.search_seeds):
+        for seed in range(args.first_seed, args.first_seed + args.search_seeds):
             bench_push_search(args.quick, args.budget_s, tries, seed)
     print("\n| benchmark | value |\n|---|---|")
     for name, value in RESULTS:

@@ -7,8 +7,12 @@ setting form one group), and writes into the first directory (or ``--out``):
 - ``summary.png``: eval success rate (or eval return, for envs without success) against env
   steps, one curve per group: the mean over seeds with a 95% confidence band
   (mean +- 1.96 standard errors; no band for a single seed);
+- ``summary_wall.png``: the same metric against wall-clock seconds, every seed's curve (runs
+  of one setting reach an epoch at different times, so no band is drawn);
 - ``summary.md``: a markdown table of the final and best values per group (mean +- std over
-  seeds), also printed.
+  seeds), and, for success rates, the median over seeds of the env steps and wall seconds at
+  the first evaluation at or above ``--threshold`` (0.9; "-" when a seed never got there, the
+  median then counts it as never), also printed.
 """
 
 from __future__ import annotations
@@ -52,8 +56,21 @@ def _common_prefix_free(labels: list[str]) -> dict[str, str]:
     return {lb: " ".join(p for p in parts[lb] if p not in shared) or lb for lb in labels}
 
 
-def summarize(dirs: list[Path], out: Path | None = None) -> tuple[Path, Path, str]:
-    """Write summary.png and summary.md; returns (png, md, the markdown text).
+def first_reach(x: np.ndarray, y: np.ndarray, threshold: float) -> float:
+    """The first ``x`` where ``y >= threshold`` (NaN if never): env steps or seconds."""
+    hit = np.flatnonzero(np.asarray(y) >= threshold)
+    return float(x[hit[0]]) if hit.size else math.nan
+
+
+def _median_reach(values: list[float]) -> str:
+    """Median over seeds, a seed that never reached counting as infinitely late."""
+    ordered = sorted(math.inf if math.isnan(v) else v for v in values)
+    mid = ordered[(len(ordered) - 1) // 2] if len(ordered) % 2 else (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
+    return "-" if math.isinf(mid) else f"{mid:.0f}"
+
+
+def summarize(dirs: list[Path], out: Path | None = None, threshold: float = 0.9) -> tuple[Path, Path, str]:
+    """Write summary.png, summary_wall.png and summary.md; returns (png, md, the markdown text).
 
     Raises:
         FileNotFoundError: if no run is found.
@@ -72,16 +89,28 @@ def summarize(dirs: list[Path], out: Path | None = None) -> tuple[Path, Path, st
     names = _common_prefix_free(list(groups))
 
     plt, fig, ax = _figure()
-    lines = ["| setting | seeds | env steps | final " + metric + " | best " + metric + " |",
-             "|---|---|---|---|---|"]  # fmt: skip
-    for label, members in sorted(groups.items()):
+    _, wall_fig, wall_ax = _figure()
+    head = "| setting | seeds | env steps | final " + metric + " | best " + metric + " |"
+    rule = "|---|---|---|---|---|"
+    if use_success:
+        head += f" median env steps to {threshold:g} | median s to {threshold:g} |"
+        rule += "---|---|"
+    lines = [head, rule]
+    for i, (label, members) in enumerate(sorted(groups.items())):
         curves = []
         steps = None
-        for r in members:
+        reach_steps: list[float] = []
+        reach_s: list[float] = []
+        for j, r in enumerate(members):
             rows = data[r]
             x, y = column(rows, "env_steps"), column(rows, metric)
             ok = np.isfinite(y)
             curves.append((x[ok], y[ok]))
+            t = column(rows, "wall_time_s")[ok]
+            wall_ax.plot(t, y[ok], color=f"C{i}", lw=1, alpha=0.8,
+                         label=f"{names[label]} (n={len(members)})" if j == 0 else None)  # fmt: skip
+            reach_steps.append(first_reach(x[ok], y[ok], threshold))
+            reach_s.append(first_reach(t, y[ok], threshold))
         n = min(len(c[0]) for c in curves)
         if n == 0:
             continue
@@ -93,13 +122,19 @@ def summarize(dirs: list[Path], out: Path | None = None) -> tuple[Path, Path, st
             se = ys.std(0, ddof=1) / math.sqrt(len(members))
             ax.fill_between(steps, mean - 1.96 * se, mean + 1.96 * se, alpha=0.2)
         final, best = ys[:, -1], ys.max(1)
-        lines.append(
+        line = (
             f"| {names[label]} | {len(members)} | {int(steps[-1])} | {final.mean():.3f} +- {final.std():.3f} "
             f"| {best.mean():.3f} +- {best.std():.3f} |"
         )
+        if use_success:
+            line += f" {_median_reach(reach_steps)} | {_median_reach(reach_s)} |"
+        lines.append(line)
     ax.set(xlabel="env steps", ylabel=metric.replace("_", " "), title=f"{metric} (mean, 95% CI over seeds)")
     ax.legend(loc="best", fontsize=8)
     png = _save(plt, fig, out / "summary.png")
+    wall_ax.set(xlabel="wall-clock seconds", ylabel=metric.replace("_", " "), title=f"{metric} per seed")
+    wall_ax.legend(loc="best", fontsize=8)
+    _save(plt, wall_fig, out / "summary_wall.png")
     text = "\n".join(lines) + "\n"
     md = out / "summary.md"
     md.write_text(f"# rlfw report\n\nRuns: {len(runs)} in {len(groups)} settings, metric {metric}.\n\n" + text)
@@ -111,9 +146,10 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("dirs", nargs="+", type=Path, help="sweep or run directories")
     p.add_argument("--out", type=Path, default=None, help="where to write (default: the first dir)")
+    p.add_argument("--threshold", type=float, default=0.9, help="success rate for the steps/seconds-to columns")
     args = p.parse_args(argv)
     try:
-        png, md, text = summarize(args.dirs, args.out)
+        png, md, text = summarize(args.dirs, args.out, args.threshold)
     except FileNotFoundError as err:
         raise SystemExit(f"rlfw.report: error: {err}") from None
     print(text)

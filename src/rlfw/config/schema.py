@@ -53,6 +53,10 @@ class EnvConfig:
     # An id whose version is not registered (FetchSlide-v3) is refused; true runs the newest
     # registered version instead, with one log line (the env=Fetch*-v2 option files set it).
     resolve_version: bool = False
+    # The family's Gaussian exploration scale (std in [-1, 1] action units): noise=gaussian's
+    # sigma is ${env.noise_sigma}, so a family file can set it whatever the noise choice (a
+    # family file cannot name noise.sigma: noise=none has no such key). noise.sigma=x still wins.
+    noise_sigma: float = 0.1
 
     @staticmethod
     def validate(node: Any) -> None:
@@ -80,6 +84,14 @@ class TrainConfig:
     # 0: a fair share, min(2, cores / (train.workers x parallel launcher jobs)), at least 1;
     # cores from SLURM_CPUS_PER_TASK or the CPU affinity mask (rlfw.training.cores)
     torch_threads: int = 0
+    # Run each cycle's updates while the envs step instead of after them: the cycle's
+    # updates_per_cycle are spread evenly over its vector steps, and with env.vectorization=async
+    # each share runs while the env processes simulate the next step (the simulator and the
+    # update on different cores). The policy then changes within a cycle, as in the TD3 schedule.
+    overlap: bool = False
+    # torch.compile the agent's networks (CUDA: CUDA graphs, mode reduce-overhead; CPU: fused
+    # kernels); compiled at the first update (rlfw.training.accelerate)
+    compile: bool = False
     checkpoint_every: int = 1  # epochs between checkpoints/last.pt writes
     # Also save the replay buffer with each checkpoint (checkpoints/buffer.pt, about the raw
     # size of the stored data). Without it a resumed run starts from an empty buffer.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -49,8 +50,13 @@ class Collector:
         goals = np.concatenate([obs["desired_goal"], obs["achieved_goal"]]) if self.goal else None
         self.agent.observe(obs["observation"], goals)
 
-    def collect(self, steps: int, epoch: int) -> list[dict[str, Any]]:
+    def collect(self, steps: int, epoch: int, during: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
         """Step the vector env ``steps // N`` times during ``epoch`` (0-based).
+
+        Args:
+            during: called with the vector step's index (0-based) while that step runs: between
+                ``step_async`` and ``step_wait`` for an async vector env (the env processes
+                simulate while this process works), before ``step`` otherwise.
 
         Returns:
             The finished episodes: ``episode``, ``epoch`` (1-based), ``env_steps``,
@@ -63,9 +69,17 @@ class Collector:
             self.buffer.start(self._obs)
             self._observe(self._obs)
         finished: list[dict[str, Any]] = []
-        for _ in range(steps // self.num_envs):
+        split = during is not None and hasattr(self.envs, "step_async")
+        for i in range(steps // self.num_envs):
             action = self.policy(self._obs)
-            raw, reward, terminated, truncated, infos = self.envs.step(action)
+            if split:
+                self.envs.step_async(action)
+                during(i)  # type: ignore[misc]
+                raw, reward, terminated, truncated, infos = self.envs.step_wait()
+            else:
+                if during is not None:
+                    during(i)
+                raw, reward, terminated, truncated, infos = self.envs.step(action)
             nxt = split_obs(raw, self.goal)
             done = np.logical_or(terminated, truncated)
             fin = final_obs(infos, nxt, done) if done.any() else None

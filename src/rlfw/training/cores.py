@@ -32,9 +32,12 @@ def parallel_jobs() -> int:
     return int(raw) if raw.isdigit() and int(raw) > 0 else 1
 
 
-def torch_threads(requested: int, workers: int = 1) -> int:
-    """``train.torch_threads`` if set (> 0), else ``min(2, cores / (workers x parallel jobs))``,
-    at least 1 (more than 2 threads measured no faster for 256-wide networks here)."""
+def torch_threads(requested: int, workers: int = 1, reserve: int = 0) -> int:
+    """``train.torch_threads`` if set (> 0), else ``min(2, cores / (workers x parallel jobs))``
+    less ``reserve`` (cores kept for simulator processes that run beside the updates:
+    ``train.overlap`` with async envs), at least 1 (more than 2 threads measured no faster for
+    256-wide networks here)."""
     if requested > 0:
         return requested
-    return max(1, min(2, available_cores() // (max(1, workers) * parallel_jobs())))
+    share = available_cores() // (max(1, workers) * parallel_jobs())
+    return max(1, min(2, share - reserve))

@@ -82,13 +82,19 @@ class TrainLoop:
         tr = cfg.train
         # torch threads: the key, else the cores shared out among the workers (at most 2 each:
         # more does not speed up 256-wide MLPs and starves the simulators)
-        torch.set_num_threads(torch_threads(int(tr.torch_threads), self.ctx.world))
+        # (train.overlap with async envs: one core of the share is the simulators')
+        beside = int(bool(tr.overlap) and cfg.env.vectorization == "async")
+        torch.set_num_threads(torch_threads(int(tr.torch_threads), self.ctx.world, reserve=beside))
         self.parts = components or build(cfg, self.ctx.rank)
         p = self.parts
         self.env_id, self.info, self.device = p.env.env_id, p.info, p.device
         self.agent, self.exploration, self.buffer = p.agent, p.exploration, p.buffer
         self.rng, self.seed = p.rng, p.seed
         self.ctx.attach(self.agent)
+        if tr.compile:
+            from rlfw.training.accelerate import compile_networks
+
+            compile_networks(self.agent, self.device)
         self.collector = Collector(p.envs, self.agent, self.exploration, self.buffer, self.info.goal,
                                    self.info.act_dim, tr.learning_starts, self.rng, self.seed)  # fmt: skip
         self.checkpointer = Checkpointer(self.run_dir, self.ctx.rank, tr.save_buffer)
@@ -151,20 +157,23 @@ class TrainLoop:
         finished: list[dict[str, Any]] = []
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
+        vector_steps = tr.steps_per_cycle // self.collector.num_envs
         for _ in range(tr.cycles_per_epoch):
-            finished += self.collector.collect(tr.steps_per_cycle, self.epoch)
-            self.ctx.sync_normalizers(self.agent)
             cycle: dict[str, list[float]] = {}
-            if self.env_steps >= tr.learning_starts and len(self.buffer) >= tr.batch_size:
-                for _ in range(tr.updates_per_cycle):
-                    batch = self.buffer.sample(tr.batch_size, self.env_steps)
-                    metrics = self.agent.update(batch)
-                    if not all(math.isfinite(v) for v in metrics.values()):
-                        self._diverged(metrics)
-                    if self.agent.td_error is not None:
-                        self.buffer.update_priorities(batch.index, self.agent.td_error)
-                    for k, value in metrics.items():
-                        cycle.setdefault(k, []).append(value)
+            if tr.overlap:  # the cycle's updates spread over its steps, run while the envs step
+                done = [0]
+
+                def during(i: int, cycle: dict[str, list[float]] = cycle, done: list[int] = done) -> None:
+                    due = (i + 1) * tr.updates_per_cycle // vector_steps - done[0]
+                    done[0] += due
+                    self._updates(due, cycle)
+
+                finished += self.collector.collect(tr.steps_per_cycle, self.epoch, during)
+                self.ctx.sync_normalizers(self.agent)
+            else:
+                finished += self.collector.collect(tr.steps_per_cycle, self.epoch)
+                self.ctx.sync_normalizers(self.agent)
+                self._updates(tr.updates_per_cycle, cycle)
             if cycle:
                 self.last_cycle = {k: float(np.mean(vs)) for k, vs in cycle.items()}
                 for k, vs in cycle.items():
@@ -198,6 +207,26 @@ class TrainLoop:
             **self.exploration.metrics(self.env_steps),
         }
         return row, finished
+
+    def _updates(self, n: int, cycle: dict[str, list[float]]) -> None:
+        """``n`` gradient steps (none before ``learning_starts`` or a batch's worth of data),
+        PER priorities updated after each; their metrics appended to ``cycle``.
+
+        Raises:
+            TrainingDiverged: a loss came out non-finite (:meth:`_diverged`).
+        """
+        tr = self.cfg.train
+        if n <= 0 or self.env_steps < tr.learning_starts or len(self.buffer) < tr.batch_size:
+            return
+        for _ in range(n):
+            batch = self.buffer.sample(tr.batch_size, self.env_steps)
+            metrics = self.agent.update(batch)
+            if not all(math.isfinite(v) for v in metrics.values()):
+                self._diverged(metrics)
+            if self.agent.td_error is not None:
+                self.buffer.update_priorities(batch.index, self.agent.td_error)
+            for k, value in metrics.items():
+                cycle.setdefault(k, []).append(value)
 
     @contextlib.contextmanager
     def _stop_signals(self) -> Iterator[None]:
