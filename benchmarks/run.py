@@ -63,6 +63,11 @@ from rlfw.config.preflight import compose_config
 from rlfw.runner import Runner
 
 THRESHOLD = 0.9
+# SB3's side of the Fetch comparisons: 3x256 networks, one-step returns, Gaussian sigma 0.1
+# (rlfw's Fetch preset since issue 13 uses 2x256, n-step 3 and sigma 0.2; pinned back here so
+# the settings stay equal)
+EQUAL_FETCH = ["algo.actor_hidden=[256,256,256]", "algo.critic_hidden=[256,256,256]", "env.noise_sigma=0.1",
+               "buffer.n_step=1"]  # fmt: skip
 RESULTS: list[tuple[str, str]] = []
 
 
@@ -185,7 +190,7 @@ def bench_reach(seeds: int, quick: bool) -> None:
     epochs = 5 if quick else 10
     ours_steps, ours_secs, sb3_steps, sb3_secs = [], [], [], []
     for seed in range(seeds):
-        d = rlfw_run([f"seed={seed}", f"train.epochs={epochs}"])
+        d = rlfw_run([*EQUAL_FETCH, f"seed={seed}", f"train.epochs={epochs}"])
         s, t = first_success(d)
         ours_steps.append(s)
         ours_secs.append(t)
@@ -234,7 +239,7 @@ def bench_reach(seeds: int, quick: bool) -> None:
 def bench_push(quick: bool) -> None:
     steps = 500 if quick else 2000
     d = rlfw_run([
-        "env=FetchPush-v4", "train.epochs=1", f"train.cycles_per_epoch={steps // 50}",
+        "env=FetchPush-v4", *EQUAL_FETCH, "train.epochs=1", f"train.cycles_per_epoch={steps // 50}",
         "train.steps_per_cycle=50", "train.updates_per_cycle=50", "train.num_envs=1",
         "train.learning_starts=0", "train.batch_size=256", "eval.episodes=0",
     ])  # fmt: skip
@@ -255,7 +260,7 @@ def bench_soft_speed(quick: bool) -> None:
              "algo.critic_lr=1e-3", "algo.alpha_lr=1e-3"]  # fmt: skip
     for algo in ("sac", "tqc"):
         d = rlfw_run([
-            "env=FetchPush-v4", f"algo={algo}", *equal, "train.epochs=1", f"train.cycles_per_epoch={steps // 50}",
+            "env=FetchPush-v4", f"algo={algo}", *equal, "buffer.n_step=1", "train.epochs=1", f"train.cycles_per_epoch={steps // 50}",
             "train.steps_per_cycle=50", "train.updates_per_cycle=50", "train.num_envs=1",
             "train.learning_starts=0", "train.batch_size=256", "eval.episodes=0",
         ])  # fmt: skip

@@ -114,6 +114,19 @@ def test_report_on_a_small_real_sweep(tmp_path):
     assert sorted(r.split("|")[1].strip() for r in rows) == ["algo=ddpg", "algo=td3"]
     assert all(r.split("|")[2].strip() == "2" for r in rows)  # two seeds per setting
     assert "eval_success_rate" in md.read_text()
+    assert (sweep / "summary_wall.png").read_bytes()[:8] == PNG_MAGIC
+    assert "median env steps to 0.9 | median s to 0.9 |" in text.splitlines()[0]
+
+
+def test_report_medians_count_a_seed_that_never_got_there_as_never():
+    from rlfw.report import _median_reach, first_reach
+
+    steps = np.array([1000.0, 2000.0, 3000.0])
+    assert first_reach(steps, np.array([0.1, 0.9, 1.0]), 0.9) == 2000.0
+    assert np.isnan(first_reach(steps, np.array([0.1, 0.5, 0.8]), 0.9))
+    assert _median_reach([float("nan"), 100.0, 300.0]) == "300"
+    assert _median_reach([float("nan"), float("nan"), 100.0]) == "-"
+    assert _median_reach([200.0, 100.0]) == "150"
 
 
 @pytest.mark.parametrize("env", ["FetchReach-v4", "PandaReach-v3"])
