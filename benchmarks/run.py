@@ -323,6 +323,8 @@ PUSH_TRIES: dict[str, list[str]] = {
     "sac_nstep3_2x256": ["algo=sac", "buffer.n_step=3", *SMALL_NETS, "algo.actor_lr=1e-3", "algo.critic_lr=1e-3",
                          "algo.alpha_lr=1e-3"],
     "td3_nstep3_2x256_s02_utd02": ["buffer.n_step=3", *SMALL_NETS, "noise.sigma=0.2", "train.updates_per_cycle=20"],
+    # on the preset since issue 13 (td3_nstep3_2x256_s02): half the updates per env step
+    "preset_utd02": ["train.updates_per_cycle=20"],
 }
 
 
