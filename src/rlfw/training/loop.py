@@ -160,19 +160,15 @@ class TrainLoop:
         vector_steps = tr.steps_per_cycle // self.collector.num_envs
         for _ in range(tr.cycles_per_epoch):
             cycle: dict[str, list[float]] = {}
-            if tr.overlap:  # the cycle's updates spread over its steps, run while the envs step
-                done = [0]
+            during = None
+            if tr.overlap:  # the cycle's updates spread evenly over its steps, run while the envs step
+                def during(i: int, cycle: dict[str, list[float]] = cycle) -> None:
+                    self._updates(((i + 1) * tr.updates_per_cycle) // vector_steps
+                                  - (i * tr.updates_per_cycle) // vector_steps, cycle)  # fmt: skip
 
-                def during(i: int, cycle: dict[str, list[float]] = cycle, done: list[int] = done) -> None:
-                    due = (i + 1) * tr.updates_per_cycle // vector_steps - done[0]
-                    done[0] += due
-                    self._updates(due, cycle)
-
-                finished += self.collector.collect(tr.steps_per_cycle, self.epoch, during)
-                self.ctx.sync_normalizers(self.agent)
-            else:
-                finished += self.collector.collect(tr.steps_per_cycle, self.epoch)
-                self.ctx.sync_normalizers(self.agent)
+            finished += self.collector.collect(tr.steps_per_cycle, self.epoch, during)
+            self.ctx.sync_normalizers(self.agent)
+            if not tr.overlap:
                 self._updates(tr.updates_per_cycle, cycle)
             if cycle:
                 self.last_cycle = {k: float(np.mean(vs)) for k, vs in cycle.items()}

@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("rlfw")
 
@@ -51,7 +52,8 @@ def requeued_checkpoint(run_dir: str | Path) -> Path | None:
     return None
 
 
-def _submitit_handler() -> object | None:
+def _submitit_handler() -> tuple[int, Any] | None:
+    """(submitit's pre-emption signal, its handler) when submitit installed one, else None."""
     name = os.environ.get(_SUBMITIT_SIGNAL_ENV, "USR2")
     sig = getattr(signal, name if name.startswith("SIG") else f"SIG{name}", None)
     if sig is None:
@@ -59,7 +61,7 @@ def _submitit_handler() -> object | None:
     handler = signal.getsignal(sig)
     owner = getattr(handler, "__self__", None)
     if owner is not None and type(owner).__module__.startswith("submitit"):
-        return handler
+        return int(sig), handler
     return None
 
 
@@ -70,10 +72,9 @@ def hand_over(signum: int) -> None:
     Raises:
         SystemExit: from submitit, once the job is requeued.
     """
-    handler = _submitit_handler()
-    if handler is None:
+    found = _submitit_handler()
+    if found is None:
         return
     log.warning("stopped by %s under submitit: requeueing the job", signal.Signals(signum).name)
-    name = os.environ.get(_SUBMITIT_SIGNAL_ENV, "USR2")
-    sig = getattr(signal, name if name.startswith("SIG") else f"SIG{name}")
-    handler(sig, None)  # type: ignore[operator]
+    sig, handler = found
+    handler(sig, None)
