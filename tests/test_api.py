@@ -187,6 +187,19 @@ def test_import_rlfw_is_light():
     assert "rlfw.api.Policy" in out.stdout
 
 
+def test_a_registry_read_lists_every_builtin_option():
+    # a fresh interpreter that imports only rlfw.algos: sac/tqc/crossq live in modules it has
+    # not imported, and the first read of any registry must still list them
+    code = (
+        "import sys; from rlfw.algos import ALGOS\n"
+        "assert 'rlfw.algos.sac' not in sys.modules and 'rlfw.noise' not in sys.modules\n"
+        "print(ALGOS.names(), 'crossq' in ALGOS)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["['crossq',", "'ddpg',", "'sac',", "'td3',", "'tqc']", "True"]
+
+
 def test_cli_help_lists_groups_and_options_only():
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     out = subprocess.run([sys.executable, "-m", "rlfw", "--help"], capture_output=True, text=True, timeout=120, env=env)

@@ -15,6 +15,7 @@ class in the group's registry::
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -65,7 +66,8 @@ class Registry(Generic[T]):
         self._entries[name] = Entry(name, target, schema)
 
     def names(self) -> list[str]:
-        """The registered names, sorted."""
+        """The registered names, sorted (every built-in option included: see :func:`load_builtins`)."""
+        load_builtins()
         return sorted(self._entries)
 
     def get(self, name: str) -> Entry[T]:
@@ -74,6 +76,7 @@ class Registry(Generic[T]):
         Raises:
             ConfigError: ``unknown <key> '<name>'; choose one of: a, b, c``.
         """
+        load_builtins()
         try:
             return self._entries[name]
         except KeyError:
@@ -86,6 +89,7 @@ class Registry(Generic[T]):
         self.get(str(name))
 
     def __contains__(self, name: object) -> bool:
+        load_builtins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
@@ -93,6 +97,21 @@ class Registry(Generic[T]):
 
 
 _GROUPS: dict[str, Registry[Any]] = {}
+_BUILTINS_LOADED = False
+
+
+def load_builtins() -> None:
+    """Import :mod:`rlfw.components` once, the first time any registry is read.
+
+    Each built-in option registers when its module is imported, so without this an API user
+    who imports one package (``from rlfw.algos import ALGOS``) would see only the options of
+    the modules imported so far (td3 and ddpg, not sac). Registering does not call it, and
+    the import is by name so this bottom layer does not depend on the component packages.
+    """
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True  # first, so the modules' own registrations do not recurse
+        importlib.import_module("rlfw.components")
 
 
 def registry(key: str) -> Registry[Any]:

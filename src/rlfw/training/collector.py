@@ -9,6 +9,22 @@ import numpy as np
 
 from rlfw.envs.obs import final_obs, split_obs, success_of
 
+TRAIN_STREAM, EVAL_STREAM = 0, 1
+
+
+def reset_seed(seed: int, stream: int, epoch: int) -> int:
+    """The seed a vector env is reset with, in [0, 2**31): numpy's ``SeedSequence`` of
+    ``(seed, stream, epoch)`` (``stream``: :data:`TRAIN_STREAM` or :data:`EVAL_STREAM`).
+
+    A Gymnasium vector env seeds its sub-env ``i`` with ``reset_seed + i``. With ``seed + i``
+    directly, runs whose seeds differ by less than the number of envs shared sub-env streams
+    (seed 0's env 1 replayed seed 1's env 0: the same initial states and goals), so the seeds of
+    a sweep were not independent. Hashed, two runs overlap with a chance of about
+    ``num_envs / 2**30``.
+    """
+    state = np.random.SeedSequence([int(seed) % 2**63, int(stream), int(epoch)]).generate_state(1)[0]
+    return int(state) >> 1
+
 
 class Collector:
     """Steps ``envs`` (same-step autoreset) and stores every transition in ``buffer``.
@@ -22,7 +38,8 @@ class Collector:
         act_dim: action size (uniform random actions before ``learning_starts``).
         learning_starts: env steps (over all envs) of uniformly random actions first.
         rng: the generator of the random actions.
-        seed: the envs reset with ``seed + 7919 * epoch`` when collection (re)starts.
+        seed: the run's seed; the envs reset with ``reset_seed(seed, TRAIN_STREAM, epoch)`` when
+            collection (re)starts.
 
     Counters: ``env_steps`` (this process's, over its envs) and ``episodes``.
     """
@@ -64,7 +81,7 @@ class Collector:
         """
         if self._obs is None:
             # a resumed run starts new episodes from seeds of its own, not the first epoch's
-            raw, _ = self.envs.reset(seed=self.seed + 7919 * epoch)
+            raw, _ = self.envs.reset(seed=reset_seed(self.seed, TRAIN_STREAM, epoch))
             self._obs = split_obs(raw, self.goal)
             self.buffer.start(self._obs)
             self._observe(self._obs)

@@ -43,7 +43,7 @@ from rlfw.config.validate import validate
 from rlfw.core import Callback
 from rlfw.errors import TrainingDiverged, TrainingInterrupted
 from rlfw.training.checkpoint import Checkpointer
-from rlfw.training.collector import Collector
+from rlfw.training.collector import EVAL_STREAM, Collector, reset_seed
 from rlfw.training.context import LocalContext
 from rlfw.training.cores import torch_threads
 from rlfw.training.evaluation import evaluate_policy
@@ -131,7 +131,7 @@ class TrainLoop:
         """Deterministic-policy episodes: (mean return, std of returns, success rate or NaN),
         over every worker's episodes."""
         # seeded on the first evaluation of this process (then the envs' generators go on)
-        seed = None if self._eval_seeded else self.seed + 1_000_003 + 7919 * self.epoch
+        seed = None if self._eval_seeded else reset_seed(self.seed, EVAL_STREAM, self.epoch)
         self._eval_seeded = True
         reduce = self.ctx.all_reduce_sum if self.ctx.world > 1 else None
         return evaluate_policy(self.parts.eval_envs, lambda o, g: self.agent.act(o, g, explore=False),
