@@ -6,7 +6,8 @@ setting form one group), and writes into the first directory (or ``--out``):
 
 - ``summary.png``: eval success rate (or eval return, for envs without success) against env
   steps, one curve per group: the mean over seeds with a 95% confidence band
-  (mean +- 1.96 standard errors; no band for a single seed);
+  (mean +- 1.96 standard errors, clipped to [0, 1] for success rates; no band for a single
+  seed);
 - ``summary_wall.png``: the same metric against wall-clock seconds, every seed's curve (runs
   of one setting reach an epoch at different times, so no band is drawn);
 - ``summary.md``: a markdown table of the final and best values per group (mean +- std over
@@ -120,7 +121,10 @@ def summarize(dirs: list[Path], out: Path | None = None, threshold: float = 0.9)
         ax.plot(steps, mean, marker="o", ms=3, label=f"{names[label]} (n={len(members)})")
         if len(members) > 1:
             se = ys.std(0, ddof=1) / math.sqrt(len(members))
-            ax.fill_between(steps, mean - 1.96 * se, mean + 1.96 * se, alpha=0.2)
+            lo, hi = mean - 1.96 * se, mean + 1.96 * se
+            if use_success:  # a rate's band stays within [0, 1]
+                lo, hi = np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
+            ax.fill_between(steps, lo, hi, alpha=0.2)
         final, best = ys[:, -1], ys.max(1)
         line = (
             f"| {names[label]} | {len(members)} | {int(steps[-1])} | {final.mean():.3f} +- {final.std():.3f} "
