@@ -6,6 +6,8 @@ evaluation, so seeds 0, 1, 2 of a sweep were correlated."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from rlfw.training.collector import EVAL_STREAM, TRAIN_STREAM, reset_seed
@@ -20,8 +22,9 @@ def test_reset_seeds_of_nearby_runs_do_not_overlap():
               for epoch in range(4)]  # fmt: skip
     assert all(0 <= x < 2**31 for x in starts)
     ranges = sorted(starts)
-    assert all(b - a >= n_envs for a, b in zip(ranges, ranges[1:]))  # no shared sub-env seed
-    assert reset_seed(3, TRAIN_STREAM, 2) == reset_seed(3, TRAIN_STREAM, 2)  # reproducible
+    assert all(b - a >= n_envs for a, b in itertools.pairwise(ranges))  # no shared sub-env seed
+    # reproducible across processes and numpy versions (SeedSequence's hash is stable by policy)
+    assert [reset_seed(s, TRAIN_STREAM, 0) for s in range(3)] == [1484405855, 917752063, 1417063493]
 
 
 def _first_goals(compose, tmp_path, seed: int) -> tuple[np.ndarray, np.ndarray]:
