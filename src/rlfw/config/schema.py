@@ -13,6 +13,7 @@ that belong to one option (``noise.theta`` for OU) live only in that option's sc
 
 # No ``from __future__ import annotations`` here: OmegaConf reads these annotations at run time
 # (``X | None`` and ``list[int]`` need Python >= 3.10, as pyproject says).
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +141,9 @@ class TrainConfig:
         )
 
 
+EVAL_METRICS = ("auto", "eval_success_rate", "eval_return")
+
+
 @dataclass
 class EvalConfig:
     """Deterministic-policy evaluation after every ``every`` epochs."""
@@ -147,13 +151,25 @@ class EvalConfig:
     episodes: int = 10
     num_envs: int = 0  # parallel eval envs; 0: min(episodes, 10)
     every: int = 1
+    # The metrics.csv column that ranks evaluations (checkpoints/best.pt, eval.stop_at, tuning):
+    # auto: eval_success_rate for goal envs, eval_return otherwise
+    # (rlfw.training.evaluation.eval_metric_name).
+    metric: str = "auto"
+    # End the run (status finished) at the first evaluation whose eval.metric is >= stop_at;
+    # null: run every epoch (SB3's StopTrainingOnRewardThreshold).
+    stop_at: float | None = None
 
     @staticmethod
     def validate(node: Any) -> None:
-        """Ranges of these keys."""
+        """Ranges and names of these keys."""
         for key in ("episodes", "num_envs"):
             in_range(node, key, 0, prefix="eval.")
         in_range(node, "every", 1, prefix="eval.")
+        one_of(node.metric, EVAL_METRICS, "eval.metric")
+        require(
+            node.stop_at is None or math.isfinite(float(node.stop_at)),
+            f"eval.stop_at={node.stop_at} must be a finite number (or null: no early stop)",
+        )
 
 
 @dataclass

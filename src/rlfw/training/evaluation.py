@@ -12,6 +12,22 @@ import torch
 from rlfw.envs.obs import split_obs, success_of
 
 
+def eval_metric_name(metric: str, goal: bool) -> str:
+    """The metrics.csv column that ranks evaluations for ``eval.metric``.
+
+    Args:
+        metric: ``auto``, ``eval_success_rate`` or ``eval_return`` (``eval.metric``).
+        goal: whether the env is a goal env (it reports success).
+
+    Returns:
+        ``eval_success_rate`` for ``auto`` on a goal env, ``eval_return`` for ``auto`` otherwise,
+        else ``metric`` itself.
+    """
+    if metric == "auto":
+        return "eval_success_rate" if goal else "eval_return"
+    return metric
+
+
 def evaluate_policy(
     envs: Any,
     act: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
