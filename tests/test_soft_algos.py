@@ -150,33 +150,53 @@ def test_sac_soft_target_samples_the_policy_with_the_agent_generator():
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_sac_soft_bootstrap_clip_return_adds_the_bonus_after_the_clip():
-    agent = make_agent("sac", gamma=0.9, clip_return=True)  # clip range [-10, 0]
+def test_sac_soft_bootstrap_is_the_plain_soft_target():
+    agent = make_agent("sac", gamma=0.9)
     reward = torch.tensor([-1.0, 5.0, -20.0, 0.0])
     bootstrap = torch.tensor([0.9, 0.9, 0.9, 0.0])
     q_next = torch.tensor([-1.0, -1.0, -1.0, 7.0])
     cost = torch.tensor([-0.2, -0.5, 0.3, -1.0])  # alpha log pi(a'|s')
-    y = agent.soft_bootstrap(reward, bootstrap, q_next, cost)
-    # clip(r + b q) = [-1.9, 0 (4.1), -10 (-20.9), 0]; minus b * cost = [+0.18, +0.45, -0.27, 0]
-    torch.testing.assert_close(y, torch.tensor([-1.72, 0.45, -10.27, 0.0]))
-    assert y[1] > 0  # the entropy bonus survives the clip at 0
-    # without clip_return: r + b (q - cost)
-    plain = make_agent("sac", gamma=0.9, clip_return=False)
+    # r + b (q - cost), nothing clipped (the 5.0 reward's target stays above 0)
     torch.testing.assert_close(
-        plain.soft_bootstrap(reward, bootstrap, q_next, cost),
+        agent.soft_bootstrap(reward, bootstrap, q_next, cost),
         torch.tensor([-1.72, 4.55, -21.17, 0.0]),
     )
-    # and soft_target goes through the clipped form
-    agent.actor = StubActor([0.0, 0.0], [-3.0, 1.0, 0.0])
-    agent.critic_target = StubTwinQ()
-    next_in = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0], [-30.0, 0.0, 0.0]])
-    r = torch.tensor([1.0, -2.0, 0.0])
-    term = torch.zeros(3)
-    disc = torch.full((3,), 0.9)
-    y = agent.soft_target(next_in, r, term, disc, torch.tensor(0.5))
-    # q_min = [min(3, -2), min(1, 0), min(-29, 30)] = [-2, 0, -29]
-    # clip(r + 0.9 q_min) = clip([-0.8, -2, -26.1]) = [-0.8, -2, -10]; - 0.9 * 0.5 * logp
-    torch.testing.assert_close(y, torch.tensor([-0.8 + 1.35, -2.0 - 0.45, -10.0]))
+
+
+SELF_LOOPS = [  # (reward, alpha log pi): the fixed points of issue 19, (r - gamma c) / (1 - gamma)
+    (-0.5, 1.5, -98.5),
+    (0.0, -0.5, 24.5),
+]
+
+
+@pytest.mark.parametrize("algo", ["sac", "tqc", "crossq"])
+@pytest.mark.parametrize("env", ["FetchPush-v4", "PandaPush-v3"])
+@pytest.mark.parametrize(("reward", "cost", "soft_value"), SELF_LOOPS)
+def test_soft_targets_of_the_goal_family_presets_reach_the_soft_value(compose, algo, env, reward, cost, soft_value):
+    """One state with a self-loop (gamma 0.98, the sparse families' preset): iterating the
+    composed preset's soft target must converge to the soft value. With HER's clip_return on
+    soft algorithms (the family files before issue 19) it converged to -51.47 and 0.49."""
+    cfg = compose([f"algo={algo}", f"env={env}"])
+    assert cfg.algo.gamma == 0.98
+    cls = ALGOS[algo][0]
+    agent = cls(cfg.algo, INFO)
+    q = torch.zeros(1)
+    r, c, b = torch.tensor([reward]), torch.tensor([cost]), torch.tensor([cfg.algo.gamma])
+    for _ in range(3000):
+        q = agent.soft_bootstrap(r, b, q, c)
+    assert abs(float(q) - soft_value) < 1e-3
+
+
+@pytest.mark.parametrize("algo", ["sac", "tqc", "crossq"])
+def test_soft_algorithms_refuse_clip_return(compose, algo):
+    from rlfw.config.validate import validate
+    from rlfw.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"algo.clip_return=true is for ddpg and td3"):
+        validate(compose([f"algo={algo}", "env=FetchPush-v4", "algo.clip_return=true"]))
+    with pytest.raises(ConfigError, match="clip_return"):
+        make_agent(algo, clip_return=True)
+
 
 
 # -------------------------------------------------------------------------------------------
@@ -345,14 +365,13 @@ def test_tqc_quantile_target_truncates_pooled_atoms(drop):
         )
 
 
-def test_tqc_quantile_target_terminal_and_clip_return():
+def test_tqc_quantile_target_terminal():
     agent = make_agent(
         "tqc",
         n_critics=2,
         n_quantiles=3,
         top_quantiles_to_drop_per_net=1,
         gamma=0.9,
-        clip_return=True,
     )
     agent.actor = StubActor([0.0, 0.0], [-1.0, -1.0])
     agent.critic_target = StubQuantiles(Z)
@@ -364,10 +383,11 @@ def test_tqc_quantile_target_terminal_and_clip_return():
         torch.tensor([0.9, 0.9]),
         torch.tensor(0.5),
     )
-    # b0: clip(-1 + 0.9 [1, 2, 3, 10], -10, 0) + 0.9 * 0.5 = [-0.1, 0, 0, 0] + 0.45; b1: terminal
+    # b0: -1 + 0.9 ([1, 2, 3, 10] + 0.5), every atom above 0 kept (no clip); b1: terminal
     torch.testing.assert_close(
-        y, torch.tensor([[-0.1 + 0.45, 0.45, 0.45, 0.45], [-1.0, -1.0, -1.0, -1.0]])
+        y, torch.tensor([[0.35, 1.25, 2.15, 8.45], [-1.0, -1.0, -1.0, -1.0]])
     )
+
 
 
 # -------------------------------------------------------------------------------------------
@@ -811,3 +831,17 @@ def test_sac_td_error_is_mean_abs_over_critics():
         q = agent.critic(torch.cat([t(b.obs), t(b.action)], -1))
     agent.update(b)
     np.testing.assert_allclose(agent.td_error, (q - y).abs().mean(0).numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_crossq_defaults_follow_the_reference_code(compose):
+    """The reference code (bn_mode='brn_actor') and sb3-contrib: batch renormalisation in the
+    actor too, Adam beta1 0.5 for actor and critics, Adam's default 0.9 for the temperature."""
+    from rlfw.algos.crossq import renorm_layers
+
+    cfg = compose(["algo=crossq"])
+    assert cfg.algo.actor_batch_norm is True
+    agent = CrossQ(cfg.algo, INFO)
+    assert len(renorm_layers(agent.actor)) == len(cfg.algo.actor_hidden) + 1  # input and hidden
+    assert agent.actor_opt.param_groups[0]["betas"] == (0.5, 0.999)
+    assert agent.critic_opt.param_groups[0]["betas"] == (0.5, 0.999)
+    assert agent.alpha_opt.param_groups[0]["betas"] == (0.9, 0.999)

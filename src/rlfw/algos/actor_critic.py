@@ -18,7 +18,9 @@ and polyak averaging ``theta' <- tau * theta + (1 - tau) * theta'`` of actor and
 
 ``preact_l2`` keeps the actor out of tanh's flat tails: once ``|u|`` is large the actor's
 gradient ``dQ/da * (1 - tanh(u)^2)`` vanishes and it can never leave a saturated corner, which
-is how TD3 on Hopper-v4 collapsed to +1 on every joint (rlkit's ``policy_pre_activation_weight``).
+is how TD3 on Hopper-v4 collapsed to +1 on every joint. The mean runs over the batch and the A
+action dimensions: rlkit's ``policy_pre_activation_weight`` sums over the action dimensions, so
+``preact_l2`` is rlkit's weight divided by A.
 
 This module registers ``algo=td3`` and ``algo=ddpg`` (schemas in :mod:`rlfw.algos.config`).
 """

@@ -54,7 +54,9 @@ class ActorCriticConfig:
     # Penalty on the squared pre-tanh actor output u (pi = tanh(u)): keeps the actor out of
     # tanh's flat tails, where d tanh/du ~ 4 exp(-2|u|) vanishes and the actor can never leave
     # a saturated corner (measured on Hopper-v4: |u| reached 25-35 within the first 1000
-    # updates and stayed there). rlkit's policy_pre_activation_weight. 0: off.
+    # updates and stayed there). A mean over batch and action dimensions: rlkit's
+    # policy_pre_activation_weight sums over the A action dimensions, so this is rlkit's weight
+    # divided by A. 0: off.
     preact_l2: float = 1e-3
     actor_lr: float = 1e-3
     critic_lr: float = 1e-3

@@ -30,7 +30,8 @@ Multi-worker training: the running statistics are averaged over the workers afte
 critic (and actor) step through the agent's ``grad_sync`` hook, so the networks stay equal.
 
 Prioritised replay: :attr:`td_error` is the mean over the critics of ``|Q_j(s, a) - y|``.
-HER's ``clip_return``, ``action_l2`` and ``preact_l2`` are SAC's. Registers ``algo=crossq``.
+``action_l2`` and ``preact_l2`` are SAC's; ``clip_return`` is refused as for SAC. Registers
+``algo=crossq``.
 """
 
 # No ``from __future__ import annotations``: OmegaConf reads the schema's annotations at run time.
@@ -51,18 +52,22 @@ from rlfw.registry import register
 @dataclass
 class CrossQConfig(SACConfig):
     """Keys of CrossQ: SAC's (no ``tau``/``target_update_interval`` effect: no target networks),
-    plus the batch renormalisation. Defaults from the paper and sb3-contrib's CrossQ (learning
-    rate 1e-3, Adam beta1 0.5, policy delay 3, momentum 0.01, r_max 3, d_max 5, warmup 100k)."""
+    plus the batch renormalisation. Defaults from the paper's code (``bn_mode='brn_actor'``) and
+    sb3-contrib's CrossQ: learning rate 1e-3, Adam beta1 0.5 for actor and critics (the
+    temperature's Adam keeps beta1 0.9), policy delay 3, batch renormalisation in the critics and
+    the actor, momentum 0.01, r_max 3, d_max 5, warmup 100k. Only the critic width differs."""
 
     name: str = "crossq"
     policy_delay: int = 3
     actor_lr: float = 1e-3
     critic_lr: float = 1e-3
     alpha_lr: float = 1e-3
-    adam_beta1: float = 0.5  # the paper's Adam beta1 (0.9 is Adam's default)
+    adam_beta1: float = 0.5  # the paper's Adam beta1 for actor and critics (the temperature: 0.9)
     # The paper's critics are 2048 wide (sb3-contrib: 1024); 256 fits a 2-core CPU.
     critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
-    actor_batch_norm: bool = False  # batch renormalisation in the actor as well
+    # Batch renormalisation in the actor as well: the reference code's bn_mode='brn_actor' and
+    # sb3-contrib's default (false before issue 19).
+    actor_batch_norm: bool = True
     bn_momentum: float = 0.01  # running-statistics rate (flax's 0.99 = 1 - 0.01)
     bn_eps: float = 1e-3
     bn_r_max: float = 3.0
@@ -198,7 +203,8 @@ class CrossQ(SAC):
         return critic.eval()  # train mode only inside the joint forward pass
 
     def make_optimizer(self, params: Any, lr: float) -> torch.optim.Optimizer:
-        """Adam with ``betas=(adam_beta1, 0.999)`` (the paper's 0.5)."""
+        """The actor's and critics' Adam with ``betas=(adam_beta1, 0.999)`` (the paper's 0.5); the
+        temperature's keeps Adam's default betas (:meth:`SAC.make_alpha_optimizer`)."""
         return torch.optim.Adam(params, lr=lr, betas=(float(self.cfg.adam_beta1), 0.999))
 
     def critic_loss(self, obs_in: torch.Tensor, action: torch.Tensor, next_in: torch.Tensor, batch: Batch,

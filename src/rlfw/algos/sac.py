@@ -6,7 +6,6 @@ fixed). With ``B`` the batch and Batch fields in brackets::
 
     a', log pi(a'|s') ~ pi(.|s')                                        # fresh sample, no grad
     y    = [reward] + [discount] (1 - [terminated]) (min_j Q'_j(s', a') - alpha log pi(a'|s'))
-    y    = clip(y, -1 / (1 - gamma), 0)                                 # if clip_return
     L_Q  = 1/2 sum_j mean_B([weight] (Q_j(s, a) - y)^2)                 # paper Eq. 5, twins
     L_pi = mean_B(alpha log pi(a~|s) - min_j Q_j(s, a~)),  a~ ~ pi(.|s)  # Eq. 7 (reparameterised)
     L_alpha = -mean_B(log_alpha (log pi(a~|s) + target_entropy))        # Eq. 18, on log alpha
@@ -20,13 +19,17 @@ Every ``target_update_interval`` critic updates the target critics move by polya
 with ``tau``. Acting: ``explore=True`` samples ``a ~ pi(.|s)`` (SAC explores by sampling, so its
 default is ``noise=none``); ``explore=False`` (evaluation) is the mean action ``tanh(mu(s))``.
 
-HER options, defined for SAC as well: ``clip_return`` clips the return part of the target to
-DDPG/TD3's range and adds the entropy bonus after it,
-``y = clip(r + gamma^k (1 - d) min_j Q'_j, -1/(1-gamma), 0) - gamma^k (1 - d) alpha log pi(a'|s')``
-(clipping the whole soft target at 0 would cut off the bonus, which is positive while the
-policy is wide, and pin every Q at 0: measured on FetchReach-v4 with alpha 1);
-``action_l2`` penalises the mean action, ``action_l2 * mean(tanh(mu(s))^2)``; ``preact_l2``
-penalises the pre-tanh mean, ``preact_l2 * mean(mu(s)^2)``.
+HER options: ``action_l2`` penalises the mean action, ``action_l2 * mean(tanh(mu(s))^2)``;
+``preact_l2`` penalises the pre-tanh mean, ``preact_l2 * mean(mu(s)^2)`` (a mean over the batch
+and the A action dimensions: rlkit's ``policy_pre_activation_weight`` sums over the action
+dimensions, so ``preact_l2`` equals rlkit's weight divided by A).
+
+``clip_return`` is refused (:meth:`SACConfig.validate`): HER's clip bounds the return of {-1, 0}
+rewards, ``[-1/(1-gamma), 0]``, but a soft Q-value also holds every later entropy bonus
+``-gamma^t alpha log pi``, which has no bound. Clipping ``r + gamma Q'`` and adding the bonus
+after it (what rlfw did before issue 19) moves the fixed point: on one state with a self-loop,
+gamma 0.98, r = -0.5 and alpha log pi = 1.5 it is -51.47 instead of the soft value
+``(r - gamma alpha log pi) / (1 - gamma) = -98.5``.
 
 Prioritised replay: :attr:`td_error` is the mean over the critics of ``|Q_j(s, a) - y|``.
 
@@ -48,7 +51,7 @@ from torch import nn
 from rlfw.algos.base import OffPolicyAgent, polyak_update
 from rlfw.algos.config import validate_shared
 from rlfw.algos.networks import MLP, EnsembleMLP
-from rlfw.core import Batch, EnvInfo, in_range
+from rlfw.core import Batch, EnvInfo, in_range, require
 from rlfw.errors import ConfigError
 from rlfw.registry import register
 
@@ -88,7 +91,9 @@ class SACConfig:
     normalize: bool | None = None  # running mean/std of observations and goals; None: goal envs
     norm_clip: float = 5.0
     norm_eps: float = 0.01
-    clip_return: bool = False  # clip the soft target to [-1/(1-gamma), 0] (sparse goal envs)
+    # Kept so that every algorithm has the key; true is refused (module docstring): the bound
+    # of {-1, 0} returns does not hold for soft values, which carry the future entropy bonus.
+    clip_return: bool = False
     action_l2: float = 0.0  # HER paper's penalty, here on the mean action tanh(mu(s))
     preact_l2: float = 0.0  # penalty on the squared pre-tanh mean mu(s)
     max_grad_norm: float | None = None  # gradient-norm clipping of every loss, None: off
@@ -102,6 +107,12 @@ class SACConfig:
             in_range(node, key, 1, prefix=p)
         in_range(node, "alpha", 0.0, low_open=True, prefix=p)
         in_range(node, "alpha_lr", 0.0, low_open=True, prefix=p)
+        require(
+            not node.clip_return,
+            f"algo.clip_return=true is for ddpg and td3: algo={node.name}'s soft Q-value holds the "
+            "future entropy bonus, which the return bound [-1/(1-gamma), 0] does not cover, so the "
+            "clip would bias every target; set algo.clip_return=false",
+        )
 
     @staticmethod
     def validate_with(cfg: Any) -> None:
@@ -187,7 +198,8 @@ class SAC(OffPolicyAgent):
         seed: seeds the policy's samples (:attr:`generator`).
 
     Raises:
-        ConfigError: ``critic_linear`` given (parameter-noise layers; see ``validate_with``).
+        ConfigError: ``critic_linear`` given (parameter-noise layers; see ``validate_with``), or
+            ``cfg.clip_return`` true (module docstring).
     """
 
     metric_names: tuple[str, ...] = (
@@ -210,6 +222,10 @@ class SAC(OffPolicyAgent):
         seed: int = 0,
     ) -> None:
         super().__init__(cfg, env, device, seed)
+        if self.clip_return:
+            raise ConfigError(
+                f"algo.clip_return=true is for ddpg and td3, not algo={cfg.name} (see SACConfig.validate)"
+            )
         if critic_linear is not None:
             raise ConfigError(
                 f"algo={cfg.name} has no noisy critic layers: choose noise=none, gaussian or ou"
@@ -230,7 +246,7 @@ class SAC(OffPolicyAgent):
         self.temperature.requires_grad_(self.autotune_alpha)
         self.actor_opt = self.make_optimizer(self.actor.parameters(), float(cfg.actor_lr))
         self.critic_opt = self.make_optimizer(self.critic.parameters(), float(cfg.critic_lr))
-        self.alpha_opt = self.make_optimizer(self.temperature.parameters(), float(cfg.alpha_lr))
+        self.alpha_opt = self.make_alpha_optimizer(self.temperature.parameters(), float(cfg.alpha_lr))
         self._actor_params = list(self.actor.parameters())
         self._critic_params = list(self.critic.parameters())
         self._alpha_params = list(self.temperature.parameters())
@@ -253,7 +269,12 @@ class SAC(OffPolicyAgent):
         )
 
     def make_optimizer(self, params: Any, lr: float) -> torch.optim.Optimizer:
-        """Adam (Kingma & Ba 2015) with its default betas."""
+        """The actor's and critics' optimiser: Adam (Kingma & Ba 2015) with its default betas."""
+        return torch.optim.Adam(params, lr=lr)
+
+    def make_alpha_optimizer(self, params: Any, lr: float) -> torch.optim.Optimizer:
+        """The temperature's optimiser: Adam with its default betas (0.9, 0.999), for every soft
+        algorithm (CrossQ's reference code and sb3-contrib too)."""
         return torch.optim.Adam(params, lr=lr)
 
     @torch.no_grad()
@@ -266,16 +287,13 @@ class SAC(OffPolicyAgent):
 
     def soft_bootstrap(self, reward: torch.Tensor, bootstrap: torch.Tensor, q_next: torch.Tensor,
                        entropy_cost: torch.Tensor) -> torch.Tensor:  # fmt: skip
-        """``y = reward + bootstrap (q_next - entropy_cost)``, with ``clip_return``:
-        ``clip(reward + bootstrap q_next, -1/(1-gamma), 0) - bootstrap entropy_cost``.
+        """``y = reward + bootstrap (q_next - entropy_cost)`` (paper Eq. 3).
 
         Shapes broadcast: ``reward``, ``bootstrap`` (``discount (1 - terminated)``) and
         ``entropy_cost`` (``alpha log pi(a'|s')``) ``[B]`` or ``[B, 1]``; ``q_next`` ``[B]`` or
-        ``[B, K]`` (TQC's atoms).
+        ``[B, K]`` (TQC's atoms). No return clipping (module docstring).
         """
-        if not self.clip_return:
-            return reward + bootstrap * (q_next - entropy_cost)
-        return (reward + bootstrap * q_next).clamp(self.return_low, 0.0) - bootstrap * entropy_cost
+        return reward + bootstrap * (q_next - entropy_cost)
 
     def critic_loss(self, obs_in: torch.Tensor, action: torch.Tensor, next_in: torch.Tensor, batch: Batch,
                     alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip

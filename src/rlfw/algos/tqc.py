@@ -13,15 +13,16 @@ With ``d = top_quantiles_to_drop_per_net`` and ``B`` the batch::
     L_pi  = mean_B(alpha log pi(a~|s) - 1/(NM) sum_{n, m} theta_n^m(s, a~))        # Eq. 11
 
 The target critics follow the online ones by polyak averaging with ``tau``. sb3-contrib's TQC
-sums the quantile loss over the current quantiles instead of averaging it (M times larger);
-Adam makes the two nearly equivalent, and this module keeps the paper's mean.
+averages the quantile Huber loss over everything, the N critics included
+(``quantile_huber_loss(..., sum_over_quantiles=False)``), so ``L_Z`` here, a sum over the critics
+of the per-critic mean, is N times its loss; Adam's step is invariant to that constant factor
+(up to its epsilon), and this module keeps the paper's per-critic sum.
 
 Prioritised replay: :attr:`td_error` is each sample's quantile Huber loss averaged over the
 critics, ``1/N sum_n 1/(kM) sum_{m, i} rho_{tau_m}(y_i - theta_n^m)`` (the distributional loss
 as priority, as in Rainbow; Hessel et al. 2018).
 
-HER's ``clip_return`` clips every atom's return part as SAC does (:meth:`SAC.soft_bootstrap`);
-``action_l2`` and ``preact_l2`` are SAC's.
+``action_l2`` and ``preact_l2`` are SAC's; ``clip_return`` is refused as for SAC.
 This module registers ``algo=tqc``.
 """
 
