@@ -360,7 +360,9 @@ def test_strategy_fedavgm_step_and_server_side_refusal(tmp_path):
     strategy = RLStrategy(p.cfg, build_agent(p.clients[0], info), dims, tmp_path)
     g0 = [a.copy() for a in strategy.global_arrays]
     rng = np.random.default_rng(0)
-    xs = [[a + rng.normal(size=a.shape).astype(a.dtype) for a in g0] for _ in range(2)]
+    # network weights moved; normaliser statistics as sent (the server checks their deltas)
+    xs = [[a + rng.normal(size=a.shape).astype(a.dtype) if e.kind == "net" else a.copy()
+           for a, e in zip(g0, strategy.entries)] for _ in range(2)]  # fmt: skip
 
     def res(arrays, n, i):
         metrics = {
@@ -372,7 +374,7 @@ def test_strategy_fedavgm_step_and_server_side_refusal(tmp_path):
         return None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, metrics)
 
     bad = [np.zeros((3,), np.float32)]
-    strategy.aggregate_fit(1, [res(xs[0], 300, 0), res(xs[1], 100, 1), res(bad, 50, 1)], [])
+    strategy.aggregate_fit(1, [res(xs[0], 30, 0), res(xs[1], 10, 1), res(bad, 5, 1)], [])
     strategy.close()
     got = get_weights(strategy.agent)
     for j, e in enumerate(strategy.entries):
@@ -380,7 +382,7 @@ def test_strategy_fedavgm_step_and_server_side_refusal(tmp_path):
             mean = 0.75 * xs[0][j].astype(np.float64) + 0.25 * xs[1][j]
             np.testing.assert_allclose(got[j], g0[j] - 0.5 * (g0[j] - mean), rtol=1e-5, atol=1e-5)
     (row,) = read_csv(tmp_path / "federated_metrics.csv")
-    assert (row["clients"], row["refused"], row["env_steps"]) == ("2", "1", "400")
+    assert (row["clients"], row["refused"], row["env_steps"]) == ("2", "1", "40")
     assert float(row["eval_return"]) == pytest.approx(-0.25)
     assert load(tmp_path / "global" / "round_1.pt")["strategy"] == "fedavgm"
 
@@ -404,7 +406,8 @@ def test_server_drops_poisoned_updates_and_names_the_clients(tmp_path, caplog, s
     strategy_ = RLStrategy(p.cfg, build_agent(p.clients[0], info), dims, tmp_path)
     g0 = [a.copy() for a in strategy_.global_arrays]
     rng = np.random.default_rng(0)
-    honest = [[a + (0.01 * rng.normal(size=a.shape)).astype(a.dtype) for a in g0] for _ in range(2)]
+    honest = [[a + (0.01 * rng.normal(size=a.shape)).astype(a.dtype) if e.kind == "net" else a.copy()
+               for a, e in zip(g0, strategy_.entries)] for _ in range(2)]  # fmt: skip
     nan = [a.copy() for a in g0]
     nan[0][...] = np.nan
     huge = [a * 1e6 for a in g0]
@@ -416,7 +419,7 @@ def test_server_drops_poisoned_updates_and_names_the_clients(tmp_path, caplog, s
             "eval_return": 0.0,
             "eval_success_rate": 0.0,
         }
-        return None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), 100, metrics)
+        return None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), 50, metrics)
 
     with caplog.at_level(logging.ERROR, logger="rlfw"):
         strategy_.aggregate_fit(
