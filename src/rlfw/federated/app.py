@@ -33,9 +33,7 @@ log = logging.getLogger("rlfw")
 
 
 def _strategy(p: Plan, run_dir: Path) -> Any:
-    from rlfw.federated.server import RLStrategy
-
-    from rlfw.federated.server import round_steps
+    from rlfw.federated.server import RLStrategy, round_steps
 
     dims, info = check_shapes(p)
     agent = build_agent(p.clients[0], info)
