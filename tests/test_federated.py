@@ -360,7 +360,9 @@ def test_strategy_fedavgm_step_and_server_side_refusal(tmp_path):
     strategy = RLStrategy(p.cfg, build_agent(p.clients[0], info), dims, tmp_path)
     g0 = [a.copy() for a in strategy.global_arrays]
     rng = np.random.default_rng(0)
-    xs = [[a + rng.normal(size=a.shape).astype(a.dtype) for a in g0] for _ in range(2)]
+    # network weights moved; normaliser statistics as sent (the server checks their deltas)
+    xs = [[a + rng.normal(size=a.shape).astype(a.dtype) if e.kind == "net" else a.copy()
+           for a, e in zip(g0, strategy.entries)] for _ in range(2)]  # fmt: skip
 
     def res(arrays, n, i):
         metrics = {
@@ -372,7 +374,7 @@ def test_strategy_fedavgm_step_and_server_side_refusal(tmp_path):
         return None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, metrics)
 
     bad = [np.zeros((3,), np.float32)]
-    strategy.aggregate_fit(1, [res(xs[0], 300, 0), res(xs[1], 100, 1), res(bad, 50, 1)], [])
+    strategy.aggregate_fit(1, [res(xs[0], 30, 0), res(xs[1], 10, 1), res(bad, 5, 1)], [])
     strategy.close()
     got = get_weights(strategy.agent)
     for j, e in enumerate(strategy.entries):
@@ -380,7 +382,7 @@ def test_strategy_fedavgm_step_and_server_side_refusal(tmp_path):
             mean = 0.75 * xs[0][j].astype(np.float64) + 0.25 * xs[1][j]
             np.testing.assert_allclose(got[j], g0[j] - 0.5 * (g0[j] - mean), rtol=1e-5, atol=1e-5)
     (row,) = read_csv(tmp_path / "federated_metrics.csv")
-    assert (row["clients"], row["refused"], row["env_steps"]) == ("2", "1", "400")
+    assert (row["clients"], row["refused"], row["env_steps"]) == ("2", "1", "40")
     assert float(row["eval_return"]) == pytest.approx(-0.25)
     assert load(tmp_path / "global" / "round_1.pt")["strategy"] == "fedavgm"
 
@@ -404,7 +406,8 @@ def test_server_drops_poisoned_updates_and_names_the_clients(tmp_path, caplog, s
     strategy_ = RLStrategy(p.cfg, build_agent(p.clients[0], info), dims, tmp_path)
     g0 = [a.copy() for a in strategy_.global_arrays]
     rng = np.random.default_rng(0)
-    honest = [[a + (0.01 * rng.normal(size=a.shape)).astype(a.dtype) for a in g0] for _ in range(2)]
+    honest = [[a + (0.01 * rng.normal(size=a.shape)).astype(a.dtype) if e.kind == "net" else a.copy()
+               for a, e in zip(g0, strategy_.entries)] for _ in range(2)]  # fmt: skip
     nan = [a.copy() for a in g0]
     nan[0][...] = np.nan
     huge = [a * 1e6 for a in g0]
@@ -416,7 +419,7 @@ def test_server_drops_poisoned_updates_and_names_the_clients(tmp_path, caplog, s
             "eval_return": 0.0,
             "eval_success_rate": 0.0,
         }
-        return None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), 100, metrics)
+        return None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), 50, metrics)
 
     with caplog.at_level(logging.ERROR, logger="rlfw"):
         strategy_.aggregate_fit(
@@ -434,3 +437,188 @@ def test_server_drops_poisoned_updates_and_names_the_clients(tmp_path, caplog, s
             np.testing.assert_allclose(got[j], expected, rtol=1e-5, atol=1e-5)
     (row,) = read_csv(tmp_path / "federated_metrics.csv")
     assert (row["clients"], row["refused"]) == ("2", "2")
+
+
+# -------------------------------------------------------------------------------------------
+# poisoned numbers: normaliser statistics, num_examples, metrics
+
+
+def _honest(g0, entries, rng, k):
+    """What an honest client returns: networks moved a little, each normaliser fed ``k``
+    observations with entries in [-2, 2] (count += k, sum += x.sum, sumsq += (x^2).sum)."""
+    out = [a.copy() for a in g0]
+    index = {e.name: j for j, e in enumerate(entries)}
+    for j, e in enumerate(entries):
+        if e.kind == "net":
+            out[j] = out[j] + (0.01 * rng.normal(size=out[j].shape)).astype(out[j].dtype)
+    for e in entries:
+        if e.kind == "norm" and e.key == "count":
+            x = rng.uniform(-2, 2, size=(k, g0[index[f"{e.module}.sum"]].shape[0]))
+            out[index[e.name]] = out[index[e.name]] + k
+            out[index[f"{e.module}.sum"]] = out[index[f"{e.module}.sum"]] + x.sum(0)
+            out[index[f"{e.module}.sumsq"]] = out[index[f"{e.module}.sumsq"]] + np.square(x).sum(0)
+    return out
+
+
+def _add(name, delta):
+    """A poison: add ``delta`` to the entry ``name`` of an honest result."""
+
+    def poison(arrays, entries):
+        j = [e.name for e in entries].index(name)
+        arrays[j] = (arrays[j] + delta).astype(arrays[j].dtype)
+        return arrays
+
+    return poison
+
+
+# (case, poison of the arrays, num_examples, metrics change, the refusal's words)
+POISONS = [
+    ("sums of 1e30: global obs mean to 5e27", _add("obs_norm.sum", 1e30), 50, {}, "obs_norm.sum adds"),
+    ("count -1e6: normalisation switched off", _add("obs_norm.count", -1e6), 50, {}, "obs_norm.count adds"),
+    ("negative count reverses the statistics", _add("goal_norm.count", -100), 50, {}, "goal_norm.count adds"),
+    ("count of more steps than the round has", _add("obs_norm.count", 10**6), 50, {}, "obs_norm.count adds"),
+    ("sumsq of 1e30", _add("obs_norm.sumsq", 1e30), 50, {}, "obs_norm.sumsq adds"),
+    ("sumsq below sum^2/count", _add("goal_norm.sumsq", -1e3), 50, {}, "less than sum^2 / count"),
+    ("num_examples=10**15 replaces the global model", None, 10**15, {}, "num_examples 1000000000000000"),
+    ("num_examples=-1000 voids the round", None, -1000, {}, "num_examples -1000"),
+    ("num_examples above the round's steps", None, 51, {}, "outside [0, 50]"),
+    ("a client_index that names no client", None, 50, {"client_index": "abc"}, "client_index 'abc'"),
+    ("a success rate of 1e9", None, 50, {"eval_success_rate": 1e9}, "eval_success_rate"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def three_clients():
+    """A plan of three Fetch clients (TINY: 50 env steps a round) and the global model's sizes."""
+    p = plan([*TINY, "federated.evaluate_global=false",
+              "federated.clients=[FetchPush-v4,FetchSlide-v4,FetchPush-v4]"])  # fmt: skip
+    dims, info = check_shapes(p)
+    return p, dims, info
+
+
+@pytest.mark.parametrize(("case", "poison", "n", "metrics", "words"), POISONS, ids=[c[0] for c in POISONS])
+def test_poisoned_client_is_refused_and_the_honest_aggregate_goes_on(
+    tmp_path, caplog, three_clients, case, poison, n, metrics, words
+):
+    """Two honest clients and one poisoned result in one aggregate_fit: the poisoned one is
+    refused with one log line naming it, and the global networks and normaliser statistics
+    equal the aggregate of the honest two (FedAvg mean, summed normaliser deltas)."""
+    import logging
+
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+
+    from rlfw.federated.params import aggregate as fedavg
+    from rlfw.federated.params import get_weights
+    from rlfw.federated.server import RLStrategy
+    from rlfw.federated.setup import build_agent
+
+    p, dims, info = three_clients
+    strategy = RLStrategy(p.cfg, build_agent(p.clients[0], info), dims, tmp_path)
+    assert strategy.max_steps == 50
+    g0 = [a.copy() for a in strategy.global_arrays]
+    rng = np.random.default_rng(1)
+    honest = [_honest(g0, strategy.entries, rng, 50) for _ in range(2)]
+    bad = _honest(g0, strategy.entries, rng, 50)
+    if poison is not None:
+        bad = poison(bad, strategy.entries)
+
+    def res(arrays, i, n_, extra=None):
+        m = {"client_index": i, "env": p.fed.clients[i], "eval_return": -1.0,
+             "eval_success_rate": 0.5, **(extra or {})}  # fmt: skip
+        return None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n_, m)
+
+    with caplog.at_level(logging.ERROR, logger="rlfw"):
+        strategy.aggregate_fit(1, [res(honest[0], 0, 50), res(bad, 2, n, metrics), res(honest[1], 1, 50)], [])
+    strategy.close()
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1 and words in refusals[0], refusals
+    assert "client 2 'FetchPush-v4'" in refusals[0] or "client abc" in refusals[0]
+    want = fedavg(strategy.kinds, g0, honest, [50, 50])
+    got = get_weights(strategy.agent)
+    for j, e in enumerate(strategy.entries):
+        np.testing.assert_allclose(got[j], want[j], rtol=1e-6, atol=1e-6, err_msg=e.name)
+    mean = strategy.agent.obs_norm.mean.numpy()
+    assert np.abs(mean).max() <= 2.0  # honest observations lie in [-2, 2]
+    (row,) = read_csv(tmp_path / "federated_metrics.csv")
+    assert (row["clients"], row["refused"], row["env_steps"]) == ("2", "1", "100")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("federated.round_timeout_s=-1", "federated.round_timeout_s must be > 0"),
+        ("federated.connect_timeout_s=-5", "federated.connect_timeout_s must be > 0"),
+        ("federated.krum_malicious=2", "federated.krum_malicious must be in [0, 1]"),
+        ("federated.server_address=localhost:abc", "federated.server_address must be HOST:PORT"),
+        ("federated.max_update_norm=inf", "federated.max_update_norm=inf must be a finite number"),
+        ("federated.max_obs_abs=0", "federated.max_obs_abs must be > 0"),
+    ],
+)
+def test_federated_ranges_are_one_line(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        plan([override])
+    assert "\n" not in str(err.value)
+
+
+_MALICIOUS = '''
+import sys
+
+import numpy as np
+
+from rlfw.federated import app, client, params
+from rlfw.federated.setup import plan
+
+
+class Poisoned(client.ClientFactory):
+    """Client 1 trains honestly, then adds 1e30 to its observation normaliser's sums."""
+
+    def __call__(self, context):
+        index = int(context.node_config["partition-id"])
+        c = self.get(index)
+        if index == 1 and not getattr(c, "poisoned", False):
+            fit = c.fit
+
+            def bad_fit(parameters, config):
+                weights, n, metrics = fit(parameters, config)
+                names = [e.name for e in params.layout(c.runner.agent)]
+                j = names.index("obs_norm.sum")
+                weights[j] = weights[j] + 1e30
+                return weights, n, metrics
+
+            c.fit, c.poisoned = bad_fit, True
+        return c.to_client()
+
+
+client.ClientFactory = Poisoned
+app.simulate(plan(sys.argv[2:]), sys.argv[1], num_cpus=2)
+'''
+
+
+def test_simulation_with_one_malicious_client(tmp_path):
+    """Three clients in Flower's simulation engine; client 1 sends normaliser sums of 1e30
+    every round. It is refused every round, and the global model is the honest two's
+    aggregate: its observation mean stays that of real observations."""
+    script = tmp_path / "malicious.py"
+    script.write_text(_MALICIOUS)
+    run_dir = tmp_path / "sim"
+    envs = ["FetchPush-v4", "FetchSlide-v4", "FetchPush-v4"]
+    args = [*TINY, f"federated.clients=[{','.join(envs)}]", "federated.evaluate_global=false"]
+    res = subprocess.run([sys.executable, str(script), str(run_dir), *args], capture_output=True,
+                         text=True, timeout=300, env=ENV, cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "refused client 1 'FetchSlide-v4': obs_norm.sum adds" in res.stderr + res.stdout
+    rows = read_csv(run_dir / "federated_metrics.csv")
+    assert [(r["clients"], r["refused"]) for r in rows] == [("2", "1")] * ROUNDS
+    honest = [run_dir / "clients" / f"{i}_{envs[i]}" for i in (0, 2)]
+    for k in range(1, ROUNDS + 1):
+        glob = load(run_dir / "global" / f"round_{k}.pt")["agent"]
+        prev = load(run_dir / "global" / f"round_{k - 1}.pt")["agent"]
+        sent = [load(d / "federated" / f"round_{k}.pt")["weights"] for d in honest]
+        for key in ("count", "sum", "sumsq"):
+            g0 = prev["obs_norm"][key].double().numpy()
+            want = g0 + sum(np.asarray(s[f"obs_norm.{key}"], np.float64) - g0 for s in sent)
+            np.testing.assert_allclose(glob["obs_norm"][key].double().numpy(), want, rtol=1e-9)
+        w = next(iter(glob["actor"]))
+        np.testing.assert_allclose(glob["actor"][w].numpy(), 0.5 * (sent[0][f"actor.{w}"] + sent[1][f"actor.{w}"]),
+                                   rtol=1e-5, atol=1e-6)  # fmt: skip
+        assert np.abs(glob["obs_norm"]["mean"].numpy()).max() < 100  # Fetch observations

@@ -7,7 +7,10 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from rlfw.core import in_range, require
+from rlfw.core.checks import in_range, require
+
+# Widest hidden layer accepted: a 65536 x 65536 float32 layer alone is 16 GiB.
+MAX_LAYER = 2**16
 
 
 def validate_shared(node: Any) -> None:
@@ -24,13 +27,21 @@ def validate_shared(node: Any) -> None:
     in_range(node, "tau", 0.0, 1.0, low_open=True, prefix=p)
     for key in ("action_l2", "preact_l2"):
         in_range(node, key, 0.0, prefix=p)
+    # Adam's step is lr * m / sqrt(v): an infinite or zero rate is no training at all
     in_range(node, "actor_lr", 0.0, low_open=True, prefix=p)
     in_range(node, "critic_lr", 0.0, low_open=True, prefix=p)
     for key in ("actor_hidden", "critic_hidden"):
         require(
-            len(node[key]) >= 1 and all(int(h) > 0 for h in node[key]),
-            f"algo.{key}={list(node[key])} must be a non-empty list of positive layer sizes",
+            len(node[key]) >= 1 and all(0 < int(h) <= MAX_LAYER for h in node[key]),
+            f"algo.{key}={list(node[key])} must be a non-empty list of layer sizes in [1, {MAX_LAYER}]",
         )
+    # The normaliser clips (x - mean) / max(std, norm_eps) to [-norm_clip, norm_clip]: a clip
+    # <= 0 maps every input to 0 (or flips it), an eps <= 0 divides by a zero std.
+    in_range(node, "norm_clip", 0.0, low_open=True, prefix=p)
+    in_range(node, "norm_eps", 0.0, low_open=True, prefix=p)
+    # torch.nn.utils.clip_grad_norm_ scales by max_norm / norm: a negative bound flips every
+    # gradient, 0 zeroes them; null switches clipping off.
+    in_range(node, "max_grad_norm", 0.0, low_open=True, optional=True, prefix=p)
     registry("algo.activation").check(node.activation)
     registry("algo.init").check(node.init)
 
@@ -85,7 +96,7 @@ class ActorCriticConfig:
         )
         in_range(node, "policy_delay", 1, prefix=p)
         for key in ("target_noise", "target_noise_clip"):
-            in_range(node, key, 0.0, prefix=p)
+            in_range(node, key, 0.0, prefix=p)  # in [-1, 1] action units; finite
 
 
 @dataclass

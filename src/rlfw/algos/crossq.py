@@ -45,7 +45,8 @@ from torch import nn
 
 from rlfw.algos.networks import ACTIVATIONS, INITS, EnsembleLinear
 from rlfw.algos.sac import SAC, SACConfig, SquashedGaussianActor
-from rlfw.core import Batch, in_range
+from rlfw.core import Batch
+from rlfw.core.checks import in_range
 from rlfw.registry import register
 
 
@@ -79,7 +80,7 @@ class CrossQConfig(SACConfig):
         """SAC's checks and the batch renormalisation's ranges."""
         SACConfig.validate(node)
         p = "algo."
-        in_range(node, "adam_beta1", 0.0, 1.0, prefix=p)
+        in_range(node, "adam_beta1", 0.0, 1.0, high_open=True, prefix=p)  # torch.optim.Adam: [0, 1)
         in_range(node, "bn_momentum", 0.0, 1.0, low_open=True, prefix=p)
         in_range(node, "bn_eps", 0.0, low_open=True, prefix=p)
         in_range(node, "bn_r_max", 1.0, prefix=p)

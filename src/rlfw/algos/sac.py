@@ -51,12 +51,14 @@ from torch import nn
 from rlfw.algos.base import OffPolicyAgent, polyak_update
 from rlfw.algos.config import validate_shared
 from rlfw.algos.networks import MLP, EnsembleMLP
-from rlfw.core import Batch, EnvInfo, in_range, require
+from rlfw.core import Batch, EnvInfo, require
+from rlfw.core.checks import in_range
 from rlfw.errors import ConfigError
 from rlfw.registry import register
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # the policy's log std is clamped here (SB3, softlearning)
 LOG2 = math.log(2.0)
+MAX_CRITICS = 100  # algo.n_critics above this is refused (memory, not a published setting)
 
 
 @dataclass
@@ -103,10 +105,14 @@ class SACConfig:
         """Ranges and names of these keys (one :class:`rlfw.errors.ConfigError` line)."""
         validate_shared(node)
         p = "algo."
-        for key in ("target_update_interval", "n_critics", "policy_delay"):
+        for key in ("target_update_interval", "policy_delay"):
             in_range(node, key, 1, prefix=p)
+        # an ensemble of critics: REDQ's 10 is the largest in the literature
+        in_range(node, "n_critics", 1, MAX_CRITICS, prefix=p)
         in_range(node, "alpha", 0.0, low_open=True, prefix=p)
         in_range(node, "alpha_lr", 0.0, low_open=True, prefix=p)
+        # nats; null: -act_dim. NaN would make the temperature loss NaN at the first update.
+        in_range(node, "target_entropy", optional=True, prefix=p)
         require(
             not node.clip_return,
             f"algo.clip_return=true is for ddpg and td3: algo={node.name}'s soft Q-value holds the "

@@ -35,7 +35,8 @@ from torch import nn
 
 from rlfw.algos.networks import EnsembleMLP
 from rlfw.algos.sac import SAC, SACConfig
-from rlfw.core import Batch, in_range, require
+from rlfw.core import Batch
+from rlfw.core.checks import in_range, require
 from rlfw.registry import register
 
 
@@ -53,7 +54,7 @@ class TQCConfig(SACConfig):
     def validate(node: Any) -> None:
         """SAC's checks, and ``0 <= top_quantiles_to_drop_per_net < n_quantiles``."""
         SACConfig.validate(node)
-        in_range(node, "n_quantiles", 1, prefix="algo.")
+        in_range(node, "n_quantiles", 1, 1000, prefix="algo.")  # the paper: 25; memory grows with it
         in_range(node, "top_quantiles_to_drop_per_net", 0, prefix="algo.")
         require(
             node.top_quantiles_to_drop_per_net < node.n_quantiles,

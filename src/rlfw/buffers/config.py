@@ -5,7 +5,7 @@
 from dataclasses import dataclass
 from typing import Any
 
-from rlfw.core import in_range
+from rlfw.core.checks import human_bytes, in_range, memory_bytes, require
 
 
 @dataclass
@@ -40,5 +40,37 @@ class BufferConfig:
         in_range(node, "replay_k", 0.0, prefix=p)
         in_range(node, "alpha", 0.0, prefix=p)
         in_range(node, "beta0", 0.0, 1.0, prefix=p)
+        in_range(node, "beta_final_step", 1, optional=True, prefix=p)
         in_range(node, "priority_eps", 0.0, low_open=True, prefix=p)
         in_range(node, "n_step", 1, prefix=p)
+        require(
+            node.n_step <= node.capacity,
+            f"buffer.n_step={node.n_step} must be <= buffer.capacity={node.capacity}",
+        )
+        check_memory(node)
+
+
+# Bytes per stored transition with one-number observations and actions and no goal
+# (rlfw.buffers.storage: float32 obs, action and reward, two bools, two int32 counters); every
+# real task needs more. The prioritized sampler adds a float64 sum tree (2 x capacity nodes).
+MIN_TRANSITION_BYTES = 4 * (1 + 1 + 1) + 2 + 2 * 4
+SUM_TREE_BYTES = 16
+
+
+def check_memory(node: Any) -> None:
+    """Refuse a ``buffer.capacity`` whose storage cannot fit in this machine's memory even with
+    the smallest observation (the observation sizes are known only once the env is built).
+
+    Raises:
+        ConfigError: one line naming the capacity, the lower bound of its size and the memory.
+    """
+    per = MIN_TRANSITION_BYTES + (SUM_TREE_BYTES if node.sampler == "prioritized" else 0)
+    need = int(node.capacity) * per
+    have = memory_bytes()
+    if have is not None:
+        require(
+            need <= have,
+            f"buffer.capacity={node.capacity} needs at least {human_bytes(need)} ({per} bytes per "
+            f"transition for the smallest observation, more for real ones) but this machine has "
+            f"{human_bytes(have)} of memory; use a smaller buffer.capacity (1e6 is usual)",
+        )

@@ -164,6 +164,11 @@ def preflight(argv: list[str]) -> int:
     ]
     for o in args.overrides:
         key, _, value = o.lstrip("+").partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and not value.strip().strip("'\""):
+            raise ConfigError(
+                f"{key} is empty: the run's files would be written into the current directory; "
+                f"name a directory, e.g. {key}=outputs/my_run"
+            )
         if key in ("hydra.run.dir", "hydra.sweep.dir") and value and "${" not in value:
             check_writable(value, key)
     if not any(o.lstrip("+").startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for o in args.overrides):

@@ -22,7 +22,7 @@ from omegaconf import MISSING
 
 from rlfw.algos.config import ActorCriticConfig, DDPGConfig, TD3Config
 from rlfw.buffers.config import BufferConfig
-from rlfw.core import in_range, one_of, require
+from rlfw.core.checks import check_seed, in_range, one_of, require
 from rlfw.logger_config import LoggerConfig, WandbLoggerConfig
 from rlfw.noise.config import (
     GaussianNoiseConfig,
@@ -66,8 +66,58 @@ class EnvConfig:
 
         registry("env.family").check(node.family)
         one_of(node.vectorization, ("sync", "async"), "env.vectorization")
-        if node.max_episode_steps is not None:
-            in_range(node, "max_episode_steps", 1, prefix="env.")
+        in_range(node, "max_episode_steps", 1, optional=True, prefix="env.")
+        in_range(node, "noise_sigma", 0.0, prefix="env.")
+
+    @staticmethod
+    def check_kwargs(env_id: str, kwargs: Any, family: Any = None) -> None:
+        """Refuse ``env.kwargs`` keys that the env's constructor does not take, read from the
+        signatures of the registered entry point's ``__init__`` (and, where it passes
+        ``**kwargs`` on, its base classes') without building the env. Keys of
+        ``gymnasium.make`` itself are allowed; a constructor that takes ``**kwargs`` all the
+        way down accepts anything.
+
+        Raises:
+            ConfigError: ``env.kwargs.foo: FetchReach-v4's constructor takes no such argument``.
+        """
+        import inspect
+
+        import gymnasium as gym
+
+        keys = [str(k) for k in (kwargs or {})]
+        if not keys:
+            return
+        if family is not None:
+            family.register()
+        try:
+            spec = gym.spec(env_id)
+            creator = spec.entry_point
+            if isinstance(creator, str):
+                creator = gym.envs.registration.load_env_creator(creator)
+        except Exception:  # an id or entry point that cannot be read: gym.make will say why
+            return
+        allowed = {"max_episode_steps", "disable_env_checker", "render_mode"}
+        chain = inspect.getmro(creator) if inspect.isclass(creator) else (creator,)
+        for obj in chain:
+            init = obj.__init__ if inspect.isclass(obj) else obj
+            if init is object.__init__:
+                break
+            try:
+                params = inspect.signature(init).parameters.values()
+            except (TypeError, ValueError):
+                return
+            allowed |= {q.name for q in params if q.kind is not q.VAR_KEYWORD}
+            if not any(q.kind is q.VAR_KEYWORD for q in params):
+                unknown = [k for k in keys if k not in allowed]
+                require(
+                    not unknown,
+                    f"env.kwargs.{unknown[0] if unknown else ''}: {env_id}'s constructor takes no such "
+                    f"argument; it takes: {', '.join(sorted(allowed - {'self'}))}",
+                )
+                return
+
+
+MAX_ENVS = 1024  # train.num_envs and eval.num_envs above this are refused
 
 
 @dataclass
@@ -107,8 +157,10 @@ class TrainConfig:
     def validate(node: Any) -> None:
         """Ranges and names of these keys (one :class:`rlfw.errors.ConfigError` line)."""
         p = "train."
-        for key in ("epochs", "cycles_per_epoch", "steps_per_cycle", "batch_size", "num_envs"):
+        for key in ("epochs", "cycles_per_epoch", "steps_per_cycle", "batch_size"):
             in_range(node, key, 1, prefix=p)
+        # one simulator each (processes with env.vectorization=async)
+        in_range(node, "num_envs", 1, MAX_ENVS, prefix=p)
         for key in ("updates_per_cycle", "learning_starts", "torch_threads"):
             in_range(node, key, 0, prefix=p)
         in_range(node, "checkpoint_every", 1, prefix=p)
@@ -162,8 +214,8 @@ class EvalConfig:
     @staticmethod
     def validate(node: Any) -> None:
         """Ranges and names of these keys."""
-        for key in ("episodes", "num_envs"):
-            in_range(node, key, 0, prefix="eval.")
+        in_range(node, "episodes", 0, prefix="eval.")
+        in_range(node, "num_envs", 0, MAX_ENVS, prefix="eval.")
         in_range(node, "every", 1, prefix="eval.")
         one_of(node.metric, EVAL_METRICS, "eval.metric")
         require(
@@ -184,6 +236,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: Any = MISSING
+
+    @staticmethod
+    def validate(cfg: Any) -> None:
+        """The root keys: ``seed`` in [0, 2**32) (numpy's generators refuse negative seeds)."""
+        check_seed(cfg.seed)
 
 
 def register_schemas() -> None:

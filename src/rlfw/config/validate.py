@@ -25,6 +25,18 @@ def _check(schema: Any, node: Any) -> None:
         check(node)
 
 
+def held_transitions(capacity: int, num_envs: int, episode_steps: int | None = None) -> int:
+    """An upper bound of the transitions the replay storage (:class:`rlfw.buffers.storage.
+    EpisodeStorage`) can hold: each env has ``R = ceil(capacity / num_envs)`` rows, its newest
+    holds the current observation, and every episode of ``T = episode_steps`` steps keeps one
+    more row than it has transitions (its last observation), so at most
+    ``R - 1 - floor((R - 1) / (T + 1))`` per env. A batch larger than this is never sampled."""
+    rows = -(-int(capacity) // int(num_envs)) - 1
+    if episode_steps:
+        rows -= rows // (int(episode_steps) + 1)
+    return rows * int(num_envs)
+
+
 def cross_rules(cfg: Any) -> None:
     """The rules that span groups: the batch fits the buffer, the buffer holds a transition of
     every env, HER needs a family with goals.
@@ -40,6 +52,13 @@ def cross_rules(cfg: Any) -> None:
     require(
         tr.batch_size <= b.capacity,
         f"train.batch_size={tr.batch_size} is larger than buffer.capacity={b.capacity}",
+    )
+    held = held_transitions(b.capacity, tr.num_envs)
+    require(
+        tr.batch_size <= held,
+        f"train.batch_size={tr.batch_size} is more than the {held} transitions buffer.capacity="
+        f"{b.capacity} can hold with train.num_envs={tr.num_envs} (each env's newest row holds its "
+        f"current observation): updates start only once the buffer holds a batch, so none would run",
     )
     family = registry("env.family").get(cfg.env.family).target
     if cfg.algo.get("clip_return", False) and family.goal is False:
@@ -76,6 +95,7 @@ def validate(cfg: Any) -> str:
     known = {f.name for f in dataclasses.fields(Config)}
     for key in cfg:
         require(key in known, f"unknown key '{key}'; the keys of the root config are: {', '.join(sorted(known))}")
+    Config.validate(cfg)
     schemas = [registry(group).get(str(cfg[group].name)).schema for group in OPTION_GROUPS]
     for group, schema in zip(OPTION_GROUPS, schemas):
         _check(schema, cfg[group])
@@ -87,4 +107,24 @@ def validate(cfg: Any) -> str:
         if check_with is not None:
             check_with(cfg)
     env_id, _ = resolve_env_id(str(cfg.env.id), cfg.env.family, bool(cfg.env.resolve_version))
+    family = registry("env.family").get(cfg.env.family).target
+    EnvConfig.check_kwargs(env_id, cfg.env.kwargs, family)
+    steps = cfg.env.max_episode_steps or _registered_steps(env_id)
+    held = held_transitions(cfg.buffer.capacity, cfg.train.num_envs, steps)
+    require(
+        cfg.train.batch_size <= held,
+        f"train.batch_size={cfg.train.batch_size} is more than the {held} transitions buffer.capacity="
+        f"{cfg.buffer.capacity} can hold with train.num_envs={cfg.train.num_envs} and episodes of {steps} "
+        f"steps (each episode also keeps its last observation): no update would ever run",
+    )
     return env_id
+
+
+def _registered_steps(env_id: str) -> int | None:
+    """The TimeLimit Gymnasium registered for ``env_id`` (None if none or unknown)."""
+    import gymnasium as gym
+
+    try:
+        return gym.spec(env_id).max_episode_steps
+    except Exception:
+        return None

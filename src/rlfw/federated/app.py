@@ -33,11 +33,15 @@ log = logging.getLogger("rlfw")
 
 
 def _strategy(p: Plan, run_dir: Path) -> Any:
-    from rlfw.federated.server import RLStrategy
+    from rlfw.federated.server import RLStrategy, round_steps
 
     dims, info = check_shapes(p)
     agent = build_agent(p.clients[0], info)
-    return RLStrategy(p.cfg, agent, dims, run_dir)
+    # each client's own schedule (an env family file may set train.*): the largest bounds
+    # what any client may report
+    steps = max(round_steps(p.fed.epochs_per_round, c.train) for c in p.clients)
+    envs = max(int(c.train.num_envs) for c in p.clients)
+    return RLStrategy(p.cfg, agent, dims, run_dir, max_steps=steps, max_envs=envs)
 
 
 def _server_config(p: Plan) -> Any:

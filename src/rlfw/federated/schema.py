@@ -70,6 +70,11 @@ class FederatedConfig:
     # ... and the norm of that change at most this multiple of the global networks' norm
     # (scale-free; an honest round moves the weights by a fraction of their norm). null: off.
     max_update_ratio: float | None = 10.0
+    # Bound on the magnitude of any observation or goal entry a client may have seen: its
+    # normaliser statistics (deltas of count, sum, sum of squares) must satisfy
+    # |sum| <= count * max_obs_abs and sum^2 / count <= sumsq <= count * max_obs_abs^2, with a
+    # count delta in [0, the env steps the round allows]; a client that breaks one is refused.
+    max_obs_abs: float = 1.0e6
     # Each round, after aggregation, every client also evaluates the new global model on its
     # task (eval.episodes episodes); the metrics file has both local and global results.
     evaluate_global: bool = True

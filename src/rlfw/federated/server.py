@@ -69,22 +69,33 @@ class RLStrategy(FedAvg):
     the network weights with Flower's robust rules instead of the mean.
 
     Every client update is checked first (:meth:`check_update`): the global model's layout
-    (shapes and dtypes), finite values, and the L2 norm of its change to the global networks
+    (shapes and dtypes), finite values, the L2 norm of its change to the global networks
     (``federated.max_update_norm``, absolute, and ``federated.max_update_ratio`` times the
-    global networks' norm, 10 by default). A failing one is refused (a log line names the client and
-    the reason; counted in ``refused``) and left out.
+    global networks' norm, 10 by default), the normaliser statistics it adds (count, sum and
+    sum of squares deltas: see :meth:`check_normalizers`), its ``num_examples`` (FedAvg's weight:
+    an integer in [0, ``max_steps``], the env steps a round allows) and its metrics
+    (``client_index`` one of the clients, ``eval_success_rate`` in [0, 1], no infinite
+    return). A failing one is refused (a log line names the client and the reason; counted in
+    ``refused``) and left out; the honest clients' aggregate goes on.
 
     Args:
         cfg: the composed federated config (``federated`` block and the shared training keys).
         agent: the global model (an ActorCritic built for ``dims``); updated in place.
         dims: the global model's sizes, sent to the clients with every instruction.
         run_dir: where the files above go.
+        max_steps: the most env steps any client collects in a round (default: from ``cfg.train``:
+            ``epochs_per_round * cycles_per_epoch * steps_per_cycle * workers``).
+        max_envs: the most parallel training envs of any client (default ``cfg.train.num_envs``);
+            a client's first round also adds its envs' first observations to its normalisers.
     """
 
-    def __init__(self, cfg: DictConfig, agent: Any, dims: Dims, run_dir: str | Path) -> None:
+    def __init__(self, cfg: DictConfig, agent: Any, dims: Dims, run_dir: str | Path,
+                 max_steps: int | None = None, max_envs: int | None = None) -> None:  # fmt: skip
         fed = cfg.federated
         n = len(fed.clients)
         self.cfg, self.fed, self.agent, self.dims = cfg, fed, agent, dims
+        self.max_steps = int(max_steps) if max_steps is not None else round_steps(fed.epochs_per_round, cfg.train)
+        self.max_envs = int(max_envs) if max_envs is not None else int(cfg.train.num_envs)
         self.run_dir = Path(run_dir)
         self.entries = params.layout(agent)
         self.kinds = [e.kind for e in self.entries]
@@ -128,8 +139,87 @@ class RLStrategy(FedAvg):
             "evaluate": bool(self.fed.evaluate_global),
         }
 
-    def check_update(self, arrays: list[np.ndarray]) -> str | None:
-        """Why a client's ``arrays`` may not enter the aggregate, or None if they may."""
+    def check_update(self, arrays: list[np.ndarray], num_examples: Any = None,
+                     metrics: dict[str, Any] | None = None) -> str | None:  # fmt: skip
+        """Why a client's result may not enter the aggregate, or None if it may.
+
+        Args:
+            arrays: the client's weights in :func:`params.layout` order.
+            num_examples: its reported env steps this round (FedAvg's weight); None: not checked.
+            metrics: its reported metrics; None: not checked.
+        """
+        if num_examples is not None:
+            reason = self.check_num_examples(num_examples)
+            if reason is not None:
+                return reason
+        if metrics is not None:
+            reason = self.check_metrics(metrics)
+            if reason is not None:
+                return reason
+        reason = self._check_arrays(arrays)
+        if reason is not None:
+            return reason
+        return self.check_normalizers(arrays, num_examples)
+
+    def check_num_examples(self, n: Any) -> str | None:
+        """``num_examples`` must be an integer in [0, ``max_steps``] (FedAvg weights by it: a
+        negative one reverses the step, a huge one replaces the global model)."""
+        if isinstance(n, bool) or not isinstance(n, int | np.integer):
+            return f"its num_examples {n!r} is not an integer"
+        if not 0 <= int(n) <= self.max_steps:
+            return (f"its num_examples {int(n)} is outside [0, {self.max_steps}] (the env steps "
+                    f"a client collects in a round)")  # fmt: skip
+        return None
+
+    def check_metrics(self, m: dict[str, Any]) -> str | None:
+        """The metrics that name the client and fill federated_metrics.csv."""
+        i = m.get("client_index")
+        if isinstance(i, bool) or not isinstance(i, int | np.integer) or not 0 <= int(i) < len(self.names):
+            return f"its client_index {i!r} is not one of 0..{len(self.names) - 1}"
+        succ, ret = _f(m.get("eval_success_rate")), _f(m.get("eval_return"))
+        if not math.isnan(succ) and not 0.0 <= succ <= 1.0:
+            return f"its eval_success_rate {succ} is outside [0, 1]"
+        if math.isinf(ret):
+            return f"its eval_return {ret} is infinite"
+        return None
+
+    def check_normalizers(self, arrays: list[np.ndarray], num_examples: Any = None) -> str | None:
+        """The normaliser statistics a client adds this round (its ``count``, ``sum``, ``sumsq``
+        less the global ones) must be those of at most the round's observations, each entry
+        within ``B = federated.max_obs_abs``: ``0 <= dc <= 2 (n + envs)`` (a goal normaliser
+        sees the desired and the achieved goal of every step; ``n`` the round's env steps,
+        ``num_examples`` if given, else ``max_steps``), ``|ds| <= dc B``,
+        ``ds^2 / dc <= dq <= dc B^2`` per entry (Cauchy-Schwarz), and nothing added when ``dc = 0``.
+        """
+        bound = float(self.fed.max_obs_abs)
+        steps = self.max_steps if num_examples is None else int(num_examples)
+        most = 2 * (steps + self.max_envs)
+        stats: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        for a, g, e in zip(arrays, self.global_arrays, self.entries):
+            if e.kind == "norm":
+                stats.setdefault(e.module, {})[e.key] = (np.asarray(a, np.float64), np.asarray(g, np.float64))
+        for module, st in stats.items():
+            if set(st) != set(params.NORM_STATS):
+                continue
+            dc = float(st["count"][0] - st["count"][1])
+            ds = st["sum"][0] - st["sum"][1]
+            dq = st["sumsq"][0] - st["sumsq"][1]
+            if not (0.0 <= dc <= most and dc == math.floor(dc)):
+                return f"{module}.count adds {dc:.6g} observations, not an integer in [0, {most}] this round"
+            tol = 1e-9
+            if np.any(np.abs(ds) > dc * bound * (1 + tol)):
+                return (f"{module}.sum adds {float(np.abs(ds).max()):.3g}, more than count {dc:.6g} x "
+                        f"federated.max_obs_abs={bound:g}")  # fmt: skip
+            if np.any(dq > dc * bound**2 * (1 + tol)):
+                return (f"{module}.sumsq adds {float(dq.max()):.3g}, more than count {dc:.6g} x "
+                        f"federated.max_obs_abs^2={bound**2:g}")  # fmt: skip
+            least = np.square(ds) / dc if dc > 0 else np.zeros_like(ds)
+            if np.any(dq < least * (1 - 1e-6) - 1e-9 * (1 + np.abs(dq))):
+                return f"{module}.sumsq adds less than sum^2 / count (no set of observations has those sums)"
+        return None
+
+    def _check_arrays(self, arrays: list[np.ndarray]) -> str | None:
+        """Layout, dtypes, finiteness and the networks' update norm."""
         if len(arrays) != len(self.entries) or any(tuple(a.shape) != e.shape for a, e in zip(arrays, self.entries)):
             return f"its weights do not match the global model {self.dims}"
         for a, g, e in zip(arrays, self.global_arrays, self.entries):
@@ -189,7 +279,7 @@ class RLStrategy(FedAvg):
             arrays = parameters_to_ndarrays(res.parameters)
             m = dict(res.metrics)
             who = f"client {m.get('client_index', '?')!s} '{m.get('env', '?')!s}'"
-            reason = self.check_update(arrays)
+            reason = self.check_update(arrays, res.num_examples, m)
             if reason is not None:
                 refused += 1
                 log.error("round %d: refused %s: %s", server_round, who, reason)
@@ -251,7 +341,10 @@ class RLStrategy(FedAvg):
     ) -> tuple[float | None, dict[str, Scalar]]:
         """The global model's results on every client's task; writes the round's metrics row."""
         row = self._row or {"round": server_round}
-        ms = [(dict(res.metrics), float(res.num_examples)) for _, res in results]
+        # a client's episode count weighs its result: bounded by the eval episodes it was asked for
+        most = max(int(self.cfg.eval.episodes), 1)
+        ms = [(dict(res.metrics), min(max(_f(res.num_examples), 0.0), most)) for _, res in results]
+        ms = [(m, n) for m, n in ms if math.isfinite(n) and self.check_metrics(m) is None]
         row["global_eval_success_rate"] = params.weighted_mean(
             [_f(m.get("eval_success_rate")) for m, _ in ms], [n for _, n in ms]
         )
@@ -323,6 +416,13 @@ class RLStrategy(FedAvg):
         if self._csv is not None:
             self._csv.close()
             self._csv = None
+
+
+def round_steps(epochs_per_round: int, train: Any) -> int:
+    """The env steps one client collects in a round: ``federated.epochs_per_round`` x
+    ``train.cycles_per_epoch`` x ``train.steps_per_cycle`` (x ``train.workers``)."""
+    return (int(epochs_per_round) * int(train.cycles_per_epoch) * int(train.steps_per_cycle)
+            * max(int(train.get("workers", 1)), 1))  # fmt: skip
 
 
 def _f(x: Any) -> float:

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlfw.config.paths import group_options
 from rlfw.config.preflight import compose_config
 from rlfw.config.validate import validate
+from rlfw.core.checks import in_range
 from rlfw.errors import ConfigError
 from rlfw.federated.schema import MODES, STRATEGIES, WEIGHTINGS, register_federated_schemas
 
@@ -98,10 +99,23 @@ def validate_federated(fed: Any) -> None:
             raise ConfigError(
                 f"unknown client env '{env}' in federated.clients[{i}]; choose env options from: {', '.join(options)}"
             )
+    for key in ("trim_beta", "server_lr", "server_momentum", "connect_timeout_s", "max_obs_abs"):
+        in_range(fed, key, prefix="federated.")  # finite
+    for key in ("max_update_norm", "max_update_ratio", "round_timeout_s"):
+        in_range(fed, key, optional=True, prefix="federated.")
     if not 0 <= fed.trim_beta < 0.5:
         raise ConfigError(f"federated.trim_beta must be in [0, 0.5), got {fed.trim_beta}")
-    if fed.krum_malicious < 0:
-        raise ConfigError(f"federated.krum_malicious must be >= 0, got {fed.krum_malicious}")
+    if not 0 <= fed.krum_malicious < len(fed.clients):
+        raise ConfigError(
+            f"federated.krum_malicious must be in [0, {len(fed.clients) - 1}] (fewer than the "
+            f"{len(fed.clients)} federated.clients), got {fed.krum_malicious}"
+        )
+    if fed.round_timeout_s is not None and fed.round_timeout_s <= 0:
+        raise ConfigError(f"federated.round_timeout_s must be > 0 seconds (or null: wait for ever), got {fed.round_timeout_s}")
+    if fed.connect_timeout_s <= 0:
+        raise ConfigError(f"federated.connect_timeout_s must be > 0 seconds, got {fed.connect_timeout_s}")
+    if fed.max_obs_abs <= 0:
+        raise ConfigError(f"federated.max_obs_abs must be > 0, got {fed.max_obs_abs}")
     if fed.max_update_norm is not None and fed.max_update_norm <= 0:
         raise ConfigError(f"federated.max_update_norm must be > 0 (or null: no bound), got {fed.max_update_norm}")
     if fed.max_update_ratio is not None and fed.max_update_ratio <= 0:
@@ -116,8 +130,7 @@ def validate_federated(fed: Any) -> None:
                 f"federated.mode=client needs federated.client_index in [0, {len(fed.clients) - 1}] "
                 f"(the entry of federated.clients this process trains), got {fed.client_index}"
             )
-    if fed.mode != "simulation" and ":" not in str(fed.server_address):
-        raise ConfigError(f"federated.server_address must be HOST:PORT, got '{fed.server_address}'")
+    check_address(str(fed.server_address))
     tls = fed.tls
     server_files = [tls.root_cert, tls.server_cert, tls.server_key]
     if fed.mode == "server" and any(server_files) and not all(server_files):
@@ -132,6 +145,20 @@ def validate_federated(fed: Any) -> None:
         path = tls[key]
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"federated.tls.{key}: no such file '{path}'")
+
+
+def check_address(address: str) -> None:
+    """Check ``HOST:PORT`` (``[v6]:PORT`` for IPv6) with a port in 1..65535.
+
+    Raises:
+        ConfigError: ``federated.server_address must be HOST:PORT with a port in 1..65535``.
+    """
+    host, sep, port = address.rpartition(":")
+    ok = bool(sep) and bool(host.strip("[]")) and port.isdigit() and 1 <= int(port) <= 65535
+    if not ok:
+        raise ConfigError(
+            f"federated.server_address must be HOST:PORT with a port in 1..65535, got '{address}'"
+        )
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from rlfw.core import in_range, one_of, require
+from rlfw.core.checks import in_range, one_of, require
 
 
 @dataclass
@@ -41,14 +41,13 @@ class GaussianNoiseConfig(NoiseConfig):
         one_of(node.schedule, ("linear", "exponential"), "noise.schedule")
         in_range(node, "sigma", 0.0, prefix="noise.")
         in_range(node, "decay_steps", 0, prefix="noise.")
-        if node.sigma_final is not None:
-            in_range(node, "sigma_final", 0.0, prefix="noise.")
-            if node.schedule == "exponential":
-                require(
-                    node.sigma > 0 and node.sigma_final > 0,
-                    f"noise.schedule=exponential needs noise.sigma > 0 and noise.sigma_final > 0 "
-                    f"(got {node.sigma} and {node.sigma_final})",
-                )
+        in_range(node, "sigma_final", 0.0, optional=True, prefix="noise.")
+        if node.sigma_final is not None and node.schedule == "exponential":
+            require(
+                node.sigma > 0 and node.sigma_final > 0,
+                f"noise.schedule=exponential needs noise.sigma > 0 and noise.sigma_final > 0 "
+                f"(got {node.sigma} and {node.sigma_final})",
+            )
 
 
 @dataclass
@@ -68,6 +67,13 @@ class OUNoiseConfig(NoiseConfig):
         in_range(node, "dt", 0.0, low_open=True, prefix="noise.")
         in_range(node, "sigma", 0.0, prefix="noise.")
         in_range(node, "mu", -1.0, 1.0, prefix="noise.")  # the long-run mean, in [-1, 1] action units
+        # The Euler-Maruyama step x <- x + theta (mu - x) dt + sigma sqrt(dt) N(0, 1) pulls x
+        # past mu when theta * dt > 1 (and diverges beyond 2): dt=1e30 is no OU process.
+        require(
+            node.theta * node.dt <= 1.0,
+            f"noise.dt={node.dt} is out of range: noise.theta * noise.dt must be <= 1 (got "
+            f"{node.theta * node.dt:.3g}; the Euler step overshoots the mean beyond it), e.g. noise.dt=0.01",
+        )
 
 
 @dataclass
@@ -86,8 +92,7 @@ class NoisyNetConfig(NoiseConfig):
     def validate(node: Any) -> None:
         NoiseConfig.validate(node)
         one_of(node.resample, ("step", "episode"), "noise.resample")
-        if node.sigma0 is not None:
-            in_range(node, "sigma0", 0.0, prefix="noise.")
+        in_range(node, "sigma0", 0.0, optional=True, prefix="noise.")
 
 
 @dataclass
