@@ -239,7 +239,7 @@ def test_load_errors_name_the_problem(reach, tmp_path):
     import torch
 
     run_dir = reach[0]
-    with pytest.raises(ValueError, match="is a file: rlfw.load takes a run directory") as err:
+    with pytest.raises(ValueError, match=r"is a file: rlfw\.load takes a run directory") as err:
         rlfw.load(run_dir / "checkpoints" / "last.pt")
     assert not isinstance(err.value, ConfigError)  # not "truncated or corrupt"
     with pytest.raises(FileNotFoundError, match="no run directory"):
@@ -252,7 +252,7 @@ def test_load_errors_name_the_problem(reach, tmp_path):
     buffer = run_dir / "checkpoints" / "buffer.pt"
     torch.save({"epoch": 1, "buffer": {"obs": torch.zeros(2)}}, buffer)
     try:
-        with pytest.raises(ConfigError, match="buffer.pt: a replay buffer file"):
+        with pytest.raises(ConfigError, match=r"buffer\.pt: a replay buffer file"):
             rlfw.load(run_dir, checkpoint="buffer.pt")
     finally:
         buffer.unlink()

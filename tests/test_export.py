@@ -260,7 +260,7 @@ def test_checkpoint_best_without_best_pt(runs, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(runs("td3"), run_dir)
     (run_dir / "checkpoints" / "best.pt").unlink()
-    with pytest.raises(FileNotFoundError, match="best.pt"):
+    with pytest.raises(FileNotFoundError, match=r"best\.pt"):
         rlfw.load(run_dir, checkpoint="best")
     with pytest.raises(ConfigError, match="checkpoint="):
         rlfw.load(run_dir, checkpoint="x/last.pt")
