@@ -215,3 +215,98 @@ def test_cli_help_lists_groups_and_options_only():
     assert "none" in groups["noise"] and "her" in groups["buffer"] and "td3" in groups["algo"]
     assert "Hydra is" not in text  # not Hydra's help
 
+
+
+# ------------------------------------------------------------------------- errors (issue 22)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_predict_refuses_non_finite_observations(reach_policy, bad):
+    env = gym.make(reach_policy.env_id)
+    obs, _ = env.reset(seed=0)
+    env.close()
+    o = obs["observation"].copy()
+    o[2] = bad
+    with pytest.raises(ValueError, match=r"observation has NaN or infinite values \(first at index \(2,\)\)"):
+        reach_policy.predict({**obs, "observation": o})
+    g = np.stack([obs["desired_goal"]] * 2)
+    g[1, 0] = bad
+    with pytest.raises(ValueError, match="desired_goal has NaN or infinite"):
+        reach_policy.predict({"observation": np.stack([obs["observation"]] * 2), "desired_goal": g})
+
+
+def test_load_errors_name_the_problem(reach, tmp_path):
+    import torch
+
+    run_dir = reach[0]
+    with pytest.raises(ValueError, match=r"is a file: rlfw\.load takes a run directory") as err:
+        rlfw.load(run_dir / "checkpoints" / "last.pt")
+    assert not isinstance(err.value, ConfigError)  # not "truncated or corrupt"
+    with pytest.raises(FileNotFoundError, match="no run directory"):
+        rlfw.load(tmp_path / "nope")
+    with pytest.raises(ValueError, match="not a torch device"):
+        rlfw.load(run_dir, device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="this host has no CUDA device"):
+            rlfw.load(run_dir, device="cuda")
+    buffer = run_dir / "checkpoints" / "buffer.pt"
+    torch.save({"epoch": 1, "buffer": {"obs": torch.zeros(2)}}, buffer)
+    try:
+        with pytest.raises(ConfigError, match=r"buffer\.pt: a replay buffer file"):
+            rlfw.load(run_dir, checkpoint="buffer.pt")
+    finally:
+        buffer.unlink()
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["checkpoint=buffer.pt"], ["buffer.pt", "replay buffer file"]),
+        (["episodes=0"], ["episodes=0", ">= 1"]),
+        (["seed=-5"], ["seed=-5", ">= 0"]),
+        (["video_episodes=-1"], ["video_episodes=-1", ">= 0"]),
+        (["checkpoint=best", "run_dir=FILE"], ["is a file, not a run directory"]),
+    ],
+)
+def test_evaluate_bad_input_is_one_line_before_any_env(reach, capsys, monkeypatch, args, words):
+    import torch
+
+    from rlfw import evaluate
+
+    run_dir = reach[0]
+    monkeypatch.setattr(evaluate, "record_episodes", lambda *a, **k: pytest.fail("an env was started"))
+    buffer = run_dir / "checkpoints" / "buffer.pt"
+    torch.save({"epoch": 1, "buffer": {"obs": torch.zeros(2)}}, buffer)
+    argv = [a.replace("FILE", str(buffer)) for a in args]
+    if not any(a.startswith("run_dir=") for a in argv):
+        argv.insert(0, f"run_dir={run_dir}")
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            evaluate.main(argv)
+    finally:
+        buffer.unlink()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("rlfw.evaluate: error: "), err
+    for w in words:
+        assert w in err, (w, err)
+
+
+def test_evaluate_checkpoint_best(reach, capsys):
+    from rlfw import evaluate
+
+    run_dir = reach[0]
+    assert (run_dir / "checkpoints" / "best.pt").is_file()  # epoch 1 had a finite success rate
+    evaluate.main([f"run_dir={run_dir}", "checkpoint=best", "episodes=1"])
+    assert "1 episodes (best.pt of epoch 1)" in capsys.readouterr().out
+    assert json.loads((run_dir / "evaluation.json").read_text())["checkpoint"] == "best.pt"
+
+
+def test_evaluate_help_exits_0():
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    out = subprocess.run([sys.executable, "-m", "rlfw.evaluate", "--help"], capture_output=True, text=True,
+                         timeout=120, env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: python -m rlfw.evaluate run_dir=<run>")
+    for key in ("checkpoint=last", "episodes=10", "seed=10000", "video=false", "video_episodes=1"):
+        assert key in out.stdout, key

@@ -30,7 +30,7 @@ import numpy as np
 
 from rlfw.errors import ConfigError
 
-__all__ = ["Policy", "load", "load_checkpoint", "train"]
+__all__ = ["Policy", "check_device", "load", "load_checkpoint", "train"]
 
 
 # ---------------------------------------------------------------------------------------- train
@@ -148,35 +148,74 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> dict[str, Any]:
     return safe_load(path, map_location=device)  # type: ignore[no-any-return]
 
 
-def load(run_dir: str | Path, checkpoint: str = "last.pt", device: str = "cpu") -> Policy:
+def load(run_dir: str | Path, checkpoint: str = "last", device: str = "cpu") -> Policy:
     """The policy of a run's checkpoint.
 
     Builds the run's agent from the config saved in the checkpoint (``rlfw.build``), loads the
     networks and observation normalisers, and makes one env to read its spaces (closed again).
+    The checkpoint is read onto the CPU and its tensors then moved to ``device`` (random
+    generator states stay on the CPU, where torch keeps them).
 
     Args:
         run_dir: a run directory (what :func:`train` returns, or ``outputs/<date>/<time>_...``).
-        checkpoint: a file in ``<run_dir>/checkpoints/``.
+        checkpoint: ``"last"`` (``checkpoints/last.pt``; ``previous.pt`` when it is truncated or
+            lost), ``"best"`` (``checkpoints/best.pt``: the best evaluation's ``eval.metric``),
+            or a file name in ``<run_dir>/checkpoints/``.
         device: the torch device to act on (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
 
     Raises:
-        FileNotFoundError: no such checkpoint.
-        ConfigError: the checkpoint is refused (it needs types beyond tensors and plain data) or
-            unreadable (and so is ``previous.pt``), or its env is not installed or does not fit
-            its config.
+        FileNotFoundError: ``run_dir`` does not exist, or has no such checkpoint (``"best"``:
+            no evaluation has had a finite ``eval.metric`` yet).
+        ValueError: ``run_dir`` is a file, not a directory; ``device`` is not a torch device.
+        ConfigError (a ValueError): ``device`` is not present on this host (CUDA or MPS
+            missing, a CUDA index beyond the devices); ``checkpoint`` is not a name; the file
+            is not a policy checkpoint (a buffer file), is refused (it needs types beyond
+            tensors and plain data) or unreadable (and so is ``previous.pt``), or its env is not
+            installed or does not fit its config.
     """
-    from rlfw.training.checkpoint import load_latest
+    from rlfw.training.checkpoint import check_policy_state, checkpoint_file, load_latest
 
-    path = Path(run_dir).expanduser() / "checkpoints" / checkpoint
+    run = Path(run_dir).expanduser()
+    if not run.exists():
+        raise FileNotFoundError(f"no run directory at {run}")
+    if not run.is_dir():
+        raise ValueError(f"{run} is a file: rlfw.load takes a run directory (the one holding checkpoints/)")
+    check_device(device)
+    path = checkpoint_file(run, checkpoint)
     try:  # last.pt falls back to previous.pt when it is truncated or lost (one warning)
-        state, _ = load_latest(path.parent, path.name, map_location=device)
+        state, read = load_latest(path.parent, path.name, map_location="cpu")
     except FileNotFoundError:
-        raise FileNotFoundError(f"no rlfw checkpoint at {path}") from None
-    return Policy.from_state(state, device)
+        hint = " (written at the first evaluation with a finite eval.metric)" if path.name == "best.pt" else ""
+        raise FileNotFoundError(f"no rlfw checkpoint at {path}{hint}") from None
+    return Policy.from_state(check_policy_state(state, read), device)
+
+
+def check_device(device: str) -> None:
+    """Whether ``device`` names a torch device present on this host.
+
+    Raises:
+        ValueError: not a torch device string.
+        ConfigError (a ValueError): one line: the device's backend (CUDA, MPS) is not available
+            here, or its index is beyond the devices present.
+    """
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a torch device ({err})") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device={device!r}: this host has no CUDA device (torch.cuda.is_available() is False); use device='cpu'")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device={device!r}: this host has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={device!r}: MPS is not available on this host; use device='cpu'")
 
 
 class Policy:
-    """A trained deterministic policy (DDPG, TD3) acting in its env's own terms.
+    """A trained policy (DDPG, TD3, SAC, TQC, CrossQ) acting in its env's own terms.
 
     Attributes:
         env_id: the resolved Gymnasium id the run trained on (``FetchReach-v4``).
@@ -215,6 +254,9 @@ class Policy:
 
             _, _, self._to_env = rescale_box(action_space, np.float32(-1.0), np.float32(1.0))
         self._noisy = str(config.noise.name) == "noisynet"
+        from rlfw.algos.sac import SAC
+
+        self._stochastic = isinstance(agent, SAC)  # SAC, TQC, CrossQ: a squashed Gaussian policy
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: str = "cpu") -> Policy:
@@ -252,11 +294,13 @@ class Policy:
                 axis ``(N, ...)`` on each value (a vector env's observation); other envs: an
                 array ``(obs_dim,)`` or ``(N, obs_dim)``. The shapes are the env's
                 observation space's (``obs_dim`` may itself be several axes).
-            deterministic: True: the actor's action ``pi(s)`` (what evaluation uses). False:
-                only for runs trained with ``noise=noisynet``, the action of the actor with a
-                fresh sample of its weight noise; DDPG and TD3 are deterministic-policy
-                algorithms whose action noise is not part of the policy, so otherwise
-                NotImplementedError is raised.
+            deterministic: True: the policy's deterministic action (what evaluation uses):
+                ``pi(s)`` for DDPG and TD3, the mean action ``tanh(mu(s))`` for SAC, TQC and
+                CrossQ. False: SAC, TQC and CrossQ sample their stochastic policy
+                ``tanh(mu + sigma * eps)`` (from the agent's seeded generator); DDPG and TD3
+                sample only a run trained with ``noise=noisynet`` (a fresh sample of the actor's
+                weight noise); their Gaussian or OU action noise is exploration, not part of
+                the learned policy, so NotImplementedError is raised otherwise.
 
         Returns:
             float actions (the action space's dtype) in the env's own bounds
@@ -266,18 +310,22 @@ class Policy:
 
         Raises:
             TypeError: a goal env's observation is not a dict, or another env's is.
-            ValueError: an observation or goal whose shape fits neither one nor a batch, or
-                batches of different sizes.
-            NotImplementedError: ``deterministic=False`` for a run without NoisyNet.
+            ValueError: an observation or goal whose shape fits neither one nor a batch,
+                batches of different sizes, or NaN or infinite values in them.
+            NotImplementedError: ``deterministic=False`` for a DDPG or TD3 run without NoisyNet.
         """
         o, g, single = self._inputs(obs)
         if deterministic:
             actions = self.agent.act(o, g, explore=False)
+        elif self._stochastic:
+            actions = self.agent.act(o, g, explore=True)  # a sample of the squashed Gaussian
         else:
             if not self._noisy:
                 raise NotImplementedError(
-                    f"{self.config.algo.name} learns a deterministic policy; deterministic=False "
-                    "needs a run trained with noise=noisynet (add your own action noise otherwise)"
+                    f"{self.config.algo.name} learns a deterministic policy (its action noise "
+                    f"{self.config.noise.name!r} explores, it is not part of the policy); "
+                    "deterministic=False needs a run trained with noise=noisynet, or a stochastic "
+                    "algorithm (sac, tqc, crossq)"
                 )
             self.agent.resample_exploration()
             actions = self.agent.act(o, g, explore=True)
@@ -312,6 +360,12 @@ class Policy:
 def _batch(x: Any, shape: tuple[int, ...], name: str) -> tuple[np.ndarray, bool]:
     """``x`` of ``shape`` or ``(N, *shape)`` as float32 ``[N, prod(shape)]``; whether it was single."""
     arr = np.asarray(x, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(
+            f"{name} has NaN or infinite values (first at index {tuple(int(i) for i in bad)}); "
+            "the policy's action for it would be meaningless"
+        )
     if arr.shape == shape:
         return arr.reshape(1, -1), True
     if arr.ndim == len(shape) + 1 and arr.shape[1:] == shape:

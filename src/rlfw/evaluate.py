@@ -1,10 +1,15 @@
-"""``python -m rlfw.evaluate run_dir=<run> episodes=N [video=true]``: evaluate a trained policy.
+"""``python -m rlfw.evaluate run_dir=<run> episodes=N [checkpoint=best|last] [video=true]``:
+evaluate a trained policy.
 
-Loads ``<run>/checkpoints/last.pt`` (networks and normalisers) with the run's config, runs N
-deterministic episodes, prints success rate and return (mean and std) and writes
-``<run>/evaluation.json``. With ``video=true`` the first ``video_episodes`` episodes are
-rendered to ``<run>/videos/eval_<k>.mp4`` (one frame per observation: an episode of T steps
-has T + 1 frames).
+Loads ``<run>/checkpoints/last.pt`` (``checkpoint=best``: ``best.pt``, the evaluation with the
+best ``eval.metric``) with the run's config, runs N deterministic episodes, prints success
+rate and return (mean and std) and writes ``<run>/evaluation.json``. With ``video=true`` the
+first ``video_episodes`` episodes are rendered to ``<run>/videos/eval_<k>.mp4`` (one frame per
+observation: an episode of T steps has T + 1 frames).
+
+Bad input (a missing run directory or checkpoint, a file that is not a policy checkpoint,
+``episodes=0``, a negative seed, a run directory that cannot be written) is one line
+``rlfw.evaluate: error: ...`` and exit status 2, before any simulator starts.
 
 Headless rendering: MuJoCo envs (Fetch, Hopper) render on the CPU with OSMesa
 (``MUJOCO_GL=osmesa``, set by rlfw when the library is present; Debian/Ubuntu:
@@ -14,6 +19,7 @@ Headless rendering: MuJoCo envs (Fetch, Hopper) render on the CPU with OSMesa
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +32,9 @@ from omegaconf.errors import OmegaConfBaseException
 from rlfw.build import build_policy_agent
 from rlfw.envs.recording import record_episodes
 from rlfw.errors import ConfigError
-from rlfw.training.checkpoint import load_latest
+from rlfw.training.checkpoint import check_policy_state, checkpoint_file, load_latest
 
-__all__ = ["EvaluateConfig", "build_policy", "evaluate", "main", "record_episodes"]
+__all__ = ["USAGE", "EvaluateConfig", "build_policy", "check_keys", "evaluate", "main", "record_episodes"]
 
 
 @dataclass
@@ -36,11 +42,43 @@ class EvaluateConfig:
     """Keys of ``python -m rlfw.evaluate``."""
 
     run_dir: str = MISSING
-    episodes: int = 10
+    episodes: int = 10  # >= 1
     video: bool = False
-    video_episodes: int = 1  # how many of the episodes to render (with video=true)
-    seed: int = 10_000  # episode k is reset with seed + k
-    checkpoint: str = "last.pt"  # a file in <run_dir>/checkpoints/
+    video_episodes: int = 1  # how many of the episodes to render (with video=true), >= 0
+    seed: int = 10_000  # episode k is reset with seed + k (>= 0, Gymnasium's reset seeds)
+    # last (last.pt, previous.pt if it is damaged), best (best.pt: the best eval.metric), or a
+    # file name in <run_dir>/checkpoints/
+    checkpoint: str = "last"
+
+
+USAGE = """usage: python -m rlfw.evaluate run_dir=<run> [key=value ...]
+
+Evaluate a trained run's policy: deterministic episodes, success rate and return printed and
+written to <run_dir>/evaluation.json.
+
+keys:
+  run_dir=<dir>        the run directory (required)
+  checkpoint=last      last (checkpoints/last.pt), best (checkpoints/best.pt), or a file name
+                       in <run_dir>/checkpoints/
+  episodes=10          episodes to run (>= 1)
+  seed=10000           episode k is reset with seed + k (>= 0)
+  video=false          render episodes to <run_dir>/videos/eval_<k>.mp4
+  video_episodes=1     how many of the episodes to render with video=true (>= 0)
+"""
+
+
+def check_keys(ecfg: Any) -> None:
+    """The ranges of :class:`EvaluateConfig`'s keys.
+
+    Raises:
+        ConfigError: one line naming the key and its allowed values.
+    """
+    if int(ecfg.episodes) < 1:
+        raise ConfigError(f"episodes={ecfg.episodes} must be >= 1")
+    if int(ecfg.seed) < 0:
+        raise ConfigError(f"seed={ecfg.seed} must be >= 0 (Gymnasium reset seeds are non-negative)")
+    if int(ecfg.video_episodes) < 0:
+        raise ConfigError(f"video_episodes={ecfg.video_episodes} must be >= 0")
 
 
 def build_policy(cfg: DictConfig, state: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
@@ -53,15 +91,24 @@ def evaluate(ecfg: Any) -> dict[str, Any]:
     """Evaluate a run (see the module docstring); returns the summary written to evaluation.json.
 
     Raises:
-        ConfigError: the run directory or checkpoint is missing.
+        ConfigError: a key out of range (:func:`check_keys`), the run directory is missing, a
+            file or not writable, the checkpoint is missing, unreadable or not a policy
+            checkpoint.
     """
-
+    check_keys(ecfg)
     run = Path(ecfg.run_dir).expanduser()
-    ckpt = run / "checkpoints" / ecfg.checkpoint
+    if not run.is_dir():
+        what = "is a file, not a run directory" if run.exists() else "does not exist"
+        raise ConfigError(f"run_dir={ecfg.run_dir} {what}")
+    if not os.access(run, os.W_OK | os.X_OK):
+        raise ConfigError(f"run_dir={ecfg.run_dir} is not writable (evaluate writes evaluation.json and videos/ there)")
+    ckpt = checkpoint_file(run, str(ecfg.checkpoint))
     try:
-        state, _ = load_latest(ckpt.parent, ckpt.name)
+        state, read = load_latest(ckpt.parent, ckpt.name)
     except FileNotFoundError:
-        raise ConfigError(f"run_dir={ecfg.run_dir}: no checkpoint at {ckpt}") from None
+        hint = " (written at the first evaluation with a finite eval.metric)" if ckpt.name == "best.pt" else ""
+        raise ConfigError(f"run_dir={ecfg.run_dir}: no checkpoint at {ckpt}{hint}") from None
+    state = check_policy_state(state, read)
     cfg = OmegaConf.create(state["config"])
     agent, _, _ = build_policy(cfg, state["agent"])
     n_video = min(ecfg.video_episodes, ecfg.episodes) if ecfg.video else 0
@@ -74,6 +121,7 @@ def evaluate(ecfg: Any) -> dict[str, Any]:
     succ = np.array([s["success"] for s in stats])
     summary = {
         "run_dir": str(run),
+        "checkpoint": read.name,
         "checkpoint_epoch": int(state["counters"]["epoch"]),
         "episodes": len(stats),
         "return_mean": float(rets.mean()),
@@ -90,6 +138,9 @@ def evaluate(ecfg: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     """Parse ``key=value`` arguments against :class:`EvaluateConfig`, evaluate, print."""
     args = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE, end="")
+        return
     try:
         schema = OmegaConf.structured(EvaluateConfig)
         try:
@@ -106,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     sr = summary["success_rate"]
     success = f"success rate {sr:.3f} +- {summary['success_std']:.3f}" if sr is not None else "success rate n/a"
     print(
-        f"{summary['episodes']} episodes (checkpoint of epoch {summary['checkpoint_epoch']}): {success} | "
+        f"{summary['episodes']} episodes ({summary['checkpoint']} of epoch {summary['checkpoint_epoch']}): {success} | "
         f"return {summary['return_mean']:.3f} +- {summary['return_std']:.3f}"
     )
     for v, n in zip(summary["videos"], summary["video_frames"]):

@@ -6,7 +6,8 @@ normalisers, exploration state, counters, random generators, env id, config) and
 ``buffer_rank<r>.pt`` for the others), each tagged with its epoch. The checkpoint written
 before ``last.pt`` is kept as ``previous.pt``: when ``last.pt`` is truncated or corrupt (a full
 disk, a copy cut short), resume, ``rlfw.evaluate`` and :func:`rlfw.load` fall back to it with
-one warning line (:func:`load_latest`).
+one warning line (:func:`load_latest`). ``best.pt`` (rank 0) holds the same state as ``last.pt``
+at the evaluation whose ``eval.metric`` was the best so far (:meth:`Checkpointer.save_best`).
 
 Every file holds tensors and plain data only (NumPy arrays are stored as tensors) and is read
 with ``torch.load(weights_only=True)`` (:func:`safe_load`): a checkpoint from someone else can
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import pickle
 from pathlib import Path
@@ -27,6 +29,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rlfw.errors import ConfigError, TrainingDiverged
+from rlfw.training.evaluation import eval_metric_name
 
 log = logging.getLogger("rlfw")
 
@@ -80,7 +83,7 @@ def safe_load(path: str | Path, map_location: Any = "cpu") -> Any:
         raise ConfigError(f"{path}: cannot be read (truncated or corrupt): {str(err).splitlines()[0]}") from None
 
 
-LAST, PREVIOUS = "last.pt", "previous.pt"
+LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
 
 
 def atomic_torch_save(obj: Any, path: Path, keep_previous: Path | None = None) -> None:
@@ -100,6 +103,44 @@ def atomic_torch_save(obj: Any, path: Path, keep_previous: Path | None = None) -
     if keep_previous is not None and path.exists():
         os.replace(path, keep_previous)
     os.replace(tmp, path)
+
+
+CHECKPOINT_NAMES = {"last": LAST, "best": BEST}  # checkpoint=best|last of evaluate, load, export
+
+
+def checkpoint_file(run_dir: str | Path, checkpoint: str = "last") -> Path:
+    """``<run_dir>/checkpoints/<file>`` for ``checkpoint``: ``last`` (``last.pt``), ``best``
+    (``best.pt``), or a file name in ``checkpoints/`` (``last.pt``, ``previous.pt``).
+
+    Raises:
+        ConfigError: one line: ``checkpoint`` is neither of those (a path, an empty name).
+    """
+    name = CHECKPOINT_NAMES.get(str(checkpoint), str(checkpoint))
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise ConfigError(
+            f"checkpoint={checkpoint!r}: choose one of: best, last (or a file name in <run_dir>/checkpoints/)"
+        )
+    return Path(run_dir).expanduser() / "checkpoints" / name
+
+
+POLICY_KEYS = ("agent", "config", "counters")
+
+
+def check_policy_state(state: Any, path: str | Path) -> dict[str, Any]:
+    """``state`` if it is a policy checkpoint (``last.pt``/``best.pt``: ``agent``, ``config``,
+    ``counters``), for evaluate, load and export.
+
+    Raises:
+        ConfigError: one line naming the file: it is not a policy checkpoint (a buffer file,
+            another program's weights).
+    """
+    missing = [k for k in POLICY_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        what = "a replay buffer file" if isinstance(state, dict) and "buffer" in state else "not an rlfw policy checkpoint"
+        raise ConfigError(
+            f"{path}: {what} (it lacks {', '.join(missing)}); use checkpoint=best or checkpoint=last"
+        )
+    return state
 
 
 def has_checkpoint(directory: Path) -> bool:
@@ -170,6 +211,8 @@ class Checkpointer:
     def __init__(self, run_dir: Path, rank: int = 0, save_buffer: bool = False) -> None:
         self.dir = Path(run_dir) / "checkpoints"
         self.rank, self.save_buffer = rank, bool(save_buffer)
+        # the best evaluation so far ({"metric", "value", "epoch"}; None before the first)
+        self.best: dict[str, Any] | None = None
 
     @property
     def last(self) -> Path:
@@ -189,6 +232,14 @@ class Checkpointer:
             atomic_torch_save({"epoch": loop.epoch, "buffer": loop.buffer.state_dict()}, self.buffer_file)
         if self.rank != 0:
             return
+        atomic_torch_save(self._state(loop), self.last, keep_previous=self.dir / PREVIOUS)
+
+    def _state(self, loop: Any) -> dict[str, Any]:
+        """What ``last.pt`` and ``best.pt`` hold (the best evaluation so far included).
+
+        Raises:
+            TrainingDiverged: a network or normaliser holds a non-finite value.
+        """
         bad = [k for k, m in loop.agent.modules().items()
                if not all(bool(torch.isfinite(t).all()) for t in m.state_dict().values() if t.is_floating_point())]  # fmt: skip
         if bad:
@@ -196,7 +247,7 @@ class Checkpointer:
                 f"non-finite values in {', '.join(bad)} at epoch {loop.epoch}: checkpoint not written; "
                 f"resume from the last good one with: python -m rlfw resume={loop.run_dir}"
             )
-        state = {
+        return {
             "agent": loop.agent.state_dict(),
             "noise": loop.exploration.state_dict(),
             "counters": {"epoch": loop.epoch, "env_steps": loop.env_steps, "episodes": loop.episodes,
@@ -205,8 +256,56 @@ class Checkpointer:
             "torch_rng": torch.get_rng_state(),
             "env_id": loop.env_id,
             "config": OmegaConf.to_container(loop.cfg, resolve=True),
+            "best": self.best,
         }
-        atomic_torch_save(state, self.last, keep_previous=self.dir / PREVIOUS)
+
+    def save_best(self, loop: Any, row: dict[str, Any]) -> bool:
+        """Write ``best.pt`` (rank 0) if this epoch's evaluation beats the best so far.
+
+        The ranking column is ``eval_metric_name(cfg.eval.metric, goal)`` (success rate for goal
+        envs, return otherwise); an epoch without an evaluation or with a NaN value never counts,
+        and a tie keeps the earlier epoch. The file holds the same state as ``last.pt``, written
+        atomically (:func:`atomic_torch_save`); the best so far (``{"metric", "value",
+        "epoch"}``) is kept in :attr:`best` and in ``last.pt``, so a resumed run compares with it.
+
+        Args:
+            loop: the training loop, after its epoch (``loop.epoch`` is the epoch just trained).
+            row: the epoch's metrics row (the metrics.csv columns).
+
+        Returns:
+            Whether ``best.pt`` was written.
+
+        Raises:
+            TrainingDiverged: the networks hold non-finite values (nothing is written).
+        """
+        if self.rank != 0:
+            return False
+        metric = eval_metric_name(str(loop.cfg.eval.metric), bool(loop.info.goal))
+        value = row.get(metric)
+        if value is None or not math.isfinite(float(value)):
+            return False
+        if self.best is not None and self.best.get("metric") == metric and not float(value) > float(self.best["value"]):
+            return False
+        previous, self.best = self.best, {"metric": metric, "value": float(value), "epoch": int(loop.epoch)}
+        try:
+            atomic_torch_save(self._state(loop), self.dir / BEST)
+        except BaseException:
+            self.best = previous
+            raise
+        log.info("epoch %d: best %s so far (%.4g): saved %s", loop.epoch, metric, float(value), self.dir / BEST)
+        return True
+
+    def _restore_best(self, state: dict[str, Any]) -> None:
+        """The best evaluation so far after a resume: ``last.pt``'s record, or ``best.pt``'s own
+        when that is better (a run stopped between writing ``best.pt`` and ``last.pt``)."""
+        candidates = [state.get("best")]
+        if (self.dir / BEST).exists():
+            try:
+                candidates.append(safe_load(self.dir / BEST).get("best"))
+            except (ConfigError, OSError, AttributeError) as err:
+                log.warning("%s is unreadable (%s): the next best evaluation replaces it", self.dir / BEST, err)
+        found = [b for b in candidates if isinstance(b, dict) and math.isfinite(float(b.get("value", math.nan)))]
+        self.best = max(found, key=lambda b: float(b["value"])) if found else None
 
     def load(self, loop: Any, path: str | Path) -> None:
         """Restore ``loop`` from a checkpoint written by :meth:`save`.
@@ -221,7 +320,9 @@ class Checkpointer:
             FileNotFoundError: if ``path`` does not exist.
             ConfigError: the file is refused or unreadable (:func:`safe_load`).
         """
-        state, _ = load_latest(Path(path).parent, Path(path).name, map_location=loop.device)
+        # read onto the CPU whatever loop.device is: torch.set_rng_state and Generator.set_state
+        # take CPU byte tensors; load_state_dict moves the rest onto the modules' device
+        state, _ = load_latest(Path(path).parent, Path(path).name, map_location="cpu")
         loop.agent.load_state_dict(state["agent"])
         loop.exploration.load_state_dict(to_numpy(state["noise"]))
         c = state["counters"]
@@ -246,3 +347,4 @@ class Checkpointer:
                 log.warning("%s is missing: worker %d starts with an empty buffer", self.buffer_file, self.rank)
         if self.rank == 0:
             truncate_logs(loop.run_dir, loop.epoch)
+            self._restore_best(state)

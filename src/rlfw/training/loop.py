@@ -12,7 +12,8 @@ Files in the run directory (Hydra's output dir), written by rank 0 through callb
 - ``.hydra/`` the resolved config (Hydra's),
 - ``metrics.csv`` one row per epoch (:func:`rlfw.training.outputs.metric_columns`),
 - ``episodes.csv`` one row per finished training episode,
-- ``checkpoints/last.pt`` (and per-worker buffer files with ``train.save_buffer``),
+- ``checkpoints/last.pt`` (and per-worker buffer files with ``train.save_buffer``), and
+  ``checkpoints/best.pt`` whenever an evaluation's ``eval.metric`` is the best so far,
 - ``status.json`` ``running`` while training, ``finished``, ``failed`` or ``interrupted`` at the end.
 
 A stop signal (SIGTERM, SIGUSR1, SIGUSR2: :data:`STOP_SIGNALS`) received while training ends the run after
@@ -322,6 +323,7 @@ class TrainLoop:
                         :1
                     ]:  # the CSV rows first: a checkpoint never runs ahead
                         cb.on_epoch(self, row)
+                    self.checkpointer.save_best(self, row)  # best.pt first: last.pt records it
                     if self.epoch % tr.checkpoint_every == 0 or self.epoch == tr.epochs:
                         self.checkpoint()  # every worker: rank 0's last.pt, each rank's buffer
                     for cb in [*self._outputs[1:], *self.callbacks]:
