@@ -450,10 +450,11 @@ def summarize(
     lines += ["", f"Aggregate ({len({t for v in finals.values() for t in v})} tasks; final eval, "
               "success rates as they are, returns min-max normalised per task over these runs; "
               f"95% stratified bootstrap CI, {reps} resamples):", "",
-              "| setting | tasks | runs per task | IQM [95% CI] | mean [95% CI] |", "|---|---|---|---|---|"]  # fmt: skip
+              "| tasks | setting | runs per task | IQM [95% CI] | mean [95% CI] |", "|---|---|---|---|---|"]  # fmt: skip
+    short = _common_prefix_free(list(agg))
     for setting, a in agg.items():
         (q, qlo, qhi), (m, mlo, mhi) = a["iqm"], a["mean"]
-        lines.append(f"| {setting} | {', '.join(a['tasks'])} | {a['scores'].shape[0]} "
+        lines.append(f"| {', '.join(a['tasks'])} | {short[setting]} | {a['scores'].shape[0]} "
                      f"| {q:.3f} [{qlo:.3f}, {qhi:.3f}] | {m:.3f} [{mlo:.3f}, {mhi:.3f}] |")  # fmt: skip
     if agg:
         _aggregate_figure(agg, out, reps, seed)
