@@ -2,18 +2,36 @@
 
 Finds every run directory below the given ones (a directory with ``metrics.csv`` and
 ``.hydra/``), groups runs by their command-line overrides without ``seed`` (so the seeds of one
-setting form one group), and writes into the first directory (or ``--out``):
+setting form one group), and writes into the first directory (or ``--out``, a directory):
 
 - ``summary.png``: eval success rate (or eval return, for envs without success) against env
-  steps, one curve per group: the mean over seeds with a 95% confidence band
-  (mean +- 1.96 standard errors, clipped to [0, 1] for success rates; no band for a single
-  seed);
+  steps, one curve per group: the mean over seeds with a 95% confidence band (no band for a
+  single seed). ``--ci t`` (default): mean +- t_{0.975, n-1} x SE, the Student t interval for
+  n seeds (4.30 standard errors for 3 seeds, 2.78 for 5; 1.96 only as n grows large);
+  ``--ci bootstrap``: the 2.5th and 97.5th percentiles of the mean over ``--reps`` resamples of
+  the seeds with replacement (scipy.stats.bootstrap, percentile method; too narrow for a
+  handful of seeds, Agarwal et al. 2021 use it with many runs). Success-rate bands are clipped
+  to [0, 1];
 - ``summary_wall.png``: the same metric against wall-clock seconds, every seed's curve (runs
   of one setting reach an epoch at different times, so no band is drawn);
 - ``summary.md``: a markdown table of the final and best values per group (mean +- std over
-  seeds), and, for success rates, the median over seeds of the env steps and wall seconds at
-  the first evaluation at or above ``--threshold`` (0.9; "-" when a seed never got there, the
-  median then counts it as never), also printed.
+  seeds, and the final value's 95% interval), and, for success rates, the median over seeds of
+  the env steps and wall seconds at the first evaluation at or above ``--threshold`` (0.9; "-"
+  when a seed never got there, the median then counts it as never), also printed;
+- ``aggregate.png`` and an "Aggregate" table in ``summary.md``: per setting (the overrides
+  without ``seed``, ``env`` and ``env.id``, so a setting run on several tasks is one setting),
+  the interquartile mean (IQM) and the mean of the final normalised scores of all its runs on
+  all its tasks, with 95% stratified-bootstrap intervals (runs resampled within each task,
+  ``--reps`` times, percentile method), and the performance profile (the fraction of runs with
+  a normalised score above tau, averaged over tasks), after Agarwal et al. 2021, "Deep RL at the
+  Edge of the Statistical Precipice" (rliable). Scores are normalised per task as rliable
+  expects: success rates are used as they are (already in [0, 1]); returns are min-max
+  normalised per task over the final returns of every run in the report, (R - min) / (max -
+  min), so they compare the reported settings with each other, not with other reports.
+
+Errors (a missing run, a non-numeric metrics.csv cell, an unreadable ``.hydra`` file, ``--out``
+naming a file) are one ``rlfw.report: error: ...`` line and exit status 2. The statistics need
+scipy and rliable: ``pip install -c constraints.txt -e '.[stats]'``.
 """
 
 from __future__ import annotations
@@ -22,11 +40,16 @@ import argparse
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
-from rlfw.plots import _figure, _save, column, read_csv
+from rlfw.errors import ConfigError
+from rlfw.plots import _figure, _save, read_csv
+
+CI_METHODS = ("t", "bootstrap")
+STATS_HINT = "pip install -c constraints.txt -e '.[stats]'"
 
 
 def find_runs(dirs: list[Path]) -> list[Path]:
@@ -39,15 +62,79 @@ def find_runs(dirs: list[Path]) -> list[Path]:
     return sorted(runs)
 
 
-def label_of(run: Path) -> str:
-    """The run's overrides without ``seed=`` and ``hydra`` settings ('default' if none)."""
+def _overrides(run: Path) -> list[str]:
+    """The run's ``.hydra/overrides.yaml`` (a list of strings; [] if absent).
+
+    Raises:
+        ConfigError: the file is not YAML or not a list of strings.
+    """
     path = run / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(path.read_text()) if path.exists() else []
+    if not path.exists():
+        return []
+    try:
+        overrides = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    if overrides is None:
+        return []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise ConfigError(f"{path}: expected a list of overrides (key=value strings)")
+    return overrides
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def label_of(run: Path, drop: tuple[str, ...] = ()) -> str:
+    """The run's overrides without ``seed=``, ``hydra`` settings and the keys in ``drop``
+    ('default' if none).
+
+    Raises:
+        ConfigError: ``.hydra/overrides.yaml`` is not a YAML list of strings.
+    """
     keep = [
-        o for o in overrides or []
-        if not o.split("=", 1)[0].lstrip("+~").startswith(("seed", "hydra"))
+        o for o in _overrides(run)
+        if not _key(o).startswith(("seed", "hydra")) and _key(o) not in drop
     ]  # fmt: skip
     return " ".join(keep) or "default"
+
+
+def task_of(run: Path) -> str:
+    """The run's ``env.id`` from ``.hydra/config.yaml`` ('unknown' if it has none).
+
+    Raises:
+        ConfigError: the file is not YAML.
+    """
+    path = run / ".hydra" / "config.yaml"
+    if not path.exists():
+        return "unknown"
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    env = cfg.get("env") if isinstance(cfg, dict) else None
+    return str(env.get("id", "unknown")) if isinstance(env, dict) else "unknown"
+
+
+def numeric_column(rows: list[dict[str, str]], key: str, path: Path) -> np.ndarray:
+    """A float column of a CSV read by :func:`rlfw.plots.read_csv`; empty cells are NaN.
+
+    Raises:
+        ConfigError: a cell is not a number (naming the file, the line and the column).
+    """
+    out = np.full(len(rows), math.nan)
+    for i, row in enumerate(rows):
+        cell = row.get(key)
+        if cell in (None, ""):
+            continue
+        try:
+            out[i] = float(cell)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: line {i + 2}, column {key}: {cell!r} is not a number") from None
+    return out
 
 
 def _common_prefix_free(labels: list[str]) -> dict[str, str]:
@@ -70,29 +157,238 @@ def _median_reach(values: list[float]) -> str:
     return "-" if math.isinf(mid) else f"{mid:.0f}"
 
 
-def summarize(dirs: list[Path], out: Path | None = None, threshold: float = 0.9) -> tuple[Path, Path, str]:
-    """Write summary.png, summary_wall.png and summary.md; returns (png, md, the markdown text).
+def mean_interval(
+    ys: np.ndarray, ci: str = "t", confidence: float = 0.95, reps: int = 2000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over seeds with a two-sided confidence interval, per point.
+
+    Args:
+        ys: ``[seeds, points]`` values (one row per seed).
+        ci: ``t``: mean +- ``scipy.stats.t.ppf((1 + confidence) / 2, n - 1)`` x SE, with
+            SE = sample std (ddof 1) / sqrt(n) (Student's t interval); ``bootstrap``: the
+            percentile interval of the mean over ``reps`` resamples of the seeds with
+            replacement (``scipy.stats.bootstrap``, the same seeds drawn for every point).
+        confidence: the interval's coverage (0.95).
+        reps: bootstrap resamples.
+        seed: the bootstrap's random seed.
+
+    Returns:
+        ``(mean, lo, hi)``, each ``[points]``; ``lo = hi = mean`` for a single seed.
+
+    Raises:
+        ConfigError: an unknown ``ci``.
+    """
+    import scipy.stats
+
+    if ci not in CI_METHODS:
+        raise ConfigError(f"--ci {ci}: choose one of: {', '.join(CI_METHODS)}")
+    ys = np.asarray(ys, dtype=float)
+    n = ys.shape[0]
+    mean = ys.mean(0)
+    if n < 2:
+        return mean, mean.copy(), mean.copy()
+    if ci == "t":
+        half = scipy.stats.t.ppf(0.5 + confidence / 2, n - 1) * ys.std(0, ddof=1) / math.sqrt(n)
+        return mean, mean - half, mean + half
+    res = scipy.stats.bootstrap(
+        (ys,), np.mean, axis=0, vectorized=True, paired=False, n_resamples=reps,
+        confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed),
+    )  # fmt: skip
+    lo, hi = res.confidence_interval
+    # all seeds equal: scipy gives NaN for a degenerate distribution; the interval is the point
+    return mean, np.where(np.isfinite(lo), lo, mean), np.where(np.isfinite(hi), hi, mean)
+
+
+def iqm(scores: np.ndarray) -> float:
+    """Interquartile mean of a ``[runs, tasks]`` score matrix: the mean of the middle 50% of
+    all scores (``rliable.metrics.aggregate_iqm``, a 25% trimmed mean over every entry)."""
+    from rliable import metrics
+
+    return float(metrics.aggregate_iqm(np.asarray(scores, dtype=float)))
+
+
+def stratified_bootstrap(
+    scores: np.ndarray, statistic: Any, reps: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of ``statistic(scores)`` under resampling runs within each task.
+
+    rliable's ``StratifiedBootstrap`` (Agarwal et al. 2021, sec. 4): each resample draws, for
+    every task (column), as many runs as it has, with replacement, from that task's runs. Done
+    here with numpy because rliable 1.2's bootstrap needs ``arch`` < 8, which does not import
+    with pandas 3.
+
+    Args:
+        scores: ``[runs, tasks]`` normalised scores.
+        statistic: ``[runs, tasks] -> float or [k]`` (IQM, mean, a profile).
+        reps: resamples.
+        confidence: coverage of the interval.
+        seed: random seed.
+
+    Returns:
+        ``(lo, hi)``, each the shape of ``statistic``'s value.
+    """
+    scores = np.asarray(scores, dtype=float)
+    rng = np.random.default_rng(seed)
+    runs, tasks = scores.shape
+    idx = rng.integers(0, runs, size=(reps, runs, tasks))
+    values = np.array([statistic(np.take_along_axis(scores, i, axis=0)) for i in idx])
+    alpha = (1 - confidence) / 2 * 100
+    lo, hi = np.percentile(values, [alpha, 100 - alpha], axis=0)
+    return lo, hi
+
+
+def performance_profile(scores: np.ndarray, taus: np.ndarray) -> np.ndarray:
+    """Run-score distribution: for each tau, the fraction of runs with a score above tau,
+    averaged over tasks (rliable's ``create_performance_profile`` point estimate).
+
+    Args:
+        scores: ``[runs, tasks]``.
+        taus: ``[k]`` thresholds.
+
+    Returns:
+        ``[k]`` fractions in [0, 1].
+    """
+    scores = np.asarray(scores, dtype=float)
+    return np.array([(scores > t).mean(0).mean() for t in taus])
+
+
+def normalise(finals: dict[str, dict[str, list[float]]], success: dict[str, bool]) -> dict[str, dict[str, list[float]]]:
+    """Normalised final scores: ``finals[setting][task]`` -> the same, in [0, 1].
+
+    Success rates stay as they are; returns are min-max normalised per task over every run of
+    every setting, ``(R - min) / (max - min)`` (all 0.5 if all runs have the same return).
+    """
+    out: dict[str, dict[str, list[float]]] = {s: {} for s in finals}
+    tasks = {t for by_task in finals.values() for t in by_task}
+    for task in tasks:
+        values = [v for by_task in finals.values() for v in by_task.get(task, [])]
+        lo, hi = min(values), max(values)
+        for s, by_task in finals.items():
+            if task not in by_task:
+                continue
+            if success[task]:
+                out[s][task] = list(by_task[task])
+            else:
+                out[s][task] = [(v - lo) / (hi - lo) if hi > lo else 0.5 for v in by_task[task]]
+    return out
+
+
+def score_matrix(by_task: dict[str, list[float]]) -> tuple[np.ndarray, list[str]]:
+    """``[runs, tasks]`` from per-task lists (tasks sorted; each cut to the fewest runs any
+    task has, as rliable needs a full matrix)."""
+    tasks = sorted(by_task)
+    runs = min(len(by_task[t]) for t in tasks)
+    return np.array([[by_task[t][r] for t in tasks] for r in range(runs)]), tasks
+
+
+def aggregate(
+    finals: dict[str, dict[str, list[float]]], success: dict[str, bool], reps: int = 2000, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """IQM and mean with stratified-bootstrap 95% intervals per setting, over its tasks.
+
+    Args:
+        finals: ``finals[setting][task]`` = the final eval metric of each run (seed).
+        success: ``success[task]``: whether the task's metric is a success rate.
+        reps: bootstrap resamples.
+        seed: bootstrap seed.
+
+    Returns:
+        ``{setting: {"scores": [runs, tasks], "tasks": [...], "iqm": (point, lo, hi),
+        "mean": (point, lo, hi)}}``.
+    """
+    out = {}
+    for setting, by_task in normalise(finals, success).items():
+        scores, tasks = score_matrix(by_task)
+        lo, hi = stratified_bootstrap(scores, lambda x: np.array([iqm(x), x.mean()]), reps, seed=seed)
+        out[setting] = {
+            "scores": scores, "tasks": tasks,
+            "iqm": (iqm(scores), float(lo[0]), float(hi[0])),
+            "mean": (float(scores.mean()), float(lo[1]), float(hi[1])),
+        }  # fmt: skip
+    return out
+
+
+def _aggregate_figure(agg: dict[str, dict[str, Any]], out: Path, reps: int, seed: int) -> Path:
+    """aggregate.png: IQM with its interval per setting, and the performance profiles."""
+    from rliable import plot_utils
+
+    plt, fig, ax = _figure()
+    fig.set_size_inches(12, 4.5)
+    ax.remove()
+    ax_iqm, ax_prof = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    names = list(agg)
+    for i, name in enumerate(names):
+        point, lo, hi = agg[name]["iqm"]
+        ax_iqm.errorbar([point], [i], xerr=[[point - lo], [hi - point]], fmt="o", color=f"C{i}", capsize=4)
+    ax_iqm.set_yticks(range(len(names)), [n[:40] for n in names], fontsize=8)
+    ax_iqm.set(xlabel="IQM of normalised final score (95% stratified bootstrap CI)", xlim=(-0.02, 1.02))
+    taus = np.linspace(0.0, 1.0, 41)
+    profiles, cis = {}, {}
+    for name in names:
+        scores = agg[name]["scores"]
+        profiles[name] = performance_profile(scores, taus)
+        cis[name] = np.stack(stratified_bootstrap(scores, lambda x: performance_profile(x, taus), min(reps, 500), seed=seed))
+    plot_utils.plot_performance_profiles(
+        profiles, taus, performance_profile_cis=cis, ax=ax_prof,
+        colors={n: f"C{i}" for i, n in enumerate(names)},
+        xlabel=r"normalised score $\tau$", ylabel=r"fraction of runs with score $> \tau$",
+    )  # fmt: skip
+    ax_prof.legend([n[:40] for n in names], loc="best", fontsize=8)
+    fig.tight_layout()
+    return _save(plt, fig, out / "aggregate.png")
+
+
+def summarize(
+    dirs: list[Path], out: Path | None = None, threshold: float = 0.9, ci: str = "t",
+    reps: int = 2000, seed: int = 0,
+) -> tuple[Path, Path, str]:  # fmt: skip
+    """Write summary.png, summary_wall.png, aggregate.png and summary.md; returns (png, md,
+    the markdown text).
+
+    Args:
+        dirs: directories to search for runs.
+        out: output directory (default: ``dirs[0]``).
+        threshold: success rate for the steps/seconds-to columns.
+        ci: the curves' interval, ``t`` or ``bootstrap`` (:func:`mean_interval`).
+        reps: bootstrap resamples (``--ci bootstrap`` and the aggregate intervals).
+        seed: bootstrap seed.
 
     Raises:
         FileNotFoundError: if no run is found.
+        ConfigError: ``out`` is a file, a metrics.csv cell is not a number, a ``.hydra`` file
+            is not valid YAML, or ``ci`` is unknown.
+        ImportError: scipy or rliable is missing (the ``stats`` extra).
     """
+    if ci not in CI_METHODS:
+        raise ConfigError(f"--ci {ci}: choose one of: {', '.join(CI_METHODS)}")
     runs = find_runs(dirs)
     if not runs:
         raise FileNotFoundError(f"no rlfw runs (metrics.csv with .hydra/) below {', '.join(map(str, dirs))}")
     out = Path(out or dirs[0])
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a directory to write the report into")
+    import rliable  # noqa: F401  (fail before writing anything if the stats extra is missing)
+    import scipy  # noqa: F401
+
     data = {r: read_csv(r / "metrics.csv") for r in runs}
-    use_success = any(np.isfinite(column(rows, "eval_success_rate")).any() for rows in data.values())
+    cols = {r: {k: numeric_column(rows, k, r / "metrics.csv")
+                for k in ("env_steps", "wall_time_s", "eval_success_rate", "eval_return")}
+            for r, rows in data.items()}  # fmt: skip
+    labels = {r: label_of(r) for r in runs}
+    tasks = {r: task_of(r) for r in runs}
+    settings = {r: label_of(r, drop=("env", "env.id")) for r in runs}
+    out.mkdir(parents=True, exist_ok=True)
+    use_success = any(np.isfinite(c["eval_success_rate"]).any() for c in cols.values())
     metric = "eval_success_rate" if use_success else "eval_return"
     groups: dict[str, list[Path]] = defaultdict(list)
     for r in runs:
-        groups[label_of(r)].append(r)
+        groups[labels[r]].append(r)
     names = _common_prefix_free(list(groups))
 
     plt, fig, ax = _figure()
     _, wall_fig, wall_ax = _figure()
-    head = "| setting | seeds | env steps | final " + metric + " | best " + metric + " |"
-    rule = "|---|---|---|---|---|"
+    head = f"| setting | seeds | env steps | final {metric} | best {metric} | final 95% CI ({ci}) |"
+    rule = "|---|---|---|---|---|---|"
     if use_success:
         head += f" median env steps to {threshold:g} | median s to {threshold:g} |"
         rule += "---|---|"
@@ -103,11 +399,10 @@ def summarize(dirs: list[Path], out: Path | None = None, threshold: float = 0.9)
         reach_steps: list[float] = []
         reach_s: list[float] = []
         for j, r in enumerate(members):
-            rows = data[r]
-            x, y = column(rows, "env_steps"), column(rows, metric)
+            x, y = cols[r]["env_steps"], cols[r][metric]
             ok = np.isfinite(y)
             curves.append((x[ok], y[ok]))
-            t = column(rows, "wall_time_s")[ok]
+            t = cols[r]["wall_time_s"][ok]
             wall_ax.plot(t, y[ok], color=f"C{i}", lw=1, alpha=0.8,
                          label=f"{names[label]} (n={len(members)})" if j == 0 else None)  # fmt: skip
             reach_steps.append(first_reach(x[ok], y[ok], threshold))
@@ -117,28 +412,52 @@ def summarize(dirs: list[Path], out: Path | None = None, threshold: float = 0.9)
             continue
         steps = curves[0][0][:n]
         ys = np.stack([c[1][:n] for c in curves])  # [seeds, points]
-        mean = ys.mean(0)
+        mean, lo, hi = mean_interval(ys, ci, reps=reps, seed=seed)
         ax.plot(steps, mean, marker="o", ms=3, label=f"{names[label]} (n={len(members)})")
+        if use_success:  # a rate's band stays within [0, 1]
+            lo, hi = np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
         if len(members) > 1:
-            se = ys.std(0, ddof=1) / math.sqrt(len(members))
-            lo, hi = mean - 1.96 * se, mean + 1.96 * se
-            if use_success:  # a rate's band stays within [0, 1]
-                lo, hi = np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
             ax.fill_between(steps, lo, hi, alpha=0.2)
         final, best = ys[:, -1], ys.max(1)
+        band = f"[{lo[-1]:.3f}, {hi[-1]:.3f}]" if len(members) > 1 else "-"
         line = (
             f"| {names[label]} | {len(members)} | {int(steps[-1])} | {final.mean():.3f} +- {final.std():.3f} "
-            f"| {best.mean():.3f} +- {best.std():.3f} |"
+            f"| {best.mean():.3f} +- {best.std():.3f} | {band} |"
         )
         if use_success:
             line += f" {_median_reach(reach_steps)} | {_median_reach(reach_s)} |"
         lines.append(line)
-    ax.set(xlabel="env steps", ylabel=metric.replace("_", " "), title=f"{metric} (mean, 95% CI over seeds)")
+    ax.set(xlabel="env steps", ylabel=metric.replace("_", " "), title=f"{metric} (mean, 95% {ci} CI over seeds)")
     ax.legend(loc="best", fontsize=8)
     png = _save(plt, fig, out / "summary.png")
     wall_ax.set(xlabel="wall-clock seconds", ylabel=metric.replace("_", " "), title=f"{metric} per seed")
     wall_ax.legend(loc="best", fontsize=8)
     _save(plt, wall_fig, out / "summary_wall.png")
+
+    # the aggregate: final normalised score of each run, per setting over its tasks
+    finals: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    success: dict[str, bool] = {}
+    for r in runs:
+        task = tasks[r]
+        is_rate = bool(np.isfinite(cols[r]["eval_success_rate"]).any())
+        success[task] = success.get(task, True) and is_rate
+    for r in runs:
+        y = cols[r]["eval_success_rate" if success[tasks[r]] else "eval_return"]
+        y = y[np.isfinite(y)]
+        if y.size:
+            finals[settings[r]][tasks[r]].append(float(y[-1]))
+    agg = aggregate({s: dict(v) for s, v in finals.items()}, success, reps, seed) if finals else {}
+    lines += ["", f"Aggregate ({len({t for v in finals.values() for t in v})} tasks; final eval, "
+              "success rates as they are, returns min-max normalised per task over these runs; "
+              f"95% stratified bootstrap CI, {reps} resamples):", "",
+              "| tasks | setting | runs per task | IQM [95% CI] | mean [95% CI] |", "|---|---|---|---|---|"]  # fmt: skip
+    short = _common_prefix_free(list(agg))
+    for setting, a in agg.items():
+        (q, qlo, qhi), (m, mlo, mhi) = a["iqm"], a["mean"]
+        lines.append(f"| {', '.join(a['tasks'])} | {short[setting]} | {a['scores'].shape[0]} "
+                     f"| {q:.3f} [{qlo:.3f}, {qhi:.3f}] | {m:.3f} [{mlo:.3f}, {mhi:.3f}] |")  # fmt: skip
+    if agg:
+        _aggregate_figure(agg, out, reps, seed)
     text = "\n".join(lines) + "\n"
     md = out / "summary.md"
     md.write_text(f"# rlfw report\n\nRuns: {len(runs)} in {len(groups)} settings, metric {metric}.\n\n" + text)
@@ -146,18 +465,34 @@ def summarize(dirs: list[Path], out: Path | None = None, threshold: float = 0.9)
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Console entry point; errors are one line with exit status 2."""
     p = argparse.ArgumentParser(prog="python -m rlfw.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("dirs", nargs="+", type=Path, help="sweep or run directories")
-    p.add_argument("--out", type=Path, default=None, help="where to write (default: the first dir)")
+    p.add_argument("--out", type=Path, default=None, help="directory to write into (default: the first dir)")
     p.add_argument("--threshold", type=float, default=0.9, help="success rate for the steps/seconds-to columns")
+    p.add_argument("--ci", choices=CI_METHODS, default="t",
+                   help="the curves' 95%% interval over seeds: t (Student t, default) or bootstrap")  # fmt: skip
+    p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap random seed")
     args = p.parse_args(argv)
+    if args.reps < 1:
+        p.error(f"--reps {args.reps}: must be at least 1")
     try:
-        png, md, text = summarize(args.dirs, args.out, args.threshold)
-    except FileNotFoundError as err:
-        raise SystemExit(f"rlfw.report: error: {err}") from None
+        png, md, text = summarize(args.dirs, args.out, args.threshold, args.ci, args.reps, args.seed)
+    except (FileNotFoundError, ConfigError) as err:
+        raise SystemExit(_fail(str(err))) from None
+    except ImportError as err:
+        raise SystemExit(_fail(f"{err.name or err}: the report's statistics need scipy and rliable: {STATS_HINT}")) from None
     print(text)
-    print(f"wrote {png} and {md}")
+    print(f"wrote {png}, {md} and {md.parent / 'aggregate.png'}")
+
+
+def _fail(message: str) -> int:
+    import sys
+
+    print(f"rlfw.report: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,413 @@
+"""``python -m rlfw.tune [tune.KEY=VALUE ...] [search overrides] [overrides]``: Optuna tuning
+that prunes, averages seeds and continues a stored study.
+
+Hydra's Optuna sweeper (``python -m rlfw -m hydra/sweeper=rlfw_optuna``) scores a trial by one
+run's final eval and cannot prune. This entry point drives Optuna itself (ask-and-tell) and
+trains each trial in this process with rlfw's own composition, validation and training loop:
+
+- Search space: overrides in the Optuna sweeper's syntax, ``algo.tau='interval(0.001,0.05)'``,
+  ``algo.actor_lr='tag(log,interval(1e-4,3e-3))'``, ``buffer.replay_k='choice(2,4,8)'``,
+  ``train.batch_size='range(64,257,64)'`` (converted by
+  ``hydra_optuna_sweeper._impl.create_params_from_overrides``). Without any, the
+  ``params`` of ``conf/hydra/sweeper/rlfw_optuna.yaml`` are searched. Every other override is
+  fixed for all trials (``env=FetchPush-v4 train.epochs=20``).
+- Objective (maximised): each trial trains one run per seed of ``tune.seeds``; a run scores its
+  ``eval.metric`` column (:func:`rlfw.training.evaluation.eval_metric_name`: eval success rate
+  on goal envs, eval return otherwise) at the last evaluation (``tune.objective=final``) or
+  averaged over all its evaluations (``auc``: the area under the eval curve divided by the
+  number of evaluations); the trial's value is the mean over seeds.
+- Pruning: after every evaluation the run's metric is reported to the trial as an intermediate
+  value at step ``seed_index x train.epochs + epoch`` (so trials are compared at the same seed
+  and epoch), and ``tune.pruner=median`` (``optuna.pruners.MedianPruner``: stop a trial whose
+  best value so far is below the median of earlier trials at that step, after
+  ``tune.startup_trials`` finished trials and ``tune.warmup_epochs`` steps) stops bad trials.
+  A pruned run's ``status.json`` says ``pruned`` with the reason; the study goes on.
+- Storage: the study lives in ``tune.storage``; running the command again with the same study
+  name and storage continues it and adds ``tune.n_trials`` trials. The default,
+  ``<tune.dir>/study.json``, is a file of the finished trials (states, values, parameters,
+  intermediate values) that is loaded into an in-memory study (``Study.add_trials``); an
+  Optuna storage URL (``sqlite:///study.db``) is passed to ``optuna.create_study(storage=...,
+  load_if_exists=True)``. The sweeps extra pins optuna 2.10 (Hydra's Optuna sweeper needs
+  optuna < 3), whose RDB storage does not work with SQLAlchemy 2 (which flwr needs), hence
+  the file.
+
+Runs are written to ``<tune.dir>/trial_<number>/seed_<seed>/`` with the files of any rlfw run
+(``.hydra/config.yaml`` and ``overrides.yaml``, metrics.csv, checkpoints, status.json,
+rlfw.log), so ``python -m rlfw.report <tune.dir>``, ``rlfw.evaluate`` and ``resume=`` work on
+them. Needs the ``sweeps`` extra: ``pip install -c constraints.txt -e '.[sweeps]'``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from rlfw.core.contracts import Callback
+from rlfw.errors import ConfigError
+
+log = logging.getLogger("rlfw")
+
+SWEEPS_HINT = "pip install -c constraints.txt -e '.[sweeps]'"
+OBJECTIVES = ("final", "auc")
+PRUNERS = ("median", "none")
+
+
+@dataclass
+class TuneConfig:
+    """The ``tune.*`` keys of ``python -m rlfw.tune``."""
+
+    n_trials: int = 20  # trials this invocation runs (a continued study grows by this many)
+    seeds: list[int] = field(default_factory=lambda: [0])  # one run per seed per trial; mean
+    objective: str = "final"  # final: last evaluation; auc: mean over the run's evaluations
+    pruner: str = "median"  # median: optuna.pruners.MedianPruner; none: never prune
+    startup_trials: int = 5  # MedianPruner n_startup_trials: finished trials before pruning
+    warmup_epochs: int = 0  # MedianPruner n_warmup_steps: steps of a trial never pruned
+    study_name: str = "rlfw"
+    dir: str | None = None  # the trials' run directories; null: tune/<study_name>
+    # Where the study is kept: a file path (JSON of the finished trials, read back with
+    # json only), or an Optuna storage URL (sqlite:///study.db; Optuna's RDB storage needs
+    # optuna>=3 or SQLAlchemy<2: the sweeps extra's optuna 2.10 fails with SQLAlchemy 2).
+    # null: <dir>/study.json
+    storage: str | None = None
+    sampler_seed: int | None = None  # TPESampler seed (null: random)
+
+
+def parse_tune(args: list[str]) -> TuneConfig:
+    """The ``tune.*`` overrides merged into :class:`TuneConfig`, typed and checked.
+
+    Raises:
+        ConfigError: an unknown ``tune.`` key, a wrongly typed value or one out of range.
+    """
+    from omegaconf.errors import OmegaConfBaseException
+
+    base = OmegaConf.structured(TuneConfig)
+    try:
+        node = OmegaConf.merge(base, OmegaConf.from_dotlist([a.split(".", 1)[1] for a in args]))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or str(err).splitlines()[0]
+        raise ConfigError(f"tune.{key}: {str(err).splitlines()[0]}; the keys of tune are: "
+                          + ", ".join(f"tune.{k}" for k in base)) from None  # fmt: skip
+    cfg: TuneConfig = OmegaConf.to_object(node)  # type: ignore[assignment]
+    if cfg.objective not in OBJECTIVES:
+        raise ConfigError(f"unknown tune.objective '{cfg.objective}'; choose one of: {', '.join(OBJECTIVES)}")
+    if cfg.pruner not in PRUNERS:
+        raise ConfigError(f"unknown tune.pruner '{cfg.pruner}'; choose one of: {', '.join(PRUNERS)}")
+    for key in ("n_trials", "startup_trials", "warmup_epochs"):
+        if getattr(cfg, key) < (1 if key == "n_trials" else 0):
+            raise ConfigError(f"tune.{key}={getattr(cfg, key)} must be at least {1 if key == 'n_trials' else 0}")
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds) or min(cfg.seeds) < 0:
+        raise ConfigError(f"tune.seeds={cfg.seeds} must be a non-empty list of distinct seeds >= 0")
+    cfg.dir = cfg.dir or f"tune/{cfg.study_name}"
+    cfg.storage = cfg.storage or str(Path(cfg.dir) / "study.json")
+    return cfg
+
+
+def default_params() -> list[str]:
+    """The search space of ``conf/hydra/sweeper/rlfw_optuna.yaml`` as ``key=sweep`` overrides."""
+    from rlfw.config.paths import config_dir
+
+    conf = yaml.safe_load((Path(config_dir()) / "hydra" / "sweeper" / "rlfw_optuna.yaml").read_text())
+    return [f"{k}={v}" for k, v in (conf.get("params") or {}).items()]
+
+
+def split_overrides(args: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Search space and fixed overrides, parsed as Hydra's Optuna sweeper parses them.
+
+    Returns:
+        ``({key: optuna distribution}, [fixed key=value overrides])``.
+
+    Raises:
+        ConfigError: an override Hydra cannot parse.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
+    from optuna.distributions import BaseDistribution
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except HydraException as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+    space: dict[str, Any] = {}
+    fixed: list[str] = []
+    for arg, override in zip(args, parsed):
+        value = create_optuna_distribution_from_override(override)
+        if isinstance(value, BaseDistribution):
+            space[override.get_key_element()] = value
+        else:
+            fixed.append(arg)
+    return space, fixed
+
+
+def _as_override(key: str, value: Any) -> str:
+    return f"{key}={'null' if value is None else value}"
+
+
+def _first_point(dist: Any) -> Any:
+    """A value inside ``dist`` (the choice's first, the interval's low end)."""
+    if hasattr(dist, "choices"):
+        return dist.choices[0]
+    return dist.low
+
+
+class OptunaReport(Callback):
+    """Reports each evaluation's ``metric`` to an Optuna trial and raises ``optuna.TrialPruned``
+    when the trial's pruner says so (``trial.report`` / ``trial.should_prune``).
+
+    Args:
+        trial: the running ``optuna.trial.Trial``.
+        metric: ``eval.metric`` (``auto``, ``eval_success_rate``, ``eval_return``).
+        step_offset: added to the epoch number (``seed_index x train.epochs``).
+    """
+
+    def __init__(self, trial: Any, metric: str, step_offset: int) -> None:
+        self.trial, self.metric, self.step_offset = trial, metric, step_offset
+        self.values: list[float] = []  # this run's metric at each evaluation
+
+    def on_epoch(self, loop: Any, row: dict[str, Any]) -> None:
+        from optuna import TrialPruned
+
+        from rlfw.training.evaluation import eval_metric_name
+
+        name = eval_metric_name(self.metric, bool(loop.info.goal))
+        value = float(row.get(name, math.nan))
+        if not math.isfinite(value):  # no evaluation this epoch (eval.every > 1)
+            return
+        self.values.append(value)
+        step = self.step_offset + int(row["epoch"])
+        self.trial.report(value, step)
+        if self.trial.should_prune():
+            raise TrialPruned(f"trial {self.trial.number} pruned at epoch {int(row['epoch'])} (step {step}): "
+                              f"{name}={value:g} is below the median of earlier trials")  # fmt: skip
+
+
+def _write_run_files(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> None:
+    """``.hydra/config.yaml`` and ``.hydra/overrides.yaml`` as Hydra writes them."""
+    hydra_dir = run_dir / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, hydra_dir / "config.yaml")
+    (hydra_dir / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
+
+
+def _mark_pruned(run_dir: Path, reason: str) -> None:
+    """Rewrite ``status.json`` (atomically) as ``pruned`` with the reason."""
+    path = run_dir / "status.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(status="pruned", reason=reason)
+    data.pop("error", None)
+    tmp = run_dir / "status.json.tmp"
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def save_journal(study: Any, path: Path) -> None:
+    """Write the study's finished trials to ``path`` (JSON, atomically: a temp file renamed).
+
+    Each trial: state, value, params with their distributions
+    (``optuna.distributions.distribution_to_json``), intermediate values (what the pruner
+    compares) and user attributes (the run directories).
+    """
+    from optuna.distributions import distribution_to_json
+
+    trials = [
+        {"state": t.state.name, "value": t.value, "params": t.params,
+         "distributions": {k: distribution_to_json(d) for k, d in t.distributions.items()},
+         "intermediate_values": {str(k): v for k, v in t.intermediate_values.items()},
+         "user_attrs": t.user_attrs}
+        for t in study.trials if t.state.is_finished()
+    ]  # fmt: skip
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"study_name": study.study_name, "direction": "maximize", "trials": trials}, indent=1))
+    os.replace(tmp, path)
+
+
+def load_journal(study: Any, path: Path) -> None:
+    """Add the trials saved by :func:`save_journal` to ``study`` (nothing if ``path`` is absent).
+
+    Parsed with ``json`` only (no code runs).
+
+    Raises:
+        ConfigError: the file is not such a journal, or belongs to another study.
+    """
+    import optuna
+    from optuna.distributions import json_to_distribution
+    from optuna.trial import TrialState, create_trial
+
+    if not path.exists():
+        return
+    try:
+        data = json.loads(path.read_text())
+        if data["study_name"] != study.study_name:
+            raise ConfigError(f"tune.storage={path} holds study '{data['study_name']}', not "
+                              f"'{study.study_name}' (tune.study_name)")  # fmt: skip
+        trials = [
+            create_trial(state=TrialState[t["state"]], value=t["value"], params=t["params"],
+                         distributions={k: json_to_distribution(d) for k, d in t["distributions"].items()},
+                         intermediate_values={int(k): v for k, v in t["intermediate_values"].items()},
+                         user_attrs=t["user_attrs"])
+            for t in data["trials"]
+        ]  # fmt: skip
+    except ConfigError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, optuna.exceptions.OptunaError) as err:
+        raise ConfigError(f"tune.storage={path}: not a study file of rlfw.tune ({type(err).__name__}: {err})") from None
+    study.add_trials(trials)
+
+
+def run_trial(trial: Any, tune: TuneConfig, space: dict[str, Any], fixed: list[str]) -> float:
+    """Train one run per seed with the trial's parameters; returns the mean objective.
+
+    Raises:
+        optuna.TrialPruned: the pruner stopped the trial (the run's status.json says pruned).
+        ConfigError: the trial's config breaks a rule.
+    """
+    from optuna import TrialPruned
+
+    from rlfw.callbacks import make_callbacks
+    from rlfw.config.preflight import compose_config
+    from rlfw.config.validate import validate
+    from rlfw.training.loop import TrainLoop
+
+    params = [_as_override(k, trial.params[k]) for k in space]
+    scores = []
+    for i, seed in enumerate(tune.seeds):
+        overrides = [*fixed, *params, f"seed={seed}"]
+        cfg = compose_config(overrides)
+        validate(cfg)
+        run_dir = (Path(tune.dir) / f"trial_{trial.number}" / f"seed_{seed}").resolve()  # type: ignore[arg-type]
+        _write_run_files(run_dir, cfg, overrides)
+        trial.set_user_attr(f"run_dir_seed_{seed}", str(run_dir))
+        handler = logging.FileHandler(run_dir / "rlfw.log")
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        logging.getLogger().addHandler(handler)
+        report = OptunaReport(trial, cfg.eval.metric, i * cfg.train.epochs)
+        total = cfg.train.epochs * cfg.train.cycles_per_epoch * cfg.train.steps_per_cycle
+        try:
+            TrainLoop(cfg, run_dir, [*make_callbacks(cfg, run_dir, total, multirun=True), report]).run()
+        except TrialPruned as err:
+            _mark_pruned(run_dir, str(err))
+            log.info("%s", err)
+            raise
+        finally:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        if not report.values:
+            raise ConfigError(f"trial {trial.number}: no evaluation in {run_dir} (eval.every > train.epochs?)")
+        scores.append(report.values[-1] if tune.objective == "final" else sum(report.values) / len(report.values))
+    return sum(scores) / len(scores)
+
+
+def check(tune: TuneConfig, space: dict[str, Any], fixed: list[str]) -> None:
+    """Compose and validate a trial's config (the search space at its first point) for every
+    seed before any simulator starts.
+
+    Raises:
+        ConfigError: a bad key or value, as the CLI reports it.
+    """
+    from rlfw.config.preflight import compose_config
+    from rlfw.config.validate import validate
+
+    if not space:
+        raise ConfigError("nothing to tune: give a search space such as algo.tau='interval(0.001,0.05)'")
+    point = [_as_override(k, _first_point(d)) for k, d in space.items()]
+    for seed in tune.seeds:
+        validate(compose_config([*fixed, *point, f"seed={seed}"]))
+
+
+def tune(args: list[str]) -> Any:
+    """Run ``tune.n_trials`` trials of the study described by ``args``; returns the study.
+
+    Raises:
+        ConfigError: a bad ``tune.*`` key or value, a bad override, a bad storage URL.
+        ImportError: optuna or Hydra's Optuna sweeper plugin is missing (the sweeps extra).
+    """
+    import hydra_plugins.hydra_optuna_sweeper._impl  # noqa: F401  (the sweeps extra)
+    import optuna
+
+    tune_args = [a for a in args if a.split("=", 1)[0].startswith("tune.")]
+    rest = [a for a in args if a not in tune_args]
+    tc = parse_tune(tune_args)
+    space, fixed = split_overrides(rest)
+    if not space:
+        space, _ = split_overrides(default_params())
+        space = {k: d for k, d in space.items() if not any(f.split("=", 1)[0].lstrip("+~") == k for f in fixed)}
+    check(tc, space, fixed)
+    Path(tc.dir).mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=tc.startup_trials, n_warmup_steps=tc.warmup_epochs)
+              if tc.pruner == "median" else optuna.pruners.NopPruner())  # fmt: skip
+    sampler = optuna.samplers.TPESampler(seed=tc.sampler_seed)
+    journal = None if "://" in tc.storage else Path(tc.storage)  # type: ignore[operator]
+    try:
+        study = optuna.create_study(storage=None if journal else tc.storage, study_name=tc.study_name,
+                                    direction="maximize", sampler=sampler, pruner=pruner,
+                                    load_if_exists=True)  # fmt: skip
+    except Exception as err:  # a bad URL, an unopenable file, optuna 2.10 with SQLAlchemy 2
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"tune.storage={tc.storage}: {type(err).__name__}: {first}") from None
+    if journal is not None:
+        load_journal(study, journal)
+    from optuna.trial import TrialState
+
+    for _ in range(tc.n_trials):
+        trial = study.ask(fixed_distributions=space)
+        try:
+            value = run_trial(trial, tc, space, fixed)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        except (KeyboardInterrupt, SystemExit):
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as err:  # a failed trial is recorded; the study goes on
+            log.error("trial %d failed: %s: %s", trial.number, type(err).__name__, err)
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, value)
+            log.info("trial %d: %g with %s", trial.number, value, trial.params)
+        finally:
+            if journal is not None:
+                save_journal(study, journal)
+    return study
+
+
+def summary(study: Any) -> str:
+    """One line per state and the best trial."""
+    from optuna.trial import TrialState
+
+    counts = {s.name.lower(): sum(t.state == s for t in study.trials)
+              for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}  # fmt: skip
+    line = f"study {study.study_name}: {len(study.trials)} trials (" + ", ".join(f"{v} {k}" for k, v in counts.items()) + ")"
+    if counts["complete"]:
+        line += f"; best trial {study.best_trial.number}: {study.best_value:g} with {study.best_params}"
+    return line
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one line and exit 2 for bad input or a missing extra."""
+    args = sys.argv[1:] if argv is None else argv
+    if "--help" in args or "-h" in args:
+        print(__doc__)
+        return
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    try:
+        study = tune(args)
+    except ConfigError as err:
+        print(f"rlfw: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ImportError as err:
+        print(f"rlfw: error: python -m rlfw.tune needs optuna and Hydra's Optuna sweeper ({err.name} is "
+              f"missing): {SWEEPS_HINT}", file=sys.stderr)  # fmt: skip
+        raise SystemExit(2) from None
+    print(summary(study))
+
+
+if __name__ == "__main__":
+    main()

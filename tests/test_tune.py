@@ -1,0 +1,74 @@
+"""python -m rlfw.tune: pruned trials, an objective over seeds, a study continued from its file."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from .conftest import TINY
+
+pytest.importorskip("optuna")
+pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+
+from optuna.trial import TrialState
+
+from rlfw.plots import read_csv
+from rlfw.report import numeric_column
+from rlfw.tune import main, tune
+
+PENDULUM = ["env=gym", "env.id=Pendulum-v1", *TINY, "logger.progress=lines"]
+SPACE = "algo.tau=interval(0.001,0.05)"
+
+
+def test_bad_trial_is_pruned_and_a_second_invocation_continues_the_study(tmp_path):
+    common = ["tune.n_trials=1", "tune.startup_trials=1", "tune.sampler_seed=0", f"tune.dir={tmp_path}", SPACE]
+    # trial 0: 50-step episodes (return about -300); trial 1: 200-step episodes (about -1200),
+    # so trial 1's first evaluation is below trial 0's and the median pruner stops it
+    first = tune([*common, *PENDULUM, "env.max_episode_steps=50"])
+    assert [t.state for t in first.trials] == [TrialState.COMPLETE]
+    assert json.loads((tmp_path / "study.json").read_text())["trials"][0]["state"] == "COMPLETE"
+    second = tune([*common, *PENDULUM, "env.max_episode_steps=200"])
+    assert [t.state for t in second.trials] == [TrialState.COMPLETE, TrialState.PRUNED]  # grew by one
+    assert len(json.loads((tmp_path / "study.json").read_text())["trials"]) == 2
+    pruned = tmp_path / "trial_1" / "seed_0"
+    status = json.loads((pruned / "status.json").read_text())
+    assert status["status"] == "pruned" and "below the median" in status["reason"]
+    assert len(read_csv(pruned / "metrics.csv")) == 1  # stopped after epoch 1 of 2
+    assert second.trials[1].intermediate_values.keys() == {1}
+    assert second.best_trial.number == 0
+
+
+def test_objective_is_the_mean_over_seeds_of_the_area_under_the_eval_curve(tmp_path):
+    study = tune(["tune.n_trials=1", "tune.seeds=[0,1]", "tune.objective=auc", "tune.pruner=none",
+                  f"tune.dir={tmp_path}", SPACE, *PENDULUM, "env.max_episode_steps=50"])
+    (trial,) = study.trials
+    per_seed = []
+    for seed in (0, 1):
+        path = tmp_path / "trial_0" / f"seed_{seed}" / "metrics.csv"
+        values = numeric_column(read_csv(path), "eval_return", path)
+        assert len(values) == 2
+        per_seed.append(values.mean())
+    assert per_seed[0] != per_seed[1]
+    assert trial.value == pytest.approx(sum(per_seed) / 2)
+    # intermediate values at seed_index x epochs + epoch: seed 0 at 1, 2 and seed 1 at 3, 4
+    assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
+
+
+def _one_line_exit_2(args, capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("rlfw: error: "), err
+    return err
+
+
+def test_tune_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    assert "unknown tune.objective 'best'" in _one_line_exit_2(["tune.objective=best", SPACE], capsys)
+    assert "tune.seedz" in _one_line_exit_2(["tune.seedz=[0]", SPACE], capsys)
+    assert "algo.tua" in _one_line_exit_2([f"tune.dir={tmp_path}", "algo.tua=interval(0.1,0.2)"], capsys)
+    assert not (tmp_path / "trial_0").exists()  # refused before any run started
+    monkeypatch.setitem(sys.modules, "optuna", None)  # the sweeps extra not installed
+    err = _one_line_exit_2([SPACE], capsys)
+    assert "pip install -c constraints.txt -e '.[sweeps]'" in err
