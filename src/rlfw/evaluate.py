@@ -13,6 +13,7 @@ Headless rendering: MuJoCo envs (Fetch, Hopper) render on the CPU with OSMesa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -90,6 +91,13 @@ def evaluate(ecfg: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     """Parse ``key=value`` arguments against :class:`EvaluateConfig`, evaluate, print."""
     args = sys.argv[1:] if argv is None else argv
+    if "--help" in args or "-h" in args:  # usage, the module docstring's body and the keys
+        defaults = {f.name: f.default for f in dataclasses.fields(EvaluateConfig)}
+        keys = ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in defaults.items()
+                         if k != "run_dir")  # fmt: skip
+        body = (__doc__ or "").split("\n\n", 1)[-1].strip()
+        print(f"usage: python -m rlfw.evaluate run_dir=<run> [key=value ...]\n\n{body}\n\nkeys (defaults): {keys}")
+        return
     try:
         schema = OmegaConf.structured(EvaluateConfig)
         try:
