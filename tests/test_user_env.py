@@ -87,7 +87,7 @@ BAD_USER_ENVS = [
     (["env.id=NoSuchEnv-v0", "env.imports=[user_envs]"], "env.id 'NoSuchEnv-v0' is not a registered Gymnasium id after importing user_envs"),
     (["env.id=UserReach-v0", "env.imports=['my envs']"], "env.imports: 'my envs' is not a Python module name"),
     (["env.id=UserReach-v0", "env.imports=[broken_user_envs]"], "env.imports: importing module 'broken_user_envs' failed: RuntimeError: no licence"),
-    (["env.id=UserReach-v0", "env.imports=user_envs"], "env.imports"),  # a string, not a list
+    (["env.id=UserReach-v0", "env.imports=user_envs"], "invalid value for 'env.imports'"),  # not a list
 ]
 
 
