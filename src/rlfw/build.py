@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 import rlfw.components  # noqa: F401  (the built-ins register on import)
 from rlfw.core import Agent, EnvInfo, Exploration
-from rlfw.envs import EnvFamily, make_vector_env, read_env_info, resolve_env_id
+from rlfw.envs import EnvFamily, env_imports, make_vector_env, read_env_info, resolve_env_id
 from rlfw.errors import ConfigError
 from rlfw.registry import registry
 
@@ -57,7 +57,7 @@ def build_env(cfg: Any, log_resolution: bool = True) -> EnvParts:
         ConfigError: an unknown id, an env that does not fit its family, or a HER buffer on an
             env without goals.
     """
-    env_id, message = resolve_env_id(str(cfg.env.id), cfg.env.family, bool(cfg.env.resolve_version))
+    env_id, message = resolve_env_id(str(cfg.env.id), cfg.env.family, bool(cfg.env.resolve_version), env_imports(cfg))
     if message and log_resolution:
         log.warning(message)
     family = registry("env.family").get(cfg.env.family).target
@@ -148,10 +148,11 @@ def build(cfg: Any, rank: int = 0) -> Components:
     env = build_env(cfg, log_resolution=rank == 0)
     num_envs = int(tr.num_envs)
     envs = make_vector_env(env.family, env.env_id, num_envs, cfg.env.max_episode_steps, env.kwargs,
-                           cfg.env.vectorization)  # fmt: skip
+                           cfg.env.vectorization, imports=env_imports(cfg))  # fmt: skip
     n_eval = int(cfg.eval.num_envs or min(cfg.eval.episodes, 10))
     eval_envs = (
-        make_vector_env(env.family, env.env_id, n_eval, cfg.env.max_episode_steps, env.kwargs, "sync")
+        make_vector_env(env.family, env.env_id, n_eval, cfg.env.max_episode_steps, env.kwargs, "sync",
+                        imports=env_imports(cfg))
         if cfg.eval.episodes > 0
         else None
     )

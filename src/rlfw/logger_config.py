@@ -49,4 +49,6 @@ class WandbLoggerConfig(LoggerConfig):
         try:
             import wandb  # noqa: F401
         except ImportError:
-            raise ConfigError("logger=wandb needs the wandb package: pip install 'rlfw[wandb]'") from None
+            raise ConfigError(
+                "logger=wandb needs the wandb package: python -m pip install -c constraints.txt -e '.[wandb]'"
+            ) from None

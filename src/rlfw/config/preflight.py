@@ -39,6 +39,26 @@ from rlfw.errors import ConfigError
 # Overrides rlfw adds to the root config that are not in the schema (handled by the apps).
 _APP_KEYS = ("resume",)
 
+# hydra/<group>=<option> choices that need a Hydra plugin (rlfw's conf/hydra/ files and the
+# plugins' own config names): (what it is, the modules it needs, how to install them).
+_SWEEPS = "python -m pip install -c constraints.txt -e '.[sweeps]'"
+_OPTUNA = ("the Optuna sweeper plugin", ("hydra_plugins.hydra_optuna_sweeper", "optuna"), _SWEEPS)
+_SUBMITIT = ("the submitit launcher plugin", ("hydra_plugins.hydra_submitit_launcher", "submitit"), _SWEEPS)
+_RAY = ("the Ray launcher plugin", ("hydra_plugins.hydra_ray_launcher", "ray"),
+        "python -m pip install -c constraints.txt hydra-ray-launcher")  # fmt: skip
+_JOBLIB = ("the joblib launcher plugin", ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+           "python -m pip install -c constraints.txt -e .")  # fmt: skip
+HYDRA_PLUGINS: dict[tuple[str, str], tuple[str, tuple[str, ...], str]] = {
+    ("hydra/sweeper", "rlfw_optuna"): _OPTUNA,
+    ("hydra/sweeper", "optuna"): _OPTUNA,
+    ("hydra/launcher", "slurm"): _SUBMITIT,
+    ("hydra/launcher", "submitit_slurm"): _SUBMITIT,
+    ("hydra/launcher", "submitit_local"): _SUBMITIT,
+    ("hydra/launcher", "ray_cluster"): _RAY,
+    ("hydra/launcher", "ray"): _RAY,
+    ("hydra/launcher", "joblib"): _JOBLIB,
+}
+
 
 def _first_line(text: str) -> str:
     return next((ln.strip() for ln in str(text).splitlines() if ln.strip()), str(text))
@@ -173,6 +193,7 @@ def preflight(argv: list[str]) -> int:
             check_writable(value, key)
     if not any(o.lstrip("+").startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for o in args.overrides):
         check_writable(".", "the current directory (where outputs/ and multirun/ go)")
+    check_hydra_plugins(args.overrides)
     jobs = expand_jobs(user, bool(args.multirun))
     seen: set[str] = set()
     for job in jobs:
@@ -186,6 +207,34 @@ def preflight(argv: list[str]) -> int:
         except OmegaConfBaseException as err:
             raise ConfigError(translate(err)) from None
     return len(jobs)
+
+
+def check_hydra_plugins(overrides: list[str]) -> None:
+    """Refuse a ``hydra/sweeper=`` or ``hydra/launcher=`` choice whose Hydra plugin (or the
+    library it drives) is not installed, with the install command, instead of Hydra's
+    ``Could not load 'hydra/sweeper/optuna'`` after it started. Checked with
+    :func:`importlib.util.find_spec` (nothing is imported).
+
+    Raises:
+        ConfigError: one line naming the override, the plugin and how to install it.
+    """
+    import importlib.util
+
+    for o in overrides:
+        key, _, value = o.lstrip("+").partition("=")
+        need = HYDRA_PLUGINS.get((key, value))
+        if need is None:
+            continue
+        what, modules, install = need
+        for module in modules:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):  # a parent package missing, or a broken one
+                found = False
+            if not found:
+                raise ConfigError(
+                    f"{key}={value} needs {what} ({module} is not installed); install it with: {install}"
+                )
 
 
 def check_writable(path: str, key: str) -> None:

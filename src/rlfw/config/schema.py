@@ -47,7 +47,12 @@ class EnvConfig:
     """The environment. ``family`` picks the adapter (rlfw.envs.families); ``id`` any Gymnasium id."""
 
     family: str = "gym"  # fetch, panda, gym
+    # Any registered Gymnasium id, or Gymnasium's module:Env-v0 form (the module is imported first)
     id: str = MISSING
+    # Modules imported before the id is resolved and each env is made (their gymnasium.register
+    # calls add the user's envs; rl-zoo's --gym-packages), e.g. [my_pkg.envs]. Saved with the
+    # run, so resume= and rlfw.evaluate import them too.
+    imports: list[str] = field(default_factory=list)
     max_episode_steps: int | None = None  # None: the registered TimeLimit
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
     vectorization: str = "sync"  # sync, async (gymnasium.vector)

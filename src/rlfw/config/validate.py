@@ -89,7 +89,7 @@ def validate(cfg: Any) -> str:
         ConfigError: the first rule broken, as one line naming the key and the allowed values.
     """
     from rlfw.config.schema import Config, EnvConfig, EvalConfig, TrainConfig, register_schemas
-    from rlfw.envs import resolve_env_id
+    from rlfw.envs import env_imports, resolve_env_id
 
     register_schemas()  # the built-in components' registries
     known = {f.name for f in dataclasses.fields(Config)}
@@ -106,7 +106,7 @@ def validate(cfg: Any) -> str:
         check_with = getattr(schema, "validate_with", None)
         if check_with is not None:
             check_with(cfg)
-    env_id, _ = resolve_env_id(str(cfg.env.id), cfg.env.family, bool(cfg.env.resolve_version))
+    env_id, _ = resolve_env_id(str(cfg.env.id), cfg.env.family, bool(cfg.env.resolve_version), env_imports(cfg))
     family = registry("env.family").get(cfg.env.family).target
     EnvConfig.check_kwargs(env_id, cfg.env.kwargs, family)
     steps = cfg.env.max_episode_steps or _registered_steps(env_id)

@@ -3,6 +3,12 @@
 The ``env`` config group has one file per family and one per task id. ``env.family`` picks an
 :class:`EnvFamily` from :data:`FAMILIES`; it knows which package registers the ids, whether the
 observations carry goals, and how to recompute rewards and terminations for relabelled goals.
+
+A user's own envs: ``env.imports`` lists modules imported before an id is resolved or an env
+is made (their ``gymnasium.register`` calls run; rl-zoo's ``--gym-packages``), and an id may
+take Gymnasium's ``module:Env-v0`` form (``gymnasium.make`` imports ``module`` first). Both are
+the user's explicit keys, saved with the run, so ``resume=`` and ``rlfw.evaluate`` import the
+same modules.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import difflib
 import importlib
 import io
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,17 @@ from rlfw.core import EnvInfo, GoalFn
 from rlfw.errors import ConfigError
 from rlfw.registry import registry
 
-__all__ = ["FAMILIES", "EnvFamily", "EnvInfo", "GoalFn", "make_vector_env", "read_env_info", "resolve_env_id"]
+__all__ = [
+    "FAMILIES",
+    "EnvFamily",
+    "EnvInfo",
+    "GoalFn",
+    "env_imports",
+    "import_env_modules",
+    "make_vector_env",
+    "read_env_info",
+    "resolve_env_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +53,16 @@ class EnvFamily:
     Attributes:
         modules: packages imported to register the family's ids with Gymnasium.
         goal: True if every env of the family is a goal env, None to read it off the env.
+        entry_points: prefixes of the registered entry points (``module.path:Class``) of the
+            ids this family runs; empty: any id. Checked when the id is resolved, so an id of
+            another family stops at preflight rather than when the env is built.
+        title: the family's name in messages (``Fetch``).
     """
 
     modules: tuple[str, ...] = ()
     goal: bool | None = None
+    entry_points: tuple[str, ...] = ()
+    title: str = ""
 
     def register(self) -> None:
         """Import the packages that register this family's ids (a missing one is skipped)."""
@@ -129,6 +151,8 @@ class FetchFamily(EnvFamily):
 
     modules = ("gymnasium_robotics",)
     goal = True
+    entry_points = ("gymnasium_robotics.envs.fetch.",)
+    title = "Gymnasium-Robotics Fetch"
 
     def goal_functions(self, env: gym.Env) -> tuple[GoalFn, GoalFn]:
         reward_fn, _ = super().goal_functions(env)
@@ -146,6 +170,8 @@ class PandaFamily(EnvFamily):
 
     modules = ("panda_gym",)
     goal = True
+    entry_points = ("panda_gym.",)
+    title = "panda-gym"
 
     def register(self) -> None:
         super().register()
@@ -172,29 +198,103 @@ FAMILIES.add("fetch", FetchFamily())
 FAMILIES.add("panda", PandaFamily())
 
 
-def resolve_env_id(env_id: str, family: str = "gym", resolve_version: bool = False) -> tuple[str, str | None]:
+def env_imports(cfg: Any) -> tuple[str, ...]:
+    """``cfg.env.imports`` as a tuple of module names; () for a config saved without the key."""
+    names = getattr(cfg.env, "imports", None)
+    return tuple(str(n) for n in names) if names else ()
+
+
+def import_env_modules(modules: Sequence[str], key: str = "env.imports") -> None:
+    """Import the user's modules that register envs (their ``gymnasium.register`` calls run).
+
+    This runs the user's own code, by the user's explicit request (``env.imports`` or the
+    module of a ``module:Env-v0`` id); rlfw imports no other module of the user's.
+
+    Raises:
+        ConfigError: a name that is not a dotted module name, a module that cannot be found, or
+            one whose import fails, as one line naming ``key``, the module and the cause.
+    """
+    for name in modules:
+        name = str(name)
+        if not name or not all(part.isidentifier() for part in name.split(".")):
+            raise ConfigError(f"{key}: '{name}' is not a Python module name (a.b.c)")
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(
+                f"{key}: cannot import module '{name}' ({err}); put the folder that holds it on "
+                "PYTHONPATH, run from that folder, or install its package"
+            ) from None
+        except Exception as err:  # the user's module raised while it was imported
+            first = next((ln for ln in str(err).splitlines() if ln.strip()), "")
+            raise ConfigError(
+                f"{key}: importing module '{name}' failed: {type(err).__name__}: {first}"
+            ) from None
+
+
+def _entry_point(spec: Any) -> str:
+    """A spec's entry point as ``module.path:Name`` (Gymnasium takes a string or a callable)."""
+    ep = spec.entry_point
+    if isinstance(ep, str):
+        return ep
+    return f"{getattr(ep, '__module__', '')}:{getattr(ep, '__qualname__', '')}"
+
+
+def resolve_env_id(
+    env_id: str, family: str = "gym", resolve_version: bool = False, imports: Sequence[str] = ()
+) -> tuple[str, str | None]:
     """Map a user's id to a registered one.
 
-    An id that is registered is returned unchanged. An unregistered version of a registered name
-    is refused unless ``resolve_version`` (``env.resolve_version``; the ``env=Fetch*-v2`` option
-    files set it), then it resolves to the highest registered version that does not need
-    mujoco-py (gymnasium-robotics 1.4 registers Fetch v1 for mujoco-py and v4 only, so
-    ``FetchSlide-v2`` becomes ``FetchSlide-v4``).
+    First the family's packages and then ``imports`` (``env.imports``) are imported; an id of
+    the form ``module:Env-v0`` (Gymnasium's) imports ``module`` too and keeps the prefix, so
+    ``gymnasium.make`` of the returned id works in any process. An id that is registered is
+    returned unchanged. An unregistered version of a registered name is refused unless
+    ``resolve_version`` (``env.resolve_version``; the ``env=Fetch*-v2`` option files set it),
+    then it resolves to the highest registered version that does not need mujoco-py
+    (gymnasium-robotics 1.4 registers Fetch v1 for mujoco-py and v4 only, so ``FetchSlide-v2``
+    becomes ``FetchSlide-v4``). Finally the id must belong to the family (its entry point under
+    :attr:`EnvFamily.entry_points`): ``env.id=Pendulum-v1`` with the default Fetch family is
+    refused with the ``env=gym`` fix.
 
     Returns:
         (resolved id, a one-line message saying what was changed, or None).
 
     Raises:
-        ConfigError: if no version of the name is registered (with close matches), or the
-            version is not registered and ``resolve_version`` is False (naming the ones that are).
+        ConfigError: a module that cannot be imported (:func:`import_env_modules`); no version
+            of the name registered (with close matches); the version not registered and
+            ``resolve_version`` False (naming the ones that are); an id of another family.
     """
-    FAMILIES.get(family).target.register()
+    adapter = FAMILIES.get(family).target
+    adapter.register()
+    import_env_modules(imports)
+    module, sep, bare = env_id.rpartition(":")
+    if sep:
+        import_env_modules([module], key=f"env.id '{env_id}'")
+    imported = [*imports, *([module] if sep else [])]
+    after = f" after importing {', '.join(imported)}" if imported else ""
+    resolved, message = _resolve_registered(bare, env_id, resolve_version, after)
+    entry = _entry_point(gym.spec(resolved))
+    if adapter.entry_points and not entry.startswith(adapter.entry_points):
+        owner = next((n for n in FAMILIES.names() if FAMILIES.get(n).target.entry_points
+                      and entry.startswith(FAMILIES.get(n).target.entry_points)), None)  # fmt: skip
+        fix = (f"env={owner} env.id={env_id}" if owner else
+               f"env=gym env.id={env_id} (any Gymnasium id) or env=hopper env.id={env_id} (dense MuJoCo tasks)")
+        raise ConfigError(
+            f"env.id '{env_id}' is not a {adapter.title or family} task (env.family '{family}' runs "
+            f"the ids of {', '.join(p.rstrip('.:') for p in adapter.entry_points)}); choose the "
+            f"id's family first: {fix}"
+        )
+    return (f"{module}:{resolved}" if sep else resolved), message
+
+
+def _resolve_registered(env_id: str, shown: str, resolve_version: bool, after: str) -> tuple[str, str | None]:
+    """:func:`resolve_env_id` on an id without a module prefix (``shown`` is what the user typed)."""
     if env_id in gym.registry:
         return env_id, None
     try:
         ns, name, _ = parse_env_id(env_id)
     except gym.error.Error as err:
-        raise ConfigError(f"env.id '{env_id}' is not a Gymnasium id: {err}") from None
+        raise ConfigError(f"env.id '{shown}' is not a Gymnasium id: {err}") from None
     versions = [
         spec
         for spec in gym.registry.values()
@@ -204,15 +304,15 @@ def resolve_env_id(env_id: str, family: str = "gym", resolve_version: bool = Fal
     if not usable:
         close = difflib.get_close_matches(env_id, list(gym.registry), n=5, cutoff=0.6)
         hint = f"; did you mean: {', '.join(close)}" if close else ""
-        raise ConfigError(f"env.id '{env_id}' is not a registered Gymnasium id{hint}")
+        raise ConfigError(f"env.id '{shown}' is not a registered Gymnasium id{after}{hint}")
     best = max(usable, key=lambda s: s.version or 0)
     have = ", ".join(f"v{s.version}" for s in sorted(versions, key=lambda s: s.version or 0))
     if not resolve_version:
         raise ConfigError(
-            f"env.id '{env_id}' is not registered (installed: {have}); use env.id={best.id}, or "
+            f"env.id '{shown}' is not registered (installed: {have}); use env.id={best.id}, or "
             f"env.resolve_version=true to run the newest registered version"
         )
-    message = f"env.id '{env_id}' is not registered (installed: {have}); using '{best.id}'"
+    message = f"env.id '{shown}' is not registered (installed: {have}); using '{best.id}'"
     return best.id, message
 
 
@@ -222,11 +322,15 @@ def make_env_fn(
     max_episode_steps: int | None,
     kwargs: dict[str, Any],
     render_mode: str | None = None,
+    imports: Sequence[str] = (),
 ) -> Callable[[], gym.Env]:
-    """A picklable-enough thunk for gymnasium.vector (sync or async)."""
+    """A picklable-enough thunk for gymnasium.vector (sync or async); it imports the family's
+    packages and ``imports`` (``env.imports``) first, so a spawned env process knows the id."""
+    modules = tuple(imports)
 
     def thunk() -> gym.Env:
         family.register()
+        import_env_modules(modules)
         return family.make(env_id, max_episode_steps, kwargs, render_mode)
 
     return thunk
@@ -239,13 +343,16 @@ def make_vector_env(
     max_episode_steps: int | None = None,
     kwargs: dict[str, Any] | None = None,
     vectorization: str = "sync",
+    imports: Sequence[str] = (),
 ) -> gym.vector.VectorEnv:
     """``num_envs`` copies in a Gymnasium vector env with same-step autoreset.
 
     Same-step autoreset means a finished sub-env returns its reset observation at once and the
     final observation in ``info["final_obs"]``: every vector step is a real transition.
+    ``imports`` (``env.imports``) are imported in each env's process before it is made.
     """
-    fns = [make_env_fn(family, env_id, max_episode_steps, dict(kwargs or {})) for _ in range(num_envs)]
+    fns = [make_env_fn(family, env_id, max_episode_steps, dict(kwargs or {}), imports=imports)
+           for _ in range(num_envs)]  # fmt: skip
     if vectorization == "async":
         return gym.vector.AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
     return gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)

@@ -45,10 +45,10 @@ def record_episodes(
     Raises:
         RuntimeError: if rendering fails, with what to install.
     """
-    from rlfw.envs import FAMILIES, resolve_env_id
+    from rlfw.envs import FAMILIES, env_imports, resolve_env_id
     from rlfw.envs.obs import split_obs
 
-    env_id, _ = resolve_env_id(str(cfg.env.id), cfg.env.family, bool(cfg.env.resolve_version))
+    env_id, _ = resolve_env_id(str(cfg.env.id), cfg.env.family, bool(cfg.env.resolve_version), env_imports(cfg))
     family = FAMILIES.get(cfg.env.family).target
     env = family.make(env_id, cfg.env.max_episode_steps, dict(cfg.env.kwargs), "rgb_array" if render else None)
     goal = isinstance(env.observation_space, __import__("gymnasium").spaces.Dict)

@@ -11,7 +11,7 @@ Modules: :mod:`.setup` (compose and check; shape refusal), :mod:`.params` (the e
 arrays and their aggregation), :mod:`.client`, :mod:`.server` (strategy, checkpoints, metrics),
 :mod:`.app` (simulation, server and client runs), :mod:`.__main__` (the Hydra app).
 
-Needs the ``federated`` extra: ``pip install -c constraints.txt "rlfw[federated]"``.
+Needs the ``federated`` extra: ``python -m pip install -c constraints.txt -e '.[federated]'`` (from the checkout).
 """
 
 from __future__ import annotations

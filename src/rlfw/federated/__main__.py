@@ -7,7 +7,7 @@ Simulation (default; server and clients in this process and one Ray actor)::
 Real processes (one server, one process per client; ``hydra.run.dir`` picks each one's dir)::
 
     python -m rlfw.federated federated.mode=server federated.server_address=0.0.0.0:8080 ...
-    python -m rlfw.federated federated.mode=client federated.client_index=0 \
+    python -m rlfw.federated federated.mode=client federated.client_index=0 \\
         federated.server_address=SERVER_HOST:8080 ...
 
 Server and clients take the same ``federated.clients`` and training overrides. TLS: give the
@@ -88,9 +88,47 @@ def federate(cfg: DictConfig) -> None:
         raise SystemExit(1) from None
 
 
+def help_text() -> str:
+    """``python -m rlfw.federated --help``: usage, the module docstring, the config groups'
+    options (the YAML files in ``conf/<group>/``, without the internal ``*_schema`` entries of
+    Hydra's ConfigStore that Hydra's own help lists) and the ``federated.*`` keys."""
+    import dataclasses
+    import textwrap
+
+    from rlfw.config.paths import group_options
+    from rlfw.federated.schema import FederatedConfig, TLSConfig
+
+    def wrap(text: str, indent: str = "  ") -> str:
+        return textwrap.fill(text, width=100, initial_indent=indent, subsequent_indent=indent + "  ",
+                             break_on_hyphens=False)  # fmt: skip
+
+    groups = [wrap(f"{g}: {', '.join(o for o in group_options(g) if not o.endswith('_schema'))}")
+              for g in ("algo", "buffer", "noise", "env", "logger", "experiment")]  # fmt: skip
+    keys = [f"federated.{f.name}" for f in dataclasses.fields(FederatedConfig) if f.name != "tls"]
+    keys += [f"federated.tls.{f.name}" for f in dataclasses.fields(TLSConfig)]
+    body = (__doc__ or "").split("\n\n", 1)[-1].strip()
+    return "\n".join([
+        "usage: python -m rlfw.federated [group=option ...] [key=value ...]",
+        "",
+        body,
+        "",
+        "Config groups (group=option; each client composes env=<federated.clients[i]>):",
+        *groups,
+        "",
+        "Federation keys:",
+        wrap(", ".join(keys)),
+        "",
+        "Training keys as in python -m rlfw --help. The composed config: python -m rlfw.federated --cfg job;",
+        "Hydra's own help: python -m rlfw.federated --hydra-help",
+    ])  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: preflight, then Hydra."""
+    """Console entry point: help, preflight, then Hydra."""
     args = sys.argv[1:] if argv is None else argv
+    if "--help" in args or "-h" in args:
+        print(help_text())
+        return
     try:
         preflight(args)
     except ConfigError as err:

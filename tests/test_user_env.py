@@ -1,0 +1,123 @@
+"""A user's own environments from the command line: ``env.imports`` and ``module:Env-v0`` ids.
+
+The env module is tests/user_envs.py (it registers ``UserReach-v0``, a goal env, and
+``UserDense-v0``, a dense one); the subprocesses find it through PYTHONPATH only (their working
+directory is a temp dir), as a user's package would be found.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlfw.config.preflight import preflight
+from rlfw.errors import ConfigError
+
+from .conftest import TINY
+
+TESTS = Path(__file__).resolve().parent
+
+
+def run_module(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m <module> <args>`` with tests/ added to the PYTHONPATH the test runs with."""
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(TESTS)) if p)
+    env = dict(os.environ, PYTHONPATH=path, PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0", WANDB_MODE="disabled")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=env)  # fmt: skip
+
+
+def epochs_of(run: Path) -> list[int]:
+    with (run / "metrics.csv").open() as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f)]
+
+
+def test_env_imports_trained_resumed_and_evaluated_from_the_cli(tmp_path):
+    """env.imports=[user_envs]: train one epoch, resume to two, evaluate, each a fresh process
+    that knows UserReach-v0 only by importing the module the saved config names."""
+    run = tmp_path / "run"
+    args = ["env=gym", "env.id=UserReach-v0", "env.imports=[user_envs]", "buffer=her", *TINY]
+    trained = run_module("rlfw", [*args, "train.epochs=1", f"hydra.run.dir={run}"], tmp_path)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert epochs_of(run) == [1]
+    saved = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    assert saved["env"]["imports"] == ["user_envs"] and saved["env"]["id"] == "UserReach-v0"
+
+    resumed = run_module("rlfw", [f"resume={run}", "train.epochs=2"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert epochs_of(run) == [1, 2]
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
+
+    evaluated = run_module("rlfw.evaluate", [f"run_dir={run}", "episodes=3"], tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    summary = json.loads((run / "evaluation.json").read_text())
+    assert summary["episodes"] == 3 and summary["checkpoint_epoch"] == 2
+    assert summary["success_rate"] is not None  # the goal env reports is_success
+    assert -10.0 <= summary["return_mean"] <= 0.0  # 10-step episodes of {-1, 0} rewards
+
+
+def test_module_colon_id_trained_and_evaluated_from_the_cli(tmp_path):
+    """Gymnasium's module:Env-v0 form: the module is imported, the id keeps its prefix, and
+    rlfw.evaluate makes the env from the saved id in a fresh process."""
+    run = tmp_path / "run"
+    trained = run_module(
+        "rlfw", ["env=gym", "env.id=user_envs:UserDense-v0", *TINY, "train.epochs=1", f"hydra.run.dir={run}"], tmp_path
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "training td3 on user_envs:UserDense-v0" in trained.stderr + trained.stdout
+    assert epochs_of(run) == [1]
+    evaluated = run_module("rlfw.evaluate", [f"run_dir={run}", "episodes=2"], tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    summary = json.loads((run / "evaluation.json").read_text())
+    assert summary["episodes"] == 2 and summary["success_rate"] is None  # a dense env
+    assert summary["return_mean"] < 0.0  # -distance to the target at every step
+
+
+# Each case: the env overrides, a fragment of the one error line. All stop at preflight.
+BAD_USER_ENVS = [
+    (["env.id=UserReach-v0", "env.imports=[no_such_module_xyz]"], "env.imports: cannot import module 'no_such_module_xyz'"),
+    (["env.id=no_such_module_xyz:UserDense-v0"], "env.id 'no_such_module_xyz:UserDense-v0': cannot import module"),
+    (["env.id=user_envs:NoSuchEnv-v0"], "env.id 'user_envs:NoSuchEnv-v0' is not a registered Gymnasium id after importing user_envs"),
+    (["env.id=NoSuchEnv-v0", "env.imports=[user_envs]"], "env.id 'NoSuchEnv-v0' is not a registered Gymnasium id after importing user_envs"),
+    (["env.id=UserReach-v0", "env.imports=['my envs']"], "env.imports: 'my envs' is not a Python module name"),
+    (["env.id=UserReach-v0", "env.imports=[broken_user_envs]"], "env.imports: importing module 'broken_user_envs' failed: RuntimeError: no licence"),
+    (["env.id=UserReach-v0", "env.imports=user_envs"], "invalid value for 'env.imports'"),  # not a list
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD_USER_ENVS, ids=[" ".join(a) for a, _ in BAD_USER_ENVS])
+def test_bad_user_env_is_one_line_at_preflight(tmp_path, monkeypatch, capsys, args, expected):
+    import rlfw.__main__ as cli
+
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "broken_user_envs.py").write_text("raise RuntimeError('no licence')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    monkeypatch.syspath_prepend(str(TESTS))
+    monkeypatch.chdir(tmp_path)
+
+    def hydra_started():
+        raise AssertionError("preflight let it through: Hydra started")
+
+    monkeypatch.setattr(cli, "train", hydra_started)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["env=gym", *args])
+    assert exit_.value.code == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("rlfw: error: "), lines
+    assert expected in lines[0], lines[0]
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_user_env_ids_pass_preflight_once_imported(monkeypatch):
+    """Both forms resolve at preflight (the positive side of the table above)."""
+    monkeypatch.syspath_prepend(str(TESTS))
+    assert preflight(["env=gym", "env.id=UserReach-v0", "env.imports=[user_envs]", "buffer=her"]) == 1
+    assert preflight(["env=gym", "env.id=user_envs:UserDense-v0"]) == 1
+    with pytest.raises(ConfigError, match="not a Gymnasium-Robotics Fetch task"):
+        preflight(["env=fetch", "env.id=user_envs:UserReach-v0"])

@@ -1,0 +1,83 @@
+"""A user's own env module, as a user of rlfw would write one: it registers two tiny envs with
+``gymnasium.register`` when imported, and imports nothing of rlfw.
+
+The tests put this folder on ``PYTHONPATH`` and name the module from the command line, either
+in ``env.imports=[user_envs]`` or as Gymnasium's ``user_envs:UserDense-v0`` id form.
+
+- ``UserReach-v0``: a goal env (GoalEnv API: ``observation``/``achieved_goal``/``desired_goal``
+  observations, vectorised ``compute_reward``): a point in [-1, 1]^2 moved by its action
+  (``pos += 0.2 * action``), sparse reward ``-(||ag - g|| > 0.1)``, 10-step episodes.
+- ``UserDense-v0``: the same point with a dense reward ``-||pos - target||`` and a Box
+  observation ``[pos, target]``, actions in [-2, 2] (so rlfw rescales them), 10-step episodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+RADIUS = 0.1  # success distance
+STEP = 0.2  # movement per unit action
+
+
+class UserReachEnv(gym.Env):
+    """The goal env ``UserReach-v0`` (see the module docstring)."""
+
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
+
+    def __init__(self) -> None:
+        box = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.observation_space = gym.spaces.Dict(
+            {"observation": box, "achieved_goal": box, "desired_goal": box}
+        )
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.pos = np.zeros(2, np.float32)
+        self.goal = np.zeros(2, np.float32)
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {"observation": self.pos.copy(), "achieved_goal": self.pos.copy(), "desired_goal": self.goal.copy()}
+
+    def compute_reward(self, achieved_goal: np.ndarray, desired_goal: np.ndarray, info: Any) -> np.ndarray:
+        """``-(||ag - g|| > RADIUS)`` as float32: shape ``[B]`` for ``[B, 2]`` inputs."""
+        return -(np.linalg.norm(achieved_goal - desired_goal, axis=-1) > RADIUS).astype(np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self.pos = self.np_random.uniform(-0.5, 0.5, 2).astype(np.float32)
+        self.goal = self.np_random.uniform(-0.5, 0.5, 2).astype(np.float32)
+        return self._obs(), {}
+
+    def step(self, action: np.ndarray):
+        self.pos = np.clip(self.pos + STEP * np.asarray(action, np.float32), -1.0, 1.0).astype(np.float32)
+        reward = float(self.compute_reward(self.pos, self.goal, {}))
+        return self._obs(), reward, False, False, {"is_success": float(reward == 0.0)}
+
+
+class UserDenseEnv(gym.Env):
+    """The dense env ``UserDense-v0`` (see the module docstring)."""
+
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+        self.action_space = gym.spaces.Box(-2.0, 2.0, (2,), np.float32)
+        self.pos = np.zeros(2, np.float32)
+        self.target = np.zeros(2, np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self.pos = self.np_random.uniform(-0.5, 0.5, 2).astype(np.float32)
+        self.target = self.np_random.uniform(-0.5, 0.5, 2).astype(np.float32)
+        return np.concatenate([self.pos, self.target]), {}
+
+    def step(self, action: np.ndarray):
+        move = 0.5 * STEP * np.asarray(action, np.float32)
+        self.pos = np.clip(self.pos + move, -1.0, 1.0).astype(np.float32)
+        reward = -float(np.linalg.norm(self.pos - self.target))
+        return np.concatenate([self.pos, self.target]), reward, False, False, {}
+
+
+gym.register("UserReach-v0", entry_point=UserReachEnv, max_episode_steps=10)
+gym.register("UserDense-v0", entry_point=UserDenseEnv, max_episode_steps=10)
