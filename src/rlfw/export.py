@@ -155,7 +155,8 @@ def policy_spec(policy: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     last_linear = max(i for i, m in enumerate(modules) if isinstance(m, nn.Linear | NoisyLinear))
     for i, m in enumerate(modules):
         if isinstance(m, nn.Linear | NoisyLinear):
-            w, b = (m.weight, m.bias) if isinstance(m, nn.Linear) else (m.mu_w, m.mu_b)
+            w: torch.Tensor = m.weight if isinstance(m, nn.Linear) else m.mu_w
+            b: torch.Tensor = m.bias if isinstance(m, nn.Linear) else m.mu_b
             if i == last_linear and keep is not None:
                 w, b = w[:keep], b[:keep]
             layers.append({"type": "linear", "weight": put(f"actor.{i}.weight", w), "bias": put(f"actor.{i}.bias", b)})
@@ -397,9 +398,9 @@ def export_policy(run_dir: str | Path, format: str = "onnx", checkpoint: str = "
     needs = {"onnx": ["onnx", "onnxscript"], "safetensors": ["safetensors"], "torchscript": []}[fmt]
     import importlib.util
 
-    for module in needs:
-        if importlib.util.find_spec(module) is None:
-            raise _missing(module)
+    for name in needs:
+        if importlib.util.find_spec(name) is None:
+            raise _missing(name)
     try:
         policy = load(run, checkpoint=checkpoint, device="cpu")
     except FileNotFoundError as err:

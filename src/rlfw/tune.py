@@ -345,7 +345,8 @@ def tune(args: list[str]) -> Any:
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=tc.startup_trials, n_warmup_steps=tc.warmup_epochs)
               if tc.pruner == "median" else optuna.pruners.NopPruner())  # fmt: skip
     sampler = optuna.samplers.TPESampler(seed=tc.sampler_seed)
-    journal = None if "://" in tc.storage else Path(tc.storage)  # type: ignore[operator]
+    storage = str(tc.storage)  # filled in by check()
+    journal = None if "://" in storage else Path(storage)
     try:
         study = optuna.create_study(storage=None if journal else tc.storage, study_name=tc.study_name,
                                     direction="maximize", sampler=sampler, pruner=pruner,

@@ -96,7 +96,7 @@ class EnvConfig:
             family.register()
         try:
             spec = gym.spec(env_id)
-            creator = spec.entry_point
+            creator: Any = spec.entry_point
             if isinstance(creator, str):
                 creator = gym.envs.registration.load_env_creator(creator)
         except Exception:  # an id or entry point that cannot be read: gym.make will say why
