@@ -15,7 +15,7 @@ Files in the run directory (Hydra's output dir), written by rank 0 through callb
 - ``checkpoints/last.pt`` (and per-worker buffer files with ``train.save_buffer``),
 - ``status.json`` ``running`` while training, ``finished``, ``failed`` or ``interrupted`` at the end.
 
-A stop signal (SIGTERM, SIGUSR1, SIGUSR2: :data:`STOP_SIGNALS`) received while training ends the run after
+A stop signal (SIGTERM, SIGUSR1, SIGUSR2, SIGINT, SIGHUP: :data:`STOP_SIGNALS`) received while training ends the run after
 the current cycle: every worker agrees on the cycle, the epoch in progress is dropped (its
 rows never reach the CSVs), ``status.json`` says ``interrupted`` with the resume command, and
 :class:`rlfw.errors.TrainingInterrupted` is raised; ``resume=`` continues from the last
@@ -53,8 +53,8 @@ log = logging.getLogger("rlfw")
 
 # what schedulers send before they kill: timeout and SLURM's time limit (SIGTERM), SLURM's
 # configurable warning (sbatch --signal=USR1@90; submitit asks for USR2, see
-# rlfw.training.requeue)
-STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+# rlfw.training.requeue); Ctrl-C (SIGINT) and a closed terminal (SIGHUP) end a run the same way
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP")
 
 
 class TrainLoop:
