@@ -101,6 +101,7 @@ def test_sigterm_to_the_launching_process_stops_its_workers(tmp_path):
     assert not [w for w in workers if _alive(w)], "workers left running"
 
 
+@pytest.mark.slow  # about 45 s on the shared 2-core machine
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
 def test_workers_stop_when_their_parent_is_killed(tmp_path):
     run_dir = tmp_path / "run"
