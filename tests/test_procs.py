@@ -42,7 +42,7 @@ def test_torchrun_ranks_with_different_overrides_fail_naming_the_key(tmp_path):
                                        f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))  # fmt: skip
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 2, err[-3000:]
         assert err.strip().splitlines() == [
             "rlfw: error: the ranks were started with different configs: seed (rank 0: 1 vs rank 1: 2); "
