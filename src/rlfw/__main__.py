@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -40,6 +42,64 @@ def _result(row: dict) -> float:
     if value is None or value != value:
         value = row.get("eval_return", float("nan"))
     return float(value)
+
+
+class StopSignal(KeyboardInterrupt):
+    """A stop signal (SIGINT, SIGTERM, SIGHUP, ...) that ends the whole command: raised by
+    :func:`_raise_stop` outside the training loop, and by :func:`train` in a ``-m`` sweep after
+    the current job stopped (a ``KeyboardInterrupt``, so Hydra's launchers do not record it as a
+    failed job and start the next one, and the training loop marks its run ``interrupted``). :func:`main` prints ``message`` and exits with
+    ``128 + signum``."""
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.message = message or f"stopped by {signal.Signals(signum).name}"
+
+
+# Signals that end the command like SIGTERM: Ctrl-C and a closed terminal. SIGUSR1/SIGUSR2 are
+# left to the training loop and to submitit (rlfw.training.requeue).
+COMMAND_STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+# Failed jobs of this process's -m sweep (Hydra's basic launcher runs them here): one line each.
+_FAILED_JOBS: list[str] = []
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise StopSignal(signum)
+
+
+def install_stop_handlers() -> None:
+    """Make :data:`COMMAND_STOP_SIGNALS` raise :class:`StopSignal` (main thread only) while no
+    training loop runs; the loop and :func:`rlfw.distributed.launch` install their own while
+    they run and put these back after."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in COMMAND_STOP_SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, _raise_stop)
+
+
+def _job_failed(hc: Any, run_dir: Path, line: str) -> float:
+    """Record a failed job of a sweep (one line, logged now and listed by :func:`main` at the
+    end); the sweep goes on. Returns NaN, the job's result (Optuna records the trial as failed)."""
+    overrides = " ".join(hc.overrides.task) if hc.overrides.task else "(no overrides)"
+    log.error("%s", line)
+    _FAILED_JOBS.append(f"job {hc.job.num} ({overrides}, {run_dir}) failed: {line.removeprefix('error: ')}")
+    return float("nan")
+
+
+def _log_traceback_to_files() -> None:
+    """Write the current exception's traceback to the log files only (the job's rlfw.log)."""
+    import traceback
+
+    text = traceback.format_exc()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.emit(logging.LogRecord("rlfw", logging.ERROR, __file__, 0, "%s", (text,), None))
 
 
 def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict:
@@ -97,31 +157,37 @@ def train(cfg: DictConfig) -> float:
         from rlfw.training.cores import PARALLEL_JOBS_ENV
 
         os.environ[PARALLEL_JOBS_ENV] = str(n_jobs if n_jobs > 0 else os.cpu_count() or 1)
+    run_dir = Path(hc.runtime.output_dir)
     try:
-        row = run_job(cfg, Path(hc.runtime.output_dir), multirun)
+        row = run_job(cfg, run_dir, multirun)
     except ConfigError as err:
-        if multirun:  # Hydra records the failed job and goes on with the others
-            raise
+        if multirun:  # the sweep goes on; main() lists the failed jobs at the end
+            return _job_failed(hc, run_dir, f"error: {err}")
         log.error("error: %s", err)
         raise SystemExit(2) from None
     except TrainingDiverged as err:
         if multirun:
-            raise
+            return _job_failed(hc, run_dir, f"error: {err}")
         log.error("error: %s", err)
         raise SystemExit(1) from None
-    except TrainingInterrupted as err:  # SIGTERM/SIGUSR1/SIGUSR2: status.json says interrupted
+    except TrainingInterrupted as err:  # a stop signal: status.json says interrupted
         from rlfw.training.requeue import hand_over
 
         hand_over(err.signum)  # under submitit: requeue this job (exits); else go on
-        if multirun:
-            raise
         log.warning("%s", err)
+        if multirun:  # no further job starts: out through Hydra's launcher (not an Exception)
+            raise StopSignal(err.signum, str(err)) from None
         raise SystemExit(128 + err.signum) from None
     except OSError as err:  # a full disk, an unwritable file: one line, the run marked failed
         if multirun:
-            raise
+            return _job_failed(hc, run_dir, f"error: cannot write the run's files: {err}")
         log.error("error: cannot write the run's files: %s", err)
         raise SystemExit(1) from None
+    except Exception as err:  # a bug: the traceback goes to the job's log file, one line here
+        if not multirun:
+            raise
+        _log_traceback_to_files()
+        return _job_failed(hc, run_dir, f"error: {type(err).__name__}: {err}")
     return _result(row)
 
 
@@ -255,22 +321,124 @@ def help_text() -> str:
     )
 
 
+def check_hydra(argv: list[str]) -> None:
+    """Check what Hydra itself would stop on, so it stops as one line before any job starts:
+    an override Hydra's grammar cannot parse (non-ASCII outside quotes), the rlfw config under
+    ``--cfg``/``--resolve`` (Hydra prints it without :func:`preflight`), an unknown
+    ``hydra/launcher`` or ``hydra/sweeper`` option or one whose plugin is not installed, and a
+    run (or sweep) directory that does not resolve (unknown interpolation, missing environment
+    variable) or cannot be created (``/proc/nope``: probed with a temporary directory in its
+    nearest existing ancestor, removed at once).
+
+    Raises:
+        ConfigError: one line naming the override or key.
+    """
+    import importlib.util
+    import tempfile
+
+    from hydra import compose
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from rlfw.config.preflight import expand_jobs, hydra_context, translate
+
+    args = get_args_parser().parse_args(argv)
+    if args.help or args.hydra_help or args.info or args.shell_completion:
+        return
+    parser = OverridesParser.create()
+    for o in args.overrides:
+        try:
+            parser.parse_overrides([o])
+        except OverrideParseException as err:
+            hint = ""
+            if not o.isascii():
+                key, _, value = o.partition("=")
+                hint = f"; Hydra takes non-ASCII characters only in quotes: '{key}=\"{value}\"'"
+            raise ConfigError(f"cannot parse the override {o}: {str(err).splitlines()[0]}{hint}") from None
+    multirun = bool(args.multirun)
+    try:
+        job = expand_jobs(list(args.overrides), multirun)[0]
+    except Exception:  # a sweep only the sweeper understands: compose the fixed overrides
+        job = [o for o in args.overrides if "," not in o and "(" not in o]
+    with hydra_context():
+        try:
+            full = compose(config_name=args.config_name or "config", overrides=job, return_hydra_config=True)
+        except (HydraException, OmegaConfBaseException) as err:
+            import re
+
+            missing = re.search(r"In 'hydra/(launcher|sweeper)/(\w+)': Could not load '(hydra/[\w/]+)'", str(err))
+            if missing:  # the option's file is rlfw's, its defaults come with the plugin
+                group, choice, base = missing.groups()
+                raise ConfigError(
+                    f"hydra/{group}={choice} needs a Hydra plugin that is not installed (it provides {base}); "
+                    f"install the plugin (see README, Sweeps and clusters) or choose another hydra/{group}"
+                ) from None
+            raise ConfigError(translate(err)) from None
+        if args.cfg:  # printing the config: nothing is run or written
+            return
+        if multirun:
+            for group in ("launcher", "sweeper"):
+                target = str(OmegaConf.select(full, f"hydra.{group}._target_", default="") or "")
+                module = target.rsplit(".", 1)[0]
+                try:
+                    found = bool(module) and importlib.util.find_spec(module) is not None
+                except (ImportError, ValueError):
+                    found = False
+                if module and not found:
+                    choice = OmegaConf.select(full, f"hydra.runtime.choices.hydra/{group}", default="?")
+                    raise ConfigError(
+                        f"hydra/{group}={choice} needs a Hydra plugin that is not installed (no module {module}); "
+                        f"install the plugin (see README, Sweeps and clusters) or choose another hydra/{group}"
+                    )
+        key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        HydraConfig.instance().set_config(full)  # for ${hydra:...} in the directory pattern
+        try:
+            directory = str(OmegaConf.select(full, key, throw_on_resolution_failure=True))
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{key} does not resolve: {str(err).splitlines()[0]}") from None
+    probe = Path(directory).expanduser().absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:  # the nearest existing ancestor must take a new directory (os.access says yes to root)
+        Path(tempfile.mkdtemp(prefix=".rlfw-probe-", dir=probe)).rmdir()
+    except OSError as err:
+        raise ConfigError(f"{key}={directory}: cannot create a directory in {probe}: {err.strerror}") from None
+
+
+def _stopped(signum: int, message: str) -> SystemExit:
+    print(f"rlfw: {message}", file=sys.stderr)
+    return SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: help, resume, or preflight then Hydra."""
+    """Console entry point: help, resume, or preflight then Hydra.
+
+    Ctrl-C (SIGINT), SIGTERM and SIGHUP end the command with one line and exit status
+    ``128 + signum``: during training after the current cycle (status.json ``interrupted`` with
+    the resume command), before it at once. A ``-m`` sweep stops at the job the signal reached;
+    its failed jobs are listed one line each at the end, and the exit status is then 1.
+    """
     args = sys.argv[1:] if argv is None else argv
     if "--help" in args or "-h" in args:
         print(help_text())
         return
+    install_stop_handlers()
+    _FAILED_JOBS.clear()
     resume_args = [a for a in args if a.startswith("resume=")]
     try:
         if resume_args:
             resume(resume_args[-1].split("=", 1)[1], [a for a in args if not a.startswith("resume=")])
             return
         preflight(args)
+        check_hydra(args)
         from rlfw.distributed import join_launched_group, launcher_env
 
         if launcher_env() is not None:  # torchrun/srun: one run over every rank
             args = [*args, *join_launched_group(args)]
+        sys.argv = [sys.argv[0], *args]
+        train()
     except ConfigError as err:
         print(f"rlfw: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -278,13 +446,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"rlfw: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
     except TrainingInterrupted as err:
-        print(f"rlfw: {err}", file=sys.stderr)
-        raise SystemExit(128 + err.signum) from None
+        raise _stopped(err.signum, str(err)) from None
+    except StopSignal as err:
+        raise _stopped(err.signum, err.message) from None
+    except KeyboardInterrupt:  # SIGINT where no handler of ours was installed
+        raise _stopped(int(signal.SIGINT), "stopped by SIGINT") from None
     except OSError as err:
         print(f"rlfw: error: cannot write the run's files: {err}", file=sys.stderr)
         raise SystemExit(1) from None
-    sys.argv = [sys.argv[0], *args]
-    train()
+    if _FAILED_JOBS:
+        for line in _FAILED_JOBS:
+            print(f"rlfw: error: {line}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

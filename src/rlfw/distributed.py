@@ -24,9 +24,12 @@ rank 0 picks the run directory and broadcasts it) and trains one run with the sa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import os
+import signal
 import socket
 import time
 import traceback
@@ -71,10 +74,58 @@ def backend_for(cfg: DictConfig) -> str:
     return "nccl" if cuda else "gloo"
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Make this process get SIGTERM when ``parent_pid`` (the process that spawned it) dies,
+    even by ``kill -9``: ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` on Linux (prctl(2)), else a
+    watchdog thread that polls ``os.getppid()`` every second. SIGTERM ends the training loop
+    after its cycle (status.json ``interrupted``). A parent already gone gets the signal now."""
+    import ctypes
+    import ctypes.util
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        if libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+            if os.getppid() != parent_pid:  # died before the prctl
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="rlfw-parent-watchdog", daemon=True).start()
+
+
+def _failure(err: BaseException) -> dict[str, Any]:
+    """A worker's exception as the launcher re-raises it (kind, one-line message, signal)."""
+    from rlfw.errors import ConfigError, TrainingDiverged, TrainingInterrupted
+
+    if isinstance(err, TrainingInterrupted):
+        return {"kind": "interrupted", "error": str(err), "signum": err.signum}
+    if isinstance(err, KeyboardInterrupt):
+        return {"kind": "interrupted", "error": "stopped by SIGINT before training", "signum": int(signal.SIGINT)}
+    if isinstance(err, ConfigError):
+        return {"kind": "config", "error": str(err)}
+    if isinstance(err, TrainingDiverged):
+        return {"kind": "diverged", "error": str(err)}
+    if isinstance(err, OSError):
+        return {"kind": "os", "error": str(err)}
+    return {"kind": "error", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+
+
+# exit codes of a worker that reported its failure (the parent re-raises the reported error)
+_EXIT_REPORTED = 3
+
+
 def _worker(
     rank: int, world: int, cfg_dict: dict, run_dir: str, port: int, multirun: bool, queue: Any,
-    checkpoint: str | None = None,
+    checkpoint: str | None = None, parent_pid: int = 0,
 ) -> None:
+    if parent_pid:
+        die_with_parent(parent_pid)
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     cfg = OmegaConf.create(cfg_dict)
@@ -107,9 +158,14 @@ def _worker(
         digest = parameter_digest(list(runner.agent.modules().values()))
         queue.put({"rank": rank, "row": row, "digest": digest, "env_steps": runner.env_steps})
         _leave_group()
-    except BaseException as err:
-        queue.put({"rank": rank, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
-        raise
+    except BaseException as err:  # reported to the parent, which prints it once: no traceback here
+        with contextlib.suppress(Exception):
+            queue.put({"rank": rank, **_failure(err)})
+        if dist.is_initialized():
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()  # no barrier: the peers may be inside a collective
+        logging.shutdown()
+        os._exit(_EXIT_REPORTED)  # skip multiprocessing's traceback and atexit hooks
 
 
 def _leave_group() -> None:
@@ -130,6 +186,12 @@ def _leave_group() -> None:
     dist.destroy_process_group()
 
 
+# seconds the workers get to finish their cycle after a stop signal, and to report after the
+# first worker failed, before they are killed
+STOP_GRACE_S = 60.0
+FAILURE_GRACE_S = 15.0
+
+
 def launch(
     cfg: DictConfig, run_dir: str | Path, multirun: bool = False, checkpoint: str | Path | None = None
 ) -> list[dict[str, Any]]:
@@ -141,8 +203,19 @@ def launch(
     ``digest`` (:func:`parameter_digest` of the worker's networks and normalisers) and
     ``env_steps`` (that worker's own).
 
+    The workers stop with this process: SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 are
+    forwarded to them (they stop after the current cycle; a second signal, or
+    :data:`STOP_GRACE_S` seconds, kills them), and a worker whose parent dies (even by
+    ``kill -9``) gets SIGTERM (:func:`die_with_parent`). When one worker fails, the others get
+    :data:`FAILURE_GRACE_S` seconds to report, then are killed. A ``status.json`` still saying
+    ``running`` after the workers are gone is rewritten as ``failed`` or ``interrupted``.
+
     Raises:
-        RuntimeError: if a worker fails (its error and traceback are in the message).
+        TrainingInterrupted: a stop signal ended the run (the workers' one line).
+        ConfigError: a worker found a config error while building (e.g. HER without goals).
+        TrainingDiverged: the divergence guard stopped the workers.
+        OSError: a worker could not write the run's files.
+        RuntimeError: any other worker failure (its error and traceback are in the message).
     """
     world = int(cfg.train.workers)
     Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -150,34 +223,135 @@ def launch(
     queue = ctx.SimpleQueue()
     port = free_port()
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    ckpt = str(checkpoint) if checkpoint else None
     procs = [
         ctx.Process(
             target=_worker,
-            args=(r, world, cfg_dict, str(run_dir), port, multirun, queue, str(checkpoint) if checkpoint else None),
+            args=(r, world, cfg_dict, str(run_dir), port, multirun, queue, ckpt, os.getpid()),
             daemon=False,
         )
         for r in range(world)
     ]
-    for p in procs:
-        p.start()
-    # read the results while the workers run (a full pipe would block a worker's put forever),
-    # then join; a worker that dies without a word is caught by its exit code
+    received: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        if not received:
+            log.warning("%s received: stopping the workers after this cycle", signal.Signals(signum).name)
+        received.append(signum)
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGKILL if len(received) > 1 else signum)
+
+    previous = _install(forward)
     results: list[dict[str, Any]] = []
-    while len(results) < world and any(p.is_alive() for p in procs):
-        if queue.empty():
+    try:
+        for p in procs:
+            p.start()
+        # read the results while the workers run (a full pipe would block a worker's put
+        # forever); a worker that dies without a word is caught by its exit code
+        deadline = float("inf")
+        while any(p.is_alive() for p in procs):
+            while not queue.empty():
+                results.append(queue.get())
+            failed = any("error" in r for r in results) or any(p.exitcode not in (None, 0) for p in procs)
+            if received and deadline == float("inf"):
+                deadline = time.monotonic() + STOP_GRACE_S
+            elif failed and deadline == float("inf"):
+                deadline = time.monotonic() + FAILURE_GRACE_S
+            if time.monotonic() > deadline:
+                for p in procs:
+                    if p.is_alive():
+                        p.kill()
             time.sleep(0.05)
-        else:
+        for p in procs:
+            p.join()
+        while not queue.empty():
             results.append(queue.get())
-    while not queue.empty():
-        results.append(queue.get())
-    for p in procs:
-        p.join()
+    finally:
+        _restore(previous)
+        for p in procs:  # never leave a worker behind (an exception in this loop)
+            if p.is_alive():
+                p.kill()
+                p.join()
     errors = [r for r in results if "error" in r]
-    failed = [i for i, p in enumerate(procs) if p.exitcode != 0]
-    if errors or failed:
-        first = errors[0] if errors else {"rank": failed[0], "error": f"exit code {procs[failed[0]].exitcode}", "traceback": ""}
-        raise RuntimeError(f"worker {first['rank']} failed: {first['error']}\n{first.get('traceback', '')}")
-    return sorted(results, key=lambda r: r["rank"])
+    bad_exit = [i for i, p in enumerate(procs) if p.exitcode != 0]
+    if not errors and not bad_exit and not received:
+        return sorted(results, key=lambda r: r["rank"])
+    _mark_ended(Path(run_dir), "interrupted" if received or any(e["kind"] == "interrupted" for e in errors) else "failed",
+                errors)  # fmt: skip
+    raise _worker_error(errors, received, procs, bad_exit, Path(run_dir))
+
+
+_FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
+
+
+def _install(handler: Any) -> dict[int, Any]:
+    """Install ``handler`` for :data:`_FORWARDED` (main thread only); returns the old handlers."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for name in _FORWARDED:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def _restore(previous: dict[int, Any]) -> None:
+    for sig, old in previous.items():
+        signal.signal(sig, old)
+
+
+def _mark_ended(run_dir: Path, status: str, errors: list[dict[str, Any]]) -> None:
+    """Rewrite a ``status.json`` that still says ``running`` (rank 0 was killed before it could
+    write the end): ``status`` with the first worker error and the resume command."""
+    path = run_dir / "status.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if data.get("status") != "running":
+        return
+    data.update(status=status, error=errors[0]["error"] if errors else "the workers were stopped",
+                resume=f"python -m rlfw resume={run_dir}")  # fmt: skip
+    tmp = path.with_name("status.json.tmp")
+    with contextlib.suppress(OSError):
+        tmp.write_text(json.dumps(data) + "\n")
+        os.replace(tmp, path)
+
+
+def _worker_error(
+    errors: list[dict[str, Any]], received: list[int], procs: list[Any], bad_exit: list[int], run_dir: Path
+) -> BaseException:
+    """The one error the launcher raises for its workers: rank 0's report first, then the most
+    telling kind (a stop signal, a config error, divergence, a file error, anything else)."""
+    from rlfw.errors import ConfigError, TrainingDiverged, TrainingInterrupted
+
+    errors = sorted(errors, key=lambda r: r["rank"])
+    by_kind = {}
+    for e in errors:
+        by_kind.setdefault(e["kind"], e)
+    if received or "interrupted" in by_kind:
+        first = by_kind.get("interrupted")
+        signum = received[0] if received else int(first["signum"]) if first else int(signal.SIGTERM)
+        message = first["error"] if first else (
+            f"stopped by {signal.Signals(signum).name} before training; resume with: python -m rlfw resume={run_dir}"
+        )
+        return TrainingInterrupted(message, signum)
+    if "config" in by_kind:
+        return ConfigError(by_kind["config"]["error"])
+    if "diverged" in by_kind:
+        return TrainingDiverged(by_kind["diverged"]["error"])
+    if "os" in by_kind:
+        return OSError(by_kind["os"]["error"])
+    if "error" in by_kind:
+        e = by_kind["error"]
+        return RuntimeError(f"worker {e['rank']} failed: {e['error']}\n{e.get('traceback', '')}")
+    rank = bad_exit[0]
+    return RuntimeError(f"worker {rank} failed: exit code {procs[rank].exitcode}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,6 +406,11 @@ def join_launched_group(args: list[str]) -> list[str]:
     if backend == "nccl":
         torch.cuda.set_device(local % max(1, torch.cuda.device_count()))
     dist.init_process_group(backend, init_method="env://", timeout=timedelta(minutes=10))
+    try:
+        check_same_config(cfg)
+    except ConfigError:
+        dist.destroy_process_group()
+        raise
     given = [a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")]
     chosen: list[Any] = [None]
     if given:
@@ -249,6 +428,43 @@ def join_launched_group(args: list[str]) -> list[str]:
     if rank > 0:
         extra.append("hydra.output_subdir=null")
     return extra
+
+
+def check_same_config(cfg: DictConfig) -> None:
+    """Compare the SHA-256 of this rank's resolved config with every other rank's (one
+    all-gather, right after the process group forms); on a mismatch gather the configs and name
+    the keys that differ. ``hydra.*`` is not part of ``cfg``, so run directories may differ.
+
+    Raises:
+        ConfigError: the ranks were given different configs (every rank raises it).
+    """
+    from rlfw.errors import ConfigError
+
+    flat: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            flat[prefix[:-1]] = repr(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    digest = hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()
+    world = dist.get_world_size()
+    digests: list[Any] = [None] * world
+    dist.all_gather_object(digests, digest)
+    if len(set(digests)) == 1:
+        return
+    configs: list[Any] = [None] * world
+    dist.all_gather_object(configs, flat)
+    keys = sorted({k for c in configs for k in c if any(c.get(k) != o.get(k) for o in configs)})
+    def values(k: str) -> str:
+        return " vs ".join(f"rank {r}: {c.get(k, 'missing')}" for r, c in enumerate(configs))
+
+    shown = ", ".join(f"{k} ({values(k)})" for k in keys[:3])
+    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+    raise ConfigError(f"the ranks were started with different configs: {shown}{more}; give every rank the same overrides")
 
 
 def run_launched(cfg: DictConfig, run_dir: str | Path, multirun: bool = False) -> dict[str, Any]:

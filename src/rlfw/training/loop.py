@@ -16,7 +16,7 @@ Files in the run directory (Hydra's output dir), written by rank 0 through callb
   ``checkpoints/best.pt`` whenever an evaluation's ``eval.metric`` is the best so far,
 - ``status.json`` ``running`` while training, ``finished``, ``failed`` or ``interrupted`` at the end.
 
-A stop signal (SIGTERM, SIGUSR1, SIGUSR2: :data:`STOP_SIGNALS`) received while training ends the run after
+A stop signal (SIGTERM, SIGUSR1, SIGUSR2, SIGINT, SIGHUP: :data:`STOP_SIGNALS`) received while training ends the run after
 the current cycle: every worker agrees on the cycle, the epoch in progress is dropped (its
 rows never reach the CSVs), ``status.json`` says ``interrupted`` with the resume command, and
 :class:`rlfw.errors.TrainingInterrupted` is raised; ``resume=`` continues from the last
@@ -54,8 +54,8 @@ log = logging.getLogger("rlfw")
 
 # what schedulers send before they kill: timeout and SLURM's time limit (SIGTERM), SLURM's
 # configurable warning (sbatch --signal=USR1@90; submitit asks for USR2, see
-# rlfw.training.requeue)
-STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+# rlfw.training.requeue); Ctrl-C (SIGINT) and a closed terminal (SIGHUP) end a run the same way
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP")
 
 
 class TrainLoop:

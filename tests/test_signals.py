@@ -1,0 +1,131 @@
+"""Signals end rlfw like SIGTERM does (issue 22, items 3, 8, 15): Ctrl-C (SIGINT) and a closed
+terminal (SIGHUP) on one run; SIGTERM and kill -9 of the process that spawned
+``train.workers=2``; SIGTERM to a ``-m`` sweep. Each starts a tiny run in a subprocess, waits
+for status.json ``running`` after the first epoch, sends the signal and checks the exit status,
+status.json, the one line and that no worker is left."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY
+
+LONG = [*TINY, "train.epochs=20", "train.cycles_per_epoch=2", "train.updates_per_cycle=5"]
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0")
+    return subprocess.Popen([sys.executable, "-m", "rlfw", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def _status(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _wait_first_epoch(proc: subprocess.Popen[str], run_dir: Path, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = _status(run_dir)
+        if st.get("status") == "running" and st.get("epoch", 0) >= 1:
+            return
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        time.sleep(0.05)
+    raise AssertionError("no first epoch")
+
+
+def _workers(pid: int) -> list[int]:
+    """The worker processes ``pid`` spawned (multiprocessing's ``spawn_main``; from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"spawn_main" in cmdline:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _check_interrupted(err: str, run_dir: Path, sig: str) -> None:
+    status = _status(run_dir)
+    assert status.get("status") == "interrupted", (status, err[-3000:])
+    assert status["resume"] == f"python -m rlfw resume={run_dir}"
+    assert "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert f"stopped by {sig}" in last and f"resume={run_dir}" in last, last
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGHUP"])
+def test_ctrl_c_and_sighup_end_a_run_like_sigterm(tmp_path, sig):
+    run_dir = tmp_path / "run"
+    proc = _start([*LONG, f"hydra.run.dir={run_dir}"], tmp_path)
+    _wait_first_epoch(proc, run_dir)
+    proc.send_signal(getattr(signal, sig))
+    err, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + int(getattr(signal, sig)), err[-3000:]
+    _check_interrupted(err, run_dir, sig)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+def test_sigterm_to_the_launching_process_stops_its_workers(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _start([*LONG, "train.workers=2", f"hydra.run.dir={run_dir}"], tmp_path)
+    _wait_first_epoch(proc, run_dir)
+    workers = _workers(proc.pid)
+    assert len([w for w in workers if _alive(w)]) >= 2, workers
+    proc.send_signal(signal.SIGTERM)
+    err, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 128 + int(signal.SIGTERM), err[-3000:]
+    _check_interrupted(err, run_dir, "SIGTERM")
+    assert not [w for w in workers if _alive(w)], "workers left running"
+
+
+@pytest.mark.slow  # about 45 s on the shared 2-core machine
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+def test_workers_stop_when_their_parent_is_killed(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _start([*LONG, "train.workers=2", f"hydra.run.dir={run_dir}"], tmp_path)
+    _wait_first_epoch(proc, run_dir)
+    workers = [w for w in _workers(proc.pid) if _alive(w)]
+    assert len(workers) >= 2, workers
+    proc.kill()
+    proc.communicate(timeout=30)
+    deadline = time.time() + 60
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not [w for w in workers if _alive(w)], "workers still training after their parent died"
+    assert _status(run_dir).get("status") == "interrupted", _status(run_dir)
+
+
+def test_sigterm_stops_a_sweep_before_its_next_job(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = _start(["-m", *LONG, "seed=0,1", f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=job${hydra.job.num}"],
+                  tmp_path)  # fmt: skip
+    first = sweep_dir / "job0"
+    _wait_first_epoch(proc, first)
+    proc.send_signal(signal.SIGTERM)
+    err, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + int(signal.SIGTERM), err[-3000:]
+    _check_interrupted(err, first, "SIGTERM")
+    assert not (sweep_dir / "job1").exists(), "a further job started after the stop signal"
