@@ -18,7 +18,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -42,14 +44,16 @@ def _result(row: dict) -> float:
     return float(value)
 
 
-def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict:
+def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False, callbacks: Sequence[Any] = ()) -> dict:
     """Train one composed job into ``run_dir``; returns its last metrics row.
 
-    The body of the Hydra app :func:`train`, also run by :func:`rlfw.api.train`.
+    The body of the Hydra app :func:`train`, also run by :func:`rlfw.api.train`, which passes
+    the user's ``callbacks`` (:class:`rlfw.core.Callback`), called after the built-in ones.
 
     Raises:
         ConfigError: a rule of :func:`rlfw.config.validate.validate` is broken, or the env does
-            not fit the config (HER without goals).
+            not fit the config (HER without goals); user callbacks with ``train.workers`` > 1 or
+            under a torchrun/srun launcher (the workers are other processes).
     """
     from rlfw.callbacks import make_callbacks
     from rlfw.training.loop import TrainLoop
@@ -57,6 +61,11 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict:
     tr = cfg.train
     from rlfw.distributed import launched_group_joined
 
+    if callbacks and (tr.workers > 1 or launched_group_joined()):
+        raise ConfigError(
+            f"rlfw.train(callbacks=...) runs the callbacks in this process; train.workers={tr.workers} "
+            "and torchrun/srun train in other processes: use train.workers=1"
+        )
     if launched_group_joined():  # one rank of torchrun/srun (main() joined its group)
         from rlfw.distributed import run_launched
 
@@ -78,7 +87,7 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict:
         validate(cfg)
         return launch(cfg, run_dir, multirun, checkpoint=ckpt)[0]["row"]  # type: ignore[no-any-return]
     total = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
-    runner = TrainLoop(cfg, run_dir, make_callbacks(cfg, run_dir, total, multirun))
+    runner = TrainLoop(cfg, run_dir, [*make_callbacks(cfg, run_dir, total, multirun), *callbacks])
     if ckpt is not None:
         runner.load_checkpoint(ckpt)
     return runner.run()
