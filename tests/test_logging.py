@@ -152,6 +152,20 @@ def test_no_early_stop_when_stop_at_is_null(tmp_path):
     assert status["status"] == "finished" and "stop_reason" not in status
 
 
+@pytest.mark.slow  # two spawned workers: ~15 s on an idle 2-core machine
+def test_two_workers_stop_early_at_the_same_epoch(compose, tmp_path):
+    """Only rank 0 runs the callbacks; its stop request reaches rank 1 (else rank 1 would train
+    on alone and hang in its next collective)."""
+    from rlfw.distributed import launch
+
+    cfg = compose([*REACH, "train.workers=2", "train.epochs=3", "train.cycles_per_epoch=1", "eval.stop_at=0"])
+    results = launch(cfg, tmp_path)
+    assert [r["row"]["epoch"] for r in results] == [1, 1]
+    assert results[0]["digest"] == results[1]["digest"]
+    assert [r["epoch"] for r in _rows(tmp_path / "metrics.csv")] == ["1"]
+    assert _status(tmp_path)["stop_reason"] == "eval_success_rate 0 >= eval.stop_at=0 at epoch 1"
+
+
 def test_fetch_reach_preset_stops_when_solved(compose):
     assert compose(["env=FetchReach-v4"]).eval.stop_at == 1.0
     assert compose(["env=FetchPush-v4"]).eval.stop_at is None

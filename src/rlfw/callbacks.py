@@ -265,7 +265,7 @@ class TensorBoardCallback(Callback):
         frames = np.stack([np.asarray(f)[..., :3] for f in reader])  # [T, H, W, 3] uint8
         reader.close()
         gif = imageio.mimwrite("<bytes>", list(frames), format="GIF", duration=1000.0 / fps, loop=0)
-        t, h, w, c = frames.shape
+        _, h, w, c = frames.shape
         image = Summary.Image(height=h, width=w, colorspace=c, encoded_image_string=gif)
         # torch's own add_video writes this summary through the same file writer
         self.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag="eval/video", image=image)]), step)
