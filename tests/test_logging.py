@@ -92,6 +92,17 @@ def test_wandb_and_tensorboard_compose(compose, tmp_path, monkeypatch):
     assert cbs.TensorBoardCallback not in [type(cb) for cb in cbs.make_callbacks(cfg, tmp_path, 100)]
 
 
+def test_tensorboard_without_the_package_is_one_config_error(compose, monkeypatch):
+    import sys
+
+    from rlfw.config.validate import validate
+
+    cfg = compose(["logger=tensorboard"])
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard -> ImportError
+    with pytest.raises(ConfigError, match=r"logger.tensorboard=true needs the tensorboard package"):
+        validate(cfg)
+
+
 def test_eval_videos_reach_tensorboard(tmp_path, monkeypatch):
     """VideoCallback's MP4 goes to TensorBoard as an animated GIF of the same frames."""
     import imageio.v2 as imageio
