@@ -283,10 +283,10 @@ class EarlyStopping(Callback):
     row and checkpoint are written, ``status.json`` says ``finished`` with the reason.
 
     Args:
-        column: the metrics.csv column compared (``eval_success_rate`` or ``eval_return``:
-            :func:`rlfw.training.evaluation.eval_metric_name`, resolved when the env is known).
-        threshold: stop when ``row[column] >= threshold``; epochs without an evaluation (NaN,
-            ``eval.every``) never stop.
+        metric: ``eval.metric`` (``auto``, ``eval_success_rate``, ``eval_return``); its
+            metrics.csv column is resolved by :meth:`column` once the env is known.
+        threshold: ``eval.stop_at``: stop when ``row[column] >= threshold``; epochs without an
+            evaluation (NaN, ``eval.every``) never stop.
     """
 
     def __init__(self, metric: str, threshold: float) -> None:
