@@ -26,6 +26,7 @@ TINY = [
     "algo.critic_hidden=[32,32]",
     "buffer.capacity=5000",
     "logger.plots=false",
+    "eval.stop_at=null",  # run every epoch (the FetchReach-v4 preset stops when solved)
 ]
 
 

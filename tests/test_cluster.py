@@ -28,7 +28,8 @@ from slurm_local import LocalSlurm  # noqa: E402
 EPOCHS = 8
 # FetchReach-v4, 8 epochs of 1000 env steps: long enough to be stopped mid-run, short enough
 # for 2 jobs at a time on 2 cores
-SMALL = ["env=FetchReach-v4", f"train.epochs={EPOCHS}", "train.cycles_per_epoch=10", "eval.episodes=2"]
+SMALL = ["env=FetchReach-v4", f"train.epochs={EPOCHS}", "train.cycles_per_epoch=10", "eval.episodes=2",
+         "eval.stop_at=null"]  # no early stop: the preset stops when solved
 
 
 @pytest.fixture(scope="module")

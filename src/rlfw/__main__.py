@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,14 +103,16 @@ def _log_traceback_to_files() -> None:
             handler.emit(logging.LogRecord("rlfw", logging.ERROR, __file__, 0, "%s", (text,), None))
 
 
-def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict:
+def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False, callbacks: Sequence[Any] = ()) -> dict:
     """Train one composed job into ``run_dir``; returns its last metrics row.
 
-    The body of the Hydra app :func:`train`, also run by :func:`rlfw.api.train`.
+    The body of the Hydra app :func:`train`, also run by :func:`rlfw.api.train`, which passes
+    the user's ``callbacks`` (:class:`rlfw.core.Callback`), called after the built-in ones.
 
     Raises:
         ConfigError: a rule of :func:`rlfw.config.validate.validate` is broken, or the env does
-            not fit the config (HER without goals).
+            not fit the config (HER without goals); user callbacks with ``train.workers`` > 1 or
+            under a torchrun/srun launcher (the workers are other processes).
     """
     from rlfw.callbacks import make_callbacks
     from rlfw.training.loop import TrainLoop
@@ -117,6 +120,11 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict:
     tr = cfg.train
     from rlfw.distributed import launched_group_joined
 
+    if callbacks and (tr.workers > 1 or launched_group_joined()):
+        raise ConfigError(
+            f"rlfw.train(callbacks=...) runs the callbacks in this process; train.workers={tr.workers} "
+            "and torchrun/srun train in other processes: use train.workers=1"
+        )
     if launched_group_joined():  # one rank of torchrun/srun (main() joined its group)
         from rlfw.distributed import run_launched
 
@@ -138,7 +146,7 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict:
         validate(cfg)
         return launch(cfg, run_dir, multirun, checkpoint=ckpt)[0]["row"]  # type: ignore[no-any-return]
     total = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
-    runner = TrainLoop(cfg, run_dir, make_callbacks(cfg, run_dir, total, multirun))
+    runner = TrainLoop(cfg, run_dir, [*make_callbacks(cfg, run_dir, total, multirun), *callbacks])
     if ckpt is not None:
         runner.load_checkpoint(ckpt)
     return runner.run()

@@ -28,6 +28,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from rlfw.core import Callback
 from rlfw.errors import ConfigError
 
 __all__ = ["Policy", "check_device", "load", "load_checkpoint", "train"]
@@ -36,7 +37,7 @@ __all__ = ["Policy", "check_device", "load", "load_checkpoint", "train"]
 # ---------------------------------------------------------------------------------------- train
 
 
-def train(overrides: Sequence[str] = ()) -> Path:
+def train(overrides: Sequence[str] = (), callbacks: Sequence[Callback] = ()) -> Path:
     """Train one run, exactly as ``python -m rlfw <overrides>`` does; returns its run directory.
 
     The overrides are the CLI's (``"algo=ddpg"``, ``"env=FetchPush-v4"``, ``"train.epochs=5"``,
@@ -50,9 +51,22 @@ def train(overrides: Sequence[str] = ()) -> Path:
     Hydra configures logging for the run (console and ``<run_dir>/rlfw.log``) as the CLI does;
     the root logger's handlers and level are restored when the run returns.
 
+    User callbacks (instances of :class:`rlfw.core.Callback`, like SB3's ``callback=``) are
+    called after the built-in ones (files, loggers, ``eval.stop_at``) with the training loop:
+    ``on_start(loop)``, ``on_cycle(loop)``, ``on_epoch(loop, row)`` (``row``: the epoch's
+    metrics.csv row as a dict), ``on_end(loop)``. A callback ends the run early with
+    ``loop.request_stop(reason)``: the epoch is completed (row, checkpoint, other callbacks),
+    then the run ends with ``status.json`` ``finished`` and ``stop_reason``::
+
+        class StopAtReturn(rlfw.core.Callback):
+            def on_epoch(self, loop, row):
+                if row["eval_return"] > -200:
+                    loop.request_stop(f"eval_return {row['eval_return']:.0f} > -200")
+
     Args:
         overrides: Hydra overrides of one job (``key=value``, ``group=option``). Sweeps
             (``-m``, ``a,b`` values), flags (``--cfg``) and ``resume=`` are not taken: use the CLI.
+        callbacks: user callbacks, run in this process (so ``train.workers`` must be 1).
 
     Returns:
         The run directory (absolute).
@@ -60,7 +74,8 @@ def train(overrides: Sequence[str] = ()) -> Path:
     Raises:
         ConfigError: an unknown option or key, a wrongly typed value, a rule broken across keys,
             a flag or ``resume=`` (one line, before any simulator starts; a HER buffer on an
-            env without goals is found when the env is built, before training).
+            env without goals is found when the env is built, before training); a callback
+            that is not a :class:`rlfw.core.Callback`; callbacks with ``train.workers`` > 1.
         Exception: whatever a failed run raised (``status.json`` says ``failed`` if training
             had started).
     """
@@ -73,6 +88,10 @@ def train(overrides: Sequence[str] = ()) -> Path:
         )
     if any(o.split("=", 1)[0].lstrip("~+") == "resume" for o in overrides):
         raise ConfigError("rlfw.train does not resume runs; use python -m rlfw resume=<run_dir>")
+    callbacks = list(callbacks)
+    wrong = [type(cb).__name__ for cb in callbacks if not isinstance(cb, Callback)]
+    if wrong:
+        raise ConfigError(f"rlfw.train(callbacks=...) takes rlfw.core.Callback instances; got {', '.join(wrong)}")
 
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import create_config_search_path
@@ -93,7 +112,7 @@ def train(overrides: Sequence[str] = ()) -> Path:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         outcome["run_dir"] = run_dir
         try:
-            outcome["row"] = run_job(cfg, run_dir)
+            outcome["row"] = run_job(cfg, run_dir, callbacks=callbacks)
         except Exception as err:  # re-raised below, after Hydra is cleared
             outcome["error"] = err
 
@@ -105,6 +124,15 @@ def train(overrides: Sequence[str] = ()) -> Path:
     GlobalHydra.instance().clear()
     try:
         preflight(overrides)  # the CLI's checks, on rlfw's conf/: ConfigError in one line
+        if callbacks:  # the workers would be other processes: refused before a run dir exists
+            from rlfw.config.preflight import compose_config
+
+            workers = compose_config([o for o in overrides if not o.lstrip("~+").startswith(("hydra.", "hydra/"))]).train.workers
+            if workers > 1:
+                raise ConfigError(
+                    f"rlfw.train(callbacks=...) runs the callbacks in this process; train.workers={workers} "
+                    "trains in other processes: use train.workers=1"
+                )
         hydra = Hydra.create_main_hydra2(
             task_name="rlfw", config_search_path=create_config_search_path(str(config_dir()))
         )

@@ -1,9 +1,11 @@
-"""Training-loop callbacks built from the ``logger`` config: progress, plots, eval videos, wandb.
+"""Training-loop callbacks built from the config: progress, plots, eval videos, wandb,
+TensorBoard, early stopping.
 
-:func:`make_callbacks` turns ``cfg.logger`` into the list the training loop is handed. This
-module registers ``logger=csv`` and ``logger=wandb``. A callback sees the loop only through its
-public attributes (``run_dir``, ``cfg``, ``agent``, ``env_steps``, ``epoch``, ``last_cycle``,
-``callbacks``): it imports nothing of the training package.
+:func:`make_callbacks` turns ``cfg.logger`` (and ``eval.stop_at``) into the list the training
+loop is handed. This module registers ``logger=csv``, ``logger=wandb`` and ``logger=tensorboard``.
+A callback sees the loop only through its public attributes (``run_dir``, ``cfg``, ``agent``,
+``env_steps``, ``epoch``, ``last_cycle``, ``callbacks``) and its ``request_stop(reason)``: it
+imports nothing of the training package.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from rlfw.core import Callback
-from rlfw.logger_config import LoggerConfig, WandbLoggerConfig
+from rlfw.logger_config import LoggerConfig, TensorBoardLoggerConfig, WandbLoggerConfig
 from rlfw.registry import register, registry
 
 log = logging.getLogger("rlfw")
@@ -118,6 +120,8 @@ class VideoCallback(Callback):
             for cb in runner.callbacks:
                 if isinstance(cb, WandbCallback):
                     cb.log_video(path, runner.env_steps)
+                elif isinstance(cb, TensorBoardCallback):
+                    cb.log_video(path, int(row["env_steps"]))
         except Exception as err:
             log.warning("could not record a video: %s", err)
 
@@ -202,16 +206,133 @@ class WandbCallback(Callback):
         self.run.finish()
 
 
+def _total_steps(runner: Runner) -> int:
+    """The env steps of all workers (metrics.csv's ``env_steps``), the loggers' x axis."""
+    ctx = getattr(runner, "ctx", None)
+    return int(runner.env_steps) * int(getattr(ctx, "world", 1))
+
+
+class TensorBoardCallback(Callback):
+    """TensorBoard event files in ``<run_dir>/tensorboard/``, written with torch's
+    :class:`torch.utils.tensorboard.SummaryWriter`.
+
+    Per epoch every metrics.csv column under its own name as a scalar (x axis: ``env_steps``;
+    empty cells, NaN, are left out as in wandb); with ``logger.log_cycles`` the last cycle's
+    losses and Q values as ``cycle/<name>`` at most every :data:`CYCLE_LOG_EVERY` env steps;
+    eval videos (``logger.video_every``) as ``eval/video`` (an animated GIF, TensorBoard's video
+    format, made with imageio instead of moviepy). A resumed run writes a new event file in the
+    same directory with ``purge_step`` at its first step, so TensorBoard drops the points of the
+    lost epoch instead of drawing them twice.
+    """
+
+    def __init__(self, run_dir: Path, log_cycles: bool = True) -> None:
+        self.log_dir = Path(run_dir) / "tensorboard"
+        self.log_cycles = log_cycles
+        self.writer: Any = None
+        self._last_cycle_log = -CYCLE_LOG_EVERY
+
+    def on_start(self, runner: Runner) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        start = _total_steps(runner)
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=start if start > 0 else None)
+        self._last_cycle_log = start - CYCLE_LOG_EVERY
+
+    def on_cycle(self, runner: Runner) -> None:
+        """The last cycle's losses (as :meth:`WandbCallback.on_cycle`)."""
+        step = _total_steps(runner)
+        if not (self.log_cycles and runner.last_cycle) or step - self._last_cycle_log < CYCLE_LOG_EVERY:
+            return
+        self._last_cycle_log = step
+        for k, v in runner.last_cycle.items():
+            self.writer.add_scalar(f"cycle/{k}", v, step)
+
+    def on_epoch(self, runner: Runner, row: dict[str, Any]) -> None:
+        step = int(row["env_steps"])
+        for k, v in row.items():
+            if isinstance(v, int | float) and not (isinstance(v, float) and math.isnan(v)):
+                self.writer.add_scalar(k, v, step)
+        self.writer.flush()
+
+    def log_video(self, path: Path, step: int) -> None:
+        """Add the MP4 at ``path`` as ``eval/video`` at env step ``step``."""
+        import imageio.v2 as imageio
+        import numpy as np
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        reader = imageio.get_reader(path)
+        fps = float(reader.get_meta_data().get("fps") or 25)
+        frames = np.stack([np.asarray(f)[..., :3] for f in reader])  # [T, H, W, 3] uint8
+        reader.close()
+        gif = imageio.mimwrite("<bytes>", list(frames), format="GIF", duration=1000.0 / fps, loop=0)
+        _, h, w, c = frames.shape
+        image = Summary.Image(height=h, width=w, colorspace=c, encoded_image_string=gif)
+        # torch's own add_video writes this summary through the same file writer
+        self.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag="eval/video", image=image)]), step)
+        self.writer.flush()
+
+    def on_end(self, runner: Runner) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class EarlyStopping(Callback):
+    """Ends the run at the first evaluation whose ``eval.metric`` column reaches ``eval.stop_at``
+    (SB3's ``StopTrainingOnRewardThreshold``), through the loop's ``request_stop``: the epoch's
+    row and checkpoint are written, ``status.json`` says ``finished`` with the reason.
+
+    Args:
+        metric: ``eval.metric`` (``auto``, ``eval_success_rate``, ``eval_return``); its
+            metrics.csv column is resolved by :meth:`column` once the env is known.
+        threshold: ``eval.stop_at``: stop when ``row[column] >= threshold``; epochs without an
+            evaluation (NaN, ``eval.every``) never stop.
+    """
+
+    def __init__(self, metric: str, threshold: float) -> None:
+        self.metric = metric
+        self.threshold = float(threshold)
+
+    def column(self, runner: Runner) -> str:
+        """The row column of ``eval.metric`` (``auto``: success rate on goal envs, else return):
+        the rule of :func:`rlfw.training.evaluation.eval_metric_name`, which this layer may not
+        import (tests/test_logging.py checks that both agree)."""
+        if self.metric != "auto":
+            return self.metric
+        return "eval_success_rate" if bool(runner.info.goal) else "eval_return"
+
+    def on_epoch(self, runner: Runner, row: dict[str, Any]) -> None:
+        column = self.column(runner)
+        value = row.get(column)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return
+        if float(value) >= self.threshold:
+            runner.request_stop(
+                f"{column} {float(value):g} >= eval.stop_at={self.threshold:g} at epoch {runner.epoch}"
+            )
+
+
 def make_callbacks(cfg: DictConfig, run_dir: Path, total_steps: int, multirun: bool = False) -> list[Callback]:
-    """The callbacks ``cfg.logger`` asks for (progress bar, plots, videos, wandb)."""
+    """The callbacks ``cfg.logger`` asks for (progress bar, plots, videos, wandb, TensorBoard) and
+    :class:`EarlyStopping` when ``eval.stop_at`` is set.
+
+    ``logger.tensorboard`` adds a :class:`TensorBoardCallback` to whatever ``logger`` option is
+    chosen (``logger=tensorboard`` is the csv logger with it on), so wandb and TensorBoard
+    compose as ``logger=wandb logger.tensorboard=true``.
+    """
     lc = cfg.logger
     out: list[Callback] = []
     bar = lc.progress == "bar" or (lc.progress == "auto" and sys.stdout.isatty() and not multirun)
     if bar:
         out.append(ProgressCallback(total_steps))
     out += registry("logger").get(lc.name).target(cfg, run_dir)  # the logger's own callbacks
+    if OmegaConf.select(cfg, "logger.tensorboard", default=False):
+        out.append(TensorBoardCallback(run_dir, bool(OmegaConf.select(cfg, "logger.log_cycles", default=True))))
     if lc.video_every > 0:
         out.append(VideoCallback(int(lc.video_every)))
+    stop_at = OmegaConf.select(cfg, "eval.stop_at", default=None)
+    if stop_at is not None:
+        out.append(EarlyStopping(str(OmegaConf.select(cfg, "eval.metric", default="auto")), float(stop_at)))
     if lc.plots:
         out.append(PlotCallback())
     return out
@@ -219,6 +340,12 @@ def make_callbacks(cfg: DictConfig, run_dir: Path, total_steps: int, multirun: b
 
 def csv_logger(cfg: DictConfig, run_dir: Path) -> list[Callback]:
     """``logger=csv``: no callback of its own (metrics.csv and episodes.csv are always written)."""
+    return []
+
+
+def tensorboard_logger(cfg: DictConfig, run_dir: Path) -> list[Callback]:
+    """``logger=tensorboard``: the csv logger's (none); its ``logger.tensorboard=true`` makes
+    :func:`make_callbacks` add the :class:`TensorBoardCallback`, as for any other logger."""
     return []
 
 
@@ -263,4 +390,5 @@ def _wandb_credentials() -> bool:
 # a logger option is a factory (cfg, run_dir) -> its callbacks
 register("logger", "csv", LoggerConfig, csv_logger)
 register("logger", "wandb", WandbLoggerConfig, wandb_logger)
+register("logger", "tensorboard", TensorBoardLoggerConfig, tensorboard_logger)
 LOGGERS = registry("logger")

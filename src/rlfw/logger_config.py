@@ -18,12 +18,35 @@ class LoggerConfig:
     progress: str = "auto"  # auto (a bar on a terminal, lines otherwise), bar, lines
     plots: bool = True  # write the run's PNG plots when it ends
     video_every: int = 0  # record one eval episode as MP4 every N epochs (0: never)
+    # also write TensorBoard event files to <run_dir>/tensorboard/ (any logger: logger=wandb
+    # logger.tensorboard=true logs to both; logger=tensorboard sets it)
+    tensorboard: bool = False
+    # losses and Q values per cycle (at most every 1000 env steps), not only per epoch, for
+    # wandb and TensorBoard
+    log_cycles: bool = True
 
     @staticmethod
     def validate(node: Any) -> None:
         """Ranges and names of these keys."""
         one_of(node.progress, ("auto", "bar", "lines"), "logger.progress")
         in_range(node, "video_every", 0, prefix="logger.")
+        if node.tensorboard:
+            try:
+                import tensorboard  # noqa: F401  (torch's SummaryWriter needs it)
+            except ImportError:
+                raise ConfigError(
+                    "logger.tensorboard=true needs the tensorboard package: "
+                    "pip install -c constraints.txt -e '.[tensorboard]'"
+                ) from None
+
+
+@dataclass
+class TensorBoardLoggerConfig(LoggerConfig):
+    """``logger=tensorboard``: the csv logger plus TensorBoard event files in
+    ``<run_dir>/tensorboard/`` (``tensorboard --logdir <run_dir>``)."""
+
+    name: str = "tensorboard"
+    tensorboard: bool = True
 
 
 @dataclass
@@ -40,7 +63,6 @@ class WandbLoggerConfig(LoggerConfig):
     group: str | None = None  # None: the sweep (multirun) or algo-buffer-noise-env
     run_name: str | None = None  # None: algo-buffer-noise-env-seedN (+ the job number)
     tags: list[str] = field(default_factory=list)
-    log_cycles: bool = True  # losses and Q values per cycle (at most every 1000 env steps), not only per epoch
 
     @staticmethod
     def validate(node: Any) -> None:

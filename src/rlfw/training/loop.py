@@ -14,7 +14,13 @@ Files in the run directory (Hydra's output dir), written by rank 0 through callb
 - ``episodes.csv`` one row per finished training episode,
 - ``checkpoints/last.pt`` (and per-worker buffer files with ``train.save_buffer``), and
   ``checkpoints/best.pt`` whenever an evaluation's ``eval.metric`` is the best so far,
-- ``status.json`` ``running`` while training, ``finished``, ``failed`` or ``interrupted`` at the end.
+- ``status.json`` ``running`` while training, ``finished``, ``failed`` or ``interrupted`` at the end,
+- ``versions.json`` the package versions and the git commit (:func:`rlfw.training.outputs.versions`).
+
+A callback ends the run early with :meth:`TrainLoop.request_stop` (``eval.stop_at`` does it
+through :class:`rlfw.callbacks.EarlyStopping`): the loop stops after the epoch whose callbacks
+asked, with its row logged and its checkpoint written, and ``status.json`` says ``finished`` with
+``stop_reason``.
 
 A stop signal (SIGTERM, SIGUSR1, SIGUSR2, SIGINT, SIGHUP: :data:`STOP_SIGNALS`) received while training ends the run after
 the current cycle: every worker agrees on the cycle, the epoch in progress is dropped (its
@@ -48,7 +54,7 @@ from rlfw.training.collector import EVAL_STREAM, Collector, reset_seed
 from rlfw.training.context import LocalContext
 from rlfw.training.cores import torch_threads
 from rlfw.training.evaluation import evaluate_policy
-from rlfw.training.outputs import ConsoleLine, CsvFiles, StatusFile
+from rlfw.training.outputs import ConsoleLine, CsvFiles, StatusFile, VersionsFile
 
 log = logging.getLogger("rlfw")
 
@@ -103,13 +109,14 @@ class TrainLoop:
         self.wall_time = 0.0
         outputs: list[Callback] = []
         if self.ctx.is_main:
-            outputs = [CsvFiles(), StatusFile()] + ([ConsoleLine()] if cfg.logger.console else [])
+            outputs = [CsvFiles(), StatusFile(), VersionsFile()] + ([ConsoleLine()] if cfg.logger.console else [])
         self._outputs = outputs
         self.callbacks: list[Callback] = list(callbacks or []) if self.ctx.is_main else []
         self.last_cycle: dict[str, float] = {}  # mean metrics of the last cycle (for loggers)
         self.last_episodes: list[dict[str, Any]] = []  # training episodes of the last epoch
         self.status = "running"
         self.error: str | None = None
+        self.stop_reason: str | None = None  # set by request_stop: the run ends after this epoch
         self._eval_seeded = False
 
     # ---------------------------------------------------------------------------------------
@@ -137,6 +144,32 @@ class TrainLoop:
         reduce = self.ctx.all_reduce_sum if self.ctx.world > 1 else None
         return evaluate_policy(self.parts.eval_envs, lambda o, g: self.agent.act(o, g, explore=False),
                                episodes, self.info.goal, seed, reduce)  # fmt: skip
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the loop to end the run after the current epoch, as finished (the way a callback
+        stops training: SB3's ``_on_step`` returning False, Keras' ``stop_training``).
+
+        Called from a callback's ``on_epoch`` (or ``on_cycle``), the epoch is completed: its row
+        is logged, its checkpoint written (also between ``train.checkpoint_every`` epochs), every
+        callback is told, then the loop returns. ``status.json`` says ``finished`` with
+        ``stop_reason``, and the reason is logged. With several workers the request of rank 0's
+        callbacks stops every worker at the same epoch. The first request's reason is kept.
+
+        Args:
+            reason: one line saying why, e.g. ``eval_success_rate 1.0 >= eval.stop_at=1.0 at epoch 3``.
+        """
+        if self.stop_reason is None:
+            self.stop_reason = str(reason)
+
+    def _stop_agreed(self) -> bool:
+        """Whether any worker's callbacks asked to stop (one all-reduce with several workers:
+        only rank 0 runs the callbacks, and every worker must leave the loop at the same epoch)."""
+        if self.ctx.world > 1:
+            flag = torch.tensor([1.0 if self.stop_reason is not None else 0.0])
+            self.ctx.all_reduce_sum(flag)
+            if float(flag) > 0 and self.stop_reason is None:
+                self.stop_reason = "stop requested by rank 0's callbacks"
+        return self.stop_reason is not None
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Continue from a checkpoint (:meth:`rlfw.training.checkpoint.Checkpointer.load`)."""
@@ -293,7 +326,8 @@ class TrainLoop:
 
         Each epoch the output callbacks append to metrics.csv and episodes.csv, every worker
         writes its checkpoint files when due, and the callbacks are told. ``status.json`` says
-        ``finished`` once ``train.epochs`` are done.
+        ``finished`` once ``train.epochs`` are done, or after the epoch in which a callback
+        called :meth:`request_stop` (with its ``stop_reason``).
 
         Args:
             epochs: epochs to train now (federated rounds call this repeatedly).
@@ -305,7 +339,7 @@ class TrainLoop:
         tr, cfg = self.cfg.train, self.cfg
         target = tr.epochs if epochs is None else self.epoch + epochs
         every = [*self._outputs, *self.callbacks]
-        self.status, self.error = "running", None
+        self.status, self.error, self.stop_reason = "running", None, None
         for cb in every:
             cb.on_start(self)
         if self.epoch == 0 and self.is_main:
@@ -324,10 +358,17 @@ class TrainLoop:
                     ]:  # the CSV rows first: a checkpoint never runs ahead
                         cb.on_epoch(self, row)
                     self.checkpointer.save_best(self, row)  # best.pt first: last.pt records it
-                    if self.epoch % tr.checkpoint_every == 0 or self.epoch == tr.epochs:
+                    saved = self.epoch % tr.checkpoint_every == 0 or self.epoch == tr.epochs
+                    if saved:
                         self.checkpoint()  # every worker: rank 0's last.pt, each rank's buffer
                     for cb in [*self._outputs[1:], *self.callbacks]:
                         cb.on_epoch(self, row)
+                    if self._stop_agreed():  # a callback asked (eval.stop_at, a user's)
+                        if not saved:
+                            self.checkpoint()
+                        if self.is_main:
+                            log.info("stopped early: %s", self.stop_reason)
+                        break
         except BaseException as err:
             interrupted = isinstance(err, KeyboardInterrupt | TrainingInterrupted)
             self.status = "interrupted" if interrupted else "failed"
@@ -336,7 +377,7 @@ class TrainLoop:
             if close:
                 self.close()
             raise
-        if self.epoch >= tr.epochs:
+        if self.epoch >= tr.epochs or self.stop_reason is not None:
             self.status = "finished"
         self._end(every)
         if close:

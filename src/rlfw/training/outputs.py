@@ -1,6 +1,6 @@
 """The run's own files as callbacks of the loop: metrics.csv and episodes.csv (:class:`CsvFiles`),
-``status.json`` (:class:`StatusFile`) and the console line per epoch (:class:`ConsoleLine`).
-Only rank 0 gets them."""
+``status.json`` (:class:`StatusFile`), ``versions.json`` (:class:`VersionsFile`) and the console
+line per epoch (:class:`ConsoleLine`). Only rank 0 gets them."""
 
 from __future__ import annotations
 
@@ -118,7 +118,8 @@ class StatusFile(Callback):
         if loop.error is not None:
             self.write(loop, loop.status, error=loop.error, resume=f"python -m rlfw resume={loop.run_dir}")
         elif loop.status == "finished":
-            self.write(loop, "finished")
+            reason = getattr(loop, "stop_reason", None)  # TrainLoop.request_stop
+            self.write(loop, "finished", **({"stop_reason": reason} if reason else {}))
 
 
 class ConsoleLine(Callback):
@@ -132,3 +133,87 @@ class ConsoleLine(Callback):
             fmt(row["train_success_rate"]) or "-", fmt(row["eval_success_rate"]) or "-",
             fmt(row["eval_return"]) or "-", fmt(row.get("critic_loss")) or "-", fmt(row.get("q_mean")) or "-",
         )  # fmt: skip
+
+
+# the distributions whose versions a run records (the optional ones only when installed)
+VERSIONED = ("rlfw", "torch", "numpy", "gymnasium", "gymnasium-robotics", "mujoco")
+VERSIONED_OPTIONAL = ("panda-gym", "flwr", "wandb", "tensorboard")
+GIT_TIMEOUT_S = 5.0
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    """``git <args>`` in ``cwd``: its stdout stripped, or None (no git, not a checkout, a
+    timeout, an error)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                             timeout=GIT_TIMEOUT_S, check=False)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_state(path: Path | None = None) -> dict[str, Any] | None:
+    """The git commit of the checkout that ``path`` (default: the rlfw package) belongs to.
+
+    Only when the package's own files are tracked by that checkout (an editable install from a
+    clone), so a virtual environment that happens to sit inside some repository does not
+    record that repository's commit.
+
+    Returns:
+        ``{"commit": <40 hex>, "dirty": <tracked files changed>}``, or None (no git, not a
+        checkout, git timed out after :data:`GIT_TIMEOUT_S` seconds): never an error.
+    """
+    import rlfw
+
+    pkg = Path(path or Path(rlfw.__file__).parent)
+    if _git(["ls-files", "--error-unmatch", "--", "__init__.py"], pkg) is None:
+        return None
+    commit = _git(["rev-parse", "HEAD"], pkg)
+    if not commit:
+        return None
+    status = _git(["status", "--porcelain", "--untracked-files=no"], pkg)
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def versions() -> dict[str, Any]:
+    """What a run was made with: Python's version and the installed versions of rlfw, torch,
+    numpy, gymnasium, gymnasium-robotics and mujoco (``null`` if one is missing), and of
+    panda-gym, flwr, wandb and tensorboard when installed (from :mod:`importlib.metadata`),
+    plus ``git`` (:func:`git_state`) when rlfw runs from a git checkout.
+
+    Returns:
+        ``{"python": "3.12.3", "packages": {"torch": "2.13.0", ...}, "git": {...}}`` (no
+        ``git`` key outside a checkout).
+    """
+    import platform
+    from importlib import metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    packages: dict[str, str | None] = {name: version(name) for name in VERSIONED}
+    for name in VERSIONED_OPTIONAL:
+        v = version(name)
+        if v is not None:
+            packages[name] = v
+    out: dict[str, Any] = {"python": platform.python_version(), "packages": packages}
+    git = git_state()
+    if git is not None:
+        out["git"] = git
+    return out
+
+
+class VersionsFile(Callback):
+    """``versions.json``: :func:`versions` at the start of training (a resume rewrites it with
+    the versions it runs with). A failure to find a version is never an error of the run."""
+
+    def on_start(self, loop: Any) -> None:
+        data = versions()
+        tmp = loop.run_dir / "versions.json.tmp"
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, loop.run_dir / "versions.json")
