@@ -23,7 +23,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rlfw.config.paths import config_dir
 from rlfw.config.preflight import preflight
@@ -224,6 +224,22 @@ def load_run_config(path: Path, state: dict | None) -> DictConfig:
                       "that can be resumed")  # fmt: skip
 
 
+def _typed_root(root: type, base: DictConfig) -> DictConfig:
+    """The root schema with the ``Any``-typed groups (algo, noise, logger) given their chosen
+    option's schema from the registry, so that an override of one of their keys is type-checked
+    (``logger.video_every=abc`` is refused as Hydra's composition would)."""
+    from rlfw.registry import registry
+
+    typed = OmegaConf.structured(root)
+    for group in ("algo", "noise", "logger"):
+        name = OmegaConf.select(base, f"{group}.name")
+        reg = registry(group)
+        if isinstance(name, str) and name in reg and reg.get(name).schema is not None:
+            with open_dict(typed):
+                typed[group] = OmegaConf.structured(reg.get(name).schema)
+    return typed
+
+
 def _first(err: BaseException) -> str:
     return next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
 
@@ -281,7 +297,7 @@ def _resume_claimed(path: Path, overrides: list[str]) -> float:
         raise ConfigError(f"{used}: not an rlfw checkpoint")
     base = load_run_config(path, state)
     try:  # typed and in struct mode, so a misspelt or mistyped override fails in one line
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), base)
+        cfg = OmegaConf.merge(_typed_root(Config, base), base)
         assert isinstance(cfg, DictConfig)
         OmegaConf.set_struct(cfg, True)
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
