@@ -132,7 +132,7 @@ def test_pendulum_actions_come_back_in_the_env_bounds(tmp_path, monkeypatch):
     run_dir = rlfw.train(overrides)  # the default run dir, relative to the current directory
     rel = run_dir.relative_to(tmp_path)
     assert rel.parts[0] == "outputs" and re.fullmatch(r"\d{4}-\d{2}-\d{2}", rel.parts[1])
-    assert re.fullmatch(r"\d{2}-\d{2}-\d{2}_td3_uniform_gaussian_gym", rel.parts[2])
+    assert re.fullmatch(r"\d{2}-\d{2}-\d{2}_\d+-[0-9a-f]{4}_td3_uniform_gaussian_gym", rel.parts[2])  # <time>_<pid>-<hex>_...
     p = rlfw.load(run_dir)
     np.testing.assert_allclose(p.action_space.low, [-2.0])
     np.testing.assert_allclose(p.action_space.high, [2.0])

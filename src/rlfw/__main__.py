@@ -26,16 +26,50 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rlfw.config.paths import config_dir
 from rlfw.config.preflight import preflight
 from rlfw.config.schema import register_schemas
 from rlfw.errors import ConfigError, TrainingDiverged, TrainingInterrupted
+from rlfw.training.outputs import run_id
 
 log = logging.getLogger("rlfw")
 
 register_schemas()
+# the per-process part of the default run directory's name (conf/config.yaml's hydra.run.dir):
+# runs started in the same second never share a directory
+OmegaConf.register_new_resolver("rlfw_run_id", run_id, replace=True)
+
+
+def claim_run_dir(run_dir: Path, fresh: bool, key: str = "hydra.run.dir") -> None:
+    """Make this process the one writer of ``run_dir`` (:func:`rlfw.training.outputs.acquire_run_lock`,
+    held until the process ends or :func:`release_run_dir`); with ``fresh`` also refuse a
+    directory that already holds a run (:func:`rlfw.training.outputs.holds_run`).
+
+    Raises:
+        ConfigError: one line: another process writes there (its pid), or a fresh run would
+            write into an existing run (with the ``resume=`` command that continues it).
+    """
+    from rlfw.training.outputs import RunDirLocked, acquire_run_lock, holds_run, release_run_lock
+
+    try:
+        acquire_run_lock(run_dir)
+    except RunDirLocked as err:
+        raise ConfigError(f"{key}={run_dir}: {err}") from None
+    if fresh and holds_run(run_dir):
+        release_run_lock(run_dir)
+        raise ConfigError(
+            f"{key}={run_dir} already holds a run (metrics.csv, status.json or checkpoints/); continue it with: "
+            f"python -m rlfw resume={run_dir} (or choose another {key})"
+        )
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """Undo one :func:`claim_run_dir`."""
+    from rlfw.training.outputs import release_run_lock
+
+    release_run_lock(run_dir)
 
 
 def _result(row: dict) -> float:
@@ -114,22 +148,41 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False, callbacks: S
             not fit the config (HER without goals); user callbacks with ``train.workers`` > 1 or
             under a torchrun/srun launcher (the workers are other processes).
     """
-    from rlfw.callbacks import make_callbacks
-    from rlfw.training.loop import TrainLoop
+    from rlfw.distributed import launched_group_joined
+    from rlfw.training.requeue import restart_count
 
     tr = cfg.train
-    from rlfw.distributed import launched_group_joined
-
     if callbacks and (tr.workers > 1 or launched_group_joined()):
         raise ConfigError(
             f"rlfw.train(callbacks=...) runs the callbacks in this process; train.workers={tr.workers} "
             "and torchrun/srun train in other processes: use train.workers=1"
         )
     if launched_group_joined():  # one rank of torchrun/srun (main() joined its group)
+        import torch.distributed as dist
+
         from rlfw.distributed import run_launched
 
-        return run_launched(cfg, run_dir, multirun)
+        if dist.get_rank() != 0:  # only rank 0 writes, and holds the run directory's lock
+            return run_launched(cfg, run_dir, multirun)
+        claim_run_dir(run_dir, fresh=restart_count() == 0)
+        try:
+            return run_launched(cfg, run_dir, multirun)
+        finally:
+            release_run_dir(run_dir)
+    claim_run_dir(run_dir, fresh=restart_count() == 0)  # one writer; never into another run
+    try:
+        return _run_claimed(cfg, run_dir, multirun, callbacks)
+    finally:
+        release_run_dir(run_dir)
+
+
+def _run_claimed(cfg: DictConfig, run_dir: Path, multirun: bool, callbacks: Sequence[Any] = ()) -> dict:
+    """The body of :func:`run_job` once this process holds ``run_dir``."""
+    from rlfw.callbacks import make_callbacks
+    from rlfw.training.loop import TrainLoop
     from rlfw.training.requeue import requeued_checkpoint, restart_count
+
+    tr = cfg.train
 
     ckpt = requeued_checkpoint(run_dir)  # a requeued SLURM job continues where it stopped
     if restart_count() > 0:
@@ -199,56 +252,175 @@ def train(cfg: DictConfig) -> float:
     return _result(row)
 
 
+# keys a resume may change besides train.*, eval.* and logger.*: the divergence advice's
+RESUME_KEYS = ("algo.actor_lr", "algo.critic_lr", "seed")
+# keys whose saved state (per-env exploration state, saved buffer) a change would not fit
+FIXED_ON_RESUME = ("train.num_envs",)
+# groups a checkpoint must match its config in (else it belongs to another run)
+_MATCH_GROUPS = ("algo", "buffer", "noise", "env")
+
+
+def _diff(a: object, b: object, prefix: str) -> str | None:
+    """The first dotted key where the plain containers ``a`` and ``b`` differ, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if f"{prefix}{k}" in RESUME_KEYS:
+                continue
+            found = _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+            if found:
+                return found
+        return None
+    return None if a == b else prefix.rstrip(".")
+
+
+def load_run_config(path: Path, state: dict | None) -> DictConfig:
+    """A run's saved config: ``.hydra/config.yaml``, else the config inside its checkpoint
+    (``hydra.output_subdir=null`` runs, or a damaged YAML file, with a warning).
+
+    Raises:
+        ConfigError: one line naming the file when neither can be read.
+    """
+    import yaml
+
+    saved = path / ".hydra" / "config.yaml"
+    reason = f"{saved} is missing"
+    if saved.exists():
+        try:
+            loaded = yaml.safe_load(saved.read_text())
+            if isinstance(loaded, dict):
+                return OmegaConf.create(loaded)
+            reason = f"{saved} holds no config mapping (damaged)"
+        except (yaml.YAMLError, UnicodeDecodeError, ValueError) as err:
+            reason = f"{saved} is not valid YAML ({_first(err)})"
+    if state is not None and isinstance(state.get("config"), dict):
+        if saved.exists():
+            log.warning("%s: using the config saved in the checkpoint", reason)
+        return OmegaConf.create(state["config"])
+    raise ConfigError(f"resume={path}: {reason} and there is no checkpoint holding the config; not an rlfw run "
+                      "that can be resumed")  # fmt: skip
+
+
+def _typed_root(root: type, base: DictConfig) -> DictConfig:
+    """The root schema with the ``Any``-typed groups (algo, noise, logger) given their chosen
+    option's schema from the registry, so that an override of one of their keys is type-checked
+    (``logger.video_every=abc`` is refused as Hydra's composition would)."""
+    from rlfw.registry import registry
+
+    typed = OmegaConf.structured(root)
+    for group in ("algo", "noise", "logger"):
+        name = OmegaConf.select(base, f"{group}.name")
+        reg = registry(group)
+        if isinstance(name, str) and name in reg and reg.get(name).schema is not None:
+            with open_dict(typed):
+                typed[group] = OmegaConf.structured(reg.get(name).schema)
+    return typed
+
+
+def _first(err: BaseException) -> str:
+    return next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+
+
 def resume(run_dir: str, overrides: list[str]) -> float:
     """Continue ``run_dir`` from ``checkpoints/last.pt`` with its saved config.
 
-    Only ``train.*``, ``eval.*`` and ``logger.*`` keys may be overridden (to extend the run,
-    say ``train.epochs=20``). A run without a checkpoint restarts from epoch 0 in the same
-    directory.
+    Only ``train.*``, ``eval.*`` and ``logger.*`` keys, the learning rates ``algo.actor_lr``
+    and ``algo.critic_lr``, and ``seed`` may be overridden (to extend the run, say
+    ``train.epochs=20``; after a divergence, lower learning rates or another seed); a change of
+    ``train.num_envs`` does not fit the saved per-env state and is refused. A run without a
+    checkpoint restarts from epoch 0 in the same directory.
+
+    The directory gets one writer: a second resume (or a run still training there) is refused
+    with the holder's pid. Damaged files are repaired where they can be: an unreadable
+    ``status.json`` is rebuilt, cut or misfitting CSV rows are dropped and a damaged header is
+    rewritten, a ``.hydra/config.yaml`` that is missing or not YAML is replaced by the config in
+    ``last.pt``, an unusable buffer file leaves the buffer empty (a warning each). What cannot
+    be repaired stops with one line naming the file, before anything is built.
 
     Raises:
-        ConfigError: the directory is not an rlfw run, or an override is not allowed.
+        ConfigError: the directory is not an rlfw run, an override is not allowed or invalid,
+            the checkpoint does not fit the config, another process writes there, or a file
+            cannot be repaired.
     """
-    from rlfw.callbacks import make_callbacks
-    from rlfw.training.loop import TrainLoop
-
     path = Path(run_dir).expanduser().resolve()
-    saved = path / ".hydra" / "config.yaml"
-    if not saved.exists():
-        raise ConfigError(f"resume={run_dir}: no rlfw run there ({saved} is missing)")
-    bad = [o for o in overrides if not o.split("=", 1)[0].startswith(("train.", "eval.", "logger."))]
+    if not path.is_dir():
+        raise ConfigError(f"resume={run_dir}: no such directory")
+    bad = [o for o in overrides
+           if not (o.split("=", 1)[0].startswith(("train.", "eval.", "logger.")) or o.split("=", 1)[0] in RESUME_KEYS)]  # fmt: skip
     if bad:
-        raise ConfigError(f"resume takes only train.*, eval.* and logger.* overrides; got: {' '.join(bad)}")
+        raise ConfigError(f"resume takes only train.*, eval.*, logger.*, {', '.join(RESUME_KEYS)} overrides; "
+                          f"got: {' '.join(bad)}")  # fmt: skip
+    claim_run_dir(path, fresh=False, key="resume")
+    try:
+        return _resume_claimed(path, overrides)
+    finally:
+        release_run_dir(path)
+
+
+def _resume_claimed(path: Path, overrides: list[str]) -> float:
     from omegaconf.errors import OmegaConfBaseException
 
+    from rlfw.callbacks import make_callbacks
     from rlfw.config.preflight import translate
     from rlfw.config.schema import Config
     from rlfw.config.validate import validate
+    from rlfw.training.checkpoint import has_checkpoint, load_latest
+    from rlfw.training.loop import TrainLoop
 
+    ckpt = path / "checkpoints" / "last.pt"  # previous.pt if last.pt is lost (load_latest)
+    found = has_checkpoint(ckpt.parent)
+    state, used = load_latest(ckpt.parent) if found else (None, None)  # ConfigError: both unreadable
+    if state is not None and not isinstance(state, dict):
+        raise ConfigError(f"{used}: not an rlfw checkpoint")
+    base = load_run_config(path, state)
     try:  # typed and in struct mode, so a misspelt or mistyped override fails in one line
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(saved))
+        cfg = OmegaConf.merge(_typed_root(Config, base), base)
         assert isinstance(cfg, DictConfig)
         OmegaConf.set_struct(cfg, True)
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
         assert isinstance(cfg, DictConfig)
         validate(cfg)
+        plain = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as err:
-        raise ConfigError(translate(err)) from None
+        raise ConfigError(f"resume={path}: {translate(err)}") from None
+    assert isinstance(plain, dict)
+    if state is not None:
+        saved = state.get("config")
+        saved_cfg: dict[str, Any] = saved if isinstance(saved, dict) else {}
+        for group in _MATCH_GROUPS:
+            key = _diff(saved_cfg.get(group), plain.get(group), f"{group}.")
+            if key is not None:
+                raise ConfigError(
+                    f"{used} does not fit the run's config: {key} is {OmegaConf.select(OmegaConf.create(saved_cfg), key)} "
+                    f"in the checkpoint and {OmegaConf.select(cfg, key)} in {path / '.hydra' / 'config.yaml'}; "
+                    "resume needs the config the checkpoint was written with"
+                )
+        for key in FIXED_ON_RESUME:
+            before = OmegaConf.select(OmegaConf.create(saved_cfg), key)
+            if before is not None and before != OmegaConf.select(cfg, key):
+                raise ConfigError(
+                    f"{key}={OmegaConf.select(cfg, key)} does not fit the saved run ({key}={before}: the exploration "
+                    "state and the saved buffer are per env); resume with the saved value or start a new run"
+                )
     status_file = path / "status.json"
+    status: dict = {}
     if status_file.exists():
-        status = json.loads(status_file.read_text())
-        if status.get("status") == "finished" and status.get("epoch", 0) >= cfg.train.epochs:
-            print(f"rlfw: {path} already finished {status['epoch']} epochs; nothing to do")
-            return float("nan")
+        try:
+            loaded = json.loads(status_file.read_text())
+            status = loaded if isinstance(loaded, dict) else {}
+            if not status:
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as err:
+            log.warning("%s is unreadable (%s): it is rebuilt when the run starts", status_file, _first(err))
+            status = {}
+    done = status.get("epoch", 0) if isinstance(status.get("epoch", 0), int) else 0
+    if status.get("status") == "finished" and done >= cfg.train.epochs:
+        print(f"rlfw: {path} already finished {done} epochs; nothing to do")
+        return float("nan")
     handler = logging.FileHandler(path / "rlfw.log")
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     logging.getLogger().addHandler(handler)
     tr = cfg.train
-    from rlfw.training.checkpoint import has_checkpoint
-
-    ckpt = path / "checkpoints" / "last.pt"  # previous.pt if last.pt is lost (load_latest)
-    found = has_checkpoint(ckpt.parent)
     if not found:  # killed before its first checkpoint: start over in the same dir
         from rlfw.training.checkpoint import truncate_logs
 
@@ -305,7 +477,7 @@ def help_text() -> str:
             "       python -m rlfw -m [key=a,b,c ...]          (a sweep: one job per combination)",
             "       python -m rlfw resume=<run_dir> [train.epochs=N ...]",
             "",
-            "Train an off-policy agent; the run directory is outputs/<date>/<time>_<algo>_<buffer>_<noise>_<env>",
+            "Train an off-policy agent; the run directory is outputs/<date>/<time>_<pid>-<hex>_<algo>_<buffer>_<noise>_<env>",
             "(hydra.run.dir=<dir> picks another). Default: algo=td3 buffer=her noise=gaussian logger=csv",
             "env=FetchReach-v4.",
             "",
@@ -420,6 +592,23 @@ def _stopped(signum: int, message: str) -> SystemExit:
     return SystemExit(128 + signum)
 
 
+def _claim_given_run_dir(args: list[str]) -> None:
+    """Before Hydra writes ``.hydra/`` into it: claim a ``hydra.run.dir`` given on the command
+    line (:func:`claim_run_dir`), so a second writer or a fresh run into an existing run stops
+    here with one line. Not for ``-m`` sweeps, informational flags or launcher ranks > 0."""
+    from rlfw.distributed import launcher_env
+    from rlfw.training.requeue import restart_count
+
+    if any(a in ("-m", "--multirun", "--cfg", "-c", "--info", "-i", "--hydra-help") or a.startswith("--cfg") for a in args):
+        return
+    launched = launcher_env()
+    if launched is not None and launched[0] != 0:
+        return
+    given = [a.lstrip("+").split("=", 1)[1] for a in args if a.lstrip("+").startswith("hydra.run.dir=")]
+    if given and given[-1] and "${" not in given[-1]:
+        claim_run_dir(Path(given[-1]).expanduser().resolve(), fresh=restart_count() == 0)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: help, resume, or preflight then Hydra.
 
@@ -441,6 +630,7 @@ def main(argv: list[str] | None = None) -> None:
             return
         preflight(args)
         check_hydra(args)
+        _claim_given_run_dir(args)
         from rlfw.distributed import join_launched_group, launcher_env
 
         if launcher_env() is not None:  # torchrun/srun: one run over every rank

@@ -43,7 +43,7 @@ def train(overrides: Sequence[str] = (), callbacks: Sequence[Callback] = ()) -> 
     The overrides are the CLI's (``"algo=ddpg"``, ``"env=FetchPush-v4"``, ``"train.epochs=5"``,
     ``"hydra.run.dir=runs/push"``). They are composed and validated first, as the CLI's
     preflight does, so a bad one raises before any simulator starts. The run is Hydra's job:
-    the directory is ``hydra.run.dir`` (default ``outputs/<date>/<time>_<algo>_<buffer>_<noise>_<env>``,
+    the directory is ``hydra.run.dir`` (default ``outputs/<date>/<time>_<pid>-<hex>_<algo>_<buffer>_<noise>_<env>``,
     relative to the current directory) and gets the CLI's files (``.hydra/config.yaml``,
     ``.hydra/overrides.yaml``, ``.hydra/hydra.yaml``, ``rlfw.log``, ``metrics.csv``,
     ``episodes.csv``, ``status.json``, ``checkpoints/last.pt``, plots).

@@ -262,7 +262,7 @@ class TensorBoardCallback(Callback):
 
         reader = imageio.get_reader(path)
         fps = float(reader.get_meta_data().get("fps") or 25)
-        frames = np.stack([np.asarray(f)[..., :3] for f in reader])  # [T, H, W, 3] uint8
+        frames = np.stack([np.asarray(f)[..., :3] for f in reader.iter_data()])  # [T, H, W, 3] uint8
         reader.close()
         gif = imageio.mimwrite("<bytes>", list(frames), format="GIF", duration=1000.0 / fps, loop=0)
         _, h, w, c = frames.shape

@@ -331,7 +331,7 @@ def _worker_error(
     from rlfw.errors import ConfigError, TrainingDiverged, TrainingInterrupted
 
     errors = sorted(errors, key=lambda r: r["rank"])
-    by_kind = {}
+    by_kind: dict[str, dict[str, Any]] = {}
     for e in errors:
         by_kind.setdefault(e["kind"], e)
     if received or "interrupted" in by_kind:

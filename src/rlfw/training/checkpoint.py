@@ -175,28 +175,111 @@ def load_latest(directory: Path, name: str = LAST, map_location: Any = "cpu") ->
             raise ConfigError(f"{path} is {reason} and the previous checkpoint too: {err2}") from None
 
 
-def truncate_csv(path: Path, key: str, max_value: int) -> None:
-    """Keep only the rows whose integer ``key`` is <= ``max_value`` (atomic rewrite)."""
+def truncate_csv(path: Path, key: str, max_value: int, columns: list[str] | None = None) -> None:
+    """Keep only the rows whose integer ``key`` is <= ``max_value`` (atomic rewrite), and repair
+    what a crash or a full disk can leave: a last line without its newline (a cut row) and rows
+    whose cells do not fit the header are dropped, each with a warning.
+
+    Args:
+        path: the CSV (nothing happens if it does not exist).
+        key: the integer column to cut on (``epoch``).
+        max_value: the last value of ``key`` to keep.
+        columns: the header the file must have. A damaged header (not these columns) is
+            rewritten when the rows have this many cells; else the file is refused.
+
+    Raises:
+        ConfigError: one line naming the file: its header is damaged and cannot be rebuilt, or
+            it is not text.
+    """
     if not path.exists():
         return
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        raw = path.read_bytes().decode()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a CSV text file (damaged); move it away to resume without it") from None
+    text = raw
+    notes: list[str] = []
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        notes.append("a cut last row")
+    rows = list(csv.reader(text.splitlines()))
     if not rows:
+        if raw:
+            path.write_text("")
         return
-    col = rows[0].index(key)
-    keep = [rows[0]] + [r for r in rows[1:] if r and int(float(r[col])) <= max_value]
-    if len(keep) == len(rows):
+    header = rows[0]
+    if columns is not None and header != list(columns):
+        if all(len(r) == len(columns) for r in rows[1:] if r):
+            log.warning("%s: damaged header %s: rewritten as the run's columns", path, header[:3])
+            header = list(columns)
+            notes.append("a damaged header")
+        else:
+            raise ConfigError(
+                f"{path}: damaged header ({','.join(header[:4])}...) and rows that do not fit the run's "
+                f"{len(columns)} columns; move it away to resume without it"
+            )
+    if key not in header:
+        raise ConfigError(f"{path}: the header has no '{key}' column (damaged); move it away to resume without it")
+    col = header.index(key)
+    keep = [header]
+    for r in rows[1:]:
+        if not r:
+            continue
+        try:
+            value = int(float(r[col]))
+        except (ValueError, IndexError):
+            value = None
+        if value is None or len(r) != len(header):
+            notes.append("a row that does not fit the header")
+            continue
+        if value <= max_value:
+            keep.append(r)
+    if keep == rows and not notes:
         return
+    for note in dict.fromkeys(notes):
+        log.warning("%s: dropped %s", path, note)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", newline="") as f:
         csv.writer(f).writerows(keep)
     os.replace(tmp, path)
 
 
-def truncate_logs(run_dir: Path, epoch: int) -> None:
-    """Drop the metrics.csv and episodes.csv rows of epochs after ``epoch`` (resume)."""
-    for name in ("metrics.csv", "episodes.csv"):
-        truncate_csv(Path(run_dir) / name, "epoch", epoch)
+def truncate_logs(run_dir: Path, epoch: int, metric_columns: list[str] | None = None) -> None:
+    """Drop the metrics.csv and episodes.csv rows of epochs after ``epoch`` (resume), and
+    repair cut rows and damaged headers (:func:`truncate_csv`; ``metric_columns`` is
+    metrics.csv's header when known).
+
+    Raises:
+        ConfigError: a CSV that cannot be repaired (one line naming it).
+    """
+    from rlfw.training.outputs import EPISODE_COLUMNS
+
+    truncate_csv(Path(run_dir) / "metrics.csv", "epoch", epoch, metric_columns)
+    truncate_csv(Path(run_dir) / "episodes.csv", "epoch", epoch, EPISODE_COLUMNS)
+
+
+def divergence_advice(run_dir: Path, cfg: Any, good_epoch: int, has_checkpoint: bool) -> str:
+    """What to do after a divergence, as a command that can work: resume from the last good
+    checkpoint with halved learning rates and another seed (resume takes ``algo.actor_lr``,
+    ``algo.critic_lr`` and ``seed``), or, with no checkpoint yet, a fresh run with them."""
+    actor = float(OmegaConf.select(cfg, "algo.actor_lr", default=1e-3))
+    critic = float(OmegaConf.select(cfg, "algo.critic_lr", default=1e-3))
+    seed = int(OmegaConf.select(cfg, "seed", default=0))
+    changes = f"algo.actor_lr={actor / 2:g} algo.critic_lr={critic / 2:g} seed={seed + 1}"
+    if has_checkpoint:
+        return (f"resume from the last good checkpoint (epoch {good_epoch}) with lower learning rates or another "
+                f"seed, e.g.: python -m rlfw resume={run_dir} {changes}")  # fmt: skip
+    overrides: list[str] = []
+    saved = Path(run_dir) / ".hydra" / "overrides.yaml"
+    try:
+        import yaml
+
+        loaded = yaml.safe_load(saved.read_text()) if saved.exists() else []
+        overrides = [str(o) for o in loaded or [] if not str(o).startswith(("algo.actor_lr=", "algo.critic_lr=", "seed="))]
+    except (OSError, ValueError, yaml.YAMLError):
+        overrides = []
+    return ("no checkpoint was written yet, so there is nothing to resume; start a new run with lower learning "
+            f"rates or another seed, e.g.: python -m rlfw {' '.join([*overrides, changes])}")  # fmt: skip
 
 
 class Checkpointer:
@@ -243,9 +326,10 @@ class Checkpointer:
         bad = [k for k, m in loop.agent.modules().items()
                if not all(bool(torch.isfinite(t).all()) for t in m.state_dict().values() if t.is_floating_point())]  # fmt: skip
         if bad:
+            good = loop.epoch - 1 - (loop.epoch - 1) % loop.cfg.train.checkpoint_every
             raise TrainingDiverged(
                 f"non-finite values in {', '.join(bad)} at epoch {loop.epoch}: checkpoint not written; "
-                f"resume from the last good one with: python -m rlfw resume={loop.run_dir}"
+                + divergence_advice(loop.run_dir, loop.cfg, good, has_checkpoint(self.dir))
             )
         return {
             "agent": loop.agent.state_dict(),
@@ -320,31 +404,74 @@ class Checkpointer:
             FileNotFoundError: if ``path`` does not exist.
             ConfigError: the file is refused or unreadable (:func:`safe_load`).
         """
-        # read onto the CPU whatever loop.device is: torch.set_rng_state and Generator.set_state
-        # take CPU byte tensors; load_state_dict moves the rest onto the modules' device
-        state, _ = load_latest(Path(path).parent, Path(path).name, map_location="cpu")
-        loop.agent.load_state_dict(state["agent"])
-        loop.exploration.load_state_dict(to_numpy(state["noise"]))
-        c = state["counters"]
-        loop.epoch = int(c["epoch"])
-        loop.collector.env_steps, loop.collector.episodes = int(c["env_steps"]), int(c["episodes"])
-        loop.wall_time = float(c["wall_time"])
+        state, used = load_latest(Path(path).parent, Path(path).name, map_location="cpu")
+        try:
+            loop.agent.load_state_dict(state["agent"])
+            loop.exploration.load_state_dict(to_numpy(state["noise"]))
+            c = state["counters"]
+            epoch, env_steps, episodes = int(c["epoch"]), int(c["env_steps"]), int(c["episodes"])
+            wall_time = float(c["wall_time"])
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as err:
+            raise ConfigError(
+                f"{used} does not fit this run's config ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                "resume with the config it was written with, or start a new run"
+            ) from None
+        loop.epoch = epoch
+        loop.collector.env_steps, loop.collector.episodes = env_steps, episodes
+        loop.wall_time = wall_time
         loop.rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        if self.rank > 0:  # rank 0's saved generators, made distinct again per worker
+        torch.set_rng_state(state["torch_rng"].cpu())  # CPU byte tensor whatever the map location
+        saved_cfg = state.get("config") or {}
+        self._apply_changed_settings(loop, saved_cfg)
+        if self.rank > 0 or saved_cfg.get("seed", loop.cfg.seed) != loop.cfg.seed:
+            # rank 0's saved generators made distinct per worker; or a seed changed on resume
             loop.rng = loop.collector.rng = np.random.default_rng([loop.seed, loop.epoch])
             loop.exploration.rng = loop.rng
             torch.manual_seed(loop.seed * 100_003 + loop.epoch)
         if self.save_buffer:
-            if self.buffer_file.exists():
-                saved = safe_load(self.buffer_file)
-                if int(saved["epoch"]) == loop.epoch:
-                    loop.buffer.load_state_dict(to_numpy(saved["buffer"]))
-                else:
-                    log.warning("%s is from epoch %s, not %d: starting with an empty buffer",
-                                self.buffer_file, saved["epoch"], loop.epoch)  # fmt: skip
-            else:
-                log.warning("%s is missing: worker %d starts with an empty buffer", self.buffer_file, self.rank)
+            self._load_buffer(loop)
         if self.rank == 0:
-            truncate_logs(loop.run_dir, loop.epoch)
+            from rlfw.training.outputs import metric_columns
+
+            truncate_logs(loop.run_dir, loop.epoch, metric_columns(loop.agent.metric_names))
             self._restore_best(state)
+
+    @staticmethod
+    def _apply_changed_settings(loop: Any, saved_cfg: dict[str, Any]) -> None:
+        """Learning rates changed on resume (``algo.actor_lr``, ``algo.critic_lr``) replace the
+        ones restored with the optimisers' state (the advice after a divergence)."""
+        saved_algo = saved_cfg.get("algo") or {}
+        optimizers = getattr(loop.agent, "optimizers", None)
+        if optimizers is None:
+            return
+        opts = optimizers()
+        for key, name in (("actor_lr", "actor_opt"), ("critic_lr", "critic_opt")):
+            new = OmegaConf.select(loop.cfg, f"algo.{key}")
+            if new is None or name not in opts or saved_algo.get(key) == new:
+                continue
+            for group in opts[name].param_groups:
+                group["lr"] = float(new)
+            log.info("algo.%s changed on resume: %s -> %s", key, saved_algo.get(key), new)
+
+    def _load_buffer(self, loop: Any) -> None:
+        """This worker's saved replay buffer, or an empty buffer with a warning when the file is
+        missing, from another epoch, unreadable or does not fit the buffer."""
+        if not self.buffer_file.exists():
+            log.warning("%s is missing: worker %d starts with an empty buffer", self.buffer_file, self.rank)
+            return
+        try:
+            saved = safe_load(self.buffer_file)
+            saved_epoch = int(saved["epoch"])
+        except (ConfigError, KeyError, TypeError, ValueError) as err:
+            log.warning("%s cannot be used (%s): starting with an empty buffer", self.buffer_file, err)
+            return
+        if saved_epoch != loop.epoch:
+            log.warning("%s is from epoch %s, not %d: starting with an empty buffer",
+                        self.buffer_file, saved_epoch, loop.epoch)  # fmt: skip
+            return
+        before = loop.buffer.state_dict()
+        try:
+            loop.buffer.load_state_dict(to_numpy(saved["buffer"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            loop.buffer.load_state_dict(before)
+            log.warning("%s does not fit this run's buffer (%s): starting with an empty buffer", self.buffer_file, err)

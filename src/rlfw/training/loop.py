@@ -49,7 +49,7 @@ from rlfw.build import Components, build
 from rlfw.config.validate import validate
 from rlfw.core import Callback
 from rlfw.errors import TrainingDiverged, TrainingInterrupted
-from rlfw.training.checkpoint import Checkpointer
+from rlfw.training.checkpoint import Checkpointer, divergence_advice, has_checkpoint
 from rlfw.training.collector import EVAL_STREAM, Collector, reset_seed
 from rlfw.training.context import LocalContext
 from rlfw.training.cores import torch_threads
@@ -317,8 +317,8 @@ class TrainLoop:
         good = self.epoch - self.epoch % self.cfg.train.checkpoint_every
         raise TrainingDiverged(
             f"training diverged at epoch {self.epoch + 1}, update {self.agent.updates}: {bad}; "
-            f"nothing of this epoch was saved; resume from the last good checkpoint (epoch {good}) "
-            f"with: python -m rlfw resume={self.run_dir}"
+            f"nothing of this epoch was saved; "
+            + divergence_advice(self.run_dir, self.cfg, good, has_checkpoint(self.checkpointer.dir))
         )
 
     def run(self, epochs: int | None = None, close: bool = True) -> dict[str, Any]:

@@ -1,15 +1,24 @@
 """The run's own files as callbacks of the loop: metrics.csv and episodes.csv (:class:`CsvFiles`),
 ``status.json`` (:class:`StatusFile`), ``versions.json`` (:class:`VersionsFile`) and the console
-line per epoch (:class:`ConsoleLine`). Only rank 0 gets them."""
+line per epoch (:class:`ConsoleLine`). Only rank 0 gets them.
+
+Also the run directory's ownership: :func:`acquire_run_lock` (one writer per run directory,
+``.rlfw.lock`` held with ``fcntl.flock``), :func:`holds_run` (whether a directory already holds
+a run) and :func:`run_id` (the per-process part of the default run directory's name).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import io
 import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Sequence
+import secrets
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +48,45 @@ def fmt(x: Any) -> str:
     return str(x)
 
 
+def _csv_bytes(rows: Iterable[Sequence[str]]) -> bytes:
+    buf = io.StringIO(newline="")
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue().encode()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte of ``data`` is written (a write may be partial)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
 class CsvLog:
-    """Append-only CSV with a fixed header; each row is flushed and fsynced."""
+    """Append-only CSV with a fixed header; each batch of rows is written with one binary
+    ``os.write`` sequence and fsynced.
+
+    The file descriptor is unbuffered (no text wrapper): a failed write (a full disk) is cut
+    back with ``os.ftruncate`` to the size before the batch, so the file never ends in a
+    partial row (a text wrapper's ``truncate`` flushes its buffer first and fails again).
+    """
 
     def __init__(self, path: Path, columns: list[str]) -> None:
         self.path, self.columns = path, columns
-        new = not path.exists() or path.stat().st_size == 0
-        self._f = path.open("a", newline="")
-        self._w = csv.writer(self._f)
-        if new:
-            self._w.writerow(columns)
-            self._f.flush()
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if os.fstat(self._fd).st_size == 0:
+            self._append([columns])
+
+    def _append(self, rows: Iterable[Sequence[str]]) -> None:
+        start = os.fstat(self._fd).st_size
+        try:
+            _write_all(self._fd, _csv_bytes(rows))
+            os.fsync(self._fd)
+        except OSError:
+            try:
+                os.ftruncate(self._fd, start)
+            finally:
+                raise
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
         """Append ``rows`` and fsync them. A failed write (a full disk) is cut back to the rows
@@ -58,21 +95,12 @@ class CsvLog:
         Raises:
             OSError: the write failed (``ENOSPC``, an I/O error).
         """
-        self._f.flush()
-        start = self._f.tell()
-        try:
-            for row in rows:
-                self._w.writerow([fmt(row.get(c)) for c in self.columns])
-            self._f.flush()
-            os.fsync(self._f.fileno())
-        except OSError:
-            try:
-                self._f.truncate(start)
-            finally:
-                raise
+        self._append([[fmt(row.get(c)) for c in self.columns] for row in rows])
 
     def close(self) -> None:
-        self._f.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class CsvFiles(Callback):
@@ -98,15 +126,69 @@ class CsvFiles(Callback):
         self.metrics = self.episodes = None
 
 
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path.tmp``, fsync it and rename it over ``path`` (atomic)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _overwrite_in_place(path: Path, data: bytes) -> None:
+    """Write ``data`` over the start of the existing ``path`` and cut it to ``len(data)``: the
+    file's blocks are already allocated, so this works on a full disk where a new file cannot
+    be written (the fallback of :func:`write_status`)."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        view, offset = memoryview(data), 0
+        while offset < len(data):
+            offset += os.pwrite(fd, view[offset:], offset)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_status(path: Path, data: dict[str, Any], padding: int = 0) -> None:
+    """Write ``status.json`` so that it cannot be lost or half-written.
+
+    First atomically (a temp file renamed over it); when that fails (``ENOSPC``: a full disk
+    has no block for a new file) the JSON is written in place over the existing file, whose
+    blocks are already allocated, and the file is cut to its length. ``padding`` trailing
+    spaces reserve room for a longer final status (JSON ignores them).
+
+    Raises:
+        OSError: both ways failed (the file does not exist yet, or the device fails).
+    """
+    text = (json.dumps(data) + "\n").encode()
+    try:
+        _replace_file(path, text + b" " * padding)
+    except OSError as err:
+        if not path.exists():
+            raise
+        log.warning("cannot replace %s (%s): writing it in place", path, err)
+        _overwrite_in_place(path, text)
+
+
+# status.json while running is padded to this size, so a final status written in place on a full
+# disk (error message and resume command included) needs no new block
+STATUS_RESERVE = 4096
+
+
 class StatusFile(Callback):
     """``status.json``: ``running`` while training; ``finished``, ``failed`` or ``interrupted``
-    (with the error and the resume command) at the end."""
+    (with the error and the resume command) at the end (:func:`write_status`: atomic, with an
+    in-place fallback on a full disk, so the final status is not lost)."""
 
     def write(self, loop: Any, status: str, **extra: Any) -> None:
         data = {"status": status, "epoch": loop.epoch, "env_steps": loop.env_steps, **extra}
-        tmp = loop.run_dir / "status.json.tmp"
-        tmp.write_text(json.dumps(data) + "\n")
-        os.replace(tmp, loop.run_dir / "status.json")
+        text = json.dumps(data) + "\n"
+        padding = max(0, STATUS_RESERVE - len(text)) if status == "running" else 0
+        write_status(loop.run_dir / "status.json", data, padding)
 
     def on_start(self, loop: Any) -> None:
         self.write(loop, "running")
@@ -217,3 +299,97 @@ class VersionsFile(Callback):
         tmp = loop.run_dir / "versions.json.tmp"
         tmp.write_text(json.dumps(data, indent=1) + "\n")
         os.replace(tmp, loop.run_dir / "versions.json")
+
+
+# ------------------------------------------------------------------------ run directory ownership
+
+LOCK_NAME = ".rlfw.lock"
+RUN_FILES = ("metrics.csv", "status.json", "checkpoints")
+_held: dict[Path, list[int]] = {}  # run dir -> [lock fd, holds] of this process
+_RUN_ID: str | None = None
+
+
+class RunDirLocked(OSError):
+    """Another process holds the run directory's lock. ``pid`` is the holder's (or None)."""
+
+    def __init__(self, run_dir: Path, pid: int | None) -> None:
+        holder = f"rlfw process {pid}" if pid else "another rlfw process"
+        super().__init__(f"{run_dir} is in use by {holder}: one writer per run directory; wait for it to "
+                         "end (or stop it) first")  # fmt: skip
+        self.run_dir, self.pid = run_dir, pid
+
+
+def acquire_run_lock(run_dir: str | Path) -> None:
+    """Take ``<run_dir>/.rlfw.lock`` (``fcntl.flock``, exclusive, non-blocking) for this process
+    and write its pid into it; the directory is created if needed.
+
+    The OS releases the lock when the process ends in any way (``kill -9`` included), so a stale
+    lock file never blocks. Re-entrant within one process (counted; see :func:`release_run_lock`).
+    With several workers or launcher ranks only the launcher or rank 0 takes it.
+
+    Raises:
+        RunDirLocked: another process holds it (the message names its pid).
+    """
+    import fcntl
+
+    path = Path(run_dir).expanduser().resolve()
+    if path in _held:
+        _held[path][1] += 1
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        try:
+            raw = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        finally:
+            os.close(fd)
+        if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        raise RunDirLocked(path, int(raw) if raw.isdigit() else None) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[path] = [fd, 1]
+
+
+def release_run_lock(run_dir: str | Path) -> None:
+    """Undo one :func:`acquire_run_lock` of this process; the last one unlocks."""
+    path = Path(run_dir).expanduser().resolve()
+    entry = _held.get(path)
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] <= 0:
+        del _held[path]
+        os.close(entry[0])  # closing the only descriptor releases the flock
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """:func:`acquire_run_lock` for the duration of a ``with`` block."""
+    acquire_run_lock(run_dir)
+    try:
+        yield
+    finally:
+        release_run_lock(run_dir)
+
+
+def holds_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` already holds a run: a ``metrics.csv``, ``status.json`` or a
+    non-empty ``checkpoints/`` (``.hydra/`` and ``rlfw.log`` alone do not count: Hydra writes
+    them before any training)."""
+    d = Path(run_dir)
+    ckpt = d / "checkpoints"
+    return (d / "metrics.csv").exists() or (d / "status.json").exists() or (ckpt.is_dir() and any(ckpt.iterdir()))
+
+
+def run_id() -> str:
+    """The per-process part of the default run directory's name (resolver ``${rlfw_run_id:}``
+    in ``hydra.run.dir``): ``<pid>-<4 random hex digits>``, the same for every call in one
+    process, so runs started in the same second (parallel launches, on one host or on several
+    sharing a file system) get different directories."""
+    global _RUN_ID
+    if _RUN_ID is None:
+        _RUN_ID = f"{os.getpid()}-{secrets.token_hex(2)}"
+    return _RUN_ID

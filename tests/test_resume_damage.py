@@ -1,0 +1,124 @@
+"""Resume on damaged or changed run directories (issue 22, item 6; item 11: no ``.hydra/``).
+
+One tiny finished run is built per module; each case copies it, damages the copy one way and
+resumes it in-process. A repairable case must finish the extra epoch with every epoch once in
+metrics.csv and well-formed CSVs; a refused one must stop with one line naming the file or
+key, before anything is built (the directory is left as it was)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from rlfw.__main__ import resume
+from rlfw.errors import ConfigError
+from rlfw.runner import Runner
+from rlfw.training.outputs import EPISODE_COLUMNS, metric_columns
+from tests.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 2-epoch tiny FetchReach run with a saved buffer and Hydra's ``.hydra/``."""
+    from rlfw.config.preflight import compose_config
+
+    run_dir = tmp_path_factory.mktemp("base") / "run"
+    overrides = [*TINY, "train.save_buffer=true"]
+    cfg = compose_config(overrides)
+    Runner(cfg, run_dir).run()
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    return run_dir
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for h in root.handlers[:]:
+        if h not in handlers:
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(level)
+
+
+def _edit(name: str, change):
+    def damage(d: Path) -> None:
+        p = d / name
+        p.write_bytes(change(p.read_bytes()))
+
+    return damage
+
+
+def _rm(name: str):
+    def damage(d: Path) -> None:
+        p = d / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+    return damage
+
+
+def _hidden_64(d: Path) -> None:  # the config no longer fits the checkpoint's networks
+    p = d / ".hydra" / "config.yaml"
+    cfg = yaml.safe_load(p.read_text())
+    cfg["algo"]["actor_hidden"] = [64, 64]
+    p.write_text(yaml.safe_dump(cfg))
+
+
+def _nothing(d: Path) -> None:
+    pass
+
+
+# (case, damage, extra overrides, None = repaired and resumed | fragment of the one error line)
+CASES = [
+    ("empty status.json", _edit("status.json", lambda b: b""), [], None),
+    ("truncated status.json", _edit("status.json", lambda b: b[:12]), [], None),
+    ("invalid YAML config", _edit(".hydra/config.yaml", lambda b: b"algo: [unclosed\n  : : x"), [], None),
+    ("no .hydra (hydra.output_subdir=null)", _rm(".hydra"), [], None),
+    ("damaged metrics.csv header", _edit("metrics.csv", lambda b: b"ep\x00ch,garbage" + b[b.index(b"\n"):]), [], None),
+    ("cut last row of episodes.csv", _edit("episodes.csv", lambda b: b[: b.rstrip(b"\n").rfind(b",") + 1]), [], None),
+    ("corrupt buffer file", _edit("checkpoints/buffer.pt", lambda b: b[: len(b) // 3]), [], None),
+    ("changed train.num_envs", _nothing, ["train.num_envs=4"], "train.num_envs=4 does not fit"),
+    ("checkpoint does not fit the config", _hidden_64, [], "last.pt does not fit the run's config: algo.actor_hidden"),
+    ("bad override", _nothing, ["logger.video_every=abc"], "logger.video_every"),
+    ("unreadable metrics.csv", _edit("metrics.csv", lambda b: b"\xff\xfe\x00garbage\n1,2\n"), [], "metrics.csv"),
+]
+
+
+@pytest.mark.parametrize(("case", "damage", "extra", "refused"), CASES, ids=[c[0] for c in CASES])
+def test_resume_repairs_or_refuses_a_damaged_run_dir(finished_run, tmp_path, case, damage, extra, refused, caplog):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    damage(run_dir)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    if refused is not None:
+        with pytest.raises(ConfigError) as err:
+            resume(str(run_dir), ["train.epochs=3", *extra])
+        assert refused in str(err.value) and "\n" not in str(err.value)
+        if "csv" not in refused:  # refused before anything is built or rewritten
+            assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != ".rlfw.lock"} == {
+                k: v for k, v in before.items() if k != ".rlfw.lock"
+            }
+        return
+    caplog.set_level(logging.WARNING, logger="rlfw")
+    resume(str(run_dir), ["train.epochs=3", *extra])
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == metric_columns(("actor_loss", "critic_loss", "q_mean"))
+    assert [int(r[0]) for r in rows[1:]] == [1, 2, 3]
+    with (run_dir / "episodes.csv").open(newline="") as f:
+        episodes = list(csv.reader(f))
+    assert episodes[0] == EPISODE_COLUMNS and all(len(r) == len(EPISODE_COLUMNS) for r in episodes[1:])
+    assert {int(r[1]) for r in episodes[1:]} == {1, 2, 3}
+    if case == "corrupt buffer file":
+        assert "starting with an empty buffer" in caplog.text
