@@ -249,9 +249,12 @@ class Config:
 
 
 def register_schemas() -> None:
-    """Store the root schema in Hydra's ConfigStore and load the built-in components, whose
+    """Store the root schema in Hydra's ConfigStore and load every installed component
+    (:func:`rlfw.components.load_components`, the ``rlfw.components`` entry points), whose
     modules register their own schemas (``algo/<name>_schema``, ...) with
     :func:`rlfw.registry.register`. Idempotent.
     """
+    from rlfw.components import load_components
+
     ConfigStore.instance().store(name="config_schema", node=Config)
-    import rlfw.components  # noqa: F401  (the built-ins register on import)
+    load_components()
