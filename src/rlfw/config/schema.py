@@ -44,7 +44,7 @@ __all__ = [
 
 @dataclass
 class EnvConfig:
-    """The environment. ``family`` picks the adapter (rlfw.envs.families); ``id`` any Gymnasium id."""
+    """The environment. ``family`` picks the adapter (registry ``env.family``, :mod:`rlfw.envs`); ``id`` any Gymnasium id."""
 
     family: str = "gym"  # fetch, panda, gym
     # Any registered Gymnasium id, or Gymnasium's module:Env-v0 form (the module is imported first)
