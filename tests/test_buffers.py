@@ -23,6 +23,7 @@ from rlfw.buffers.storage import EpisodeStorage
 from rlfw.config.schema import BufferConfig
 from rlfw.envs import EnvInfo
 from rlfw.errors import ConfigError
+from rlfw.registry import register
 
 try:  # works with and without tests/__init__.py
     from tests.goal_env import (
@@ -785,7 +786,7 @@ class LatestSampler(Sampler):
 @pytest.fixture
 def latest_sampler():
     """``buffer.sampler=latest`` registered for one test, then removed again."""
-    SAMPLERS.add("latest", LatestSampler)
+    register("buffer.sampler", "latest", None, LatestSampler)
     try:
         yield LatestSampler
     finally:

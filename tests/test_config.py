@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-import rlfw.components  # noqa: F401  (every built-in registers)
 from rlfw.algos import ALGOS
 from rlfw.buffers import BUFFERS, ReplayBuffer
+from rlfw.components import load_components
 from rlfw.config.paths import config_dir, group_options
 from rlfw.config.preflight import expand_jobs, preflight
 from rlfw.config.schema import BufferConfig
@@ -21,6 +21,8 @@ from rlfw.errors import ConfigError
 from rlfw.noise import NOISES
 
 from .conftest import run_cli
+
+load_components()  # every built-in registers
 
 GOAL_INFO = EnvInfo("test", True, obs_dim=5, goal_dim=3, act_dim=2, max_episode_steps=10)
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import rlfw.components  # noqa: F401  (every built-in registers)
 from rlfw.build import build_agent, build_buffer, build_exploration
+from rlfw.components import load_components
 from rlfw.config.paths import group_options
 from rlfw.config.validate import validate
 from rlfw.core import EnvInfo
@@ -22,6 +22,8 @@ from rlfw.registry import registry
 from rlfw.runner import Runner
 
 from .conftest import TINY
+
+load_components()  # every built-in registers
 
 SOFT = ["sac", "tqc", "crossq"]
 GOAL_INFO = EnvInfo("FetchReach-v4", True, obs_dim=10, goal_dim=3, act_dim=4, max_episode_steps=50)

@@ -15,6 +15,8 @@ import ctypes.util
 import os
 from typing import TYPE_CHECKING, Any
 
+from rlfw import registry as _registry
+
 if TYPE_CHECKING:
     from rlfw.api import Policy, load, train
 
@@ -31,6 +33,17 @@ if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY") and ctypes.ut
 
 
 _API = ("Policy", "load", "train")
+
+
+def _load_components() -> object:
+    """Every read of a registry first loads the installed components (the registry itself
+    names no module; see :func:`rlfw.components.load_components`)."""
+    from rlfw.components import load_components
+
+    return load_components()
+
+
+_registry.set_loader(_load_components)
 
 
 def __getattr__(name: str) -> Any:

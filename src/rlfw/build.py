@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-import rlfw.components  # noqa: F401  (the built-ins register on import)
+from rlfw.components import load_components
 from rlfw.core import Agent, EnvInfo, Exploration
 from rlfw.envs import EnvFamily, env_imports, make_vector_env, read_env_info, resolve_env_id
 from rlfw.errors import ConfigError
@@ -138,6 +138,7 @@ def build(cfg: Any, rank: int = 0) -> Components:
     Raises:
         ConfigError: see :func:`build_env`.
     """
+    load_components()  # every installed component registers (once per process)
     tr = cfg.train
     seed = int(cfg.seed) + 1000 * rank
     torch.manual_seed(cfg.seed)  # the same initial networks on every worker
@@ -174,6 +175,7 @@ def build_policy_agent(cfg: Any, state: dict[str, Any] | None = None, device: st
     Returns:
         (the agent with ``state`` loaded if given, the env parts; its reference env is closed).
     """
+    load_components()
     env = build_env(cfg, log_resolution=False)
     env.ref_env.close()
     exploration = build_exploration(cfg, 1, env.info.act_dim, np.random.default_rng(0))

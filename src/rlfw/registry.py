@@ -6,16 +6,22 @@ Unknown names fail with the list of known ones::
 
     unknown buffer.sampler 'prio'; choose one of: prioritized, uniform
 
-A config-group option is added in one call, :func:`register`, which stores the schema in
-Hydra's ConfigStore (``<group>/<name>_schema``, the node the option's YAML extends) and the
-class in the group's registry::
+Every entry is added in one call, :func:`register`, which stores the class in the group's
+registry and, for a config group, the schema in Hydra's ConfigStore (``<group>/<name>_schema``,
+the node the option's YAML extends)::
 
-    register("algo", "sac", SACConfig, SAC)   # plus conf/algo/sac.yaml
+    register("algo", "sac", SACConfig, SAC)            # plus conf/algo/sac.yaml
+    register("algo.activation", "relu", None, nn.ReLU)  # a nested choice: no schema, no YAML
+
+This module is a leaf: it imports nothing of rlfw but :mod:`rlfw.errors`. Which modules
+register is decided at the entry edges, which import them through the ``rlfw.components``
+entry points (:func:`rlfw.components.load_components`); a read of a registry first calls the
+loader handed to :func:`set_loader` (``import rlfw`` hands it that function), so a Python user
+who imports one component package still sees every installed option.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -46,28 +52,19 @@ class Registry(Generic[T]):
         self.key = key
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, schema: type | None = None) -> Callable[[T], T]:
-        """Decorator: register ``target`` under ``name``.
+    def _add(self, name: str, target: T, schema: type | None = None) -> None:
+        """Store ``target`` under ``name``; only :func:`register` calls this.
 
         Raises:
             ValueError: if ``name`` is already registered.
         """
-
-        def deco(target: T) -> T:
-            self.add(name, target, schema)
-            return target
-
-        return deco
-
-    def add(self, name: str, target: T, schema: type | None = None) -> None:
-        """Register ``target`` under ``name`` (see :meth:`register`)."""
         if name in self._entries:
             raise ValueError(f"{self.key} '{name}' is already registered")
         self._entries[name] = Entry(name, target, schema)
 
     def names(self) -> list[str]:
-        """The registered names, sorted (every built-in option included: see :func:`load_builtins`)."""
-        load_builtins()
+        """The registered names, sorted (every installed option included: see :func:`set_loader`)."""
+        _load()
         return sorted(self._entries)
 
     def get(self, name: str) -> Entry[T]:
@@ -76,7 +73,7 @@ class Registry(Generic[T]):
         Raises:
             ConfigError: ``unknown <key> '<name>'; choose one of: a, b, c``.
         """
-        load_builtins()
+        _load()
         try:
             return self._entries[name]
         except KeyError:
@@ -89,7 +86,7 @@ class Registry(Generic[T]):
         self.get(str(name))
 
     def __contains__(self, name: object) -> bool:
-        load_builtins()
+        _load()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
@@ -97,21 +94,23 @@ class Registry(Generic[T]):
 
 
 _GROUPS: dict[str, Registry[Any]] = {}
-_BUILTINS_LOADED = False
+_LOADER: Callable[[], object] | None = None
 
 
-def load_builtins() -> None:
-    """Import :mod:`rlfw.components` once, the first time any registry is read.
+def set_loader(loader: Callable[[], object] | None) -> None:
+    """Hand the registries the function that imports every component module.
 
-    Each built-in option registers when its module is imported, so without this an API user
-    who imports one package (``from rlfw.algos import ALGOS``) would see only the options of
-    the modules imported so far (td3 and ddpg, not sac). Registering does not call it, and
-    the import is by name so this bottom layer does not depend on the component packages.
+    ``import rlfw`` hands it :func:`rlfw.components.load_components` (idempotent), which every
+    read of a registry (:meth:`Registry.names`, :meth:`Registry.get`, ``in``) then calls, so the
+    registry never names the modules it is filled from. ``None`` unsets it.
     """
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        _BUILTINS_LOADED = True  # first, so the modules' own registrations do not recurse
-        importlib.import_module("rlfw.components")
+    global _LOADER
+    _LOADER = loader
+
+
+def _load() -> None:
+    if _LOADER is not None:
+        _LOADER()
 
 
 def registry(key: str) -> Registry[Any]:
@@ -122,7 +121,8 @@ def registry(key: str) -> Registry[Any]:
 
 
 def register(group: str, name: str, schema: type | None, target: Any) -> None:
-    """Register ``target`` as option ``name`` of ``group`` with its dataclass ``schema``.
+    """Register ``target`` as option ``name`` of ``group`` with its dataclass ``schema``: the
+    one way every component (rlfw's own and other packages') registers.
 
     The schema is stored in Hydra's ConfigStore as ``<group>/<name>_schema`` (only for the
     config groups; a nested choice such as ``buffer.sampler`` has no option file), so
@@ -135,7 +135,7 @@ def register(group: str, name: str, schema: type | None, target: Any) -> None:
     Raises:
         ValueError: ``name`` is already registered for ``group``.
     """
-    registry(group).add(name, target, schema)
+    registry(group)._add(name, target, schema)
     if schema is not None and "." not in group:
         from hydra.core.config_store import ConfigStore
 

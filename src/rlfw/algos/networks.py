@@ -15,15 +15,15 @@ import torch
 from torch import nn
 
 from rlfw.core import LinearFactory
-from rlfw.registry import Registry, registry
+from rlfw.registry import Registry, register, registry
 
 ACTIVATIONS: Registry[type[nn.Module]] = registry("algo.activation")
-ACTIVATIONS.add("relu", nn.ReLU)
-ACTIVATIONS.add("leaky_relu", nn.LeakyReLU)
-ACTIVATIONS.add("tanh", nn.Tanh)
-ACTIVATIONS.add("elu", nn.ELU)
-ACTIVATIONS.add("gelu", nn.GELU)
-ACTIVATIONS.add("silu", nn.SiLU)
+register("algo.activation", "relu", None, nn.ReLU)
+register("algo.activation", "leaky_relu", None, nn.LeakyReLU)
+register("algo.activation", "tanh", None, nn.Tanh)
+register("algo.activation", "elu", None, nn.ELU)
+register("algo.activation", "gelu", None, nn.GELU)
+register("algo.activation", "silu", None, nn.SiLU)
 
 
 def _default(w: torch.Tensor, b: torch.Tensor, last: bool) -> None:
@@ -53,10 +53,10 @@ def _xavier_uniform(w: torch.Tensor, b: torch.Tensor, last: bool) -> None:
 
 InitFn = Callable[[torch.Tensor, torch.Tensor, bool], None]
 INITS: Registry[InitFn] = registry("algo.init")
-INITS.add("default", _default)
-INITS.add("he_normal", _he_normal)
-INITS.add("orthogonal", _orthogonal)
-INITS.add("xavier_uniform", _xavier_uniform)
+register("algo.init", "default", None, _default)
+register("algo.init", "he_normal", None, _he_normal)
+register("algo.init", "orthogonal", None, _orthogonal)
+register("algo.init", "xavier_uniform", None, _xavier_uniform)
 
 
 class EnsembleLinear(nn.Module):

@@ -44,8 +44,8 @@ __all__ = [
 
 
 SAMPLERS = registry("buffer.sampler")
-SAMPLERS.add("uniform", UniformSampler)
-SAMPLERS.add("prioritized", PrioritizedSampler)
+register("buffer.sampler", "uniform", None, UniformSampler)
+register("buffer.sampler", "prioritized", None, PrioritizedSampler)
 
 
 class ReplayBuffer:

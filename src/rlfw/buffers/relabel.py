@@ -16,7 +16,7 @@ import numpy as np
 
 from rlfw.buffers.storage import EpisodeStorage
 from rlfw.core import EnvInfo
-from rlfw.registry import registry
+from rlfw.registry import register, registry
 
 # (rng, t [k], start [k], end [k]) -> absolute rows [k] of the goals' states, for the relabelled
 # samples only (t: the transition's row, start/end: its episode's first and last stored rows)
@@ -47,7 +47,7 @@ def episode(
 
 STRATEGIES = registry("buffer.strategy")
 for _fn in (future, final, episode):
-    STRATEGIES.add(_fn.__name__, _fn)
+    register("buffer.strategy", _fn.__name__, None, _fn)
 
 
 class Relabeler:
@@ -170,5 +170,5 @@ class HerRelabel(Relabeler):
 
 
 RELABEL = registry("buffer.relabel")
-RELABEL.add("none", NoRelabel)
-RELABEL.add("her", HerRelabel)
+register("buffer.relabel", "none", None, NoRelabel)
+register("buffer.relabel", "her", None, HerRelabel)

@@ -6,9 +6,10 @@ Every sampler derives from :class:`Sampler`; :class:`rlfw.buffers.ReplayBuffer` 
 named by ``buffer.sampler`` from ``registry("buffer.sampler")``, so a new sampler is a subclass
 plus one registration::
 
-    @registry("buffer.sampler").register("recent")
     class RecentSampler(Sampler):
         def sample(self, batch_size, env_step): ...
+
+    register("buffer.sampler", "recent", None, RecentSampler)
 """
 
 from __future__ import annotations

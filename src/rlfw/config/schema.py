@@ -44,7 +44,7 @@ __all__ = [
 
 @dataclass
 class EnvConfig:
-    """The environment. ``family`` picks the adapter (rlfw.envs.families); ``id`` any Gymnasium id."""
+    """The environment. ``family`` picks the adapter (registry ``env.family``, :mod:`rlfw.envs`); ``id`` any Gymnasium id."""
 
     family: str = "gym"  # fetch, panda, gym
     # Any registered Gymnasium id, or Gymnasium's module:Env-v0 form (the module is imported first)
@@ -249,9 +249,12 @@ class Config:
 
 
 def register_schemas() -> None:
-    """Store the root schema in Hydra's ConfigStore and load the built-in components, whose
+    """Store the root schema in Hydra's ConfigStore and load every installed component
+    (:func:`rlfw.components.load_components`, the ``rlfw.components`` entry points), whose
     modules register their own schemas (``algo/<name>_schema``, ...) with
     :func:`rlfw.registry.register`. Idempotent.
     """
+    from rlfw.components import load_components
+
     ConfigStore.instance().store(name="config_schema", node=Config)
-    import rlfw.components  # noqa: F401  (the built-ins register on import)
+    load_components()

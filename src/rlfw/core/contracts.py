@@ -160,7 +160,7 @@ class Exploration(Protocol):
 
 class Callback:
     """Hooks into the training loop (progress bars, loggers, plots, early stop). Every method
-    is optional. ``loop`` is the :class:`rlfw.train.loop.TrainLoop` (its ``run_dir``, ``cfg``,
+    is optional. ``loop`` is the :class:`rlfw.training.loop.TrainLoop` (its ``run_dir``, ``cfg``,
     ``agent``, ``env_steps``, ``epoch``, ``last_cycle``, ``last_episodes``, ``callbacks``, and at
     the end ``status`` and ``error``)."""
 

@@ -29,7 +29,7 @@ from gymnasium.vector import AutoresetMode
 
 from rlfw.core import EnvInfo, GoalFn
 from rlfw.errors import ConfigError
-from rlfw.registry import registry
+from rlfw.registry import register, registry
 
 __all__ = [
     "FAMILIES",
@@ -192,10 +192,10 @@ class PandaFamily(EnvFamily):
 
 
 FAMILIES = registry("env.family")
-FAMILIES.add("gym", GymFamily())
-FAMILIES.add("mujoco", MujocoFamily())
-FAMILIES.add("fetch", FetchFamily())
-FAMILIES.add("panda", PandaFamily())
+register("env.family", "gym", None, GymFamily())
+register("env.family", "mujoco", None, MujocoFamily())
+register("env.family", "fetch", None, FetchFamily())
+register("env.family", "panda", None, PandaFamily())
 
 
 def env_imports(cfg: Any) -> tuple[str, ...]:

@@ -247,9 +247,7 @@ def git_state(path: Path | None = None) -> dict[str, Any] | None:
         ``{"commit": <40 hex>, "dirty": <tracked files changed>}``, or None (no git, not a
         checkout, git timed out after :data:`GIT_TIMEOUT_S` seconds): never an error.
     """
-    import rlfw
-
-    pkg = Path(path or Path(rlfw.__file__).parent)
+    pkg = Path(path or Path(__file__).resolve().parent.parent)  # the rlfw package
     if _git(["ls-files", "--error-unmatch", "--", "__init__.py"], pkg) is None:
         return None
     commit = _git(["rev-parse", "HEAD"], pkg)

@@ -1,0 +1,266 @@
+"""Sections ``learning``, ``push_search`` and ``learning_tasks``: learning curves of the presets
+(see run.py's docstring)."""
+
+from __future__ import annotations
+
+import csv
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_common import (
+    first_success,
+    report,
+    rlfw_run,
+)
+
+LEARNING_ALGOS = ("td3", "sac", "tqc", "crossq")
+
+
+def bench_learning(seeds: int, quick: bool, budget: int) -> None:
+    """FetchPush-v4 with each algorithm's Fetch preset (``env=FetchPush-v4 algo=<a>``) for the
+    same env-step budget: eval success (10 episodes) after every 5000-step epoch, with the
+    wall seconds, per seed; the curves go to ``benchmarks/results/learning_push.csv``."""
+    budget = 10_000 if quick else budget
+    epochs = max(1, budget // 5000)
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    rows: list[dict[str, object]] = []
+    for algo in LEARNING_ALGOS:
+        for seed in range(seeds):
+            d = rlfw_run(
+                ["env=FetchPush-v4", f"algo={algo}", f"seed={seed}", f"train.epochs={epochs}"]
+            )
+            with (d / "metrics.csv").open() as f:
+                metrics = list(csv.DictReader(f))
+            for m in metrics:
+                rows.append({"algo": algo, "seed": seed, "env_steps": m["env_steps"], "wall_time_s": m["wall_time_s"],
+                             "eval_success_rate": m["eval_success_rate"], "train_success_rate": m["train_success_rate"]})  # fmt: skip
+            curve = " ".join(f"{float(m['eval_success_rate']):.1f}" for m in metrics)
+            last = metrics[-1]
+            report(f"learning push {algo} seed {seed}: eval success per 5k steps",
+                   f"{curve} (at {last['env_steps']} steps, {float(last['wall_time_s']):.0f} s)")  # fmt: skip
+    with (out / "learning_push.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+# FetchPush preset search (issue 13): each try is the Fetch preset plus these overrides (the
+# preset of the commit that ran it: td3_nstep3 and sac_nstep3 ran on the old 3x256 / n_step 1 /
+# sigma 0.1 / 40-update preset, td3_nstep3_2x256_s02 made it the preset, preset_utd02 halved
+# the updates, which the preset has since; "preset" is whatever conf/env/fetch.yaml says), trained
+# for a wall-clock budget (SIGTERM at the end: the run stops after its cycle, status
+# interrupted, its finished epochs in metrics.csv). Epochs of 2000 env steps, 10 eval episodes.
+SMALL_NETS = ["algo.actor_hidden=[256,256]", "algo.critic_hidden=[256,256]"]
+PUSH_TRIES: dict[str, list[str]] = {
+    "preset": [],
+    "td3_nstep3": ["buffer.n_step=3"],
+    "sac_nstep3": ["algo=sac", "buffer.n_step=3", "algo.actor_lr=1e-3", "algo.critic_lr=1e-3",
+                   "algo.alpha_lr=1e-3"],
+    "tqc_nstep3": ["algo=tqc", "buffer.n_step=3", "algo.actor_lr=1e-3", "algo.critic_lr=1e-3",
+                   "algo.alpha_lr=1e-3"],
+    "crossq_nstep3": ["algo=crossq", "buffer.n_step=3"],
+    "td3_nstep3_utd08": ["buffer.n_step=3", "train.updates_per_cycle=80"],
+    # 2x256 networks: about half the update's FLOPs, so more env steps in the same wall time
+    "td3_nstep3_2x256_s02": ["buffer.n_step=3", *SMALL_NETS, "noise.sigma=0.2"],
+    "ddpg_nstep3_2x256_her_paper": ["algo=ddpg", "algo.tau=0.05", "noise.sigma=0.2", "buffer.n_step=3", *SMALL_NETS],
+    "sac_nstep3_2x256": ["algo=sac", "buffer.n_step=3", *SMALL_NETS, "algo.actor_lr=1e-3", "algo.critic_lr=1e-3",
+                         "algo.alpha_lr=1e-3"],
+    "td3_nstep3_2x256_s02_utd02": ["buffer.n_step=3", *SMALL_NETS, "noise.sigma=0.2", "train.updates_per_cycle=20"],
+    # on td3_nstep3_2x256_s02 (the preset between two commits of issue 13): half the updates
+    # per env step; the preset since
+    "preset_utd02": ["train.updates_per_cycle=20"],
+}
+
+
+def bench_push_search(quick: bool, budget_s: float, tries: list[str] | None = None, seed: int = 0) -> None:
+    """Each try of :data:`PUSH_TRIES` on FetchPush-v4 for ``budget_s`` wall seconds (seed
+    ``seed``): eval success after every 2000 env steps. Appends the curves to
+    ``benchmarks/results/push_search.csv`` (try, seed, env_steps, wall_time_s, eval and train
+    success) and reports the first env steps and seconds at eval success >= 0.9."""
+    import signal
+    import subprocess
+
+    budget_s = 60.0 if quick else budget_s
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    path = out / "push_search.csv"
+    fields = ["try", "overrides", "seed", "env_steps", "wall_time_s", "eval_success_rate", "train_success_rate"]
+    new = not path.exists()
+    for name in tries or list(PUSH_TRIES):
+        overrides = PUSH_TRIES[name]
+        run_dir = Path(tempfile.mkdtemp(prefix=f"rlfw-push-{name}-"))
+        cmd = [sys.executable, "-m", "rlfw", "env=FetchPush-v4", *overrides, f"seed={seed}",
+               "train.epochs=1000", "train.cycles_per_epoch=20", f"hydra.run.dir={run_dir}"]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=budget_s)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=600)
+        with (run_dir / "metrics.csv").open() as f:
+            metrics = list(csv.DictReader(f))
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            if new:
+                w.writeheader()
+                new = False
+            for m in metrics:
+                w.writerow({"try": name, "overrides": " ".join(overrides), "seed": seed,
+                            "env_steps": m["env_steps"], "wall_time_s": m["wall_time_s"],
+                            "eval_success_rate": m["eval_success_rate"],
+                            "train_success_rate": m["train_success_rate"]})  # fmt: skip
+        steps, secs = first_success(run_dir)
+        curve = " ".join(f"{float(m['eval_success_rate']):.1f}" for m in metrics if m["eval_success_rate"])
+        last = metrics[-1] if metrics else {"env_steps": "0", "wall_time_s": "0"}
+        report(f"push_search {name} seed {seed}: steps, s to 0.9 | eval success per 2k steps",
+               f"{steps:.0f}, {secs:.0f} | {curve} (to {last['env_steps']} steps, "
+               f"{float(last['wall_time_s']):.0f} s)")  # fmt: skip
+
+
+# The learning table (issue 13): each task's family preset, 3 seeds, a budget that fits a 2-core
+# machine (a 15-35 minute run per seed), against the published reference at its own budget.
+FETCH_PRESET = ("td3 + HER (future, k=4) + n-step 3, 2x256, Gaussian sigma 0.2, random_eps 0.3, "
+                "20 updates per 100 env steps, 2 envs")
+LEARNING_TASKS: dict[str, dict[str, object]] = {
+    # epochs of 5000 env steps (Fetch, Panda) or 10000 (Hopper); budgets chosen so that one seed
+    # takes about 9-10 minutes on the 2-core machine and the whole table fits one session
+    "FetchPush-v4": {
+        "epochs": 30, "overrides": [], "preset": FETCH_PRESET,  # 150k env steps
+        "reference": "DDPG+HER with 19 MPI workers, 50 epochs = 4.75M steps: success about 1.0 (Plappert et al. "
+                     "2018, arXiv:1802.09464, Fig. 3, read off the figure); rl-zoo: TQC+HER, 1M steps, batch 2048, 3x512",
+    },
+    "FetchPickAndPlace-v4": {
+        "epochs": 30, "overrides": [], "preset": FETCH_PRESET,
+        "reference": "DDPG+HER, 19 workers, 4.75M steps: success about 0.9 (Plappert et al. 2018, Fig. 3, read off)",
+    },
+    "FetchSlide-v4": {
+        "epochs": 30, "overrides": [], "preset": FETCH_PRESET,
+        "reference": "DDPG+HER, 19 workers, 4.75M steps: success about 0.7 (Plappert et al. 2018, Fig. 3, read off)",
+    },
+    "PandaPush-v3": {
+        "epochs": 30, "overrides": [], "preset": FETCH_PRESET.replace("2 envs", "2 envs (the Fetch settings)"),
+        "reference": "DDPG/TD3/SAC/TQC+HER, 1M steps (Gallouedec et al. 2021, panda-gym, Fig. 4)",
+    },
+    "Hopper-v4": {
+        "epochs": 5, "overrides": [],  # 50k env steps, the first 10k uniformly random
+        "preset": "td3, 10k random steps, then one update per env step, batch 256, 3x256, sigma 0.1, preact_l2 1e-3",
+        "reference": "TD3, 1M steps: max average return 3564 +- 115 (Fujimoto et al. 2018, Table 1, Hopper-v1)",
+    },
+}
+
+
+def bench_learning_tasks(seeds: int, quick: bool, tasks: list[str] | None = None,
+                         out_root: Path | None = None) -> None:  # fmt: skip
+    """Each task of :data:`LEARNING_TASKS` with its family preset over ``seeds`` seeds, one
+    after the other (``python -m rlfw -m env=<task> seed=0,..``); rlfw.report writes each
+    task's curves (eval success or return against env steps with a 95% band, and against wall
+    seconds) and table to ``docs/results/<task>/``, and the task's row (with the command, the
+    commit and the date) to ``docs/results/<task>/row.json``. ``docs/results/learning.md`` is then
+    rebuilt from every task's row, so running some tasks keeps the others' rows."""
+    import json
+    import shutil
+    import subprocess
+
+    from rlfw.report import summarize
+
+    if out_root is None:  # --quick checks the section without touching the committed results
+        out_root = Path(tempfile.mkdtemp(prefix="rlfw-results-")) if quick else Path(__file__).resolve().parents[1] / "docs" / "results"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip() or "unknown"  # fmt: skip
+    for task in tasks or list(LEARNING_TASKS):
+        spec = LEARNING_TASKS[task]
+        epochs = 2 if quick else int(spec["epochs"])  # type: ignore[call-overload]
+        sweep = Path(tempfile.mkdtemp(prefix=f"rlfw-learning-{task}-"))
+        seeds_arg = ",".join(str(i) for i in range(seeds))
+        cmd = [sys.executable, "-m", "rlfw", "-m", f"env={task}", f"seed={seeds_arg}", f"train.epochs={epochs}",
+               *spec["overrides"], f"hydra.sweep.dir={sweep}"]  # type: ignore[misc]  # fmt: skip
+        if quick:
+            cmd += ["train.cycles_per_epoch=2", "eval.episodes=2"]
+        t0 = time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            report(f"learning_tasks {task}", f"failed: {proc.stderr.strip().splitlines()[-1:]}")
+            continue
+        wall = time.time() - t0
+        dest = out_root / task
+        dest.mkdir(parents=True, exist_ok=True)
+        _, _, text = summarize([sweep], dest)
+        shutil.rmtree(dest / "runs", ignore_errors=True)
+        head, line = [ln for ln in text.splitlines() if ln.startswith("| ")][:2]
+        names = [c.strip() for c in head.strip("|").split("|")]
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        result = "; ".join(f"{n} {c}" for n, c in zip(names[2:], cells[2:]))
+        per_seed = _per_seed(sweep)
+        row = {
+            "task": task, "preset": spec["preset"], "seeds": f"{cells[1]} (0..{seeds - 1})",
+            "budget": f"{cells[2]} env steps", "result": f"{result}; per seed: {per_seed}",
+            "reference": spec["reference"], "curves": f"{task}/summary.png",
+            "status": f"measured {time.strftime('%Y-%m-%d')}, commit {commit}, {wall:.0f} s for all seeds"
+                      + (" (--quick)" if quick else ""),
+            "command": f"python benchmarks/run.py --only learning_tasks --tasks {task} --seeds {seeds}",
+        }  # fmt: skip
+        (dest / "row.json").write_text(json.dumps(row, indent=1) + "\n")
+        report(f"learning_tasks {task} ({seeds} seeds, {epochs} epochs)", row["result"])
+    write_learning_md(out_root)
+
+
+def _per_seed(sweep: Path) -> str:
+    """'seed 0: final 0.4 best 0.6 at 120000 steps / 512 s, ...' from each run's metrics.csv."""
+    import yaml
+
+    from rlfw.plots import column, read_csv
+    from rlfw.report import find_runs
+
+    parts = []
+    for run in find_runs([sweep]):
+        rows = read_csv(run / "metrics.csv")
+        success = column(rows, "eval_success_rate")
+        metric = success if np.isfinite(success).any() else column(rows, "eval_return")
+        ok = np.isfinite(metric)
+        if not ok.any():
+            continue
+        y, x, t = metric[ok], column(rows, "env_steps")[ok], column(rows, "wall_time_s")[ok]
+        best = int(np.argmax(y))
+        overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
+        seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), run.name)
+        parts.append(f"seed {seed}: final {y[-1]:.3g}, best {y[best]:.3g} at {x[best]:.0f} steps / {t[best]:.0f} s")
+    return "; ".join(parts) or "n/a"
+
+
+def write_learning_md(out_root: Path) -> Path:
+    """Rebuild ``learning.md`` from every ``<task>/row.json`` below ``out_root`` (tasks of
+    :data:`LEARNING_TASKS` without one are listed as still to run)."""
+    import json
+
+    lines = [
+        "# Learning results", "",
+        f"Measured on a 2-core CPU machine (no GPU), torch {torch.__version__}, with nothing else running. Each "
+        "row is the task's family preset (`python -m rlfw env=<task>`); curves against env steps "
+        "(`<task>/summary.png`, mean with a 95% band over seeds) and against wall seconds "
+        "(`<task>/summary_wall.png`, each seed). Made by `python benchmarks/run.py --only learning_tasks "
+        "--seeds 3` (`nox -s bench -- --only learning_tasks --seeds 3`, `--tasks a,b` for some); "
+        "the FetchPush-v4 row by the 15-minute preset search (see below).", "",
+        "| task | preset | seeds | budget | result | published reference (its budget) | status |",
+        "|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for task, spec in LEARNING_TASKS.items():
+        path = out_root / task / "row.json"
+        if path.is_file():
+            r = json.loads(path.read_text())
+            lines.append(f"| [{task}]({r['curves']}) | {r['preset']} | {r['seeds']} | {r['budget']} | {r['result']} "
+                         f"| {r['reference']} | {r['status']} |")  # fmt: skip
+        else:
+            steps = int(spec["epochs"]) * (10000 if task.startswith("Hopper") else 5000)  # type: ignore[call-overload]
+            lines.append(f"| {task} | {spec['preset']} | - | {steps} env steps | not run yet | {spec['reference']} "
+                         "| to do |")  # fmt: skip
+    extra = out_root / "learning_extra.md"
+    if extra.is_file():
+        lines += ["", extra.read_text().rstrip()]
+    path = out_root / "learning.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
