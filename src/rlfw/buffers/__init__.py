@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from hydra.core.config_store import ConfigStore
 
 from rlfw.buffers.config import BufferConfig, buffer_schema
