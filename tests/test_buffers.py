@@ -7,20 +7,27 @@ state it came from and checked against a pure-Python reference computed from the
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
+from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from rlfw.buffers import RELABEL, SAMPLERS, STRATEGIES, Batch, ReplayBuffer
+from rlfw.buffers import BUFFERS, RELABEL, SAMPLERS, STRATEGIES, Batch, ReplayBuffer, store_schemas
 from rlfw.buffers.relabel import HerRelabel, NoRelabel, Relabeler
 from rlfw.buffers.returns import NStepReturns
 from rlfw.buffers.samplers import Sampler, UniformSampler
 from rlfw.buffers.storage import EpisodeStorage
+from rlfw.config.preflight import compose_config
 from rlfw.config.schema import BufferConfig
+from rlfw.config.validate import validate
 from rlfw.envs import EnvInfo
 from rlfw.errors import ConfigError
 from rlfw.registry import register
@@ -930,3 +937,55 @@ def test_nstep_returns_recompute_relabelled_rewards(terminate_on_success: bool) 
     np.testing.assert_array_equal(out.next_row, t + out.k)  # no wrap: 20 rows
     with pytest.raises(ValueError, match="compute_reward"):
         NStepReturns(st, 3, gamma)(t, envs, end, goal, relabelled)
+
+
+# ------------------------------------------------------------------------------------------
+# a sampler with its own key: one module and one YAML
+
+
+RECENT_MODULE = Path(__file__).parent / "recent_sampler.py"
+RECENT_CONF = Path(__file__).parent / "recent_conf"  # holds buffer/recent.yaml
+
+
+@pytest.fixture
+def recent_sampler() -> Iterator[ModuleType]:
+    """Import tests/recent_sampler.py (it registers ``buffer.sampler=recent`` with the key
+    ``buffer.recent_window``, and the preset ``buffer=recent``), then remove both again."""
+    spec = importlib.util.spec_from_file_location("rlfw_test_recent_sampler", RECENT_MODULE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        yield module
+    finally:
+        SAMPLERS._entries.pop("recent", None)
+        BUFFERS._entries.pop("recent", None)
+        ConfigStore.instance().repo["buffer"].pop("recent_schema.yaml", None)
+        store_schemas()
+
+
+def test_a_sampler_with_its_own_key_is_one_module_and_one_yaml(recent_sampler: ModuleType) -> None:
+    # the module's preset file, found on an extra config search path
+    cfg = compose_config(["buffer=recent", f"hydra.searchpath=[file://{RECENT_CONF}]"])
+    assert (cfg.buffer.name, cfg.buffer.sampler, cfg.buffer.recent_window) == ("recent", "recent", 50)
+    # the key joins every preset: the built-in her with the new sampler, typed and validated
+    base = ["buffer=her", "buffer.sampler=recent", "buffer.capacity=1000"]
+    cfg = compose_config([*base, "buffer.recent_window=3"])
+    validate(cfg)
+    assert isinstance(OmegaConf.to_object(cfg.buffer), BufferConfig)
+    with pytest.raises(ConfigError, match=r"invalid value for 'buffer\.recent_window'"):
+        compose_config([*base, "buffer.recent_window=many"])
+    with pytest.raises(ConfigError, match=r"buffer\.recent_window=0 is out of range"):
+        validate(compose_config([*base, "buffer.recent_window=0"]))
+    # built from the composed node, and sampled: only the 3 newest transitions
+    buf = BUFFERS.get(cfg.buffer.name).target(cfg.buffer, goal_env_info(), num_envs=1, gamma=GAMMA)
+    assert type(buf.sampler) is recent_sampler.RecentSampler and buf.sampler.window == 3
+    feed(buf, [[make_episode(1, 8)]], steps=6)  # transitions t = 0..5 of episode 1
+    batch = buf.sample(64)
+    assert {decode(o) for o in batch.obs} == {(1, 3), (1, 4), (1, 5)}
+
+
+def test_a_removed_sampler_takes_its_key_along(compose: Any) -> None:
+    assert "recent" not in SAMPLERS and "recent" not in BUFFERS
+    with pytest.raises(ConfigError, match=r"unknown key 'buffer\.recent_window'"):
+        compose(["buffer.recent_window=3"])

@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rlfw.components import load_components
-from rlfw.core import Agent, EnvInfo, Exploration
+from rlfw.core import Agent, EnvInfo, Exploration, ReplayBuffer
 from rlfw.envs import EnvFamily, env_imports, make_vector_env, read_env_info, resolve_env_id
 from rlfw.errors import ConfigError
 from rlfw.registry import registry
@@ -97,10 +97,14 @@ def build_agent(cfg: Any, info: EnvInfo, exploration: Exploration, device: str |
     return agent  # type: ignore[no-any-return]
 
 
-def build_buffer(cfg: Any, info: EnvInfo, num_envs: int, total_env_steps: int, seed: int) -> Any:
-    """The replay buffer ``cfg.buffer`` describes (registry ``buffer``)."""
+def build_buffer(
+    cfg: Any, info: EnvInfo, num_envs: int, total_env_steps: int, seed: int
+) -> ReplayBuffer:
+    """The replay buffer ``cfg.buffer`` describes: the class its preset (``buffer.name``) is
+    registered with in registry ``buffer``, built as :class:`rlfw.core.ReplayBuffer` says."""
     cls = registry("buffer").get(cfg.buffer.name).target
-    return cls(cfg.buffer, info, num_envs, float(cfg.algo.gamma), total_env_steps, seed)
+    buffer: ReplayBuffer = cls(cfg.buffer, info, num_envs, float(cfg.algo.gamma), total_env_steps, seed)
+    return buffer
 
 
 @dataclass
@@ -112,7 +116,7 @@ class Components:
     eval_envs: gym.vector.VectorEnv | None
     exploration: Exploration
     agent: Agent
-    buffer: Any
+    buffer: ReplayBuffer
     rng: np.random.Generator
     device: torch.device
     seed: int

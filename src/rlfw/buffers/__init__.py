@@ -1,10 +1,12 @@
 """Replay: episode storage x relabelling (none, HER) x sampler (uniform, prioritized) x n-step.
 
-:class:`ReplayBuffer` composes the orthogonal parts of :class:`rlfw.config.schema.BufferConfig`,
-each a class of its own: a :class:`~rlfw.buffers.samplers.Sampler` (``buffer.sampler``), a
+:class:`ReplayBuffer` (the :class:`rlfw.core.ReplayBuffer` contract) composes the orthogonal
+parts of :class:`rlfw.buffers.config.BufferConfig`, each a class of its own with a schema of its
+own keys: a :class:`~rlfw.buffers.samplers.Sampler` (``buffer.sampler``), a
 :class:`~rlfw.buffers.relabel.Relabeler` (``buffer.relabel``, with HER's ``buffer.strategy``)
 and :class:`~rlfw.buffers.returns.NStepReturns` (``buffer.n_step``). Samplers and relabelers are
-looked up in their registries, so a new one is registered, not typed into the buffer.
+looked up in their registries, so a new one is registered with its schema, not typed into the
+buffer or its config: its keys join every preset (:func:`store_schemas`).
 Every batch carries ``discount`` (``gamma**k`` per sample) and ``weight`` (importance sampling),
 so an algorithm never asks which buffer it has.
 """
@@ -14,8 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from hydra.core.config_store import ConfigStore
 
-from rlfw.buffers.config import BufferConfig
+from rlfw.buffers.config import BufferConfig, buffer_schema
 from rlfw.buffers.relabel import RELABEL, STRATEGIES, HerRelabel, NoRelabel, Relabeler
 from rlfw.buffers.returns import NStep, NStepReturns
 from rlfw.buffers.samplers import PrioritizedSampler, Sampler, SumTree, UniformSampler
@@ -40,20 +43,20 @@ __all__ = [
     "Sampler",
     "SumTree",
     "UniformSampler",
+    "store_schemas",
 ]
 
 
 SAMPLERS = registry("buffer.sampler")
-register("buffer.sampler", "uniform", None, UniformSampler)
-register("buffer.sampler", "prioritized", None, PrioritizedSampler)
 
 
 class ReplayBuffer:
     """Episode storage with a sampler, goal relabelling and n-step returns, all at sample time.
 
     Args:
-        cfg: the buffer config (relabel, strategy, replay_k, sampler, alpha, beta0,
-            beta_final_step, priority_eps, n_step, capacity).
+        cfg: the buffer config (:class:`BufferConfig` or a node of :func:`~rlfw.buffers.config.
+            buffer_schema`: capacity, relabel and the relabelers' keys, sampler and the samplers'
+            keys, n_step).
         env: shapes and (for HER) the env's vectorised ``compute_reward`` and
             ``compute_terminated``.
         num_envs: parallel envs writing at each step.
@@ -195,6 +198,28 @@ class ReplayBuffer:
         self.sampler.rng = self.rng
 
 
-for _preset in ("uniform", "her", "per", "nstep"):
-    register("buffer", _preset, BufferConfig, ReplayBuffer)
+# The presets of conf/buffer/, each a choice of parts (another package's preset file registers
+# its name the same way, next to its sampler or relabeler).
+register("buffer", "uniform", BufferConfig, ReplayBuffer)
+register("buffer", "her", BufferConfig, ReplayBuffer)
+register("buffer", "per", BufferConfig, ReplayBuffer)
+register("buffer", "nstep", BufferConfig, ReplayBuffer)
 BUFFERS = registry("buffer")
+
+
+def store_schemas() -> None:
+    """Store ``buffer/<preset>_schema`` in Hydra's ConfigStore as its schema extended with the
+    keys of every relabeler and sampler registered so far (:func:`~rlfw.buffers.config.
+    buffer_schema`), so ``buffer=her buffer.sampler=recent buffer.recent_window=100`` composes
+    once the module of a ``recent`` sampler is imported. Called before each composition
+    (:func:`rlfw.config.schema.register_schemas`).
+
+    Raises:
+        ValueError: two parts declare one key with different types.
+    """
+    store = ConfigStore.instance()
+    for name in BUFFERS.names():
+        schema = BUFFERS.get(name).schema
+        if schema is None:
+            continue
+        store.store(group="buffer", name=f"{name}_schema", node=buffer_schema(schema))

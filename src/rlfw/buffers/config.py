@@ -1,60 +1,111 @@
-"""The replay schema (stored in Hydra's ConfigStore by :func:`rlfw.registry.register`)."""
+"""The replay schema: the buffer's own keys plus the keys each part declares.
+
+Each part owns its keys: a relabeler's schema subclasses :class:`~rlfw.buffers.relabel.
+RelabelConfig` (HER's ``strategy``, ``replay_k``), a sampler's :class:`~rlfw.buffers.samplers.
+SamplerConfig` (PER's ``alpha``, ``beta0``, ``beta_final_step``, ``priority_eps``), n-step's is
+:class:`~rlfw.buffers.returns.NStepConfig`. :class:`BufferConfig` is the built-in parts'
+schemas together; :func:`buffer_schema` adds the keys of parts registered later (another
+module's sampler), and :func:`rlfw.buffers.store_schemas` stores the result as every preset's
+``buffer/<name>_schema`` before a config is composed.
+"""
 
 # No ``from __future__ import annotations`` here: OmegaConf reads these annotations at run time
 # (``X | None`` and ``list[int]`` need Python >= 3.10, as pyproject says).
+import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any
 
+from rlfw.buffers.keys import PARTS, part_schemas
+from rlfw.buffers.relabel import HerRelabelConfig
+from rlfw.buffers.returns import NStepConfig
+from rlfw.buffers.samplers import PrioritizedSamplerConfig
 from rlfw.core.checks import human_bytes, in_range, memory_bytes, require
+from rlfw.registry import registry
 
 
 @dataclass
-class BufferConfig:
-    """One replay schema with orthogonal parts; the presets in conf/buffer set some of them.
-
-    ``relabel`` (none, her) x ``sampler`` (uniform, prioritized) x ``n_step`` (>= 1).
-    """
+class StorageConfig:
+    """The buffer's own keys (the episode storage's)."""
 
     name: str = "uniform"  # the preset's name, for run names and logs only
     capacity: int = 1_000_000  # transitions kept (over all parallel envs)
-    relabel: str = "none"  # none, her
-    strategy: str = "future"  # HER goal strategy: future, final, episode
-    replay_k: float = 4.0  # HER: relabel with probability 1 - 1 / (1 + replay_k)
-    sampler: str = "uniform"  # uniform, prioritized
-    alpha: float = 0.6  # PER: P(i) = p_i^alpha / sum_k p_k^alpha
-    beta0: float = 0.4  # PER: importance-sampling exponent at the first update
-    beta_final_step: int | None = None  # env step at which beta reaches 1 (None: run's end)
-    priority_eps: float = 1e-6  # PER: p_i = |td_error| + priority_eps
-    n_step: int = 1  # n-step returns; 1 is the one-step TD target
+
+
+# Field order (that of the saved config): name, capacity, relabel, strategy, replay_k, sampler,
+# alpha, beta0, beta_final_step, priority_eps, n_step (dataclass fields follow the reverse MRO).
+@dataclass
+class BufferConfig(NStepConfig, PrioritizedSamplerConfig, HerRelabelConfig, StorageConfig):
+    """One replay schema with orthogonal parts; the presets in conf/buffer set some of them.
+
+    ``relabel`` (none, her) x ``sampler`` (uniform, prioritized) x ``n_step`` (>= 1); each part's
+    keys come from its own schema (the bases).
+    """
 
     @staticmethod
     def validate(node: Any) -> None:
-        """Ranges and names of these keys (one :class:`rlfw.errors.ConfigError` line)."""
-        from rlfw.registry import registry
-
-        p = "buffer."
+        """The part names, then each registered part's keys (every option's, chosen or not, as
+        all are in the node), then n-step and the memory (one :class:`rlfw.errors.ConfigError`
+        line)."""
         registry("buffer.relabel").check(node.relabel)
         registry("buffer.sampler").check(node.sampler)
-        registry("buffer.strategy").check(node.strategy)
-        in_range(node, "capacity", 1, prefix=p)
-        in_range(node, "replay_k", 0.0, prefix=p)
-        in_range(node, "alpha", 0.0, prefix=p)
-        in_range(node, "beta0", 0.0, 1.0, prefix=p)
-        in_range(node, "beta_final_step", 1, optional=True, prefix=p)
-        in_range(node, "priority_eps", 0.0, low_open=True, prefix=p)
-        in_range(node, "n_step", 1, prefix=p)
-        require(
-            node.n_step <= node.capacity,
-            f"buffer.n_step={node.n_step} must be <= buffer.capacity={node.capacity}",
-        )
+        in_range(node, "capacity", 1, prefix="buffer.")
+        for kind in PARTS:
+            for schema in part_schemas(kind):
+                check = getattr(schema, "validate", None)
+                if check is not None:
+                    check(node)
+        NStepConfig.validate(node)
         check_memory(node)
+
+
+_EXTENDED: dict[tuple[Any, ...], type] = {}
+
+
+def buffer_schema(base: type = BufferConfig) -> type:
+    """``base`` with the keys of every registered relabeler and sampler it lacks, as a subclass
+    named like it (``base`` itself when it has them all: the built-ins only). The same
+    extension returns the same class.
+
+    Raises:
+        ValueError: two parts declare one key with different types.
+    """
+    have = typing.get_type_hints(base)
+    extra: list[tuple[str, Any, Any]] = []
+    owner: dict[str, str] = {}
+    for kind in PARTS:
+        for schema in part_schemas(kind):
+            hints = typing.get_type_hints(schema)
+            for f in dataclasses.fields(schema):
+                if f.name in have:
+                    if hints[f.name] != have[f.name]:
+                        raise ValueError(
+                            f"{kind} schema {schema.__name__} declares buffer.{f.name} as "
+                            f"{hints[f.name]}, but {owner.get(f.name, base.__name__)} as {have[f.name]}"
+                        )
+                    continue
+                have[f.name], owner[f.name] = hints[f.name], schema.__name__
+                default = (
+                    dataclasses.field(default_factory=f.default_factory)
+                    if f.default_factory is not dataclasses.MISSING
+                    else dataclasses.field(default=f.default)
+                )
+                extra.append((f.name, hints[f.name], default))
+    if not extra:
+        return base
+    key = (base, *((n, t, repr(d)) for n, t, d in extra))
+    if key not in _EXTENDED:
+        cls = dataclasses.make_dataclass(base.__name__, extra, bases=(base,))
+        cls.__module__, cls.__qualname__ = base.__module__, base.__qualname__
+        _EXTENDED[key] = cls
+    return _EXTENDED[key]
 
 
 # Bytes per stored transition with one-number observations and actions and no goal
 # (rlfw.buffers.storage: float32 obs, action and reward, two bools, two int32 counters); every
-# real task needs more. The prioritized sampler adds a float64 sum tree (2 x capacity nodes).
+# real task needs more. The sampler adds its ``bytes_per_transition`` (the prioritized sampler's
+# float64 sum tree: 16).
 MIN_TRANSITION_BYTES = 4 * (1 + 1 + 1) + 2 + 2 * 4
-SUM_TREE_BYTES = 16
 
 
 def check_memory(node: Any) -> None:
@@ -64,7 +115,8 @@ def check_memory(node: Any) -> None:
     Raises:
         ConfigError: one line naming the capacity, the lower bound of its size and the memory.
     """
-    per = MIN_TRANSITION_BYTES + (SUM_TREE_BYTES if node.sampler == "prioritized" else 0)
+    schema = registry("buffer.sampler").get(str(node.sampler)).schema
+    per = MIN_TRANSITION_BYTES + int(getattr(schema, "bytes_per_transition", 0))
     need = int(node.capacity) * per
     have = memory_bytes()
     if have is not None:

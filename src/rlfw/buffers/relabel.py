@@ -3,20 +3,52 @@
 A :class:`Relabeler` gets the sampled transitions (absolute rows, envs, episode bounds of
 :class:`rlfw.buffers.storage.EpisodeStorage`) with their stored desired goals and returns the
 goals to train on and which samples it relabelled. :class:`rlfw.buffers.ReplayBuffer` builds
-the one named by ``buffer.relabel`` from ``registry("buffer.relabel")``; HER's goal strategy
-(``buffer.strategy``) is a function of ``registry("buffer.strategy")``.
+the one named by ``buffer.relabel`` from ``registry("buffer.relabel")``, where each relabeler is
+registered with the schema of its keys (a subclass of :class:`RelabelConfig`, as samplers are:
+:mod:`rlfw.buffers.samplers`); HER's goal strategy (``buffer.strategy``) is a function of
+``registry("buffer.strategy")``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from rlfw.buffers.keys import option_keys
 from rlfw.buffers.storage import EpisodeStorage
 from rlfw.core import EnvInfo
+from rlfw.core.checks import in_range
 from rlfw.registry import register, registry
+
+
+@dataclass
+class RelabelConfig:
+    """The relabelling choice (``buffer.relabel``); a relabeler's schema subclasses it with its
+    own keys, which become keys of every buffer preset (``buffer.<key>``)."""
+
+    relabel: str = "none"  # none, her
+
+    @staticmethod
+    def validate(node: Any) -> None:
+        """The name is registered (one :class:`rlfw.errors.ConfigError` line otherwise)."""
+        registry("buffer.relabel").check(node.relabel)
+
+
+@dataclass
+class HerRelabelConfig(RelabelConfig):
+    """The keys of :class:`HerRelabel` (``buffer.relabel=her``)."""
+
+    strategy: str = "future"  # HER goal strategy: future, final, episode
+    replay_k: float = 4.0  # HER: relabel with probability 1 - 1 / (1 + replay_k)
+
+    @staticmethod
+    def validate(node: Any) -> None:
+        """The strategy's name and ``replay_k >= 0``."""
+        registry("buffer.strategy").check(node.strategy)
+        in_range(node, "replay_k", 0.0, prefix="buffer.")
 
 # (rng, t [k], start [k], end [k]) -> absolute rows [k] of the goals' states, for the relabelled
 # samples only (t: the transition's row, start/end: its episode's first and last stored rows)
@@ -57,8 +89,9 @@ class Relabeler:
         storage: the episode storage (read only).
         rng: the buffer's random generator (the only source of randomness).
         env: the env's :class:`~rlfw.core.EnvInfo`.
-        **cfg: the relabelling keys of :class:`rlfw.buffers.config.BufferConfig` (``strategy``,
-            ``replay_k``, see :meth:`from_config`).
+        **cfg: the keys every registered relabeler declares (:func:`rlfw.buffers.keys.
+            option_keys`: ``strategy``, ``replay_k``, see :meth:`from_config`); a relabeler
+            ignores the keys it does not use.
     """
 
     def __init__(
@@ -71,8 +104,9 @@ class Relabeler:
     def from_config(
         cls, storage: EpisodeStorage, rng: np.random.Generator, env: EnvInfo, cfg: Any
     ) -> Relabeler:
-        """Build from a :class:`~rlfw.buffers.config.BufferConfig`."""
-        return cls(storage, rng, env, strategy=cfg.strategy, replay_k=cfg.replay_k)
+        """Build from a buffer config (:class:`~rlfw.buffers.config.BufferConfig` or its node):
+        the constructor gets the relabelers' keys (:func:`rlfw.buffers.keys.option_keys`)."""
+        return cls(storage, rng, env, **option_keys("buffer.relabel", cfg))
 
     def __call__(
         self,
@@ -169,6 +203,6 @@ class HerRelabel(Relabeler):
         return goal, her
 
 
+register("buffer.relabel", "none", RelabelConfig, NoRelabel)
+register("buffer.relabel", "her", HerRelabelConfig, HerRelabel)
 RELABEL = registry("buffer.relabel")
-register("buffer.relabel", "none", None, NoRelabel)
-register("buffer.relabel", "her", None, HerRelabel)

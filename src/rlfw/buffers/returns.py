@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from rlfw.buffers.storage import EpisodeStorage
 from rlfw.core import GoalFn
+from rlfw.core.checks import in_range, require
+
+
+@dataclass
+class NStepConfig:
+    """The keys of :class:`NStepReturns` (every preset has them)."""
+
+    n_step: int = 1  # n-step returns; 1 is the one-step TD target
+
+    @staticmethod
+    def validate(node: Any) -> None:
+        """``1 <= n_step <= capacity`` (the buffer node's ``capacity``)."""
+        in_range(node, "n_step", 1, prefix="buffer.")
+        require(
+            node.n_step <= node.capacity,
+            f"buffer.n_step={node.n_step} must be <= buffer.capacity={node.capacity}",
+        )
 
 
 @dataclass

@@ -2,23 +2,72 @@
 
 A sampler sees flat transition indices (``row * num_envs + env`` of
 :class:`rlfw.buffers.storage.EpisodeStorage`) and returns them with importance-sampling weights.
-Every sampler derives from :class:`Sampler`; :class:`rlfw.buffers.ReplayBuffer` builds the one
-named by ``buffer.sampler`` from ``registry("buffer.sampler")``, so a new sampler is a subclass
-plus one registration::
+Every sampler derives from :class:`Sampler` and its keys from :class:`SamplerConfig`;
+:class:`rlfw.buffers.ReplayBuffer` builds the one named by ``buffer.sampler`` from
+``registry("buffer.sampler")``, so a new sampler with a key of its own is one module (the
+README's "Extending" shows one)::
+
+    @dataclass
+    class RecentSamplerConfig(SamplerConfig):
+        recent_window: int = 10_000            # buffer.recent_window
 
     class RecentSampler(Sampler):
         def sample(self, batch_size, env_step): ...
 
-    register("buffer.sampler", "recent", None, RecentSampler)
+    register("buffer.sampler", "recent", RecentSamplerConfig, RecentSampler)
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
+from rlfw.buffers.keys import option_keys
 from rlfw.buffers.storage import EpisodeStorage
+from rlfw.core.checks import in_range
+from rlfw.registry import register, registry
+
+
+@dataclass
+class SamplerConfig:
+    """The sampler choice (``buffer.sampler``); a sampler's schema subclasses it with its own
+    keys, which become keys of every buffer preset (``buffer.<key>``).
+
+    ``bytes_per_transition``: the bytes the sampler keeps per stored transition (for the memory
+    check of ``buffer.capacity``, :func:`rlfw.buffers.config.check_memory`).
+    """
+
+    sampler: str = "uniform"  # uniform, prioritized
+
+    bytes_per_transition: ClassVar[int] = 0
+
+    @staticmethod
+    def validate(node: Any) -> None:
+        """The name is registered (one :class:`rlfw.errors.ConfigError` line otherwise)."""
+        registry("buffer.sampler").check(node.sampler)
+
+
+@dataclass
+class PrioritizedSamplerConfig(SamplerConfig):
+    """The keys of :class:`PrioritizedSampler` (``buffer.sampler=prioritized``)."""
+
+    alpha: float = 0.6  # PER: P(i) = p_i^alpha / sum_k p_k^alpha
+    beta0: float = 0.4  # PER: importance-sampling exponent at the first update
+    beta_final_step: int | None = None  # env step at which beta reaches 1 (None: run's end)
+    priority_eps: float = 1e-6  # PER: p_i = |td_error| + priority_eps
+
+    bytes_per_transition: ClassVar[int] = 16  # a float64 sum tree (2 x capacity nodes)
+
+    @staticmethod
+    def validate(node: Any) -> None:
+        """Ranges of these keys."""
+        p = "buffer."
+        in_range(node, "alpha", 0.0, prefix=p)
+        in_range(node, "beta0", 0.0, 1.0, prefix=p)
+        in_range(node, "beta_final_step", 1, optional=True, prefix=p)
+        in_range(node, "priority_eps", 0.0, low_open=True, prefix=p)
 
 
 class Sampler:
@@ -32,9 +81,9 @@ class Sampler:
             ``[R, N]`` and ``n_transitions``; never write it).
         rng: the buffer's random generator, shared with relabelling: draw only from it, so a
             seed fixes the whole batch.
-        **cfg: the sampler keys of :class:`rlfw.buffers.config.BufferConfig` (``alpha``,
-            ``beta0``, ``beta_final_step``, ``priority_eps``, see :meth:`from_config`); a
-            sampler ignores the keys it does not use.
+        **cfg: the keys every registered sampler declares (:func:`rlfw.buffers.keys.
+            option_keys`: ``alpha``, ``beta0``, ``beta_final_step``, ``priority_eps`` and a new
+            sampler's own, see :meth:`from_config`); a sampler ignores the keys it does not use.
     """
 
     def __init__(self, storage: EpisodeStorage, rng: np.random.Generator, **cfg: Any) -> None:
@@ -45,17 +94,11 @@ class Sampler:
     def from_config(
         cls, storage: EpisodeStorage, rng: np.random.Generator, cfg: Any, total_env_steps: int = 1
     ) -> Sampler:
-        """Build from a :class:`~rlfw.buffers.config.BufferConfig` (``beta_final_step=None``
-        resolves to ``total_env_steps``, the run's length)."""
-        beta_final = cfg.beta_final_step if cfg.beta_final_step is not None else total_env_steps
-        return cls(
-            storage,
-            rng,
-            alpha=cfg.alpha,
-            beta0=cfg.beta0,
-            beta_final_step=beta_final,
-            priority_eps=cfg.priority_eps,
-        )
+        """Build from a buffer config (:class:`~rlfw.buffers.config.BufferConfig` or its node):
+        the constructor gets the samplers' keys (:func:`rlfw.buffers.keys.option_keys`);
+        ``total_env_steps`` is the run's length (for schedules, see
+        :meth:`PrioritizedSampler.from_config`)."""
+        return cls(storage, rng, **option_keys("buffer.sampler", cfg))
 
     @property
     def nbytes(self) -> int:
@@ -231,6 +274,17 @@ class PrioritizedSampler(Sampler):
         self.min_tree = SumTree(size, "min")
         self.max_priority = 1.0
 
+    @classmethod
+    def from_config(
+        cls, storage: EpisodeStorage, rng: np.random.Generator, cfg: Any, total_env_steps: int = 1
+    ) -> Sampler:
+        """As :meth:`Sampler.from_config`; ``beta_final_step=None`` resolves to
+        ``total_env_steps``, the run's length."""
+        keys = option_keys("buffer.sampler", cfg)
+        if keys["beta_final_step"] is None:
+            keys["beta_final_step"] = total_env_steps
+        return cls(storage, rng, **keys)
+
     @property
     def nbytes(self) -> int:
         """Bytes of the sum and min trees."""
@@ -303,3 +357,7 @@ class PrioritizedSampler(Sampler):
         self.sum_tree.tree = np.asarray(state["sum"], np.float64)
         self.min_tree.tree = np.asarray(state["min"], np.float64)
         self.max_priority = float(state["max_priority"])
+
+
+register("buffer.sampler", "uniform", SamplerConfig, UniformSampler)
+register("buffer.sampler", "prioritized", PrioritizedSamplerConfig, PrioritizedSampler)

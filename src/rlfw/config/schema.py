@@ -5,10 +5,12 @@ a misspelt key or a wrongly typed value fails at compose time and names the key.
 are only known at run time (observation shapes, ``compute_reward``) are never typed into YAML;
 the runner passes them to the components it builds.
 
-The root :class:`Config` types ``env``, ``buffer``, ``train``, ``eval`` and ``logger`` directly;
-``algo`` and ``noise`` are typed by the schema their chosen option file names, so that keys
+The root :class:`Config` types ``env``, ``train`` and ``eval`` directly; ``algo``, ``buffer``,
+``noise`` and ``logger`` are typed by the schema their chosen option file names, so that keys
 that belong to one option (``noise.theta`` for OU) live only in that option's schema and a sweep
-``noise=gaussian,ou`` never trips over a key the other option lacks.
+``noise=gaussian,ou`` never trips over a key the other option lacks. A buffer preset's schema
+holds the keys of every registered relabeler and sampler (:func:`rlfw.buffers.store_schemas`),
+so ``buffer=her buffer.sampler=prioritized buffer.alpha=0.5`` composes.
 """
 
 # No ``from __future__ import annotations`` here: OmegaConf reads these annotations at run time
@@ -235,7 +237,7 @@ class Config:
 
     seed: int = 0
     algo: Any = MISSING
-    buffer: BufferConfig = field(default_factory=BufferConfig)
+    buffer: Any = MISSING
     noise: Any = MISSING
     env: EnvConfig = field(default_factory=EnvConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -258,3 +260,6 @@ def register_schemas() -> None:
 
     ConfigStore.instance().store(name="config_schema", node=Config)
     load_components()
+    from rlfw.buffers import store_schemas
+
+    store_schemas()  # the buffer presets with the keys of every registered sampler, relabeler

@@ -3,6 +3,8 @@ except :mod:`rlfw.errors`, and everything else depends on it, never the reverse.
 
 - :class:`EnvInfo`: what an agent and a buffer need to know of an env.
 - :class:`Batch`: what a replay buffer hands an agent (Gymnasium's ``terminated``).
+- :class:`ReplayBuffer`: what the collector writes, the loop samples and the checkpointer
+  saves (TorchRL's ``ReplayBuffer``, SB3's ``ReplayBuffer``).
 - :class:`Agent`: what the training loop, evaluation, multi-worker and federated training ask
   of an algorithm (SB3's ``BaseAlgorithm.train``/``predict``, BenchMARL's ``Algorithm``).
 - :class:`Exploration`: how actions are perturbed while collecting (SB3 ``common/noise.py``),
@@ -19,6 +21,7 @@ from rlfw.core.contracts import (
     Exploration,
     GoalFn,
     LinearFactory,
+    ReplayBuffer,
 )
 
 __all__ = [
@@ -29,6 +32,7 @@ __all__ = [
     "Exploration",
     "GoalFn",
     "LinearFactory",
+    "ReplayBuffer",
     "in_range",
     "one_of",
     "require",

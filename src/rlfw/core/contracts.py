@@ -74,6 +74,60 @@ class Batch:
 
 
 @runtime_checkable
+class ReplayBuffer(Protocol):
+    """Replay as the collector, the training loop and the checkpointer see it
+    (:class:`rlfw.buffers.ReplayBuffer` implements it; TorchRL's ``ReplayBuffer``, SB3's
+    ``ReplayBuffer.add``/``sample``).
+
+    Built as ``cls(cfg.buffer, env_info, num_envs, gamma, total_env_steps, seed)``. Arrays are
+    NumPy with one row per parallel env (``N``): observations are dicts of ``[N, dim]`` arrays
+    (``observation``, and ``achieved_goal``/``desired_goal`` for goal envs), actions
+    ``[N, act_dim]`` in [-1, 1], rewards ``[N]`` float, flags ``[N]`` bool.
+    """
+
+    def __len__(self) -> int:
+        """Stored transitions (the loop samples once there are ``train.batch_size``)."""
+        ...
+
+    def start(self, obs: dict[str, np.ndarray]) -> None:
+        """Store the observations the vector env's ``reset`` returned (the episodes' first)."""
+        ...
+
+    def add(
+        self,
+        action: np.ndarray,
+        reward: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        next_obs: dict[str, np.ndarray],
+        final_obs: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """Store one vector step: ``next_obs`` is what the env returned (after same-step
+        autoreset, the new episode's first observation where an episode ended), ``final_obs``
+        the ended episodes' last observations (rows of the other envs unused)."""
+        ...
+
+    def sample(self, batch_size: int, env_step: int = 0) -> Batch:
+        """A :class:`Batch` of ``batch_size`` samples; ``env_step`` drives schedules (PER's
+        beta). Raises ``ValueError`` when the buffer is empty."""
+        ...
+
+    def update_priorities(self, index: np.ndarray, td_error: np.ndarray) -> None:
+        """Feed the TD errors ``[B]`` of a sampled batch back by its ``index`` ``[B]`` (PER;
+        a no-op for uniform replay)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stored data and the buffer's own state (generator, priorities), for
+        ``train.save_buffer``."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (raises when it does not fit this buffer)."""
+        ...
+
+
+@runtime_checkable
 class Agent(Protocol):
     """An off-policy algorithm as the rest of rlfw sees it.
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from rlfw.core import ReplayBuffer
 from rlfw.envs.obs import final_obs, split_obs, success_of
 
 TRAIN_STREAM, EVAL_STREAM = 0, 1
@@ -44,7 +45,7 @@ class Collector:
     Counters: ``env_steps`` (this process's, over its envs) and ``episodes``.
     """
 
-    def __init__(self, envs: Any, agent: Any, exploration: Any, buffer: Any, goal: bool, act_dim: int,
+    def __init__(self, envs: Any, agent: Any, exploration: Any, buffer: ReplayBuffer, goal: bool, act_dim: int,
                  learning_starts: int, rng: np.random.Generator, seed: int) -> None:  # fmt: skip
         self.envs, self.agent, self.exploration, self.buffer = envs, agent, exploration, buffer
         self.goal, self.act_dim, self.learning_starts = goal, act_dim, int(learning_starts)
