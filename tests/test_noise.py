@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlfw.algos import ActorCritic
+from rlfw.algos import TD3
 from rlfw.buffers import Batch
 from rlfw.config.schema import GaussianNoiseConfig, NoisyNetConfig, OUNoiseConfig, TD3Config
 from rlfw.envs import EnvInfo
@@ -126,7 +126,7 @@ def test_noisy_linear_eval_is_deterministic_mean_network():
 def test_noisynet_agent_explores_with_noise_and_evaluates_with_means():
     info = EnvInfo("t", False, 3, 0, 2, None)
     noise = NoisyNetNoise(NoisyNetConfig(resample="step", sigma0=2.0), 1, 2, rng())
-    agent = ActorCritic(TD3Config(actor_hidden=[16], critic_hidden=[16]), info, actor_linear=noise.actor_linear())
+    agent = TD3(TD3Config(actor_hidden=[16], critic_hidden=[16]), info)
     noise.attach(agent)
     assert len(noisy_layers(agent.actor)) == 2 and len(noisy_layers(agent.actor_target)) == 2
     obs = np.ones((1, 3), np.float32)
@@ -161,7 +161,7 @@ def test_noisynet_agent_explores_with_noise_and_evaluates_with_means():
 def test_noisynet_episode_resampling():
     info = EnvInfo("t", False, 3, 0, 2, None)
     noise = NoisyNetNoise(NoisyNetConfig(resample="episode", sigma0=2.0), 2, 2, rng())
-    agent = ActorCritic(TD3Config(actor_hidden=[16]), info, actor_linear=noise.actor_linear())
+    agent = TD3(TD3Config(actor_hidden=[16]), info)
     noise.attach(agent)
     obs = np.ones((2, 3), np.float32)
     a = agent.act(obs, explore=True)
@@ -175,8 +175,8 @@ def test_noisynet_episode_resampling():
 def test_noisy_critic_option():
     info = EnvInfo("t", False, 3, 0, 2, None)
     noise = NoisyNetNoise(NoisyNetConfig(noisy_critic=True), 1, 2, rng())
-    agent = ActorCritic(TD3Config(critic_hidden=[16]), info, actor_linear=noise.actor_linear(),
-                        critic_linear=noise.critic_linear())  # fmt: skip
+    agent = TD3(TD3Config(critic_hidden=[16]), info)
+    noise.attach(agent)
     assert len(noisy_layers(agent.critic)) == 2 * 2  # two critics x two layers
     out = agent.critic(torch.zeros(5, 5))
     assert out.shape == (2, 5)
