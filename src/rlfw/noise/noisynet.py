@@ -220,7 +220,7 @@ class NoisyNetNoise:
                 f"critic is a {type(critic).__name__}: set noise.noisy_critic=false"
             )
         sizes = [int(layers[0].weight.shape[1]), *(int(layer.weight.shape[2]) for layer in layers)]
-        act = type(critic.act)
+        act: type[nn.Module] = type(critic.act)  # type: ignore[assignment]
         return NoisyCritics([_noisy_mlp(sizes, act, self._factory()) for _ in range(int(layers[0].weight.shape[0]))])
 
     def attach(self, agent: Any) -> None:
