@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from rlfw.algos import ActorCritic, polyak_update
+from rlfw.algos import DDPG, TD3, polyak_update
 from rlfw.algos.networks import EnsembleMLP
 from rlfw.algos.normalizer import Normalizer
 from rlfw.buffers import Batch
@@ -57,7 +57,7 @@ def make_batch(B=4, reward=None, terminated=None, discount=None, weight=None, se
 
 def test_td3_target_min_of_twins_smoothing_and_clipping():
     cfg = TD3Config(target_noise=0.2, target_noise_clip=0.5, gamma=0.9)
-    agent = ActorCritic(cfg, INFO, seed=2)  # a seed whose smoothing pushes 0.9 past +1
+    agent = TD3(cfg, INFO, seed=2)  # a seed whose smoothing pushes 0.9 past +1
     agent.actor_target = ConstActor([0.9, -0.3])
     agent.critic_target = LinearTwinQ([1.0, -2.0])  # min over twins: the second
     B = 5
@@ -85,7 +85,7 @@ def test_td3_target_min_of_twins_smoothing_and_clipping():
 
 def test_target_noise_clip_bounds_the_smoothing():
     cfg = TD3Config(target_noise=10.0, target_noise_clip=0.1)
-    agent = ActorCritic(cfg, INFO, seed=0)
+    agent = TD3(cfg, INFO, seed=0)
     agent.actor_target = ConstActor([0.0, 0.0])
     agent.critic_target = LinearTwinQ([0.0, 0.0])
     y = agent.critic_target_value(torch.zeros(1000, 3), torch.zeros(1000), torch.zeros(1000), torch.ones(1000))
@@ -97,7 +97,7 @@ def test_target_noise_clip_bounds_the_smoothing():
 
 
 def test_ddpg_target_has_no_smoothing_and_one_critic():
-    agent = ActorCritic(DDPGConfig(gamma=0.5), INFO)
+    agent = DDPG(DDPGConfig(gamma=0.5), INFO)
     assert agent.n_critics == 1 and agent.policy_delay == 1 and agent.target_noise == 0.0
     agent.actor_target = ConstActor([0.25, 0.5])
     agent.critic_target = LinearTwinQ([3.0])
@@ -108,7 +108,7 @@ def test_ddpg_target_has_no_smoothing_and_one_critic():
 
 def test_clip_return_bounds_the_target():
     cfg = TD3Config(gamma=0.9, clip_return=True, target_noise=0.0)
-    agent = ActorCritic(cfg, INFO)
+    agent = TD3(cfg, INFO)
     agent.actor_target = ConstActor([0.0, 0.0])
     agent.critic_target = LinearTwinQ([-1.0, 50.0])  # min over twins: -1
     reward = torch.tensor([-1.0, 5.0, -20.0])
@@ -134,15 +134,15 @@ def same(a, b):
 
 
 def test_policy_delay_and_target_updates():
-    agent = ActorCritic(TD3Config(policy_delay=3, tau=0.1), INFO)
+    agent = TD3(TD3Config(policy_delay=3, tau=0.1), INFO)
     actor0, actor_t0, critic_t0 = params(agent.actor), params(agent.actor_target), params(agent.critic_target)
     batch = make_batch(8)
     for _ in range(2):
-        info = agent.update(batch)
+        info = agent.update(batch).metrics
         assert "actor_loss" not in info
     assert same(actor0, params(agent.actor)) and same(actor_t0, params(agent.actor_target))
     assert same(critic_t0, params(agent.critic_target))  # targets move with the actor step only
-    info = agent.update(batch)
+    info = agent.update(batch).metrics
     assert "actor_loss" in info
     assert not same(actor0, params(agent.actor))
     # target = tau * online + (1 - tau) * old target, after the step
@@ -153,12 +153,12 @@ def test_policy_delay_and_target_updates():
 def test_actor_step_leaves_critic_gradients_untouched():
     """After an update with an actor step, the critic's .grad is exactly the critic loss's."""
     torch.manual_seed(0)
-    agent = ActorCritic(DDPGConfig(), INFO, seed=0)
+    agent = DDPG(DDPGConfig(), INFO, seed=0)
     torch.manual_seed(0)
-    ref = ActorCritic(DDPGConfig(policy_delay=1000), INFO, seed=0)  # no actor step
+    ref = DDPG(DDPGConfig(policy_delay=1000), INFO, seed=0)  # no actor step
     b = make_batch(8)
-    info = agent.update(b)
-    ref_info = ref.update(b)
+    info = agent.update(b).metrics
+    ref_info = ref.update(b).metrics
     assert "actor_loss" in info and "actor_loss" not in ref_info
     for p, q in zip(agent.critic.parameters(), ref.critic.parameters()):
         assert torch.equal(p.grad, q.grad)
@@ -167,9 +167,9 @@ def test_actor_step_leaves_critic_gradients_untouched():
 def test_critic_loss_weights_and_bootstrap():
     """With weight 0 on a sample its TD error does not move the critic."""
     torch.manual_seed(0)
-    a1 = ActorCritic(DDPGConfig(), INFO, seed=0)
+    a1 = DDPG(DDPGConfig(), INFO, seed=0)
     torch.manual_seed(0)
-    a2 = ActorCritic(DDPGConfig(), INFO, seed=0)
+    a2 = DDPG(DDPGConfig(), INFO, seed=0)
     b = make_batch(4)
     b_one = Batch(*[x[:1] if isinstance(x, np.ndarray) else x for x in
                     (b.obs, b.action, b.reward, b.next_obs, b.terminated, b.discount, b.weight, b.index)])  # fmt: skip
@@ -177,13 +177,13 @@ def test_critic_loss_weights_and_bootstrap():
     w[1:] = 0.0
     b.weight = w
     # loss on 4 samples with weights (1,0,0,0) = 1/4 of the loss on the first sample alone
-    i1 = a1.update(b)
-    i2 = a2.update(b_one)
+    i1 = a1.update(b).metrics
+    i2 = a2.update(b_one).metrics
     assert i1["critic_loss"] == pytest.approx(i2["critic_loss"] / 4, rel=1e-5)
 
 
 def test_td_error_is_mean_abs_over_critics():
-    agent = ActorCritic(TD3Config(target_noise=0.0), INFO)
+    agent = TD3(TD3Config(target_noise=0.0), INFO)
     b = make_batch(6)
     with torch.no_grad():
         x = torch.as_tensor(b.obs)
@@ -191,18 +191,18 @@ def test_td_error_is_mean_abs_over_critics():
         y = agent.critic_target_value(nx, torch.as_tensor(b.reward), torch.as_tensor(b.terminated),
                                       torch.as_tensor(b.discount))  # fmt: skip
         q = agent.critic(torch.cat([x, torch.as_tensor(b.action)], -1))
-    agent.update(b)
-    np.testing.assert_allclose(agent.td_error, (q - y).abs().mean(0).numpy(), rtol=1e-5)
+    td_error = agent.update(b).td_error
+    np.testing.assert_allclose(td_error, (q - y).abs().mean(0).numpy(), rtol=1e-5)
 
 
 def test_action_l2_penalty_enters_actor_loss():
     torch.manual_seed(0)
-    a0 = ActorCritic(DDPGConfig(action_l2=0.0), INFO, seed=0)
+    a0 = DDPG(DDPGConfig(action_l2=0.0), INFO, seed=0)
     torch.manual_seed(0)
-    a1 = ActorCritic(DDPGConfig(action_l2=1.0), INFO, seed=0)
+    a1 = DDPG(DDPGConfig(action_l2=1.0), INFO, seed=0)
     b = make_batch(16)
-    l0 = a0.update(b)["actor_loss"]
-    l1 = a1.update(b)["actor_loss"]
+    l0 = a0.update(b).metrics["actor_loss"]
+    l1 = a1.update(b).metrics["actor_loss"]
     # same networks, same batch: the difference is mean(pi(s)^2) of the pre-update actor
     # evaluated after the critic step; it must be positive and < 1 (actions in [-1, 1])
     assert 0.0 < l1 - l0 < 1.0
@@ -254,13 +254,13 @@ def test_normalizer_mean_std_clip():
 
 def test_goal_env_agent_normalises_by_default_and_checkpoints_roundtrip():
     info = EnvInfo("g", True, obs_dim=3, goal_dim=2, act_dim=2, max_episode_steps=5)
-    agent = ActorCritic(TD3Config(), info)
+    agent = TD3(TD3Config(), info)
     assert agent.obs_norm.enabled and agent.goal_norm is not None and agent.goal_norm.enabled
-    plain = ActorCritic(TD3Config(), INFO)
+    plain = TD3(TD3Config(), INFO)
     assert not plain.obs_norm.enabled
     agent.observe(np.random.default_rng(0).standard_normal((10, 3)), np.ones((10, 2)))
     state = agent.state_dict()
-    other = ActorCritic(TD3Config(), info)
+    other = TD3(TD3Config(), info)
     other.load_state_dict(state)
     obs, goal = np.ones((2, 3), np.float32), np.zeros((2, 2), np.float32)
     np.testing.assert_array_equal(agent.act(obs, goal), other.act(obs, goal))
@@ -268,17 +268,17 @@ def test_goal_env_agent_normalises_by_default_and_checkpoints_roundtrip():
 
 def test_preact_l2_enters_actor_loss_as_mean_squared_pre_tanh_output():
     torch.manual_seed(0)
-    a0 = ActorCritic(TD3Config(preact_l2=0.0, policy_delay=1), INFO, seed=0)
+    a0 = TD3(TD3Config(preact_l2=0.0, policy_delay=1), INFO, seed=0)
     torch.manual_seed(0)
-    a1 = ActorCritic(TD3Config(preact_l2=2.0, policy_delay=1), INFO, seed=0)
+    a1 = TD3(TD3Config(preact_l2=2.0, policy_delay=1), INFO, seed=0)
     b = make_batch(16)
     # the actor loss is computed after the critic step, with the (unchanged) actor
     with torch.no_grad():
         u, pi = a0.actor.forward_pre(torch.as_tensor(b.obs))
     torch.testing.assert_close(pi, a0.actor(torch.as_tensor(b.obs)))
     torch.testing.assert_close(pi, torch.tanh(u))
-    l0 = a0.update(b)["actor_loss"]
-    l1 = a1.update(b)["actor_loss"]
+    l0 = a0.update(b).metrics["actor_loss"]
+    l1 = a1.update(b).metrics["actor_loss"]
     assert l1 - l0 == pytest.approx(2.0 * float(u.square().mean()), rel=1e-4)
 
 
@@ -292,7 +292,7 @@ def _corner_then_flip(preact_l2: float) -> tuple[float, float]:
     """
     torch.manual_seed(0)
     info = EnvInfo("corner", False, obs_dim=8, goal_dim=0, act_dim=2, max_episode_steps=1)
-    agent = ActorCritic(TD3Config(preact_l2=preact_l2), info, seed=0)
+    agent = TD3(TD3Config(preact_l2=preact_l2), info, seed=0)
     rng = np.random.default_rng(0)
     test_obs = torch.as_tensor(rng.normal(0.0, 3.0, (512, 8)).astype(np.float32))
     means = []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from rlfw.algos import ActorCritic
+from rlfw.algos import TD3
 from rlfw.distributed import free_port, launch, parameter_digest
 from rlfw.envs import EnvInfo
 
@@ -26,7 +26,7 @@ def test_two_workers_keep_bitwise_equal_networks_in_one_run_dir(compose, tmp_pat
     # the workers really trained away from the common start
     info = EnvInfo("FetchReach-v4", True, 10, 3, 4, 50)
     torch.manual_seed(cfg.seed)
-    fresh = ActorCritic(cfg.algo, info)
+    fresh = TD3(cfg.algo, info)
     assert parameter_digest(list(fresh.modules().values())) != results[0]["digest"]
     # each worker collected its own steps; metrics count both
     assert results[0]["env_steps"] == results[1]["env_steps"] == 300

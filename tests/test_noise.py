@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlfw.algos import ActorCritic
+from rlfw.algos import TD3
 from rlfw.buffers import Batch
 from rlfw.config.schema import GaussianNoiseConfig, NoisyNetConfig, OUNoiseConfig, TD3Config
 from rlfw.envs import EnvInfo
@@ -126,7 +126,7 @@ def test_noisy_linear_eval_is_deterministic_mean_network():
 def test_noisynet_agent_explores_with_noise_and_evaluates_with_means():
     info = EnvInfo("t", False, 3, 0, 2, None)
     noise = NoisyNetNoise(NoisyNetConfig(resample="step", sigma0=2.0), 1, 2, rng())
-    agent = ActorCritic(TD3Config(actor_hidden=[16], critic_hidden=[16]), info, actor_linear=noise.actor_linear())
+    agent = TD3(TD3Config(actor_hidden=[16], critic_hidden=[16]), info)
     noise.attach(agent)
     assert len(noisy_layers(agent.actor)) == 2 and len(noisy_layers(agent.actor_target)) == 2
     obs = np.ones((1, 3), np.float32)
@@ -161,7 +161,7 @@ def test_noisynet_agent_explores_with_noise_and_evaluates_with_means():
 def test_noisynet_episode_resampling():
     info = EnvInfo("t", False, 3, 0, 2, None)
     noise = NoisyNetNoise(NoisyNetConfig(resample="episode", sigma0=2.0), 2, 2, rng())
-    agent = ActorCritic(TD3Config(actor_hidden=[16]), info, actor_linear=noise.actor_linear())
+    agent = TD3(TD3Config(actor_hidden=[16]), info)
     noise.attach(agent)
     obs = np.ones((2, 3), np.float32)
     a = agent.act(obs, explore=True)
@@ -175,8 +175,40 @@ def test_noisynet_episode_resampling():
 def test_noisy_critic_option():
     info = EnvInfo("t", False, 3, 0, 2, None)
     noise = NoisyNetNoise(NoisyNetConfig(noisy_critic=True), 1, 2, rng())
-    agent = ActorCritic(TD3Config(critic_hidden=[16]), info, actor_linear=noise.actor_linear(),
-                        critic_linear=noise.critic_linear())  # fmt: skip
+    agent = TD3(TD3Config(critic_hidden=[16]), info)
+    noise.attach(agent)
     assert len(noisy_layers(agent.critic)) == 2 * 2  # two critics x two layers
     out = agent.critic(torch.zeros(5, 5))
     assert out.shape == (2, 5)
+
+
+def test_noisynet_checkpoint_keys_are_those_of_the_layer_factory_layout():
+    """NoisyNet swaps its layers in after the agent is built; the agent's state keeps the keys
+    the noisy layers had when the algorithms built them (old noisynet checkpoints load)."""
+    info = EnvInfo("t", False, 3, 0, 2, None)
+    noise = NoisyNetNoise(NoisyNetConfig(noisy_critic=True), 1, 2, rng())
+    agent = TD3(TD3Config(actor_hidden=[16], critic_hidden=[16]), info)
+    noise.attach(agent)
+    state = agent.state_dict()
+    for net in ("actor", "actor_target"):
+        assert set(state[net]) >= {"net.0.mu_w", "net.0.sigma_w", "net.0.eps_w", "net.2.mu_b"}
+        assert not any(k.endswith(".weight") for k in state[net])
+    for net in ("critic", "critic_target"):
+        assert {"members.0.net.0.mu_w", "members.1.net.2.sigma_b"} <= set(state[net])
+    # the optimisers train the noisy parameters (sigma included), the targets are copies
+    assert {id(p) for g in agent.actor_opt.param_groups for p in g["params"]} == {id(p) for p in agent.actor.parameters()}
+    assert any(p is noisy_layers(agent.actor)[0].sigma_w for p in agent._actor_params)
+    torch.testing.assert_close(noisy_layers(agent.actor_target)[0].mu_w, noisy_layers(agent.actor)[0].mu_w)
+    other = TD3(TD3Config(actor_hidden=[16], critic_hidden=[16]), info)
+    NoisyNetNoise(NoisyNetConfig(noisy_critic=True), 1, 2, rng()).attach(other)
+    other.load_state_dict(state)  # raises on any key mismatch
+
+
+def test_exploration_metric_names_declare_metrics_keys():
+    info = EnvInfo("t", False, 3, 0, 2, None)
+    for noise in (GaussianNoise(GaussianNoiseConfig(), 1, 2, rng()), OUNoise(OUNoiseConfig(), 1, 2, rng())):
+        assert set(noise.metrics(0)) == set(noise.metric_names) == {"noise_sigma"}
+        assert not noise.parameter_noise
+    nn_noise = NoisyNetNoise(NoisyNetConfig(), 1, 2, rng())
+    nn_noise.attach(TD3(TD3Config(actor_hidden=[16], critic_hidden=[16]), info))
+    assert nn_noise.parameter_noise and set(nn_noise.metrics(0)) == set(nn_noise.metric_names)

@@ -124,13 +124,13 @@ def test_own_entries_come_from_metadata_when_the_distribution_declares_them(tmp_
     """The installed path (a wheel): rlfw's entries are read from its dist-info, not from a
     pyproject.toml; another package's entries are added."""
     site = tmp_path / "site"
-    write_dist_info(site, "rlfw", {"algo.td3": "rlfw.algos.actor_critic", "noise.ou": "rlfw.noise.action_noise"})
+    write_dist_info(site, "rlfw", {"algo.td3": "rlfw.algos.td3", "noise.ou": "rlfw.noise.action_noise"})
     write_dist_info(site, "other-pkg", {"noise.other": "other_pkg.noise"})
     monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()
     missing = tmp_path / "no" / "pyproject.toml"  # never read on this path
     assert declared_entries(missing) == {
-        "algo.td3": "rlfw.algos.actor_critic",
+        "algo.td3": "rlfw.algos.td3",
         "noise.ou": "rlfw.noise.action_noise",
         "noise.other": "other_pkg.noise",
     }

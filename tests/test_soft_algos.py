@@ -223,7 +223,7 @@ def test_alpha_loss_and_direction(target_entropy, direction):
     assert agent.target_entropy == target_entropy
     calls = record_samples(agent)
     b = make_batch(8)
-    out = agent.update(b)
+    out = agent.update(b).metrics
     assert len(calls) == 2  # target sample at s', actor-step sample at s
     torch.testing.assert_close(calls[-1][0], torch.as_tensor(b.obs))
     logp = calls[-1][2].double()
@@ -245,7 +245,7 @@ def test_fixed_alpha_never_changes():
     agent = make_agent("sac", alpha=0.3, autotune_alpha=False)
     assert not agent.temperature.log_alpha.requires_grad
     for i in range(3):
-        out = agent.update(make_batch(8, seed=i))
+        out = agent.update(make_batch(8, seed=i)).metrics
         assert "alpha_loss" not in out and "actor_loss" in out
         assert out["alpha"] == pytest.approx(0.3)
     assert float(agent.temperature.log_alpha.detach()) == float(torch.tensor(math.log(0.3)))
@@ -456,7 +456,8 @@ def test_crossq_one_joint_forward_pass_and_its_statistics():
         lambda mod, args: calls.append((args[0].detach().clone(), mod.training))
     )
     replay = gen_copy(agent.generator)
-    info = agent.update(batch)  # update 1: critic step only (policy_delay 2)
+    result = agent.update(batch)  # update 1: critic step only (policy_delay 2)
+    info = result.metrics
     assert "actor_loss" not in info
     assert len(calls) == 1
     x, training = calls[0]
@@ -512,13 +513,13 @@ def test_crossq_one_joint_forward_pass_and_its_statistics():
         1 - torch.as_tensor(batch.terminated)
     ) * (q_all[:, B:].min(0).values - 0.2 * logp)
     td = (q_all[:, :B] - y).abs().mean(0)
-    np.testing.assert_allclose(agent.td_error, td.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(result.td_error, td.numpy(), rtol=1e-4, atol=1e-5)
 
     # update 2 (actor step): one train-mode pass of 2B rows; the actor's B-row pass is in eval
     # mode and leaves the statistics alone
     calls.clear()
     m1, v1 = inorm.running_mean.clone(), inorm.running_var.clone()
-    info = agent.update(make_batch(B, seed=5))
+    info = agent.update(make_batch(B, seed=5)).metrics
     assert "actor_loss" in info
     train_calls = [c for c in calls if c[1]]
     eval_calls = [c for c in calls if not c[1]]
@@ -777,7 +778,7 @@ def test_checkpoint_round_trip(name):
     # the generator is restored: the same samples, and the same next update
     np.testing.assert_array_equal(other.act(obs, explore=True), agent.act(obs, explore=True))
     b = make_batch(8, seed=42)
-    assert other.update(b) == agent.update(b)
+    assert other.update(b).metrics == agent.update(b).metrics
     np.testing.assert_array_equal(other.act(obs), agent.act(obs))
 
 
@@ -788,10 +789,9 @@ def test_checkpoint_round_trip(name):
 @pytest.mark.parametrize("name", list(ALGOS))
 def test_td_error_shape_finite_nonnegative(name):
     agent = make_agent(name)
-    assert agent.td_error is None
+    assert not hasattr(agent, "td_error")  # the signal is returned, not left on the agent
     B = 7
-    agent.update(make_batch(B, seed=3))
-    td = agent.td_error
+    td = agent.update(make_batch(B, seed=3)).td_error
     assert isinstance(td, np.ndarray) and td.shape == (B,) and td.dtype == np.float32
     assert np.all(np.isfinite(td)) and np.all(td >= 0) and np.any(td > 0)
 
@@ -809,9 +809,10 @@ def test_tqc_td_error_is_per_sample_quantile_loss_mean_over_critics():
     with torch.no_grad():
         theta = agent.critic(torch.cat([t(b.obs), t(b.action)], -1))  # [N, B, M]
     assert theta.shape == (3, 6, 4)
-    info = agent.update(b)
+    result = agent.update(b)
+    info = result.metrics
     expected = quantile_huber_loss(theta, y).mean(0)
-    np.testing.assert_allclose(agent.td_error, expected.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(result.td_error, expected.numpy(), rtol=1e-5, atol=1e-7)
     # L_Z = sum_n mean_B (weight = 1), the critics' mean, not the sum over quantiles
     assert info["critic_loss"] == pytest.approx(
         float(quantile_huber_loss(theta, y).mean(1).sum()), rel=1e-5
@@ -829,8 +830,8 @@ def test_sac_td_error_is_mean_abs_over_critics():
     agent.generator.set_state(state)
     with torch.no_grad():
         q = agent.critic(torch.cat([t(b.obs), t(b.action)], -1))
-    agent.update(b)
-    np.testing.assert_allclose(agent.td_error, (q - y).abs().mean(0).numpy(), rtol=1e-5, atol=1e-7)
+    td_error = agent.update(b).td_error
+    np.testing.assert_allclose(td_error, (q - y).abs().mean(0).numpy(), rtol=1e-5, atol=1e-7)
 
 
 def test_crossq_defaults_follow_the_reference_code(compose):

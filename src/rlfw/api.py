@@ -255,10 +255,13 @@ class Policy:
         config: the run's composed config (``DictConfig``).
         info: the :class:`rlfw.core.EnvInfo` of the env.
         device: the torch device the networks are on.
+
+    ``exploration`` (constructor only): the :class:`rlfw.core.Exploration` attached to ``agent``;
+    one with ``parameter_noise`` (NoisyNet) lets ``predict(deterministic=False)`` sample weights.
     """
 
     def __init__(self, agent: Any, config: Any, env_id: str, info: Any, observation_space: gym.Space,
-                 action_space: gym.spaces.Box, device: str = "cpu") -> None:  # fmt: skip
+                 action_space: gym.spaces.Box, device: str = "cpu", exploration: Any = None) -> None:  # fmt: skip
         self.agent = agent
         self.config = config
         self.env_id = env_id
@@ -281,7 +284,8 @@ class Policy:
             from gymnasium.wrappers.utils import rescale_box
 
             _, _, self._to_env = rescale_box(action_space, np.float32(-1.0), np.float32(1.0))
-        self._noisy = str(config.noise.name) == "noisynet"
+        # parameter noise (NoisyNet) samples the policy's weights: deterministic=False draws one
+        self._exploration = exploration if exploration is not None and exploration.parameter_noise else None
         from rlfw.algos.sac import SAC
 
         self._stochastic = isinstance(agent, SAC)  # SAC, TQC, CrossQ: a squashed Gaussian policy
@@ -295,17 +299,17 @@ class Policy:
         """
         from omegaconf import OmegaConf
 
-        from rlfw.build import build_policy_agent
+        from rlfw.build import build_policy
 
         cfg = OmegaConf.create(state["config"])
-        agent, env = build_policy_agent(cfg, state["agent"], device=device)
+        agent, exploration, env = build_policy(cfg, state["agent"], device=device)
         ref = env.ref_env
         # family.make wraps envs whose bounds are not [-1, 1] in RescaleAction: its inner env
         # has the bounds the user's gym.make(env_id) env has
         own = ref.env if isinstance(ref, gym.wrappers.RescaleAction) else ref
         space = own.action_space
         assert isinstance(space, gym.spaces.Box)
-        return cls(agent, cfg, env.env_id, env.info, ref.observation_space, space, device)
+        return cls(agent, cfg, env.env_id, env.info, ref.observation_space, space, device, exploration)
 
     def __repr__(self) -> str:
         return (
@@ -348,14 +352,14 @@ class Policy:
         elif self._stochastic:
             actions = self.agent.act(o, g, explore=True)  # a sample of the squashed Gaussian
         else:
-            if not self._noisy:
+            if self._exploration is None:
                 raise NotImplementedError(
                     f"{self.config.algo.name} learns a deterministic policy (its action noise "
                     f"{self.config.noise.name!r} explores, it is not part of the policy); "
                     "deterministic=False needs a run trained with noise=noisynet, or a stochastic "
                     "algorithm (sac, tqc, crossq)"
                 )
-            self.agent.resample_exploration()
+            self._exploration.resample()
             actions = self.agent.act(o, g, explore=True)
         a = np.asarray(actions, dtype=np.float32).reshape(len(o), *self._act_shape)
         if self._rescale:

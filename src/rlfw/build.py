@@ -78,21 +78,14 @@ def build_exploration(cfg: Any, num_envs: int, act_dim: int, rng: np.random.Gene
 
 def build_agent(cfg: Any, info: EnvInfo, exploration: Exploration, device: str | torch.device = "cpu",
                 seed: int = 0) -> Agent:  # fmt: skip
-    """The agent ``cfg.algo`` names, with the layers the exploration asks for (NoisyNet's noisy
-    linear layers; plain ``nn.Linear`` otherwise), attached to the exploration.
+    """The agent ``cfg.algo`` names, attached to the exploration (NoisyNet swaps its noisy
+    layers into the agent's networks there).
 
     Raises:
-        ConfigError: an unknown ``cfg.algo.name``.
+        ConfigError: an unknown ``cfg.algo.name``, or an exploration that does not fit the agent.
     """
     cls = registry("algo").get(cfg.algo.name).target
-    agent = cls(
-        cfg.algo,
-        info,
-        device,
-        actor_linear=exploration.actor_linear() or torch.nn.Linear,
-        critic_linear=exploration.critic_linear(),
-        seed=seed,
-    )
+    agent = cls(cfg.algo, info, device, seed=seed)
     exploration.attach(agent)
     return agent  # type: ignore[no-any-return]
 
@@ -173,11 +166,14 @@ def build(cfg: Any, rank: int = 0) -> Components:
     return Components(env, envs, eval_envs, exploration, agent, buffer, rng, device, seed)
 
 
-def build_policy_agent(cfg: Any, state: dict[str, Any] | None = None, device: str = "cpu") -> tuple[Agent, EnvParts]:
+def build_policy(cfg: Any, state: dict[str, Any] | None = None,
+                 device: str = "cpu") -> tuple[Agent, Exploration, EnvParts]:  # fmt: skip
     """An agent for acting only (evaluation, :func:`rlfw.load`): no vector envs, no buffer.
 
     Returns:
-        (the agent with ``state`` loaded if given, the env parts; its reference env is closed).
+        (the agent with ``state`` loaded if given, the exploration attached to it (one env;
+        NoisyNet's ``resample`` draws a new weight sample), the env parts; its reference env is
+        closed).
     """
     load_components()
     env = build_env(cfg, log_resolution=False)
@@ -186,4 +182,10 @@ def build_policy_agent(cfg: Any, state: dict[str, Any] | None = None, device: st
     agent = build_agent(cfg, env.info, exploration, device)
     if state is not None:
         agent.load_state_dict(state)
+    return agent, exploration, env
+
+
+def build_policy_agent(cfg: Any, state: dict[str, Any] | None = None, device: str = "cpu") -> tuple[Agent, EnvParts]:
+    """:func:`build_policy` without the exploration: (the agent, the env parts)."""
+    agent, _, env = build_policy(cfg, state, device)
     return agent, env

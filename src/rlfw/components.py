@@ -8,7 +8,7 @@ entry per option, named ``<registry key>.<option>`` and pointing at the module t
 it::
 
     [project.entry-points."rlfw.components"]
-    "algo.td3" = "rlfw.algos.actor_critic"
+    "algo.td3" = "rlfw.algos.td3"
     "noise.uniform" = "my_package.noise"        # another installed package adds its own
 
 rlfw's own entries are declared the same way in its pyproject.toml. The entry edges (the CLI's

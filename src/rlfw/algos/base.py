@@ -1,15 +1,21 @@
 """What every off-policy agent of rlfw shares: input normalisation, the torch side of the
-:class:`rlfw.core.Agent` contract (tensors, counters, the gradient-sync hook) and checkpoints.
+:class:`rlfw.core.Agent` contract (the batch as tensors, counters, the gradient-sync hook,
+hooks before acting and updating) and checkpoints.
 
-Subclasses build their networks and optimisers, then list them in :meth:`OffPolicyAgent.networks`
-and :meth:`OffPolicyAgent.optimizers`; :meth:`state_dict`, :meth:`load_state_dict`,
-:meth:`modules` and :meth:`normalizers` follow from those two, so a new algorithm's checkpoint,
-multi-worker broadcast and federated exchange need no code of their own.
+A subclass builds its online networks in ``__init__``, then calls :meth:`OffPolicyAgent.setup`
+(its targets, optimisers and parameter lists), lists them in :meth:`OffPolicyAgent.networks`
+and :meth:`OffPolicyAgent.optimizers`, and implements :meth:`OffPolicyAgent.policy` (acting)
+and :meth:`OffPolicyAgent.learn` (one update on a :class:`TensorBatch`). :meth:`act`,
+:meth:`update`, :meth:`state_dict`, :meth:`load_state_dict`, :meth:`modules` and
+:meth:`normalizers` follow, so a new algorithm's checkpoint, multi-worker broadcast and
+federated exchange need no code of their own, and parameter-space exploration
+(:meth:`set_networks`, :attr:`pre_act_hooks`, :attr:`pre_update_hooks`) none either.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,7 +23,7 @@ import torch
 from torch import nn
 
 from rlfw.algos.normalizer import Normalizer
-from rlfw.core import EnvInfo
+from rlfw.core import Batch, EnvInfo, UpdateResult
 
 
 def polyak_update(
@@ -26,6 +32,26 @@ def polyak_update(
     """``target <- tau * online + (1 - tau) * target`` in place (Lillicrap et al. 2016, Alg. 1)."""
     with torch.no_grad():
         torch._foreach_lerp_(list(target), list(online), tau)
+
+
+@dataclass
+class TensorBatch:
+    """A :class:`rlfw.core.Batch` as float32 tensors on the agent's device, inputs normalised
+    (:meth:`OffPolicyAgent.tensors`); ``B`` is the batch size, ``in`` the agent's ``in_dim``.
+
+    Attributes:
+        obs_in: ``[B, in]`` normalised observation (and goal) of ``s_t``.
+        next_in: ``[B, in]`` the same of ``s_{t+k}`` (with the same goal).
+        action, reward, terminated, discount, weight: as the Batch's fields (``[B, A]``, ``[B]``).
+    """
+
+    obs_in: torch.Tensor
+    next_in: torch.Tensor
+    action: torch.Tensor
+    reward: torch.Tensor
+    terminated: torch.Tensor
+    discount: torch.Tensor
+    weight: torch.Tensor
 
 
 class OffPolicyAgent:
@@ -43,9 +69,12 @@ class OffPolicyAgent:
         return_low: ``-1 / (1 - gamma)``, the lowest return of {-1, 0} rewards (``clip_return``).
         in_dim: the networks' state input size, ``obs_dim + goal_dim``.
         updates: critic updates done (checkpointed).
-        td_error: ``[B]`` float32 priority signal of the last update, or None.
         grad_sync: multi-worker training sets it: averages a list of tensors over the workers
             in place (gradients between ``backward()`` and ``step()``).
+        pre_act_hooks: called with ``explore`` at the start of every :meth:`act` (NoisyNet
+            switches its layers to the exploration sample or the mean weights).
+        pre_update_hooks: called at the start of every :meth:`update` (NoisyNet draws fresh
+            training noise).
     """
 
     metric_names: tuple[str, ...] = ()
@@ -56,7 +85,7 @@ class OffPolicyAgent:
         self.cfg = cfg
         self.device = torch.device(device)
         self.act_dim = env.act_dim
-        # the keys every algorithm has (rlfw.algos.config.validate_shared)
+        # the keys every algorithm has (rlfw.algos.config.AlgoConfig)
         self.gamma = float(cfg.gamma)
         self.tau = float(cfg.tau)
         self.action_l2 = float(cfg.action_l2)
@@ -77,8 +106,9 @@ class OffPolicyAgent:
         self.in_dim = env.obs_dim + (env.goal_dim if env.goal else 0)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.updates = 0
-        self.td_error: np.ndarray | None = None
         self.grad_sync: Callable[[list[Any]], None] | None = None
+        self.pre_act_hooks: list[Callable[[bool], None]] = []
+        self.pre_update_hooks: list[Callable[[], None]] = []
 
     # ---------------------------------------------------------------------------------------
     # inputs
@@ -93,6 +123,74 @@ class OffPolicyAgent:
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(x, dtype=torch.float32, device=self.device)
+
+    def tensors(self, batch: Batch) -> TensorBatch:
+        """``batch`` as float32 tensors on the device, observations (and goals) normalised."""
+        t = self._tensor
+        goal = None if batch.goal is None else t(batch.goal)
+        return TensorBatch(
+            obs_in=self._inputs(t(batch.obs), goal),
+            next_in=self._inputs(t(batch.next_obs), goal),
+            action=t(batch.action),
+            reward=t(batch.reward),
+            terminated=t(batch.terminated),
+            discount=t(batch.discount),
+            weight=t(batch.weight),
+        )
+
+    # ---------------------------------------------------------------------------------------
+    # acting and learning: the contract's entry points and what subclasses implement
+
+    @torch.no_grad()
+    def act(
+        self, obs: np.ndarray, goal: np.ndarray | None = None, explore: bool = False
+    ) -> np.ndarray:
+        """Actions for ``obs [N, obs_dim]`` (and ``goal [N, goal_dim]``): ``[N, act_dim]``
+        float32 NumPy in [-1, 1], from :meth:`policy` after the :attr:`pre_act_hooks`.
+
+        Args:
+            explore: the exploring policy (a sample of a stochastic policy; a NoisyNet actor's
+                exploration noise) or, False, the deterministic one evaluation uses.
+        """
+        for hook in self.pre_act_hooks:
+            hook(explore)
+        x = self._inputs(self._tensor(obs), None if goal is None else self._tensor(goal))
+        return self.policy(x, explore).cpu().numpy()
+
+    def update(self, batch: Batch) -> UpdateResult:
+        """One update on ``batch`` (:meth:`learn` on :meth:`tensors`, after the
+        :attr:`pre_update_hooks`): its metrics and per-sample TD error ``[B]``."""
+        for hook in self.pre_update_hooks:
+            hook()
+        return self.learn(self.tensors(batch))
+
+    def policy(self, x: torch.Tensor, explore: bool) -> torch.Tensor:
+        """Actions ``[N, A]`` in [-1, 1] for normalised inputs ``x [N, in]``; subclasses implement it."""
+        raise NotImplementedError
+
+    def learn(self, batch: TensorBatch) -> UpdateResult:
+        """One gradient update on a tensor batch; subclasses implement it."""
+        raise NotImplementedError
+
+    def setup(self) -> None:
+        """Make the targets, optimisers and parameter lists from the online networks; a
+        subclass calls it at the end of ``__init__`` and implements it."""
+        raise NotImplementedError
+
+    def set_networks(self, nets: Mapping[str, nn.Module]) -> None:
+        """Replace online networks by their :meth:`networks` name (moved to the device), then
+        :meth:`setup` again: fresh targets and optimisers over the new parameters. Parameter-space
+        exploration (NoisyNet) calls it once, right after the agent is built.
+
+        Raises:
+            KeyError: a name that is not one of :meth:`networks`.
+        """
+        known = self.networks()
+        for name, net in nets.items():
+            if name not in known:
+                raise KeyError(f"{type(self).__name__} has no network {name!r} (it has {sorted(known)})")
+            setattr(self, name, net.to(self.device))
+        self.setup()
 
     def observe(self, obs: np.ndarray, goals: np.ndarray | None = None) -> None:
         """Update the normalisers with collected observations ``[B, obs_dim]`` and goals."""

@@ -29,23 +29,23 @@ plain batch normalisation. In eval mode ``x^ = (x - running_mean) / sigma``.
 Multi-worker training: the running statistics are averaged over the workers after every
 critic (and actor) step through the agent's ``grad_sync`` hook, so the networks stay equal.
 
-Prioritised replay: :attr:`td_error` is the mean over the critics of ``|Q_j(s, a) - y|``.
+Prioritised replay: the update's ``td_error`` is the mean over the critics of ``|Q_j(s, a) - y|``.
 ``action_l2`` and ``preact_l2`` are SAC's; ``clip_return`` is refused as for SAC. Registers
 ``algo=crossq``.
 """
 
 # No ``from __future__ import annotations``: OmegaConf reads the schema's annotations at run time.
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from rlfw.algos.base import TensorBatch
 from rlfw.algos.networks import ACTIVATIONS, INITS, EnsembleLinear
 from rlfw.algos.sac import SAC, SACConfig, SquashedGaussianActor
-from rlfw.core import Batch
 from rlfw.core.checks import in_range
 from rlfw.registry import register
 
@@ -188,13 +188,13 @@ class CrossQ(SAC):
         return {"momentum": float(c.bn_momentum), "eps": float(c.bn_eps), "r_max": float(c.bn_r_max),
                 "d_max": float(c.bn_d_max), "warmup_steps": int(c.bn_warmup_steps)}  # fmt: skip
 
-    def make_actor(self, linear: Callable[[int, int], nn.Module]) -> SquashedGaussianActor:
+    def make_actor(self) -> SquashedGaussianActor:
         """The squashed Gaussian policy, with batch renormalisation if ``actor_batch_norm``."""
         c = self.cfg
         bn = self._bn()
         norm = (lambda f: BatchRenorm(f, None, **bn)) if c.actor_batch_norm else None
         actor = SquashedGaussianActor(self.in_dim, self.act_dim, list(c.actor_hidden), c.activation, c.init,
-                                      linear, norm)  # fmt: skip
+                                      norm=norm)  # fmt: skip
         return actor.eval()  # acting uses the running statistics; actor_step switches to train
 
     def make_critic(self) -> nn.Module:
@@ -208,26 +208,22 @@ class CrossQ(SAC):
         temperature's keeps Adam's default betas (:meth:`SAC.make_alpha_optimizer`)."""
         return torch.optim.Adam(params, lr=lr, betas=(float(self.cfg.adam_beta1), 0.999))
 
-    def critic_loss(self, obs_in: torch.Tensor, action: torch.Tensor, next_in: torch.Tensor, batch: Batch,
-                    alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    def critic_loss(self, b: TensorBatch, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(L_Q, td_error [B], q_mean)`` from one joint forward pass (module docstring)."""
-        t = self._tensor
-        b = obs_in.shape[0]
+        n = b.obs_in.shape[0]
         with torch.no_grad():  # the actor is in eval mode outside actor_step
-            next_a, next_logp, _ = self.actor.sample(next_in, self.generator)
+            next_a, next_logp, _ = self.actor.sample(b.next_in, self.generator)
         self.critic.train()
         q_all = self.critic(
-            torch.cat([torch.cat([obs_in, action], -1), torch.cat([next_in, next_a], -1)])
+            torch.cat([torch.cat([b.obs_in, b.action], -1), torch.cat([b.next_in, next_a], -1)])
         )
         self.critic.eval()
-        q, q_next = q_all[:, :b], q_all[:, b:].detach()  # [E, B] each
+        q, q_next = q_all[:, :n], q_all[:, n:].detach()  # [E, B] each
         with torch.no_grad():
-            bootstrap = t(batch.discount) * (1.0 - t(batch.terminated))
-            y = self.soft_bootstrap(
-                t(batch.reward), bootstrap, q_next.min(dim=0).values, alpha * next_logp
-            )
+            bootstrap = b.discount * (1.0 - b.terminated)
+            y = self.soft_bootstrap(b.reward, bootstrap, q_next.min(dim=0).values, alpha * next_logp)
         td = q - y
-        loss = 0.5 * (t(batch.weight) * td.square()).mean(dim=1).sum()
+        loss = 0.5 * (b.weight * td.square()).mean(dim=1).sum()
         return loss, td.detach().abs().mean(dim=0), q[0].detach().mean()
 
     def after_critic_step(self) -> None:

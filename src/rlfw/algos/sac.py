@@ -31,7 +31,7 @@ after it (what rlfw did before issue 19) moves the fixed point: on one state wit
 gamma 0.98, r = -0.5 and alpha log pi = 1.5 it is -51.47 instead of the soft value
 ``(r - gamma alpha log pi) / (1 - gamma) = -98.5``.
 
-Prioritised replay: :attr:`td_error` is the mean over the critics of ``|Q_j(s, a) - y|``.
+Prioritised replay: the update's ``td_error`` is the mean over the critics of ``|Q_j(s, a) - y|``.
 
 This module registers ``algo=sac``; :mod:`rlfw.algos.tqc` and :mod:`rlfw.algos.crossq` build on it.
 """
@@ -43,15 +43,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlfw.algos.base import OffPolicyAgent, polyak_update
-from rlfw.algos.config import validate_shared
+from rlfw.algos.base import OffPolicyAgent, TensorBatch, polyak_update
+from rlfw.algos.config import AlgoConfig
 from rlfw.algos.networks import MLP, EnsembleMLP
-from rlfw.core import Batch, EnvInfo, require
+from rlfw.core import EnvInfo, UpdateResult, require
 from rlfw.core.checks import in_range
 from rlfw.errors import ConfigError
 from rlfw.registry import register
@@ -62,19 +61,26 @@ MAX_CRITICS = 100  # algo.n_critics above this is refused (memory, not a publish
 
 
 @dataclass
-class SACConfig:
-    """Keys of SAC (Haarnoja et al. 2018); TQC and CrossQ extend them.
+class SACConfig(AlgoConfig):
+    """Keys of SAC (Haarnoja et al. 2018): :class:`AlgoConfig`'s with SAC's defaults, plus the
+    temperature and the target interval; TQC and CrossQ extend them.
 
     ``alpha`` is the entropy temperature: its start value when ``autotune_alpha`` is true (learned
     towards ``target_entropy``, None: ``-act_dim``), else its fixed value.
     """
 
     name: str = "sac"
-    gamma: float = 0.99  # discount factor, in (0, 1]
-    tau: float = 0.005  # polyak coefficient of the target critics
-    target_update_interval: int = 1  # critic updates between target updates
-    n_critics: int = 2  # critics in the clipped double-Q minimum
     policy_delay: int = 1  # actor (and alpha) updates once every policy_delay critic updates
+    preact_l2: float = 0.0  # penalty on the squared pre-tanh mean mu(s)
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    actor_hidden: list[int] = field(default_factory=lambda: [256, 256])
+    critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
+    action_l2: float = 0.0  # HER paper's penalty, here on the mean action tanh(mu(s))
+    # Kept so that every algorithm has the key; true is refused (module docstring): the bound
+    # of {-1, 0} returns does not hold for soft values, which carry the future entropy bonus.
+    clip_return: bool = False
+    target_update_interval: int = 1  # critic updates between target updates
     # Entropy temperature, > 0 (start value if autotune_alpha). 0.1 is Yarats & Kostrikov's
     # pytorch_sac init_temperature; SB3 starts at 1.0, which on sparse {-1, 0} rewards lets the
     # entropy bonus swamp the reward: measured on FetchReach-v4 (4 epochs of 1000 steps), SAC
@@ -84,26 +90,11 @@ class SACConfig:
     autotune_alpha: bool = True  # learn alpha towards target_entropy (paper Sec. 5, Eq. 18)
     target_entropy: float | None = None  # None: -act_dim (the paper's heuristic)
     alpha_lr: float = 3e-4
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    actor_hidden: list[int] = field(default_factory=lambda: [256, 256])
-    critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
-    activation: str = "relu"  # relu, leaky_relu, tanh, elu, gelu, silu
-    init: str = "default"  # default (PyTorch's), he_normal, orthogonal, xavier_uniform
-    normalize: bool | None = None  # running mean/std of observations and goals; None: goal envs
-    norm_clip: float = 5.0
-    norm_eps: float = 0.01
-    # Kept so that every algorithm has the key; true is refused (module docstring): the bound
-    # of {-1, 0} returns does not hold for soft values, which carry the future entropy bonus.
-    clip_return: bool = False
-    action_l2: float = 0.0  # HER paper's penalty, here on the mean action tanh(mu(s))
-    preact_l2: float = 0.0  # penalty on the squared pre-tanh mean mu(s)
-    max_grad_norm: float | None = None  # gradient-norm clipping of every loss, None: off
 
     @staticmethod
     def validate(node: Any) -> None:
         """Ranges and names of these keys (one :class:`rlfw.errors.ConfigError` line)."""
-        validate_shared(node)
+        AlgoConfig.validate(node)
         p = "algo."
         for key in ("target_update_interval", "policy_delay"):
             in_range(node, key, 1, prefix=p)
@@ -199,13 +190,10 @@ class SAC(OffPolicyAgent):
         cfg: a :class:`SACConfig` node.
         env: observation, goal and action sizes.
         device: torch device.
-        actor_linear: layer factory for the actor (``nn.Linear``).
-        critic_linear: must be None (the fused critic ensemble).
         seed: seeds the policy's samples (:attr:`generator`).
 
     Raises:
-        ConfigError: ``critic_linear`` given (parameter-noise layers; see ``validate_with``), or
-            ``cfg.clip_return`` true (module docstring).
+        ConfigError: ``cfg.clip_return`` true (module docstring).
     """
 
     metric_names: tuple[str, ...] = (
@@ -223,18 +211,12 @@ class SAC(OffPolicyAgent):
         cfg: Any,
         env: EnvInfo,
         device: str | torch.device = "cpu",
-        actor_linear: Callable[[int, int], nn.Module] = nn.Linear,
-        critic_linear: Callable[[int, int], nn.Module] | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__(cfg, env, device, seed)
         if self.clip_return:
             raise ConfigError(
                 f"algo.clip_return=true is for ddpg and td3, not algo={cfg.name} (see SACConfig.validate)"
-            )
-        if critic_linear is not None:
-            raise ConfigError(
-                f"algo={cfg.name} has no noisy critic layers: choose noise=none, gaussian or ou"
             )
         self.target_update_interval = int(cfg.target_update_interval)
         self.policy_delay = int(cfg.policy_delay)
@@ -243,16 +225,21 @@ class SAC(OffPolicyAgent):
         self.target_entropy = (
             float(cfg.target_entropy) if cfg.target_entropy is not None else -float(env.act_dim)
         )
-        self.actor = self.make_actor(actor_linear).to(self.device)
+        self.actor = self.make_actor().to(self.device)
         self.critic = self.make_critic().to(self.device)
+        self.temperature = Temperature(float(cfg.alpha)).to(self.device)
+        self.temperature.requires_grad_(self.autotune_alpha)
+        self.setup()
+
+    def setup(self) -> None:
+        """The target critics (if any), the optimisers and the update's parameter lists."""
+        c = self.cfg
         self.critic_target = (
             copy.deepcopy(self.critic).requires_grad_(False) if self.has_target_critic else None
         )
-        self.temperature = Temperature(float(cfg.alpha)).to(self.device)
-        self.temperature.requires_grad_(self.autotune_alpha)
-        self.actor_opt = self.make_optimizer(self.actor.parameters(), float(cfg.actor_lr))
-        self.critic_opt = self.make_optimizer(self.critic.parameters(), float(cfg.critic_lr))
-        self.alpha_opt = self.make_alpha_optimizer(self.temperature.parameters(), float(cfg.alpha_lr))
+        self.actor_opt = self.make_optimizer(self.actor.parameters(), float(c.actor_lr))
+        self.critic_opt = self.make_optimizer(self.critic.parameters(), float(c.critic_lr))
+        self.alpha_opt = self.make_alpha_optimizer(self.temperature.parameters(), float(c.alpha_lr))
         self._actor_params = list(self.actor.parameters())
         self._critic_params = list(self.critic.parameters())
         self._alpha_params = list(self.temperature.parameters())
@@ -260,12 +247,10 @@ class SAC(OffPolicyAgent):
     # ---------------------------------------------------------------------------------------
     # what subclasses change
 
-    def make_actor(self, linear: Callable[[int, int], nn.Module]) -> SquashedGaussianActor:
+    def make_actor(self) -> SquashedGaussianActor:
         """The policy network (:class:`SquashedGaussianActor`)."""
         c = self.cfg
-        return SquashedGaussianActor(
-            self.in_dim, self.act_dim, list(c.actor_hidden), c.activation, c.init, linear
-        )
+        return SquashedGaussianActor(self.in_dim, self.act_dim, list(c.actor_hidden), c.activation, c.init)
 
     def make_critic(self) -> nn.Module:
         """The critic ensemble: ``[B, in + A] -> [n_critics, B]``."""
@@ -301,16 +286,12 @@ class SAC(OffPolicyAgent):
         """
         return reward + bootstrap * (q_next - entropy_cost)
 
-    def critic_loss(self, obs_in: torch.Tensor, action: torch.Tensor, next_in: torch.Tensor, batch: Batch,
-                    alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    def critic_loss(self, b: TensorBatch, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(L_Q, td_error [B], q_mean)`` for one batch (module docstring)."""
-        t = self._tensor
-        y = self.soft_target(
-            next_in, t(batch.reward), t(batch.terminated), t(batch.discount), alpha
-        )
-        q = self.critic(torch.cat([obs_in, action], dim=-1))  # [E, B]
+        y = self.soft_target(b.next_in, b.reward, b.terminated, b.discount, alpha)
+        q = self.critic(torch.cat([b.obs_in, b.action], dim=-1))  # [E, B]
         td = q - y
-        loss = 0.5 * (t(batch.weight) * td.square()).mean(dim=1).sum()
+        loss = 0.5 * (b.weight * td.square()).mean(dim=1).sum()
         return loss, td.detach().abs().mean(dim=0), q[0].detach().mean()
 
     def policy_value(self, obs_in: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -325,33 +306,24 @@ class SAC(OffPolicyAgent):
     # ---------------------------------------------------------------------------------------
     # acting
 
-    @torch.no_grad()
-    def act(
-        self, obs: np.ndarray, goal: np.ndarray | None = None, explore: bool = False
-    ) -> np.ndarray:
-        """``[N, A]`` float32 actions in [-1, 1] for ``obs [N, obs_dim]`` (and ``goal [N, goal_dim]``):
-        a sample of the policy with ``explore``, else the mean action ``tanh(mu(s))``."""
-        x = self._inputs(self._tensor(obs), None if goal is None else self._tensor(goal))
+    def policy(self, x: torch.Tensor, explore: bool) -> torch.Tensor:
+        """``[N, A]`` actions in [-1, 1] for inputs ``x [N, in]``: a sample of the policy with
+        ``explore``, else the mean action ``tanh(mu(s))``."""
         if explore:
-            return self.actor.sample(x, self.generator)[0].cpu().numpy()
-        return torch.tanh(self.actor(x)[0]).cpu().numpy()
+            return self.actor.sample(x, self.generator)[0]
+        return torch.tanh(self.actor(x)[0])
 
     # ---------------------------------------------------------------------------------------
     # learning
 
-    def update(self, batch: Batch) -> dict[str, float]:
+    def learn(self, b: TensorBatch) -> UpdateResult:
         """One critic step; every ``policy_delay`` steps one actor and temperature step.
 
         Returns:
-            The metrics (class docstring); sets :attr:`td_error` ``[B]``.
+            The metrics (class docstring) and the ``td_error [B]`` (module docstring).
         """
-        t = self._tensor
-        goal = None if batch.goal is None else t(batch.goal)
-        obs_in = self._inputs(t(batch.obs), goal)
-        next_in = self._inputs(t(batch.next_obs), goal)
         alpha = self.temperature().detach()
-
-        critic_loss, td, q_mean = self.critic_loss(obs_in, t(batch.action), next_in, batch, alpha)
+        critic_loss, td, q_mean = self.critic_loss(b, alpha)
         self._minimize(self.critic_opt, self._critic_params, critic_loss, self.max_grad_norm)
         self.updates += 1
         self.after_critic_step()
@@ -362,9 +334,8 @@ class SAC(OffPolicyAgent):
             "alpha": float(alpha),
         }
         if self.updates % self.policy_delay == 0:
-            metrics.update(self.actor_step(obs_in, alpha))
-        self.td_error = td.cpu().numpy()
-        return metrics
+            metrics.update(self.actor_step(b.obs_in, alpha))
+        return UpdateResult(metrics, td.cpu().numpy())
 
     def actor_step(self, obs_in: torch.Tensor, alpha: torch.Tensor) -> dict[str, float]:
         """One step of ``L_pi`` on the actor and, with ``autotune_alpha``, of ``L_alpha``."""

@@ -18,7 +18,7 @@ averages the quantile Huber loss over everything, the N critics included
 of the per-critic mean, is N times its loss; Adam's step is invariant to that constant factor
 (up to its epsilon), and this module keeps the paper's per-critic sum.
 
-Prioritised replay: :attr:`td_error` is each sample's quantile Huber loss averaged over the
+Prioritised replay: the update's ``td_error`` is each sample's quantile Huber loss averaged over the
 critics, ``1/N sum_n 1/(kM) sum_{m, i} rho_{tau_m}(y_i - theta_n^m)`` (the distributional loss
 as priority, as in Rainbow; Hessel et al. 2018).
 
@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from rlfw.algos.base import TensorBatch
 from rlfw.algos.networks import EnsembleMLP
 from rlfw.algos.sac import SAC, SACConfig
-from rlfw.core import Batch
 from rlfw.core.checks import in_range, require
 from rlfw.registry import register
 
@@ -110,16 +110,12 @@ class TQC(SAC):
         bootstrap = (discount * (1.0 - terminated))[:, None]
         return self.soft_bootstrap(reward[:, None], bootstrap, z, alpha * next_logp[:, None])
 
-    def critic_loss(self, obs_in: torch.Tensor, action: torch.Tensor, next_in: torch.Tensor, batch: Batch,
-                    alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    def critic_loss(self, b: TensorBatch, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(L_Z, per-sample quantile loss [B], q_mean)`` (module docstring)."""
-        t = self._tensor
-        y = self.quantile_target(
-            next_in, t(batch.reward), t(batch.terminated), t(batch.discount), alpha
-        )
-        theta = self.critic(torch.cat([obs_in, action], dim=-1))  # [N, B, M]
+        y = self.quantile_target(b.next_in, b.reward, b.terminated, b.discount, alpha)
+        theta = self.critic(torch.cat([b.obs_in, b.action], dim=-1))  # [N, B, M]
         per_sample = quantile_huber_loss(theta, y)  # [N, B]
-        loss = (t(batch.weight) * per_sample).mean(dim=1).sum()
+        loss = (b.weight * per_sample).mean(dim=1).sum()
         return loss, per_sample.detach().mean(dim=0), theta[0].detach().mean()
 
     def policy_value(self, obs_in: torch.Tensor, action: torch.Tensor) -> torch.Tensor:

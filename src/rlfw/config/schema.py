@@ -22,7 +22,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from rlfw.algos.config import ActorCriticConfig, DDPGConfig, TD3Config
+from rlfw.algos.config import AlgoConfig
+from rlfw.algos.td3 import DDPGConfig, TD3Config
 from rlfw.buffers.config import BufferConfig
 from rlfw.core.checks import check_seed, in_range, one_of, require
 from rlfw.logger_config import LoggerConfig, WandbLoggerConfig
@@ -35,7 +36,7 @@ from rlfw.noise.config import (
 )
 
 __all__ = [
-    "ActorCriticConfig", "BufferConfig", "Config", "DDPGConfig", "EnvConfig", "EvalConfig",
+    "AlgoConfig", "BufferConfig", "Config", "DDPGConfig", "EnvConfig", "EvalConfig",
     "GaussianNoiseConfig", "LoggerConfig", "NoNoiseConfig", "NoiseConfig", "NoisyNetConfig",
     "OUNoiseConfig", "TD3Config", "TrainConfig", "WandbLoggerConfig", "register_schemas",
 ]  # fmt: skip

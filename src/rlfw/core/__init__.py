@@ -8,7 +8,8 @@ except :mod:`rlfw.errors`, and everything else depends on it, never the reverse.
 - :class:`Agent`: what the training loop, evaluation, multi-worker and federated training ask
   of an algorithm (SB3's ``BaseAlgorithm.train``/``predict``, BenchMARL's ``Algorithm``).
 - :class:`Exploration`: how actions are perturbed while collecting (SB3 ``common/noise.py``),
-  and which network layers an algorithm should build (NoisyNet).
+  or, for parameter noise (NoisyNet), which layers it swaps into the agent's networks.
+- :class:`UpdateResult`: what an agent's update returns (metrics and the PER signal).
 - :class:`Callback`: hooks into the training loop.
 """
 
@@ -22,6 +23,7 @@ from rlfw.core.contracts import (
     GoalFn,
     LinearFactory,
     ReplayBuffer,
+    UpdateResult,
 )
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "GoalFn",
     "LinearFactory",
     "ReplayBuffer",
+    "UpdateResult",
     "in_range",
     "one_of",
     "require",

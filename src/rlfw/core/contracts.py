@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 
 # (achieved_goal [B, G], desired_goal [B, G]) -> [B]
 GoalFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-# (in_features, out_features) -> a linear layer (nn.Linear, or NoisyNet's noisy linear)
+# (in_features, out_features) -> a linear layer (nn.Linear, or NoisyNet's noisy linear; MLP's
+# ``linear`` argument)
 LinearFactory = Callable[[int, int], "nn.Module"]
 
 
@@ -71,6 +72,21 @@ class Batch:
     weight: np.ndarray
     index: np.ndarray
     goal: np.ndarray | None = None
+
+
+@dataclass
+class UpdateResult:
+    """What one :meth:`Agent.update` returns.
+
+    Attributes:
+        metrics: the update's metrics by name (keys from the agent's ``metric_names``; floats).
+        td_error: ``[B]`` float32, the per-sample TD error magnitude of the batch (the
+            prioritised-replay signal, passed to the buffer's ``update_priorities``), or None for
+            an agent that has none.
+    """
+
+    metrics: dict[str, float]
+    td_error: np.ndarray | None = None
 
 
 @runtime_checkable
@@ -135,10 +151,8 @@ class Agent(Protocol):
     ``[N, obs_dim]`` and ``[N, goal_dim]``.
 
     Attributes:
-        metric_names: the keys :meth:`update` returns, in the order of their metrics.csv
-            columns (known before the first update, so the CSV header can be written).
-        td_error: ``[B]`` float32, the per-sample TD error magnitude of the last
-            :meth:`update` (the prioritised-replay signal), or None before the first.
+        metric_names: the keys of the metrics :meth:`update` returns, in the order of their
+            metrics.csv columns (known before the first update, so the CSV header can be written).
         updates: gradient steps done so far (checkpointed).
         grad_sync: set by multi-worker training: averages a list of tensors over the workers
             in place; the agent calls it with its gradients between ``backward()`` and
@@ -147,7 +161,6 @@ class Agent(Protocol):
     """
 
     metric_names: tuple[str, ...]
-    td_error: np.ndarray | None
     updates: int
     grad_sync: Callable[[list[Any]], None] | None
 
@@ -159,8 +172,9 @@ class Agent(Protocol):
         """Feed collected observations (and goals) to the agent's normalisers."""
         ...
 
-    def update(self, batch: Batch) -> dict[str, float]:
-        """One gradient step on ``batch``; returns its metrics (keys from :attr:`metric_names`)."""
+    def update(self, batch: Batch) -> UpdateResult:
+        """One gradient step on ``batch``; returns its metrics (keys from :attr:`metric_names`)
+        and the per-sample TD error prioritised replay needs."""
         ...
 
     def networks(self) -> dict[str, nn.Module]:
@@ -190,10 +204,19 @@ class Exploration(Protocol):
     """How collection perturbs the agent's actions, per parallel env (SB3 ``ActionNoise``).
 
     ``__call__(actions [N, A], env_step) -> actions [N, A]`` in [-1, 1]; ``reset(done [N])`` for
-    the envs whose episode ended; ``metrics(env_step)`` values for metrics.csv (``noise_sigma``).
-    Parameter-space exploration (NoisyNet) perturbs no action: it supplies the network layers
-    through :meth:`actor_linear` and :meth:`critic_linear` and redraws their noise.
+    the envs whose episode ended; ``metrics(env_step)`` values for metrics.csv (keys from
+    :attr:`metric_names`, as an agent declares its own). :meth:`attach` is called once with the
+    built agent: parameter-space exploration (NoisyNet, ``parameter_noise`` true) perturbs no
+    action; it swaps its noisy layers into the agent's networks there and redraws their noise.
+
+    Attributes:
+        metric_names: the keys :meth:`metrics` may return (``noise_sigma``), or none.
+        parameter_noise: whether the exploration perturbs the policy's weights (NoisyNet) rather
+            than its actions; then :meth:`resample` draws a new exploration sample of them.
     """
+
+    metric_names: tuple[str, ...]
+    parameter_noise: bool
 
     def __call__(self, actions: np.ndarray, env_step: int) -> np.ndarray: ...
 
@@ -203,9 +226,7 @@ class Exploration(Protocol):
 
     def attach(self, agent: Any) -> None: ...
 
-    def actor_linear(self) -> LinearFactory | None: ...
-
-    def critic_linear(self) -> LinearFactory | None: ...
+    def resample(self) -> None: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 

@@ -32,7 +32,7 @@ def record_episodes(
 
     Args:
         cfg: the run's config (env family, id, kwargs).
-        agent: an :class:`rlfw.algos.ActorCritic` (acts with its mean weights).
+        agent: an agent (:class:`rlfw.core.Agent`; NoisyNet layers act with their mean weights).
         path: the MP4 path for one episode, or a pattern with ``{k}`` for several.
         episodes: how many episodes.
         seed: episode k resets with ``seed + k``.

@@ -5,7 +5,7 @@ Files in the run directory:
 - ``global/round_<k>.pt`` and ``global/last.pt``: the global model after round ``k``
   (``round_0.pt`` is the initial one): ``{"round", "agent": {module: state_dict} for actor,
   critic, actor_target, critic_target, obs_norm, goal_norm, "dims", "strategy", "clients":
-  [per-client results], "config"}``. ``agent[m]`` loads with ``ActorCritic.modules()[m]
+  [per-client results], "config"}``. ``agent[m]`` loads with ``agent.modules()[m]
   .load_state_dict``; optimiser states are not federated and not saved here.
 - ``federated_metrics.csv``: one row per round (:func:`metric_columns`): the number of clients
   aggregated and refused, their env steps, ``eval_success_rate`` / ``eval_return`` (the clients'
@@ -80,7 +80,7 @@ class RLStrategy(FedAvg):
 
     Args:
         cfg: the composed federated config (``federated`` block and the shared training keys).
-        agent: the global model (an ActorCritic built for ``dims``); updated in place.
+        agent: the global model (an agent built for ``dims``); updated in place.
         dims: the global model's sizes, sent to the clients with every instruction.
         run_dir: where the files above go.
         max_steps: the most env steps any client collects in a round (default: from ``cfg.train``:

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from rlfw.core import LinearFactory
 from rlfw.noise.config import GaussianNoiseConfig, NoNoiseConfig, OUNoiseConfig
 from rlfw.registry import register
 
@@ -31,7 +30,8 @@ def random_actions(actions: np.ndarray, random_eps: float, rng: np.random.Genera
 
 
 class ActionNoise:
-    """Base class: clipping and ``random_eps``; subclasses implement :meth:`perturb`.
+    """Base class: clipping and ``random_eps``; subclasses implement :meth:`perturb` and declare
+    the keys of :meth:`metrics` in :attr:`metric_names`.
 
     Args:
         cfg: the noise config (``random_eps`` and the subclass's keys).
@@ -39,6 +39,9 @@ class ActionNoise:
         act_dim: A.
         rng: the generator all draws come from.
     """
+
+    metric_names: tuple[str, ...] = ()
+    parameter_noise = False  # action noise: the policy's weights are left alone
 
     def __init__(self, cfg: Any, num_envs: int, act_dim: int, rng: np.random.Generator) -> None:
         self.cfg = cfg
@@ -62,15 +65,11 @@ class ActionNoise:
         return {}
 
     def attach(self, agent: Any) -> None:
-        """Called by the runner with the built agent (NoisyNet keeps it to redraw noise)."""
+        """Called once by :func:`rlfw.build.build_agent` with the built agent; action noise
+        needs nothing of it."""
 
-    def actor_linear(self) -> LinearFactory | None:
-        """Factory for the actor's linear layers (parameter noise), or None for nn.Linear."""
-        return None
-
-    def critic_linear(self) -> LinearFactory | None:
-        """Factory for the critics' linear layers, or None for the fused plain ensemble."""
-        return None
+    def resample(self) -> None:
+        """Nothing to redraw: action noise has no weight sample (see ``parameter_noise``)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -91,6 +90,8 @@ class GaussianNoise(ActionNoise):
     linear ``sigma + (sigma_final - sigma) * f``, exponential
     ``sigma * (sigma_final / sigma) ** f`` with ``f = min(env_step / decay_steps, 1)``.
     """
+
+    metric_names = ("noise_sigma",)
 
     def sigma(self, env_step: int) -> float:
         """The std at ``env_step``."""
@@ -116,6 +117,8 @@ class OUNoise(ActionNoise):
     ``x <- x + theta (mu - x) dt + sigma sqrt(dt) N(0, 1)``; stationary variance
     ``sigma^2 / (2 theta)``. An env's process restarts at ``mu`` when its episode ends.
     """
+
+    metric_names = ("noise_sigma",)
 
     def __init__(self, cfg: Any, num_envs: int, act_dim: int, rng: np.random.Generator) -> None:
         super().__init__(cfg, num_envs, act_dim, rng)

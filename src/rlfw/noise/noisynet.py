@@ -11,8 +11,12 @@ Initialisation (Sec. 3.2), ``p`` the input size: independent ``mu ~ U[-sqrt(3/p)
 ``sigma = 0.017``; factorised ``mu ~ U[-1/sqrt(p), 1/sqrt(p)]``, ``sigma = sigma0 / sqrt(p)``
 with ``sigma0 = 0.5``.
 
-How rlfw uses it with DDPG/TD3 (see :class:`rlfw.algos.actor_critic.ActorCritic`):
+How rlfw uses it with DDPG/TD3 (:class:`NoisyNetNoise`, which owns every step of it; the
+algorithm knows nothing of NoisyNet):
 
+- layers: once the agent is built, the actor's ``nn.Linear`` layers are swapped for noisy ones
+  (with ``noisy_critic``, the fused critic ensemble becomes one MLP of noisy layers per critic)
+  and the agent re-makes its targets and optimisers (:meth:`rlfw.algos.base.OffPolicyAgent.set_networks`);
 - acting: the actor's noisy layers use the *exploration* noise sample, resampled after every
   env step (``resample=step``) or when an episode ends (``resample=episode``; the sample is
   shared by the parallel envs, so with several envs it changes when any of them finishes);
@@ -32,6 +36,7 @@ import torch
 from torch import nn
 
 from rlfw.core import LinearFactory
+from rlfw.errors import ConfigError
 from rlfw.noise.action_noise import random_actions
 from rlfw.noise.config import NoisyNetConfig
 from rlfw.registry import register
@@ -125,15 +130,68 @@ def noisy_layers(*modules: nn.Module) -> list[NoisyLinear]:
     return [m for mod in modules for m in mod.modules() if isinstance(m, NoisyLinear)]
 
 
+class _Member(nn.Module):
+    """One noisy critic: ``net`` of ``[linear, activation]*, linear``; ``[B, in] -> [B, 1]``.
+    The layout (and so the state-dict keys) of ``rlfw.algos.networks.MLP``."""
+
+    def __init__(self, net: nn.Sequential) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # type: ignore[no-any-return]
+
+
+def _noisy_mlp(sizes: list[int], act: type[nn.Module], make: LinearFactory) -> nn.Module:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(make(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(act())
+    return _Member(nn.Sequential(*layers))
+
+
+class NoisyCritics(nn.Module):
+    """Noisy critics with the fused ensemble's interface: ``forward(x [B, in]) -> [E, B]``,
+    ``first(x) -> [B]`` (member 0, the actor's ``Q_1``). Noisy layers cannot share one fused
+    matmul, so each critic is its own MLP. State-dict keys: ``members.<i>.net.<j>.<param>``."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x).squeeze(-1) for m in self.members])
+
+    def first(self, x: torch.Tensor) -> torch.Tensor:
+        """Member 0 alone: ``[B, in] -> [B]``."""
+        return self.members[0](x).squeeze(-1)  # type: ignore[no-any-return]
+
+
+def swap_linear(module: nn.Module, make: LinearFactory) -> nn.Module:
+    """Replace every ``nn.Linear`` inside ``module`` by ``make(in_features, out_features)``, in
+    place and in module order (the state-dict keys keep their place: ``net.0.weight`` becomes
+    ``net.0.mu_w``, ...). Returns ``module``."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, make(child.in_features, child.out_features))
+    return module
+
+
 class NoisyNetNoise:
     """Parameter-space exploration (:class:`rlfw.core.Exploration`): noisy actor weights, no
     action noise (``random_eps`` still applies).
 
-    It is a network-layer factory: the build step makes the actor (and with ``noisy_critic``
-    the critics) from :meth:`actor_linear`/:meth:`critic_linear` and calls :meth:`attach` with
-    the agent; after each exploratory step (``resample=step``) or at an episode end
-    (``resample=episode``) the agent's exploration noise is redrawn.
+    It owns its layers (module docstring): :meth:`attach` swaps them into the built agent's
+    ``actor`` (and with ``noisy_critic`` its ``critic``), registers the agent's hooks that pick
+    the exploration sample or the mean weights when acting and draw fresh training noise before
+    each update, and draws the first exploration sample. After each exploratory step
+    (``resample=step``) or at an episode end (``resample=episode``) the sample is redrawn.
     """
+
+    metric_names: tuple[str, ...] = ("noise_sigma",)
+    parameter_noise = True
 
     def __init__(self, cfg: Any, num_envs: int, act_dim: int, rng: np.random.Generator) -> None:
         self.cfg = cfg
@@ -141,39 +199,92 @@ class NoisyNetNoise:
         self.random_eps = float(cfg.random_eps)
         self.factorised = bool(cfg.factorised)
         self.sigma0 = None if cfg.sigma0 is None else float(cfg.sigma0)
-        self.resample = str(cfg.resample)
+        self.resample_on = str(cfg.resample)
         self.noisy_critic = bool(cfg.noisy_critic)
         self.agent: Any = None
+        self._actor_layers: list[NoisyLinear] = []  # the online actor's: acting
+        self._all_layers: list[NoisyLinear] = []  # every network's: training noise
+        self._explore_noise: list[list[torch.Tensor]] = []
 
     def _factory(self) -> LinearFactory:
         factorised, sigma0 = self.factorised, self.sigma0
         return lambda i, o: NoisyLinear(i, o, factorised, sigma0)
 
-    def actor_linear(self) -> LinearFactory | None:
-        return self._factory()
-
-    def critic_linear(self) -> LinearFactory | None:
-        return self._factory() if self.noisy_critic else None
+    def _noisy_critic(self, critic: nn.Module, agent: Any) -> nn.Module:
+        """:class:`NoisyCritics` with the sizes and activation of the fused ensemble ``critic``
+        (``rlfw.algos.networks.EnsembleMLP``: ``layers`` of ``[E, in, out]`` weights, ``act``)."""
+        layers = getattr(critic, "layers", None)
+        if layers is None or not hasattr(critic, "act") or getattr(critic, "out_features", None) != 1:
+            raise ConfigError(
+                f"noise.noisy_critic=true needs a critic ensemble of scalar Q-values; algo={agent.cfg.name}'s "
+                f"critic is a {type(critic).__name__}: set noise.noisy_critic=false"
+            )
+        sizes = [int(layers[0].weight.shape[1]), *(int(layer.weight.shape[2]) for layer in layers)]
+        act: type[nn.Module] = type(critic.act)  # type: ignore[assignment]
+        return NoisyCritics([_noisy_mlp(sizes, act, self._factory()) for _ in range(int(layers[0].weight.shape[0]))])
 
     def attach(self, agent: Any) -> None:
+        """Swap the noisy layers into ``agent`` (its ``actor``; with ``noisy_critic`` its
+        ``critic``), hook its acting and updates, and draw the first exploration sample.
+
+        Raises:
+            ConfigError: the agent has no ``actor`` network to perturb, or (``noisy_critic``) no
+                ensemble of scalar critics.
+        """
+        nets = agent.networks()
+        if "actor" not in nets or not hasattr(agent, "set_networks"):
+            raise ConfigError(
+                f"noise=noisynet perturbs a deterministic actor's layers, and algo={agent.cfg.name} has no "
+                "actor network it can replace: choose noise=none, gaussian or ou"
+            )
+        swapped = {"actor": swap_linear(nets["actor"], self._factory())}
+        if self.noisy_critic:
+            swapped["critic"] = self._noisy_critic(nets["critic"], agent)
+        agent.set_networks(swapped)
+        nets = agent.networks()
+        self._actor_layers = noisy_layers(nets["actor"])
+        order = ("actor", "actor_target", "critic", "critic_target")
+        self._all_layers = noisy_layers(*(nets[k] for k in order if k in nets))
+        agent.pre_act_hooks.append(self._before_act)
+        agent.pre_update_hooks.append(self._before_update)
         self.agent = agent
+        self.resample()
+
+    def _before_act(self, explore: bool) -> None:
+        """Acting: the exploration sample with ``explore``, else (evaluation) the mean weights."""
+        for m, noise in zip(self._actor_layers, self._explore_noise):
+            m.noise_enabled = explore
+            if explore:
+                m.set_noise(noise)
+
+    def _before_update(self) -> None:
+        """Fresh, independent training noise for the online and the target networks."""
+        for m in self._all_layers:
+            m.noise_enabled = True
+            m.reset_noise()
+
+    def resample(self) -> None:
+        """Draw a new exploration sample of the actor's weight noise (kept apart from the
+        training noise the updates draw)."""
+        for m in self._actor_layers:
+            m.reset_noise()
+        self._explore_noise = [m.get_noise() for m in self._actor_layers]
 
     def __call__(self, actions: np.ndarray, env_step: int) -> np.ndarray:
         out = random_actions(np.clip(actions, -1.0, 1.0), self.random_eps, self.rng).astype(np.float32)
-        if self.resample == "step" and self.agent is not None:
-            self.agent.resample_exploration()
+        if self.resample_on == "step" and self.agent is not None:
+            self.resample()
         return out
 
     def reset(self, done: np.ndarray) -> None:
-        if self.resample == "episode" and self.agent is not None and np.any(done):
-            self.agent.resample_exploration()
+        if self.resample_on == "episode" and self.agent is not None and np.any(done):
+            self.resample()
 
     def metrics(self, env_step: int) -> dict[str, float]:
         """``noise_sigma``: mean |sigma_w| of the actor's noisy layers (how much noise is left)."""
-        if self.agent is None:
+        if not self._actor_layers:
             return {}
-        layers = noisy_layers(self.agent.actor)
-        return {"noise_sigma": float(torch.cat([m.sigma_w.detach().abs().flatten() for m in layers]).mean())}
+        return {"noise_sigma": float(torch.cat([m.sigma_w.detach().abs().flatten() for m in self._actor_layers]).mean())}
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -250,11 +250,12 @@ class TrainLoop:
             return
         for _ in range(n):
             batch = self.buffer.sample(tr.batch_size, self.env_steps)
-            metrics = self.agent.update(batch)
+            result = self.agent.update(batch)
+            metrics = result.metrics
             if not all(math.isfinite(v) for v in metrics.values()):
                 self._diverged(metrics)
-            if self.agent.td_error is not None:
-                self.buffer.update_priorities(batch.index, self.agent.td_error)
+            if result.td_error is not None:
+                self.buffer.update_priorities(batch.index, result.td_error)
             for k, value in metrics.items():
                 cycle.setdefault(k, []).append(value)
 
