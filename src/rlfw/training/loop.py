@@ -46,7 +46,6 @@ import torch
 from omegaconf import DictConfig
 
 from rlfw.build import Components, build
-from rlfw.config.validate import validate
 from rlfw.core import Callback
 from rlfw.errors import TrainingDiverged, TrainingInterrupted
 from rlfw.training.checkpoint import Checkpointer, divergence_advice, has_checkpoint
@@ -74,14 +73,16 @@ class TrainLoop:
         ctx: the worker context (:class:`rlfw.training.context.DistContext`); None: one process.
         components: already built components (None: built here from ``cfg``).
 
+    ``cfg`` is validated by the caller, once per process at the edge
+    (:func:`rlfw.config.preflight.ensure_valid`; :func:`rlfw.training.start.start_run` starts
+    every run).
+
     Raises:
-        ConfigError: a rule of :func:`rlfw.config.validate.validate` is broken, or the env does
-            not fit the config (HER without goals).
+        ConfigError: the env does not fit the config (HER without goals).
     """
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None = None,
                  ctx: LocalContext | None = None, components: Components | None = None) -> None:  # fmt: skip
-        validate(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +93,7 @@ class TrainLoop:
         # (train.overlap with async envs: one core of the share is the simulators')
         beside = int(bool(tr.overlap) and cfg.env.vectorization == "async")
         torch.set_num_threads(torch_threads(int(tr.torch_threads), self.ctx.world, reserve=beside))
-        self.parts = components or build(cfg, self.ctx.rank)
+        self.parts = components or build(cfg, self.ctx.rank, self.ctx.device if ctx is not None else None)
         p = self.parts
         self.env_id, self.info, self.device = p.env.env_id, p.info, p.device
         self.agent, self.exploration, self.buffer = p.agent, p.exploration, p.buffer
