@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rlfw.config.paths import config_dir
 from rlfw.config.preflight import preflight
 from rlfw.config.schema import register_schemas
-from rlfw.errors import ConfigError, TrainingDiverged, TrainingInterrupted
+from rlfw.errors import ConfigError, TrainingDiverged, TrainingInterrupted, exit_status, fail
 from rlfw.training.outputs import run_id
 
 log = logging.getLogger("rlfw")
@@ -245,16 +245,11 @@ def train_job(cfg: DictConfig) -> float:
     run_dir = Path(hc.runtime.output_dir)
     try:
         row = run_job(cfg, run_dir, multirun)
-    except ConfigError as err:
+    except (ConfigError, TrainingDiverged) as err:
         if multirun:  # the sweep goes on; main() lists the failed jobs at the end
             return _job_failed(hc, run_dir, f"error: {err}")
         log.error("error: %s", err)
-        raise SystemExit(2) from None
-    except TrainingDiverged as err:
-        if multirun:
-            return _job_failed(hc, run_dir, f"error: {err}")
-        log.error("error: %s", err)
-        raise SystemExit(1) from None
+        raise SystemExit(exit_status(err)) from None
     except TrainingInterrupted as err:  # a stop signal: status.json says interrupted
         from rlfw.training.requeue import hand_over
 
@@ -262,12 +257,12 @@ def train_job(cfg: DictConfig) -> float:
         log.warning("%s", err)
         if multirun:  # no further job starts: out through Hydra's launcher (not an Exception)
             raise StopSignal(err.signum, str(err)) from None
-        raise SystemExit(128 + err.signum) from None
+        raise SystemExit(exit_status(err)) from None
     except OSError as err:  # a full disk, an unwritable file: one line, the run marked failed
         if multirun:
             return _job_failed(hc, run_dir, f"error: cannot write the run's files: {err}")
         log.error("error: cannot write the run's files: %s", err)
-        raise SystemExit(1) from None
+        raise SystemExit(exit_status(err)) from None
     except Exception as err:  # a bug: the traceback goes to the job's log file, one line here
         if not multirun:
             raise
@@ -600,9 +595,12 @@ def check_hydra(argv: list[str]) -> None:
         raise ConfigError(f"{key}={directory}: cannot create a directory in {probe}: {err.strerror}") from None
 
 
-def _stopped(signum: int, message: str) -> SystemExit:
-    print(f"rlfw: {message}", file=sys.stderr)
-    return SystemExit(128 + signum)
+def _stopped(err: TrainingInterrupted | KeyboardInterrupt) -> SystemExit:
+    """One line (``rlfw: stopped by ...``) and exit status ``128 + signum``
+    (:func:`rlfw.errors.exit_status`)."""
+    message = err.message if isinstance(err, StopSignal) else str(err) if isinstance(err, TrainingInterrupted) else ""
+    print(f"rlfw: {message or 'stopped by SIGINT'}", file=sys.stderr)
+    return SystemExit(exit_status(err))
 
 
 def _claim_given_run_dir(args: list[str]) -> None:
@@ -649,21 +647,12 @@ def main(argv: list[str] | None = None) -> None:
         if launcher_env() is not None:  # torchrun/srun: one run over every rank
             args = [*args, *join_launched_group(args)]
         train(args)
-    except ConfigError as err:
-        print(f"rlfw: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except TrainingDiverged as err:
-        print(f"rlfw: error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except TrainingInterrupted as err:
-        raise _stopped(err.signum, str(err)) from None
-    except StopSignal as err:
-        raise _stopped(err.signum, err.message) from None
-    except KeyboardInterrupt:  # SIGINT where no handler of ours was installed
-        raise _stopped(int(signal.SIGINT), "stopped by SIGINT") from None
+    except (ConfigError, TrainingDiverged) as err:
+        raise fail("rlfw", err) from None
+    except (TrainingInterrupted, KeyboardInterrupt) as err:  # StopSignal; SIGINT where no handler of ours was installed
+        raise _stopped(err) from None
     except OSError as err:
-        print(f"rlfw: error: cannot write the run's files: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise fail("rlfw", err, message=f"cannot write the run's files: {err}") from None
     if _FAILED_JOBS:
         for line in _FAILED_JOBS:
             print(f"rlfw: error: {line}", file=sys.stderr)
