@@ -238,7 +238,7 @@ def feed(
     ``buffer.start(reset obs)`` once, then one ``buffer.add`` per vector step with Gymnasium's
     same-step autoreset: for an env that finishes, ``next_obs`` already holds the next
     episode's first observation and ``final_obs`` the finished episode's last one (``final_obs``
-    is ``next_obs`` with the finished rows replaced, as :func:`rlfw.runner.final_obs` builds it).
+    is ``next_obs`` with the finished rows replaced, as :func:`rlfw.envs.obs.final_obs` builds it).
     An env that runs out of episodes continues with phantom truncated episodes of ``MAX_T``
     steps (ids ``900 + 10 * env + k``).
 

@@ -121,7 +121,7 @@ def test_eval_videos_reach_tensorboard(tmp_path, monkeypatch):
     tb = TensorBoardCallback(tmp_path)
     runner = SimpleNamespace(run_dir=tmp_path, cfg=SimpleNamespace(seed=0), agent=None, epoch=2,
                              env_steps=400, last_cycle={}, callbacks=[])  # fmt: skip
-    runner.callbacks = [VideoCallback(2), tb]
+    runner.callbacks = [VideoCallback(2, [tb]), tb]
     tb.on_start(runner)
     runner.callbacks[0].on_epoch(runner, {"env_steps": 400})
     tb.on_end(runner)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
+from hydra import version as hydra_version
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -31,12 +31,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rlfw.config.paths import config_dir
 from rlfw.config.preflight import preflight
 from rlfw.config.schema import register_schemas
-from rlfw.errors import ConfigError, TrainingDiverged, TrainingInterrupted
+from rlfw.errors import ConfigError, TrainingDiverged, TrainingInterrupted, exit_status, fail
 from rlfw.training.outputs import run_id
 
 log = logging.getLogger("rlfw")
 
 register_schemas()
+hydra_version.setbase("1.3")  # as @hydra.main(version_base="1.3") did when this module was imported
 # the per-process part of the default run directory's name (conf/config.yaml's hydra.run.dir):
 # runs started in the same second never share a directory
 OmegaConf.register_new_resolver("rlfw_run_id", run_id, replace=True)
@@ -137,77 +138,100 @@ def _log_traceback_to_files() -> None:
             handler.emit(logging.LogRecord("rlfw", logging.ERROR, __file__, 0, "%s", (text,), None))
 
 
+def start(cfg: DictConfig, run_dir: Path, *, multirun: bool = False, callbacks: Sequence[Any] = (),
+          checkpoint: str | Path | None = None, announce_resume: bool = False) -> dict:  # fmt: skip
+    """Start a validated run in the way this process was started: as this rank of a
+    torchrun/srun group (:func:`rlfw.distributed.run_launched`), with ``train.workers`` > 1
+    processes (:func:`rlfw.distributed.launch`; each worker runs
+    :func:`rlfw.training.start.start_run`), else in this process
+    (:func:`rlfw.training.start.start_run`). Returns the last metrics row.
+
+    Args:
+        checkpoint: ``last.pt`` to continue from (resume, SLURM restart), or None.
+        callbacks: the user's callbacks (this process only: :func:`run_job` refuses them with
+            workers).
+        announce_resume: log the epoch the run resumes from (``resume=``).
+    """
+    from rlfw.distributed import launch, launched_group_joined, run_launched
+    from rlfw.training.start import start_run
+
+    if launched_group_joined():  # one rank of torchrun/srun (main() joined its group)
+        return run_launched(cfg, run_dir, multirun)
+    if cfg.train.workers > 1:
+        return launch(cfg, run_dir, multirun, checkpoint=checkpoint)[0]["row"]  # type: ignore[no-any-return]
+    return start_run(cfg, run_dir, multirun=multirun, callbacks=callbacks, checkpoint=checkpoint,
+                     announce_resume=announce_resume).row  # fmt: skip
+
+
 def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False, callbacks: Sequence[Any] = ()) -> dict:
     """Train one composed job into ``run_dir``; returns its last metrics row.
 
-    The body of the Hydra app :func:`train`, also run by :func:`rlfw.api.train`, which passes
-    the user's ``callbacks`` (:class:`rlfw.core.Callback`), called after the built-in ones.
+    The body of the Hydra task :func:`train_job`, also run by :func:`rlfw.api.train`, which
+    passes the user's ``callbacks`` (:class:`rlfw.core.Callback`), called after the built-in
+    ones. The config is validated here unless this process's preflight already validated it
+    (:func:`rlfw.config.preflight.ensure_valid`: a sweeper's trial is checked here). A requeued
+    SLURM job continues from its checkpoint (:func:`rlfw.training.requeue.requeued_checkpoint`).
 
     Raises:
         ConfigError: a rule of :func:`rlfw.config.validate.validate` is broken, or the env does
             not fit the config (HER without goals); user callbacks with ``train.workers`` > 1 or
             under a torchrun/srun launcher (the workers are other processes).
     """
+    from rlfw.config.preflight import ensure_valid
     from rlfw.distributed import launched_group_joined
-    from rlfw.training.requeue import restart_count
+    from rlfw.training.requeue import requeued_checkpoint, restart_count
 
     tr = cfg.train
-    if callbacks and (tr.workers > 1 or launched_group_joined()):
+    launched = launched_group_joined()
+    if callbacks and (tr.workers > 1 or launched):
         raise ConfigError(
             f"rlfw.train(callbacks=...) runs the callbacks in this process; train.workers={tr.workers} "
             "and torchrun/srun train in other processes: use train.workers=1"
         )
-    if launched_group_joined():  # one rank of torchrun/srun (main() joined its group)
+    ensure_valid(cfg)
+    if launched:
         import torch.distributed as dist
 
-        from rlfw.distributed import run_launched
-
         if dist.get_rank() != 0:  # only rank 0 writes, and holds the run directory's lock
-            return run_launched(cfg, run_dir, multirun)
-        claim_run_dir(run_dir, fresh=restart_count() == 0)
-        try:
-            return run_launched(cfg, run_dir, multirun)
-        finally:
-            release_run_dir(run_dir)
+            return start(cfg, run_dir, multirun=multirun)
     claim_run_dir(run_dir, fresh=restart_count() == 0)  # one writer; never into another run
     try:
-        return _run_claimed(cfg, run_dir, multirun, callbacks)
+        ckpt = None if launched else requeued_checkpoint(run_dir)  # a requeued SLURM job continues
+        if restart_count() > 0 and not launched:
+            if ckpt is None:  # stopped before its first checkpoint: start over, no stale rows
+                from rlfw.training.checkpoint import truncate_logs
+
+                truncate_logs(run_dir, 0)
+            log.info("SLURM restart %d of this job: %s", restart_count(),
+                     f"resuming from {ckpt}" if ckpt else "no checkpoint yet, starting from epoch 0")  # fmt: skip
+        return start(cfg, run_dir, multirun=multirun, callbacks=callbacks, checkpoint=ckpt)
     finally:
         release_run_dir(run_dir)
 
 
-def _run_claimed(cfg: DictConfig, run_dir: Path, multirun: bool, callbacks: Sequence[Any] = ()) -> dict:
-    """The body of :func:`run_job` once this process holds ``run_dir``."""
-    from rlfw.callbacks import make_callbacks
-    from rlfw.training.loop import TrainLoop
-    from rlfw.training.requeue import requeued_checkpoint, restart_count
+def train(args: list[str]) -> None:
+    """Run the Hydra app (:func:`train_job` for each job) on the command line ``args``, as
+    ``@hydra.main`` does on ``sys.argv[1:]``, leaving ``sys.argv`` as it is (``@hydra.main`` can
+    only read ``sys.argv``; Hydra's ``_run_hydra``, which it calls, takes the parsed arguments)."""
+    from hydra._internal.utils import _run_hydra, get_args_parser
 
-    tr = cfg.train
+    parser = get_args_parser()
+    parsed = parser.parse_args(args)
+    if parsed.experimental_rerun is not None:  # as @hydra.main: rerun a saved job config
+        import importlib
 
-    ckpt = requeued_checkpoint(run_dir)  # a requeued SLURM job continues where it stopped
-    if restart_count() > 0:
-        if ckpt is None:  # stopped before its first checkpoint: start over, no stale rows
-            from rlfw.training.checkpoint import truncate_logs
+        from hydra.core.utils import _flush_loggers
 
-            truncate_logs(run_dir, 0)
-        log.info("SLURM restart %d of this job: %s", restart_count(),
-                 f"resuming from {ckpt}" if ckpt else "no checkpoint yet, starting from epoch 0")  # fmt: skip
-    if tr.workers > 1:
-        from rlfw.config.validate import validate
-        from rlfw.distributed import launch
-
-        validate(cfg)
-        return launch(cfg, run_dir, multirun, checkpoint=ckpt)[0]["row"]  # type: ignore[no-any-return]
-    total = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
-    runner = TrainLoop(cfg, run_dir, [*make_callbacks(cfg, run_dir, total, multirun), *callbacks])
-    if ckpt is not None:
-        runner.load_checkpoint(ckpt)
-    return runner.run()
+        train_job(importlib.import_module("hydra.main")._get_rerun_conf(parsed.experimental_rerun, parsed.overrides))
+        _flush_loggers()
+        return
+    _run_hydra(args=parsed, args_parser=parser, task_function=train_job, config_path=str(config_dir()),
+               config_name="config")  # fmt: skip
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-def train(cfg: DictConfig) -> float:
-    """Train one job into Hydra's output dir; returns the final eval success rate (or return).
+def train_job(cfg: DictConfig) -> float:
+    """Hydra's task: train one job into Hydra's output dir; returns the final eval success rate
+    (or return).
 
     The return value is what Hydra's sweepers (Optuna) maximise.
     """
@@ -221,16 +245,11 @@ def train(cfg: DictConfig) -> float:
     run_dir = Path(hc.runtime.output_dir)
     try:
         row = run_job(cfg, run_dir, multirun)
-    except ConfigError as err:
+    except (ConfigError, TrainingDiverged) as err:
         if multirun:  # the sweep goes on; main() lists the failed jobs at the end
             return _job_failed(hc, run_dir, f"error: {err}")
         log.error("error: %s", err)
-        raise SystemExit(2) from None
-    except TrainingDiverged as err:
-        if multirun:
-            return _job_failed(hc, run_dir, f"error: {err}")
-        log.error("error: %s", err)
-        raise SystemExit(1) from None
+        raise SystemExit(exit_status(err)) from None
     except TrainingInterrupted as err:  # a stop signal: status.json says interrupted
         from rlfw.training.requeue import hand_over
 
@@ -238,12 +257,12 @@ def train(cfg: DictConfig) -> float:
         log.warning("%s", err)
         if multirun:  # no further job starts: out through Hydra's launcher (not an Exception)
             raise StopSignal(err.signum, str(err)) from None
-        raise SystemExit(128 + err.signum) from None
+        raise SystemExit(exit_status(err)) from None
     except OSError as err:  # a full disk, an unwritable file: one line, the run marked failed
         if multirun:
             return _job_failed(hc, run_dir, f"error: cannot write the run's files: {err}")
         log.error("error: cannot write the run's files: %s", err)
-        raise SystemExit(1) from None
+        raise SystemExit(exit_status(err)) from None
     except Exception as err:  # a bug: the traceback goes to the job's log file, one line here
         if not multirun:
             raise
@@ -359,12 +378,10 @@ def resume(run_dir: str, overrides: list[str]) -> float:
 def _resume_claimed(path: Path, overrides: list[str]) -> float:
     from omegaconf.errors import OmegaConfBaseException
 
-    from rlfw.callbacks import make_callbacks
     from rlfw.config.preflight import translate
     from rlfw.config.schema import Config
     from rlfw.config.validate import validate
     from rlfw.training.checkpoint import has_checkpoint, load_latest
-    from rlfw.training.loop import TrainLoop
 
     ckpt = path / "checkpoints" / "last.pt"  # previous.pt if last.pt is lost (load_latest)
     found = has_checkpoint(ckpt.parent)
@@ -420,24 +437,15 @@ def _resume_claimed(path: Path, overrides: list[str]) -> float:
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     logging.getLogger().addHandler(handler)
-    tr = cfg.train
     if not found:  # killed before its first checkpoint: start over in the same dir
         from rlfw.training.checkpoint import truncate_logs
 
         truncate_logs(path, 0)
-    if tr.workers > 1:
-        from rlfw.distributed import launch
-
-        log.info("resuming %s with %d workers", path, tr.workers)
-        return _result(launch(cfg, path, checkpoint=ckpt if found else None)[0]["row"])
-    total = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
-    runner = TrainLoop(cfg, path, make_callbacks(cfg, path, total))
-    if found:
-        runner.load_checkpoint(ckpt)
-        log.info("resuming %s from epoch %d (%d env steps)", path, runner.epoch, runner.env_steps)
-    else:
+    if cfg.train.workers > 1:
+        log.info("resuming %s with %d workers", path, cfg.train.workers)
+    elif not found:
         log.info("resuming %s: no checkpoint yet, starting from epoch 0", path)
-    return _result(runner.run())
+    return _result(start(cfg, path, checkpoint=ckpt if found else None, announce_resume=True))
 
 
 GROUPS = ("algo", "buffer", "noise", "env", "logger", "experiment")
@@ -587,9 +595,12 @@ def check_hydra(argv: list[str]) -> None:
         raise ConfigError(f"{key}={directory}: cannot create a directory in {probe}: {err.strerror}") from None
 
 
-def _stopped(signum: int, message: str) -> SystemExit:
-    print(f"rlfw: {message}", file=sys.stderr)
-    return SystemExit(128 + signum)
+def _stopped(err: TrainingInterrupted | KeyboardInterrupt) -> SystemExit:
+    """One line (``rlfw: stopped by ...``) and exit status ``128 + signum``
+    (:func:`rlfw.errors.exit_status`)."""
+    message = err.message if isinstance(err, StopSignal) else str(err) if isinstance(err, TrainingInterrupted) else ""
+    print(f"rlfw: {message or 'stopped by SIGINT'}", file=sys.stderr)
+    return SystemExit(exit_status(err))
 
 
 def _claim_given_run_dir(args: list[str]) -> None:
@@ -635,23 +646,13 @@ def main(argv: list[str] | None = None) -> None:
 
         if launcher_env() is not None:  # torchrun/srun: one run over every rank
             args = [*args, *join_launched_group(args)]
-        sys.argv = [sys.argv[0], *args]
-        train()
-    except ConfigError as err:
-        print(f"rlfw: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except TrainingDiverged as err:
-        print(f"rlfw: error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except TrainingInterrupted as err:
-        raise _stopped(err.signum, str(err)) from None
-    except StopSignal as err:
-        raise _stopped(err.signum, err.message) from None
-    except KeyboardInterrupt:  # SIGINT where no handler of ours was installed
-        raise _stopped(int(signal.SIGINT), "stopped by SIGINT") from None
+        train(args)
+    except (ConfigError, TrainingDiverged) as err:
+        raise fail("rlfw", err) from None
+    except (TrainingInterrupted, KeyboardInterrupt) as err:  # StopSignal; SIGINT where no handler of ours was installed
+        raise _stopped(err) from None
     except OSError as err:
-        print(f"rlfw: error: cannot write the run's files: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise fail("rlfw", err, message=f"cannot write the run's files: {err}") from None
     if _FAILED_JOBS:
         for line in _FAILED_JOBS:
             print(f"rlfw: error: {line}", file=sys.stderr)

@@ -26,11 +26,14 @@ from rlfw.registry import registry
 log = logging.getLogger("rlfw")
 
 
-def pick_device(name: str) -> torch.device:
-    """``train.device``: ``auto`` is CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def pick_device(name: str, index: int = 0) -> torch.device:
+    """``train.device``: ``auto`` is CUDA when available, else the CPU. On CUDA, process
+    ``index`` (> 0) of a machine's workers takes device ``index % device_count`` (the one device
+    choice of every way a run starts: :func:`rlfw.training.start.run_device`)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
+    if device.type == "cuda" and index > 0:
+        device = torch.device("cuda", index % torch.cuda.device_count())
+    return device
 
 
 def env_kwargs(cfg: Any) -> dict[str, Any]:
@@ -125,12 +128,23 @@ class Components:
                 env.close()
 
 
-def build(cfg: Any, rank: int = 0) -> Components:
+def total_steps(cfg: Any) -> int:
+    """Env steps one process trains for: ``train.epochs * cycles_per_epoch * steps_per_cycle``
+    (``steps_per_cycle`` is per worker): the buffer's schedule (PER's beta) and the progress
+    bar's total, in every way a run starts."""
+    tr = cfg.train
+    return int(tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle)
+
+
+def build(cfg: Any, rank: int = 0, device: torch.device | None = None) -> Components:
     """Build a run's components for worker ``rank`` (0 for a single process).
 
     Every worker starts from the same networks (``torch.manual_seed(cfg.seed)`` before the
     agent is made); afterwards each draws its own randomness from ``seed = cfg.seed + 1000 * rank``
     (collection, buffer sampling, NoisyNet and target smoothing).
+
+    Args:
+        device: where the networks go (None: :func:`pick_device` of ``train.device`` for ``rank``).
 
     Raises:
         ConfigError: see :func:`build_env`.
@@ -140,9 +154,7 @@ def build(cfg: Any, rank: int = 0) -> Components:
     seed = int(cfg.seed) + 1000 * rank
     torch.manual_seed(cfg.seed)  # the same initial networks on every worker
     rng = np.random.default_rng(seed)
-    device = pick_device(str(tr.device))
-    if device.type == "cuda" and rank > 0:
-        device = torch.device("cuda", rank % torch.cuda.device_count())
+    device = device if device is not None else pick_device(str(tr.device), rank)
     env = build_env(cfg, log_resolution=rank == 0)
     num_envs = int(tr.num_envs)
     envs = make_vector_env(env.family, env.env_id, num_envs, cfg.env.max_episode_steps, env.kwargs,
@@ -161,8 +173,7 @@ def build(cfg: Any, rank: int = 0) -> Components:
     generator = getattr(agent, "generator", None)
     if generator is not None:
         generator.manual_seed(seed)
-    total = int(tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle)
-    buffer = build_buffer(cfg, env.info, num_envs, total, seed)
+    buffer = build_buffer(cfg, env.info, num_envs, total_steps(cfg), seed)
     return Components(env, envs, eval_envs, exploration, agent, buffer, rng, device, seed)
 
 

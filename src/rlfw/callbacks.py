@@ -4,7 +4,7 @@ TensorBoard, early stopping.
 :func:`make_callbacks` turns ``cfg.logger`` (and ``eval.stop_at``) into the list the training
 loop is handed. This module registers ``logger=csv``, ``logger=wandb`` and ``logger=tensorboard``.
 A callback sees the loop only through its public attributes (``run_dir``, ``cfg``, ``agent``,
-``env_steps``, ``epoch``, ``last_cycle``, ``callbacks``) and its ``request_stop(reason)``: it
+``env_steps``, ``epoch``, ``last_cycle``, ``info``) and its ``request_stop(reason)``: it
 imports nothing of the training package.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from rlfw.registry import register, registry
 
 log = logging.getLogger("rlfw")
 
-Runner = Any  # the training loop (rlfw.training.loop.TrainLoop), seen through its attributes
+Loop = Any  # the training loop (rlfw.training.loop.TrainLoop), seen through its attributes
 
 
 class ProgressCallback(Callback):
@@ -55,7 +56,7 @@ class ProgressCallback(Callback):
         self.task: Any = None
         self._streams: list[tuple[logging.StreamHandler[Any], Any]] = []
 
-    def _start(self, runner: Runner) -> None:
+    def _start(self, runner: Loop) -> None:
         self.progress.start()
         self.task = self.progress.add_task("training", total=self.total, completed=runner.env_steps,
                                            sps="-", success="-")  # fmt: skip
@@ -66,19 +67,19 @@ class ProgressCallback(Callback):
                 self._streams.append((h, h.stream))
                 h.setStream(sys.stdout)
 
-    def on_cycle(self, runner: Runner) -> None:
+    def on_cycle(self, runner: Loop) -> None:
         if self.task is None:
             self._start(runner)
         self.progress.update(self.task, completed=runner.env_steps)
 
-    def on_epoch(self, runner: Runner, row: dict[str, Any]) -> None:
+    def on_epoch(self, runner: Loop, row: dict[str, Any]) -> None:
         success = row.get("eval_success_rate", math.nan)
         if success is None or (isinstance(success, float) and math.isnan(success)):
             success = row.get("eval_return", math.nan)
         self.progress.update(self.task, completed=runner.env_steps, sps=f"{row['steps_per_s']:.0f}",
                              success=f"{success:.3g}")  # fmt: skip
 
-    def on_end(self, runner: Runner) -> None:
+    def on_end(self, runner: Loop) -> None:
         self.close()
 
     def close(self) -> None:
@@ -91,7 +92,7 @@ class ProgressCallback(Callback):
 class PlotCallback(Callback):
     """Writes the run's PNGs (rlfw.plots.plot_run) when the run ends."""
 
-    def on_end(self, runner: Runner) -> None:
+    def on_end(self, runner: Loop) -> None:
         from rlfw.plots import plot_run
 
         try:
@@ -102,13 +103,16 @@ class PlotCallback(Callback):
 
 
 class VideoCallback(Callback):
-    """Records one deterministic eval episode as ``videos/epoch_<k>.mp4`` every N epochs."""
+    """Records one deterministic eval episode as ``videos/epoch_<k>.mp4`` every N epochs and
+    hands each file to ``sinks`` (the loggers that show videos: :class:`WandbCallback`,
+    :class:`TensorBoardCallback`; :func:`make_callbacks` passes the ones it made)."""
 
-    def __init__(self, every: int) -> None:
+    def __init__(self, every: int, sinks: Sequence[Callback] = ()) -> None:
         self.every = every
+        self.sinks = list(sinks)
         self.paths: list[Path] = []
 
-    def on_epoch(self, runner: Runner, row: dict[str, Any]) -> None:
+    def on_epoch(self, runner: Loop, row: dict[str, Any]) -> None:
         if runner.epoch % self.every:
             return
         from rlfw.envs.recording import record_episodes
@@ -117,7 +121,7 @@ class VideoCallback(Callback):
         try:
             record_episodes(runner.cfg, runner.agent, path, episodes=1, seed=int(runner.cfg.seed) + runner.epoch)
             self.paths.append(path)
-            for cb in runner.callbacks:
+            for cb in self.sinks:
                 if isinstance(cb, WandbCallback):
                     cb.log_video(path, runner.env_steps)
                 elif isinstance(cb, TensorBoardCallback):
@@ -184,7 +188,7 @@ class WandbCallback(Callback):
         )
         (run_dir / "wandb_run_id.txt").write_text(str(self.run.id) + "\n")
 
-    def on_cycle(self, runner: Runner) -> None:
+    def on_cycle(self, runner: Loop) -> None:
         """The last cycle's losses, at most once per :data:`CYCLE_LOG_EVERY` env steps: the
         Hopper preset's cycles are one env step long, and a log call per step would cost more
         than it shows."""
@@ -195,18 +199,18 @@ class WandbCallback(Callback):
         self._last_cycle_log = runner.env_steps
         self.run.log({f"cycle/{k}": v for k, v in runner.last_cycle.items()}, step=runner.env_steps)
 
-    def on_epoch(self, runner: Runner, row: dict[str, Any]) -> None:
+    def on_epoch(self, runner: Loop, row: dict[str, Any]) -> None:
         clean = {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
         self.run.log(clean, step=runner.env_steps)
 
     def log_video(self, path: Path, step: int) -> None:
         self.run.log({"eval/video": self.wandb.Video(str(path), format="mp4")}, step=step)
 
-    def on_end(self, runner: Runner) -> None:
+    def on_end(self, runner: Loop) -> None:
         self.run.finish()
 
 
-def _total_steps(runner: Runner) -> int:
+def _total_steps(runner: Loop) -> int:
     """The env steps of all workers (metrics.csv's ``env_steps``), the loggers' x axis."""
     ctx = getattr(runner, "ctx", None)
     return int(runner.env_steps) * int(getattr(ctx, "world", 1))
@@ -231,14 +235,14 @@ class TensorBoardCallback(Callback):
         self.writer: Any = None
         self._last_cycle_log = -CYCLE_LOG_EVERY
 
-    def on_start(self, runner: Runner) -> None:
+    def on_start(self, runner: Loop) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         start = _total_steps(runner)
         self.writer = SummaryWriter(str(self.log_dir), purge_step=start if start > 0 else None)
         self._last_cycle_log = start - CYCLE_LOG_EVERY
 
-    def on_cycle(self, runner: Runner) -> None:
+    def on_cycle(self, runner: Loop) -> None:
         """The last cycle's losses (as :meth:`WandbCallback.on_cycle`)."""
         step = _total_steps(runner)
         if not (self.log_cycles and runner.last_cycle) or step - self._last_cycle_log < CYCLE_LOG_EVERY:
@@ -247,7 +251,7 @@ class TensorBoardCallback(Callback):
         for k, v in runner.last_cycle.items():
             self.writer.add_scalar(f"cycle/{k}", v, step)
 
-    def on_epoch(self, runner: Runner, row: dict[str, Any]) -> None:
+    def on_epoch(self, runner: Loop, row: dict[str, Any]) -> None:
         step = int(row["env_steps"])
         for k, v in row.items():
             if isinstance(v, int | float) and not (isinstance(v, float) and math.isnan(v)):
@@ -271,7 +275,7 @@ class TensorBoardCallback(Callback):
         self.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag="eval/video", image=image)]), step)
         self.writer.flush()
 
-    def on_end(self, runner: Runner) -> None:
+    def on_end(self, runner: Loop) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
@@ -293,7 +297,7 @@ class EarlyStopping(Callback):
         self.metric = metric
         self.threshold = float(threshold)
 
-    def column(self, runner: Runner) -> str:
+    def column(self, runner: Loop) -> str:
         """The row column of ``eval.metric`` (``auto``: success rate on goal envs, else return):
         the rule of :func:`rlfw.training.evaluation.eval_metric_name`, which this layer may not
         import (tests/test_logging.py checks that both agree)."""
@@ -301,7 +305,7 @@ class EarlyStopping(Callback):
             return self.metric
         return "eval_success_rate" if bool(runner.info.goal) else "eval_return"
 
-    def on_epoch(self, runner: Runner, row: dict[str, Any]) -> None:
+    def on_epoch(self, runner: Loop, row: dict[str, Any]) -> None:
         column = self.column(runner)
         value = row.get(column)
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -329,7 +333,7 @@ def make_callbacks(cfg: DictConfig, run_dir: Path, total_steps: int, multirun: b
     if OmegaConf.select(cfg, "logger.tensorboard", default=False):
         out.append(TensorBoardCallback(run_dir, bool(OmegaConf.select(cfg, "logger.log_cycles", default=True))))
     if lc.video_every > 0:
-        out.append(VideoCallback(int(lc.video_every)))
+        out.append(VideoCallback(int(lc.video_every), [cb for cb in out if isinstance(cb, WandbCallback | TensorBoardCallback)]))
     stop_at = OmegaConf.select(cfg, "eval.stop_at", default=None)
     if stop_at is not None:
         out.append(EarlyStopping(str(OmegaConf.select(cfg, "eval.metric", default="auto")), float(stop_at)))

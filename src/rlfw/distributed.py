@@ -42,19 +42,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from omegaconf import DictConfig, OmegaConf
 
-from rlfw.training.context import DistContext
+from rlfw.training.start import Worker, parameter_digest, start_run  # noqa: F401 - parameter_digest: re-exported
 
 log = logging.getLogger("rlfw")
-
-
-def parameter_digest(modules: list[torch.nn.Module]) -> str:
-    """SHA-256 of every parameter and buffer's bytes: equal digests mean bitwise equal nets."""
-    h = hashlib.sha256()
-    for m in modules:
-        for name, t in sorted(m.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def free_port() -> int:
@@ -140,23 +130,8 @@ def _worker(
     try:
         backend = backend_for(cfg)
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(minutes=10))
-        from rlfw.build import pick_device
-        from rlfw.callbacks import make_callbacks
-        from rlfw.training.loop import TrainLoop
-
-        device = pick_device(str(cfg.train.device))
-        if device.type == "cuda":
-            device = torch.device("cuda", rank % torch.cuda.device_count())
-        ctx = DistContext(rank, world, device)
-        tr = cfg.train
-        total = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
-        callbacks = make_callbacks(cfg, Path(run_dir), total, multirun) if rank == 0 else []
-        runner = TrainLoop(cfg, run_dir, callbacks, ctx=ctx)
-        if checkpoint:
-            runner.load_checkpoint(checkpoint)
-        row = runner.run()
-        digest = parameter_digest(list(runner.agent.modules().values()))
-        queue.put({"rank": rank, "row": row, "digest": digest, "env_steps": runner.env_steps})
+        result = start_run(cfg, run_dir, multirun=multirun, checkpoint=checkpoint, worker=Worker(rank, world, rank))
+        queue.put({"rank": rank, "row": result.row, "digest": result.digest, "env_steps": result.env_steps})
         _leave_group()
     except BaseException as err:  # reported to the parent, which prints it once: no traceback here
         with contextlib.suppress(Exception):
@@ -478,28 +453,17 @@ def run_launched(cfg: DictConfig, run_dir: str | Path, multirun: bool = False) -
     Raises:
         RuntimeError: the ranks' networks differ at the end.
     """
-    from rlfw.build import pick_device
-    from rlfw.callbacks import make_callbacks
-    from rlfw.training.loop import TrainLoop
-
     rank, world = dist.get_rank(), dist.get_world_size()
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(str(cfg.train.device))
-    if device.type == "cuda":
-        device = torch.device("cuda", local % torch.cuda.device_count())
-    tr = cfg.train
-    total = tr.epochs * tr.cycles_per_epoch * tr.steps_per_cycle
-    callbacks = make_callbacks(cfg, Path(run_dir), total, multirun) if rank == 0 else []
-    loop = TrainLoop(cfg, run_dir, callbacks, ctx=DistContext(rank, world, device))
     try:
-        row = loop.run()
-        digest = parameter_digest(list(loop.agent.modules().values()))
+        result = start_run(cfg, run_dir, multirun=multirun, worker=Worker(rank, world, local))
+        row, digest = result.row, result.digest
         digests: list[Any] = [None] * world
         dist.all_gather_object(digests, digest)
         if len(set(digests)) != 1:
             raise RuntimeError(f"the ranks' networks differ at the end: {digests}")
         if rank == 0:
-            log.info("%d ranks finished with equal networks (digest %s)", world, digest[:16])
+            log.info("%d ranks finished with equal networks (digest %s)", world, str(digest)[:16])
     except BaseException:
         dist.destroy_process_group()  # no barrier: the peers may be inside another collective
         raise

@@ -36,3 +36,37 @@ class TrainingInterrupted(Exception):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+def exit_status(err: BaseException, bad_input: tuple[type[BaseException], ...] = ()) -> int | None:
+    """The exit status a command ends with for ``err``: the one map of every entry point
+    (``python -m rlfw``, ``rlfw.evaluate``, ``rlfw.export``, ``rlfw.report``, ``rlfw.tune``,
+    ``rlfw.federated``).
+
+    - 2: bad input: :class:`ConfigError`, or one of the entry point's own ``bad_input`` types
+      (a missing optional package, a directory that does not exist);
+    - 1: the run failed: :class:`TrainingDiverged`, an ``OSError`` (a full disk, a lost peer);
+    - ``128 + signum``: :class:`TrainingInterrupted` (and a ``KeyboardInterrupt``, or anything
+      with an int ``signum``: 130 for SIGINT), as a process killed by the signal;
+    - None: anything else (a bug: its traceback is shown).
+    """
+    if isinstance(err, (ConfigError, *bad_input)):
+        return 2
+    signum = getattr(err, "signum", None)
+    if isinstance(err, TrainingInterrupted | KeyboardInterrupt):
+        return 128 + (signum if isinstance(signum, int) else 2)  # 2: SIGINT
+    if isinstance(err, TrainingDiverged | OSError):
+        return 1
+    return None
+
+
+def fail(prog: str, err: BaseException, bad_input: tuple[type[BaseException], ...] = (),
+         message: str | None = None) -> SystemExit:  # fmt: skip
+    """Print ``<prog>: error: <message or err>`` to stderr (one line) and return the
+    ``SystemExit`` with :func:`exit_status` (1 for an error outside the map) for the caller to
+    raise ``from None``."""
+    import sys
+
+    print(f"{prog}: error: {err if message is None else message}", file=sys.stderr)
+    status = exit_status(err, bad_input)
+    return SystemExit(1 if status is None else status)

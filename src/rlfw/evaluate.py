@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rlfw.build import build_policy_agent
 from rlfw.envs.recording import record_episodes
-from rlfw.errors import ConfigError
+from rlfw.errors import ConfigError, fail
 from rlfw.training.checkpoint import check_policy_state, checkpoint_file, load_latest
 
 __all__ = ["USAGE", "EvaluateConfig", "build_policy", "check_keys", "evaluate", "main", "record_episodes"]
@@ -152,8 +152,7 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError(translate(err)) from None
         summary = evaluate(ecfg)
     except (ConfigError, RuntimeError) as err:
-        print(f"rlfw.evaluate: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise fail("rlfw.evaluate", err, bad_input=(RuntimeError,)) from None
     sr = summary["success_rate"]
     success = f"success rate {sr:.3f} +- {summary['success_std']:.3f}" if sr is not None else "success rate n/a"
     print(

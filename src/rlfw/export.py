@@ -49,7 +49,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from rlfw.errors import ConfigError
+from rlfw.errors import ConfigError, fail
 
 __all__ = [
     "FORMATS",
@@ -468,8 +468,7 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError(translate(err)) from None
         path = export_policy(ecfg.run_dir, ecfg.format, ecfg.checkpoint, ecfg.out)
     except ConfigError as err:
-        print(f"rlfw.export: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise fail("rlfw.export", err) from None
     print(f"exported {ecfg.format}: {path}")
 
 

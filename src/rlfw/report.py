@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from rlfw.errors import ConfigError
+from rlfw.errors import ConfigError, fail
 from rlfw.plots import _figure, _save, read_csv
 
 CI_METHODS = ("t", "bootstrap")
@@ -481,18 +481,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         png, md, text = summarize(args.dirs, args.out, args.threshold, args.ci, args.reps, args.seed)
     except (FileNotFoundError, ConfigError) as err:
-        raise SystemExit(_fail(str(err))) from None
+        raise fail("rlfw.report", err, bad_input=(FileNotFoundError,)) from None
     except ImportError as err:
-        raise SystemExit(_fail(f"{err.name or err}: the report's statistics need scipy and rliable: {STATS_HINT}")) from None
+        raise fail("rlfw.report", err, bad_input=(ImportError,),
+                   message=f"{err.name or err}: the report's statistics need scipy and rliable: {STATS_HINT}") from None  # fmt: skip
     print(text)
     print(f"wrote {png}, {md} and {md.parent / 'aggregate.png'}")
-
-
-def _fail(message: str) -> int:
-    import sys
-
-    print(f"rlfw.report: error: {message}", file=sys.stderr)
-    return 2
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from rlfw.core.contracts import Callback
-from rlfw.errors import ConfigError
+from rlfw.errors import ConfigError, fail
 
 log = logging.getLogger("rlfw")
 
@@ -401,12 +401,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         study = tune(args)
     except ConfigError as err:
-        print(f"rlfw: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise fail("rlfw", err) from None
     except ImportError as err:
-        print(f"rlfw: error: python -m rlfw.tune needs optuna and Hydra's Optuna sweeper ({err.name} is "
-              f"missing): {SWEEPS_HINT}", file=sys.stderr)  # fmt: skip
-        raise SystemExit(2) from None
+        raise fail("rlfw", err, bad_input=(ImportError,), message="python -m rlfw.tune needs optuna and Hydra's "
+                   f"Optuna sweeper ({err.name} is missing): {SWEEPS_HINT}") from None  # fmt: skip
     print(summary(study))
 
 

@@ -202,11 +202,31 @@ def preflight(argv: list[str]) -> int:
         if key in seen:
             continue
         seen.add(key)
-        try:
-            validate(cfg)
-        except OmegaConfBaseException as err:
-            raise ConfigError(translate(err)) from None
+        ensure_valid(cfg)
     return len(jobs)
+
+
+# the configs this process has validated (their str(): the composed tree, interpolations unresolved)
+_VALIDATED: set[str] = set()
+
+
+def ensure_valid(cfg: DictConfig) -> None:
+    """Validate ``cfg`` (:func:`rlfw.config.validate.validate`) unless this process already
+    validated an equal config: the edge (preflight, resume) validates once, and the Hydra job
+    (:func:`rlfw.__main__.run_job`) re-checks only a config preflight did not see (a sweeper's
+    trial, a direct caller).
+
+    Raises:
+        ConfigError: the first rule broken, as one line.
+    """
+    key = str(cfg)
+    if key in _VALIDATED:
+        return
+    try:
+        validate(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(translate(err)) from None
+    _VALIDATED.add(key)
 
 
 def check_hydra_plugins(overrides: list[str]) -> None:

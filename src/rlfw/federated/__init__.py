@@ -1,7 +1,7 @@
 """Federated training with Flower: ``python -m rlfw.federated [overrides]``.
 
 A server and ``len(federated.clients)`` clients; client ``i`` trains the usual rlfw loop
-(:class:`rlfw.runner.Runner`) on its own task ``federated.clients[i]`` (an env option such as
+(:class:`rlfw.training.loop.TrainLoop`) on its own task ``federated.clients[i]`` (an env option such as
 ``FetchPush-v4``) for ``federated.epochs_per_round`` epochs a round; the server aggregates the
 actor, critic, their targets (FedAvg by default) and the normalisers' statistics, writes the
 global model every round and one metrics row per round. Configuration: conf/federated.yaml

@@ -31,7 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from rlfw.config.paths import config_dir
-from rlfw.errors import ConfigError
+from rlfw.errors import ConfigError, fail
 from rlfw.federated.schema import register_federated_schemas
 
 log = logging.getLogger("rlfw")
@@ -80,12 +80,8 @@ def federate(cfg: DictConfig) -> None:
     quiet_flower()
     try:
         run(_user_overrides(list(hc.overrides.task)), hc.runtime.output_dir)
-    except ConfigError as err:
-        print(f"rlfw.federated: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except ConnectionError as err:
-        print(f"rlfw.federated: error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+    except (ConfigError, ConnectionError) as err:
+        raise fail("rlfw.federated", err) from None
 
 
 def help_text() -> str:
@@ -132,8 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         preflight(args)
     except ConfigError as err:
-        print(f"rlfw.federated: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise fail("rlfw.federated", err) from None
     sys.argv = [sys.argv[0], *args]
     federate()
 

@@ -3,7 +3,7 @@
 - :func:`simulate` (``federated.mode=simulation``, the default): Flower's simulation engine
   (``flwr.simulation.run_simulation``, Ray backend) runs the ServerApp in a thread of this
   process and the clients' ClientApps in one Ray actor. One actor, because each client keeps
-  its Runner (envs, replay buffer, optimisers) in the process that built it between rounds and
+  its TrainLoop (envs, replay buffer, optimisers) in the process that built it between rounds and
   Flower's Ray backend hands a node's messages to whichever actor is free; the clients of a
   round therefore train one after the other. For clients that train in parallel, run them as
   processes (deployment mode), on one machine or many.

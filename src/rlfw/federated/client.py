@@ -1,13 +1,13 @@
 """The Flower client: one :class:`rlfw.training.loop.TrainLoop` on one task, trained a few epochs a round.
 
-Files in the client's directory ``<run_dir>/clients/<index>_<env>/``: everything a Runner
+Files in the client's directory ``<run_dir>/clients/<index>_<env>/``: everything a TrainLoop
 writes (``metrics.csv`` one row per epoch over all rounds, ``episodes.csv``,
 ``checkpoints/last.pt``, ``status.json``) plus ``federated/last.pt`` (and, with
 ``federated.keep_client_rounds``, ``federated/round_<k>.pt``): the weights it sent to the server
 that round, by name (:func:`rlfw.federated.params.layout`), with ``num_examples`` and its
 metrics. ``federated_rounds.csv`` has one row per round with the local and global results.
 
-The Runner (envs, replay buffer, optimisers, counters) lives as long as the client's process:
+The TrainLoop (envs, replay buffer, optimisers, counters) lives as long as the client's process:
 in deployment mode that is the client process; in simulation mode it is the Ray actor that
 runs the clients (one actor, see :mod:`rlfw.federated.app`), where :func:`get_client` keeps it
 in a per-process cache between rounds.
@@ -44,7 +44,7 @@ def _num(x: Any) -> float:
 
 
 class RLClient(NumPyClient):
-    """Flower NumPyClient around a Runner.
+    """Flower NumPyClient around a TrainLoop.
 
     Args:
         cfg: the client's composed training config (see :func:`rlfw.federated.setup.plan`).
@@ -76,11 +76,11 @@ class RLClient(NumPyClient):
 
     @property
     def runner(self) -> Any:
-        """The Runner, built on first use (envs, buffer, agent)."""
+        """The TrainLoop, built on first use (envs, buffer, agent)."""
         if self._runner is None:
-            from rlfw.training.loop import TrainLoop as Runner
+            from rlfw.training.loop import TrainLoop
 
-            self._runner = Runner(self.cfg, self.dir)
+            self._runner = TrainLoop(self.cfg, self.dir)
         return self._runner
 
     def _check(self, config: dict[str, Any]) -> None:

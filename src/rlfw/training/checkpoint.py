@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -282,18 +283,42 @@ def divergence_advice(run_dir: Path, cfg: Any, good_epoch: int, has_checkpoint: 
             f"rates or another seed, e.g.: python -m rlfw {' '.join([*overrides, changes])}")  # fmt: skip
 
 
+@dataclass
+class TrainingState:
+    """What the loop and its checkpointer exchange: the loop's counters (the checkpoint's
+    ``counters``). The parts' own state (networks, optimisers, exploration, buffer, the run's
+    random generator) the checkpointer saves and restores in place.
+
+    Attributes:
+        epoch: epochs finished.
+        env_steps: this worker's env steps.
+        episodes: this worker's finished training episodes.
+        wall_time: seconds spent training (``wall_time_s``).
+    """
+
+    epoch: int = 0
+    env_steps: int = 0
+    episodes: int = 0
+    wall_time: float = 0.0
+
+
 class Checkpointer:
-    """Saves and restores a :class:`rlfw.training.loop.TrainLoop`.
+    """Saves and restores a run's parts and its :class:`TrainingState`.
 
     Args:
         run_dir: the run directory.
         rank: this worker's rank (0 writes ``last.pt``; every rank writes its own buffer).
         save_buffer: also save the replay buffer (``train.save_buffer``).
+        cfg: the run's config (saved in the checkpoint; its learning rates apply on resume).
+        parts: the built components (:class:`rlfw.build.Components`: agent, exploration,
+            buffer, the random generator ``rng`` and ``seed``, env id and info).
     """
 
-    def __init__(self, run_dir: Path, rank: int = 0, save_buffer: bool = False) -> None:
-        self.dir = Path(run_dir) / "checkpoints"
+    def __init__(self, run_dir: Path, rank: int = 0, save_buffer: bool = False, *, cfg: Any, parts: Any) -> None:
+        self.run_dir = Path(run_dir)
+        self.dir = self.run_dir / "checkpoints"
         self.rank, self.save_buffer = rank, bool(save_buffer)
+        self.cfg, self.parts = cfg, parts
         # the best evaluation so far ({"metric", "value", "epoch"}; None before the first)
         self.best: dict[str, Any] | None = None
 
@@ -307,43 +332,44 @@ class Checkpointer:
         """This worker's buffer file."""
         return self.dir / ("buffer.pt" if self.rank == 0 else f"buffer_rank{self.rank}.pt")
 
-    def save(self, loop: Any) -> None:
+    def save(self, state: TrainingState) -> None:
         """Every worker writes its buffer (with ``save_buffer``) before rank 0 writes ``last.pt``;
         a buffer is loaded only if it belongs to the same epoch as ``last.pt`` (a kill between
         the two writes leaves a newer buffer, which is then ignored)."""
         if self.save_buffer:
-            atomic_torch_save({"epoch": loop.epoch, "buffer": loop.buffer.state_dict()}, self.buffer_file)
+            atomic_torch_save({"epoch": state.epoch, "buffer": self.parts.buffer.state_dict()}, self.buffer_file)
         if self.rank != 0:
             return
-        atomic_torch_save(self._state(loop), self.last, keep_previous=self.dir / PREVIOUS)
+        atomic_torch_save(self._state(state), self.last, keep_previous=self.dir / PREVIOUS)
 
-    def _state(self, loop: Any) -> dict[str, Any]:
+    def _state(self, state: TrainingState) -> dict[str, Any]:
         """What ``last.pt`` and ``best.pt`` hold (the best evaluation so far included).
 
         Raises:
             TrainingDiverged: a network or normaliser holds a non-finite value.
         """
-        bad = [k for k, m in loop.agent.modules().items()
+        p = self.parts
+        bad = [k for k, m in p.agent.modules().items()
                if not all(bool(torch.isfinite(t).all()) for t in m.state_dict().values() if t.is_floating_point())]  # fmt: skip
         if bad:
-            good = loop.epoch - 1 - (loop.epoch - 1) % loop.cfg.train.checkpoint_every
+            good = state.epoch - 1 - (state.epoch - 1) % self.cfg.train.checkpoint_every
             raise TrainingDiverged(
-                f"non-finite values in {', '.join(bad)} at epoch {loop.epoch}: checkpoint not written; "
-                + divergence_advice(loop.run_dir, loop.cfg, good, has_checkpoint(self.dir))
+                f"non-finite values in {', '.join(bad)} at epoch {state.epoch}: checkpoint not written; "
+                + divergence_advice(self.run_dir, self.cfg, good, has_checkpoint(self.dir))
             )
         return {
-            "agent": loop.agent.state_dict(),
-            "noise": loop.exploration.state_dict(),
-            "counters": {"epoch": loop.epoch, "env_steps": loop.env_steps, "episodes": loop.episodes,
-                         "wall_time": loop.wall_time},
-            "rng": loop.rng.bit_generator.state,
+            "agent": p.agent.state_dict(),
+            "noise": p.exploration.state_dict(),
+            "counters": {"epoch": state.epoch, "env_steps": state.env_steps, "episodes": state.episodes,
+                         "wall_time": state.wall_time},
+            "rng": p.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
-            "env_id": loop.env_id,
-            "config": OmegaConf.to_container(loop.cfg, resolve=True),
+            "env_id": p.env.env_id,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
             "best": self.best,
         }
 
-    def save_best(self, loop: Any, row: dict[str, Any]) -> bool:
+    def save_best(self, state: TrainingState, row: dict[str, Any]) -> bool:
         """Write ``best.pt`` (rank 0) if this epoch's evaluation beats the best so far.
 
         The ranking column is ``eval_metric_name(cfg.eval.metric, goal)`` (success rate for goal
@@ -353,7 +379,7 @@ class Checkpointer:
         "epoch"}``) is kept in :attr:`best` and in ``last.pt``, so a resumed run compares with it.
 
         Args:
-            loop: the training loop, after its epoch (``loop.epoch`` is the epoch just trained).
+            state: the loop's state after its epoch (``state.epoch`` is the epoch just trained).
             row: the epoch's metrics row (the metrics.csv columns).
 
         Returns:
@@ -364,19 +390,19 @@ class Checkpointer:
         """
         if self.rank != 0:
             return False
-        metric = eval_metric_name(str(loop.cfg.eval.metric), bool(loop.info.goal))
+        metric = eval_metric_name(str(self.cfg.eval.metric), bool(self.parts.info.goal))
         value = row.get(metric)
         if value is None or not math.isfinite(float(value)):
             return False
         if self.best is not None and self.best.get("metric") == metric and not float(value) > float(self.best["value"]):
             return False
-        previous, self.best = self.best, {"metric": metric, "value": float(value), "epoch": int(loop.epoch)}
+        previous, self.best = self.best, {"metric": metric, "value": float(value), "epoch": int(state.epoch)}
         try:
-            atomic_torch_save(self._state(loop), self.dir / BEST)
+            atomic_torch_save(self._state(state), self.dir / BEST)
         except BaseException:
             self.best = previous
             raise
-        log.info("epoch %d: best %s so far (%.4g): saved %s", loop.epoch, metric, float(value), self.dir / BEST)
+        log.info("epoch %d: best %s so far (%.4g): saved %s", state.epoch, metric, float(value), self.dir / BEST)
         return True
 
     def _restore_best(self, state: dict[str, Any]) -> None:
@@ -391,8 +417,8 @@ class Checkpointer:
         found = [b for b in candidates if isinstance(b, dict) and math.isfinite(float(b.get("value", math.nan)))]
         self.best = max(found, key=lambda b: float(b["value"])) if found else None
 
-    def load(self, loop: Any, path: str | Path) -> None:
-        """Restore ``loop`` from a checkpoint written by :meth:`save`.
+    def load(self, path: str | Path) -> TrainingState:
+        """Restore the parts from a checkpoint written by :meth:`save`; returns the loop's state.
 
         Restores networks, targets, optimisers, normalisers, exploration state, counters and
         random generators; with ``save_buffer`` also this worker's replay buffer. Rows of
@@ -400,14 +426,19 @@ class Checkpointer:
         dropped, so the resumed run appends without duplicates or gaps. The envs start new
         episodes: the episode that was running when the run stopped is lost.
 
+        The run's random generator (``parts.rng``, which the collector and the exploration
+        share) gets the saved state in place; a worker > 0, or a seed changed on resume, reseeds
+        it in place from ``(seed, epoch)`` (rank 0's saved state made distinct per worker).
+
         Raises:
             FileNotFoundError: if ``path`` does not exist.
             ConfigError: the file is refused or unreadable (:func:`safe_load`).
         """
+        p = self.parts
         state, used = load_latest(Path(path).parent, Path(path).name, map_location="cpu")
         try:
-            loop.agent.load_state_dict(state["agent"])
-            loop.exploration.load_state_dict(to_numpy(state["noise"]))
+            p.agent.load_state_dict(state["agent"])
+            p.exploration.load_state_dict(to_numpy(state["noise"]))
             c = state["counters"]
             epoch, env_steps, episodes = int(c["epoch"]), int(c["env_steps"]), int(c["episodes"])
             wall_time = float(c["wall_time"])
@@ -416,44 +447,40 @@ class Checkpointer:
                 f"{used} does not fit this run's config ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
                 "resume with the config it was written with, or start a new run"
             ) from None
-        loop.epoch = epoch
-        loop.collector.env_steps, loop.collector.episodes = env_steps, episodes
-        loop.wall_time = wall_time
-        loop.rng.bit_generator.state = state["rng"]
+        p.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"].cpu())  # CPU byte tensor whatever the map location
         saved_cfg = state.get("config") or {}
-        self._apply_changed_settings(loop, saved_cfg)
-        if self.rank > 0 or saved_cfg.get("seed", loop.cfg.seed) != loop.cfg.seed:
+        self._apply_changed_settings(saved_cfg)
+        if self.rank > 0 or saved_cfg.get("seed", self.cfg.seed) != self.cfg.seed:
             # rank 0's saved generators made distinct per worker; or a seed changed on resume
-            loop.rng = loop.collector.rng = np.random.default_rng([loop.seed, loop.epoch])
-            loop.exploration.rng = loop.rng
-            torch.manual_seed(loop.seed * 100_003 + loop.epoch)
+            p.rng.bit_generator.state = np.random.default_rng([p.seed, epoch]).bit_generator.state
+            torch.manual_seed(p.seed * 100_003 + epoch)
         if self.save_buffer:
-            self._load_buffer(loop)
+            self._load_buffer(epoch)
         if self.rank == 0:
             from rlfw.training.outputs import metric_columns
 
-            truncate_logs(loop.run_dir, loop.epoch, metric_columns(loop.agent.metric_names))
+            truncate_logs(self.run_dir, epoch, metric_columns(p.agent.metric_names))
             self._restore_best(state)
+        return TrainingState(epoch, env_steps, episodes, wall_time)
 
-    @staticmethod
-    def _apply_changed_settings(loop: Any, saved_cfg: dict[str, Any]) -> None:
+    def _apply_changed_settings(self, saved_cfg: dict[str, Any]) -> None:
         """Learning rates changed on resume (``algo.actor_lr``, ``algo.critic_lr``) replace the
         ones restored with the optimisers' state (the advice after a divergence)."""
         saved_algo = saved_cfg.get("algo") or {}
-        optimizers = getattr(loop.agent, "optimizers", None)
+        optimizers = getattr(self.parts.agent, "optimizers", None)
         if optimizers is None:
             return
         opts = optimizers()
         for key, name in (("actor_lr", "actor_opt"), ("critic_lr", "critic_opt")):
-            new = OmegaConf.select(loop.cfg, f"algo.{key}")
+            new = OmegaConf.select(self.cfg, f"algo.{key}")
             if new is None or name not in opts or saved_algo.get(key) == new:
                 continue
             for group in opts[name].param_groups:
                 group["lr"] = float(new)
             log.info("algo.%s changed on resume: %s -> %s", key, saved_algo.get(key), new)
 
-    def _load_buffer(self, loop: Any) -> None:
+    def _load_buffer(self, epoch: int) -> None:
         """This worker's saved replay buffer, or an empty buffer with a warning when the file is
         missing, from another epoch, unreadable or does not fit the buffer."""
         if not self.buffer_file.exists():
@@ -465,13 +492,14 @@ class Checkpointer:
         except (ConfigError, KeyError, TypeError, ValueError) as err:
             log.warning("%s cannot be used (%s): starting with an empty buffer", self.buffer_file, err)
             return
-        if saved_epoch != loop.epoch:
+        if saved_epoch != epoch:
             log.warning("%s is from epoch %s, not %d: starting with an empty buffer",
-                        self.buffer_file, saved_epoch, loop.epoch)  # fmt: skip
+                        self.buffer_file, saved_epoch, epoch)  # fmt: skip
             return
-        before = loop.buffer.state_dict()
+        buffer = self.parts.buffer
+        before = buffer.state_dict()
         try:
-            loop.buffer.load_state_dict(to_numpy(saved["buffer"]))
+            buffer.load_state_dict(to_numpy(saved["buffer"]))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
-            loop.buffer.load_state_dict(before)
+            buffer.load_state_dict(before)
             log.warning("%s does not fit this run's buffer (%s): starting with an empty buffer", self.buffer_file, err)

@@ -46,10 +46,9 @@ import torch
 from omegaconf import DictConfig
 
 from rlfw.build import Components, build
-from rlfw.config.validate import validate
 from rlfw.core import Callback
 from rlfw.errors import TrainingDiverged, TrainingInterrupted
-from rlfw.training.checkpoint import Checkpointer, divergence_advice, has_checkpoint
+from rlfw.training.checkpoint import Checkpointer, TrainingState, divergence_advice, has_checkpoint
 from rlfw.training.collector import EVAL_STREAM, Collector, reset_seed
 from rlfw.training.context import LocalContext
 from rlfw.training.cores import torch_threads
@@ -74,14 +73,16 @@ class TrainLoop:
         ctx: the worker context (:class:`rlfw.training.context.DistContext`); None: one process.
         components: already built components (None: built here from ``cfg``).
 
+    ``cfg`` is validated by the caller, once per process at the edge
+    (:func:`rlfw.config.preflight.ensure_valid`; :func:`rlfw.training.start.start_run` starts
+    every run).
+
     Raises:
-        ConfigError: a rule of :func:`rlfw.config.validate.validate` is broken, or the env does
-            not fit the config (HER without goals).
+        ConfigError: the env does not fit the config (HER without goals).
     """
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None = None,
                  ctx: LocalContext | None = None, components: Components | None = None) -> None:  # fmt: skip
-        validate(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +93,7 @@ class TrainLoop:
         # (train.overlap with async envs: one core of the share is the simulators')
         beside = int(bool(tr.overlap) and cfg.env.vectorization == "async")
         torch.set_num_threads(torch_threads(int(tr.torch_threads), self.ctx.world, reserve=beside))
-        self.parts = components or build(cfg, self.ctx.rank)
+        self.parts = components or build(cfg, self.ctx.rank, self.ctx.device if ctx is not None else None)
         p = self.parts
         self.env_id, self.info, self.device = p.env.env_id, p.info, p.device
         self.agent, self.exploration, self.buffer = p.agent, p.exploration, p.buffer
@@ -104,12 +105,17 @@ class TrainLoop:
             compile_networks(self.agent, self.device)
         self.collector = Collector(p.envs, self.agent, self.exploration, self.buffer, self.info.goal,
                                    self.info.act_dim, tr.learning_starts, self.rng, self.seed)  # fmt: skip
-        self.checkpointer = Checkpointer(self.run_dir, self.ctx.rank, tr.save_buffer)
+        # the run's generator (p.rng) has one owner, the components: the collector and the
+        # exploration draw from it, the checkpointer saves and restores it in place
+        self.checkpointer = Checkpointer(self.run_dir, self.ctx.rank, tr.save_buffer, cfg=cfg, parts=p)
         self.epoch = 0
         self.wall_time = 0.0
+        # rank 0's files: the CSV rows are written before the checkpoint (a checkpoint never runs
+        # ahead of metrics.csv), the other outputs after it, with the callbacks
+        self._csv: CsvFiles | None = CsvFiles() if self.ctx.is_main else None
         outputs: list[Callback] = []
         if self.ctx.is_main:
-            outputs = [CsvFiles(), StatusFile(), VersionsFile()] + ([ConsoleLine()] if cfg.logger.console else [])
+            outputs = [StatusFile(), VersionsFile()] + ([ConsoleLine()] if cfg.logger.console else [])
         self._outputs = outputs
         self.callbacks: list[Callback] = list(callbacks or []) if self.ctx.is_main else []
         self.last_cycle: dict[str, float] = {}  # mean metrics of the last cycle (for loggers)
@@ -171,13 +177,19 @@ class TrainLoop:
                 self.stop_reason = "stop requested by rank 0's callbacks"
         return self.stop_reason is not None
 
+    def training_state(self) -> TrainingState:
+        """The counters a checkpoint saves (:class:`rlfw.training.checkpoint.TrainingState`)."""
+        return TrainingState(self.epoch, self.env_steps, self.episodes, self.wall_time)
+
     def load_checkpoint(self, path: str | Path) -> None:
         """Continue from a checkpoint (:meth:`rlfw.training.checkpoint.Checkpointer.load`)."""
-        self.checkpointer.load(self, path)
+        state = self.checkpointer.load(path)
+        self.epoch, self.wall_time = state.epoch, state.wall_time
+        self.collector.env_steps, self.collector.episodes = state.env_steps, state.episodes
 
     def checkpoint(self) -> None:
         """Write this worker's checkpoint files now."""
-        self.checkpointer.save(self)
+        self.checkpointer.save(self.training_state())
 
     def train_epoch(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """One epoch: cycles of collection and updates, then evaluation.
@@ -339,7 +351,7 @@ class TrainLoop:
         """
         tr, cfg = self.cfg.train, self.cfg
         target = tr.epochs if epochs is None else self.epoch + epochs
-        every = [*self._outputs, *self.callbacks]
+        every = [*([self._csv] if self._csv else []), *self._outputs, *self.callbacks]
         self.status, self.error, self.stop_reason = "running", None, None
         for cb in every:
             cb.on_start(self)
@@ -354,21 +366,7 @@ class TrainLoop:
             with self._stop_signals():
                 while self.epoch < target:
                     row, self.last_episodes = self.train_epoch()
-                    for cb in self._outputs[
-                        :1
-                    ]:  # the CSV rows first: a checkpoint never runs ahead
-                        cb.on_epoch(self, row)
-                    self.checkpointer.save_best(self, row)  # best.pt first: last.pt records it
-                    saved = self.epoch % tr.checkpoint_every == 0 or self.epoch == tr.epochs
-                    if saved:
-                        self.checkpoint()  # every worker: rank 0's last.pt, each rank's buffer
-                    for cb in [*self._outputs[1:], *self.callbacks]:
-                        cb.on_epoch(self, row)
-                    if self._stop_agreed():  # a callback asked (eval.stop_at, a user's)
-                        if not saved:
-                            self.checkpoint()
-                        if self.is_main:
-                            log.info("stopped early: %s", self.stop_reason)
+                    if self._record(row):  # rows, checkpoints, callbacks; True: stop early
                         break
         except BaseException as err:
             interrupted = isinstance(err, KeyboardInterrupt | TrainingInterrupted)
@@ -384,6 +382,28 @@ class TrainLoop:
         if close:
             self.close()
         return row
+
+    def _record(self, row: dict[str, Any]) -> bool:
+        """The epoch's log/checkpoint step: the CSV rows first (a checkpoint never runs ahead),
+        ``best.pt`` (before ``last.pt``, which records it), ``last.pt`` when due, then the other
+        outputs and the callbacks. Returns whether a callback asked to stop (then the
+        checkpoint is written even between ``train.checkpoint_every`` epochs)."""
+        tr = self.cfg.train
+        if self._csv is not None:
+            self._csv.on_epoch(self, row)
+        self.checkpointer.save_best(self.training_state(), row)
+        saved = self.epoch % tr.checkpoint_every == 0 or self.epoch == tr.epochs
+        if saved:
+            self.checkpoint()  # every worker: rank 0's last.pt, each rank's buffer
+        for cb in [*self._outputs, *self.callbacks]:
+            cb.on_epoch(self, row)
+        if not self._stop_agreed():  # a callback asked (eval.stop_at, a user's)
+            return False
+        if not saved:
+            self.checkpoint()
+        if self.is_main:
+            log.info("stopped early: %s", self.stop_reason)
+        return True
 
     def _end(self, callbacks: list[Callback]) -> None:
         for cb in callbacks:
