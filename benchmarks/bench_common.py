@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from rlfw.config.preflight import compose_config
-from rlfw.runner import Runner
+from rlfw.training.loop import TrainLoop
 
 THRESHOLD = 0.9
 # SB3's side of the Fetch comparisons: 3x256 networks, one-step returns, Gaussian sigma 0.1
@@ -40,7 +40,7 @@ def first_success(run_dir: Path) -> tuple[float, float]:
 def rlfw_run(overrides: list[str]) -> Path:
     cfg = compose_config(overrides)
     run_dir = Path(tempfile.mkdtemp(prefix="rlfw-bench-"))
-    Runner(cfg, run_dir).run()
+    TrainLoop(cfg, run_dir).run()
     return run_dir
 
 

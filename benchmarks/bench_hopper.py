@@ -14,7 +14,7 @@ from bench_common import (
 )
 
 from rlfw.config.preflight import compose_config
-from rlfw.runner import Runner
+from rlfw.training.loop import TrainLoop
 
 HOPPER_EVERY = 10_000
 HOPPER_RANDOM = 10_000
@@ -48,7 +48,7 @@ def rlfw_hopper(
     cfg = compose_config(["env=Hopper-v4", f"seed={seed}", f"train.epochs={epochs}",
                           f"train.cycles_per_epoch={HOPPER_EVERY}", "logger.plots=false", *(extra or [])])  # fmt: skip
     run_dir = Path(tempfile.mkdtemp(prefix="rlfw-bench-"))
-    runner = Runner(cfg, run_dir)
+    runner = TrainLoop(cfg, run_dir)
     runner.run()
     with (run_dir / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))

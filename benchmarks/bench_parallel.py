@@ -15,7 +15,7 @@ from bench_common import (
 )
 
 from rlfw.config.preflight import compose_config
-from rlfw.runner import Runner
+from rlfw.training.loop import TrainLoop
 
 
 def bench_workers(quick: bool) -> None:
@@ -30,7 +30,7 @@ def bench_workers(quick: bool) -> None:
         cfg = compose_config([*common, f"train.workers={workers}"])
         run_dir = Path(tempfile.mkdtemp(prefix="rlfw-bench-"))
         if workers == 1:
-            Runner(cfg, run_dir).run()
+            TrainLoop(cfg, run_dir).run()
         else:
             launch(cfg, run_dir)
         with (run_dir / "metrics.csv").open() as f:

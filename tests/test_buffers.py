@@ -234,7 +234,7 @@ def test_next_obs_is_following_obs_and_final_obs_at_episode_end() -> None:
 
 def test_real_goal_env_same_step_autoreset_through_runner_helpers() -> None:
     """The PointGoalEnv in a same-step-autoreset vector env, fed like the runner does."""
-    from rlfw.runner import final_obs, split_obs
+    from rlfw.envs.obs import final_obs, split_obs
 
     n_envs, max_steps = 2, 4
     venv = gym.vector.SyncVectorEnv(

@@ -10,9 +10,12 @@ import pytest
 import torch
 import yaml
 
-from rlfw.runner import EPISODE_COLUMNS, METRIC_COLUMNS, Runner
+from rlfw.training.loop import TrainLoop
+from rlfw.training.outputs import EPISODE_COLUMNS, metric_columns
 
 from .conftest import TINY, run_cli
+
+METRIC_COLUMNS = metric_columns(("actor_loss", "critic_loss", "q_mean"))  # DDPG/TD3's
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -42,7 +45,7 @@ def check_run_dir(run_dir: Path, epochs: int, steps_per_epoch: int) -> list[dict
 @pytest.mark.parametrize("env", ["FetchReach-v4", "PandaReach-v3", "Hopper-v4"])
 def test_few_hundred_steps_on_real_envs(compose, tmp_path, env):
     cfg = compose([f"env={env}", *TINY])
-    Runner(cfg, tmp_path).run()
+    TrainLoop(cfg, tmp_path).run()
     rows = check_run_dir(tmp_path, 2, 200)
     if env != "Hopper-v4":
         assert rows[-1]["eval_success_rate"] != ""
@@ -57,7 +60,7 @@ def test_few_hundred_steps_on_real_envs(compose, tmp_path, env):
 @pytest.mark.parametrize("env", ["PandaReach-v3", "Hopper-v4"])
 def test_each_noise_with_each_algo(compose, tmp_path, env, noise, algo):
     cfg = compose([f"env={env}", f"noise={noise}", f"algo={algo}", *TINY])
-    Runner(cfg, tmp_path).run()
+    TrainLoop(cfg, tmp_path).run()
     rows = check_run_dir(tmp_path, 2, 200)
     assert float(rows[-1]["noise_sigma"]) > 0  # the exploration scale is logged
 

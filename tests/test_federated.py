@@ -580,7 +580,7 @@ class Poisoned(client.ClientFactory):
 
             def bad_fit(parameters, config):
                 weights, n, metrics = fit(parameters, config)
-                names = [e.name for e in params.layout(c.runner.agent)]
+                names = [e.name for e in params.layout(c.loop.agent)]
                 j = names.index("obs_norm.sum")
                 weights[j] = weights[j] + 1e30
                 return weights, n, metrics

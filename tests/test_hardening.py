@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from rlfw.errors import ConfigError
-from rlfw.runner import Runner
 from rlfw.training.checkpoint import safe_load
+from rlfw.training.loop import TrainLoop
 
 from .conftest import TINY, run_cli
 
@@ -34,7 +34,7 @@ def run_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("run")
     from rlfw.config.preflight import compose_config
 
-    Runner(compose_config([*TINY, "train.epochs=1", "train.save_buffer=true", "noise=ou"]), d).run()
+    TrainLoop(compose_config([*TINY, "train.epochs=1", "train.save_buffer=true", "noise=ou"]), d).run()
     # the run directory the CLI would have: its saved config
     (d / ".hydra").mkdir(exist_ok=True)
     ckpt = torch.load(d / "checkpoints" / "last.pt", weights_only=True)
@@ -138,7 +138,7 @@ def test_a_nan_loss_stops_the_run_and_resume_continues(compose, tmp_path):
     from rlfw.errors import TrainingDiverged
 
     cfg = compose([*TINY, "train.epochs=3"])
-    loop = Runner(cfg, tmp_path)
+    loop = TrainLoop(cfg, tmp_path)
     sample = loop.buffer.sample
     calls = {"n": 0}
 

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from rlfw.__main__ import resume
 from rlfw.errors import ConfigError
-from rlfw.runner import Runner
+from rlfw.training.loop import TrainLoop
 from rlfw.training.outputs import EPISODE_COLUMNS, metric_columns
 from tests.conftest import TINY
 
@@ -32,7 +32,7 @@ def finished_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("base") / "run"
     overrides = [*TINY, "train.save_buffer=true"]
     cfg = compose_config(overrides)
-    Runner(cfg, run_dir).run()
+    TrainLoop(cfg, run_dir).run()
     (run_dir / ".hydra").mkdir()
     (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))

@@ -14,8 +14,8 @@ import sys
 import pytest
 
 from rlfw.errors import TrainingDiverged
-from rlfw.runner import Runner
 from rlfw.training import outputs
+from rlfw.training.loop import TrainLoop
 from rlfw.training.outputs import CsvLog, acquire_run_lock, release_run_lock
 from tests.conftest import TINY, run_cli
 
@@ -105,7 +105,7 @@ def test_a_full_disk_leaves_no_partial_csv_row(tmp_path, monkeypatch):
 def test_a_full_disk_ends_the_run_with_status_failed(compose, tmp_path, monkeypatch):
     """The disk fills during epoch 1's CSV write: the run fails, and status.json (which cannot be
     replaced by a new file any more) says failed, written in place."""
-    loop = Runner(compose([*TINY, "train.epochs=1"]), tmp_path)
+    loop = TrainLoop(compose([*TINY, "train.epochs=1"]), tmp_path)
     write = CsvLog.write
 
     def fill_disk(self, rows):
@@ -123,7 +123,7 @@ def test_a_full_disk_ends_the_run_with_status_failed(compose, tmp_path, monkeypa
         assert text.endswith("\n") and len(text.splitlines()) == 1  # the header only: no partial row
 
 
-def _poison(loop: Runner, at_update: int) -> None:
+def _poison(loop: TrainLoop, at_update: int) -> None:
     sample = loop.buffer.sample
     calls = {"n": 0}
 
@@ -138,7 +138,7 @@ def _poison(loop: Runner, at_update: int) -> None:
 
 
 def test_divergence_before_any_checkpoint_advises_a_fresh_run_not_epoch_0(compose, tmp_path):
-    loop = Runner(compose([*TINY, "train.epochs=1"]), tmp_path)
+    loop = TrainLoop(compose([*TINY, "train.epochs=1"]), tmp_path)
     _poison(loop, 3)
     with pytest.raises(TrainingDiverged) as err:
         loop.run()
@@ -156,7 +156,7 @@ def test_divergence_advice_resumes_with_lower_learning_rates_and_another_seed(co
     cfg = compose([*TINY, "train.epochs=3"])
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    loop = Runner(cfg, tmp_path)
+    loop = TrainLoop(cfg, tmp_path)
     _poison(loop, 15)  # epoch 2 (10 updates an epoch): epoch 1's checkpoint is good
     with pytest.raises(TrainingDiverged) as err:
         loop.run()

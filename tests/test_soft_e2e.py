@@ -19,7 +19,7 @@ from rlfw.core import EnvInfo
 from rlfw.distributed import launch, parameter_digest
 from rlfw.errors import ConfigError
 from rlfw.registry import registry
-from rlfw.runner import Runner
+from rlfw.training.loop import TrainLoop
 
 from .conftest import TINY
 
@@ -114,7 +114,7 @@ CASES = {
 @pytest.mark.parametrize("algo", SOFT)
 def test_few_hundred_steps_with_each_soft_algo(compose, tmp_path, algo, case):
     cfg = compose([f"algo={algo}", *CASES[case], *TINY])
-    runner = Runner(cfg, tmp_path)
+    runner = TrainLoop(cfg, tmp_path)
     runner.run()
     check_soft_run(tmp_path, algo, 2, 200)
     if "per" in case:
@@ -141,7 +141,7 @@ def test_two_workers_with_each_soft_algo(compose, tmp_path, algo):
 def test_soft_run_plots_the_temperature(compose, tmp_path):
     from rlfw.plots import plot_run
 
-    Runner(compose(["algo=sac", "env=FetchReach-v4", *TINY]), tmp_path).run()
+    TrainLoop(compose(["algo=sac", "env=FetchReach-v4", *TINY]), tmp_path).run()
     out = plot_run(tmp_path)
     assert out[tmp_path / "entropy.png"] == 2  # alpha and entropy curves
     assert (tmp_path / "entropy.png").stat().st_size > 1000

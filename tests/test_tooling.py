@@ -19,9 +19,12 @@ import torch
 from rlfw.callbacks import make_callbacks
 from rlfw.plots import RUN_PLOTS, plot_run
 from rlfw.report import summarize
-from rlfw.runner import METRIC_COLUMNS, Runner
+from rlfw.training.loop import TrainLoop
+from rlfw.training.outputs import metric_columns
 
 from .conftest import TINY, run_cli
+
+METRIC_COLUMNS = metric_columns(("actor_loss", "critic_loss", "q_mean"))  # DDPG/TD3's
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -65,7 +68,7 @@ def read_wandb_records(path: Path) -> list:
 def test_wandb_offline_run_files_hold_logged_keys(compose, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = compose(["logger=wandb", *TINY])
-    Runner(cfg, tmp_path, make_callbacks(cfg, tmp_path, 400)).run()
+    TrainLoop(cfg, tmp_path, make_callbacks(cfg, tmp_path, 400)).run()
     files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
     # wandb's service process may still be writing the file when finish() returns: wait for
@@ -95,7 +98,7 @@ def test_wandb_offline_run_files_hold_logged_keys(compose, tmp_path, monkeypatch
 
 def test_run_plots_are_valid_pngs_with_expected_curves(compose, tmp_path):
     cfg = compose(["logger.plots=true", *[t for t in TINY if "plots" not in t]])
-    Runner(cfg, tmp_path, make_callbacks(cfg, tmp_path, 400)).run()
+    TrainLoop(cfg, tmp_path, make_callbacks(cfg, tmp_path, 400)).run()
     for name in RUN_PLOTS:
         data = (tmp_path / name).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 5000
@@ -134,7 +137,7 @@ def test_evaluate_prints_success_and_writes_mp4(compose, tmp_path, env):
     if env.startswith("Fetch") and os.environ.get("MUJOCO_GL") != "osmesa":
         pytest.skip("headless MuJoCo rendering needs libOSMesa (apt-get install libosmesa6)")
     cfg = compose([f"env={env}", *TINY, "train.epochs=1"])
-    Runner(cfg, tmp_path).run()
+    TrainLoop(cfg, tmp_path).run()
     proc = subprocess.run(
         [sys.executable, "-m", "rlfw.evaluate", f"run_dir={tmp_path}", "episodes=3", "video=true"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
@@ -270,10 +273,10 @@ def test_a_requeued_slurm_job_resumes_from_its_run_dir_and_hands_its_stop_to_sub
 
 def test_resume_restores_agent_and_buffer(compose, tmp_path):
     cfg = compose([*TINY, "train.save_buffer=true"])
-    r1 = Runner(cfg, tmp_path)
+    r1 = TrainLoop(cfg, tmp_path)
     r1.run(epochs=1, close=False)
     r1.close()
-    r2 = Runner(cfg, tmp_path)
+    r2 = TrainLoop(cfg, tmp_path)
     r2.load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert (r2.epoch, r2.env_steps) == (1, 200)
     assert len(r2.buffer) == len(r1.buffer) > 0
@@ -303,7 +306,7 @@ def test_same_seed_same_run(compose, tmp_path):
     rows = []
     for name in ("a", "b"):
         d = tmp_path / name
-        Runner(compose([*TINY, "train.epochs=1"]), d).run()
+        TrainLoop(compose([*TINY, "train.epochs=1"]), d).run()
         with (d / "metrics.csv").open() as f:
             rows.append(next(csv.DictReader(f)))
     for key in ("eval_return", "train_return", "critic_loss", "q_mean"):

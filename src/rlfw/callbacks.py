@@ -56,9 +56,9 @@ class ProgressCallback(Callback):
         self.task: Any = None
         self._streams: list[tuple[logging.StreamHandler[Any], Any]] = []
 
-    def _start(self, runner: Loop) -> None:
+    def _start(self, loop: Loop) -> None:
         self.progress.start()
-        self.task = self.progress.add_task("training", total=self.total, completed=runner.env_steps,
+        self.task = self.progress.add_task("training", total=self.total, completed=loop.env_steps,
                                            sps="-", success="-")  # fmt: skip
         # route the log lines through rich's stdout proxy (installed by start()) so that they
         # print above the bar instead of on it
@@ -67,19 +67,19 @@ class ProgressCallback(Callback):
                 self._streams.append((h, h.stream))
                 h.setStream(sys.stdout)
 
-    def on_cycle(self, runner: Loop) -> None:
+    def on_cycle(self, loop: Loop) -> None:
         if self.task is None:
-            self._start(runner)
-        self.progress.update(self.task, completed=runner.env_steps)
+            self._start(loop)
+        self.progress.update(self.task, completed=loop.env_steps)
 
-    def on_epoch(self, runner: Loop, row: dict[str, Any]) -> None:
+    def on_epoch(self, loop: Loop, row: dict[str, Any]) -> None:
         success = row.get("eval_success_rate", math.nan)
         if success is None or (isinstance(success, float) and math.isnan(success)):
             success = row.get("eval_return", math.nan)
-        self.progress.update(self.task, completed=runner.env_steps, sps=f"{row['steps_per_s']:.0f}",
+        self.progress.update(self.task, completed=loop.env_steps, sps=f"{row['steps_per_s']:.0f}",
                              success=f"{success:.3g}")  # fmt: skip
 
-    def on_end(self, runner: Loop) -> None:
+    def on_end(self, loop: Loop) -> None:
         self.close()
 
     def close(self) -> None:
@@ -92,11 +92,11 @@ class ProgressCallback(Callback):
 class PlotCallback(Callback):
     """Writes the run's PNGs (rlfw.plots.plot_run) when the run ends."""
 
-    def on_end(self, runner: Loop) -> None:
+    def on_end(self, loop: Loop) -> None:
         from rlfw.plots import plot_run
 
         try:
-            paths = plot_run(runner.run_dir)
+            paths = plot_run(loop.run_dir)
             log.info("plots: %s", ", ".join(p.name for p in paths))
         except Exception as err:  # a plot must never lose a finished run
             log.warning("could not write plots: %s", err)
@@ -112,18 +112,18 @@ class VideoCallback(Callback):
         self.sinks = list(sinks)
         self.paths: list[Path] = []
 
-    def on_epoch(self, runner: Loop, row: dict[str, Any]) -> None:
-        if runner.epoch % self.every:
+    def on_epoch(self, loop: Loop, row: dict[str, Any]) -> None:
+        if loop.epoch % self.every:
             return
         from rlfw.envs.recording import record_episodes
 
-        path = runner.run_dir / "videos" / f"epoch_{runner.epoch:04d}.mp4"
+        path = loop.run_dir / "videos" / f"epoch_{loop.epoch:04d}.mp4"
         try:
-            record_episodes(runner.cfg, runner.agent, path, episodes=1, seed=int(runner.cfg.seed) + runner.epoch)
+            record_episodes(loop.cfg, loop.agent, path, episodes=1, seed=int(loop.cfg.seed) + loop.epoch)
             self.paths.append(path)
             for cb in self.sinks:
                 if isinstance(cb, WandbCallback):
-                    cb.log_video(path, runner.env_steps)
+                    cb.log_video(path, loop.env_steps)
                 elif isinstance(cb, TensorBoardCallback):
                     cb.log_video(path, int(row["env_steps"]))
         except Exception as err:
@@ -188,32 +188,32 @@ class WandbCallback(Callback):
         )
         (run_dir / "wandb_run_id.txt").write_text(str(self.run.id) + "\n")
 
-    def on_cycle(self, runner: Loop) -> None:
+    def on_cycle(self, loop: Loop) -> None:
         """The last cycle's losses, at most once per :data:`CYCLE_LOG_EVERY` env steps: the
         Hopper preset's cycles are one env step long, and a log call per step would cost more
         than it shows."""
-        if not (self.log_cycles and runner.last_cycle):
+        if not (self.log_cycles and loop.last_cycle):
             return
-        if runner.env_steps - self._last_cycle_log < CYCLE_LOG_EVERY:
+        if loop.env_steps - self._last_cycle_log < CYCLE_LOG_EVERY:
             return
-        self._last_cycle_log = runner.env_steps
-        self.run.log({f"cycle/{k}": v for k, v in runner.last_cycle.items()}, step=runner.env_steps)
+        self._last_cycle_log = loop.env_steps
+        self.run.log({f"cycle/{k}": v for k, v in loop.last_cycle.items()}, step=loop.env_steps)
 
-    def on_epoch(self, runner: Loop, row: dict[str, Any]) -> None:
+    def on_epoch(self, loop: Loop, row: dict[str, Any]) -> None:
         clean = {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
-        self.run.log(clean, step=runner.env_steps)
+        self.run.log(clean, step=loop.env_steps)
 
     def log_video(self, path: Path, step: int) -> None:
         self.run.log({"eval/video": self.wandb.Video(str(path), format="mp4")}, step=step)
 
-    def on_end(self, runner: Loop) -> None:
+    def on_end(self, loop: Loop) -> None:
         self.run.finish()
 
 
-def _total_steps(runner: Loop) -> int:
+def _total_steps(loop: Loop) -> int:
     """The env steps of all workers (metrics.csv's ``env_steps``), the loggers' x axis."""
-    ctx = getattr(runner, "ctx", None)
-    return int(runner.env_steps) * int(getattr(ctx, "world", 1))
+    ctx = getattr(loop, "ctx", None)
+    return int(loop.env_steps) * int(getattr(ctx, "world", 1))
 
 
 class TensorBoardCallback(Callback):
@@ -235,23 +235,23 @@ class TensorBoardCallback(Callback):
         self.writer: Any = None
         self._last_cycle_log = -CYCLE_LOG_EVERY
 
-    def on_start(self, runner: Loop) -> None:
+    def on_start(self, loop: Loop) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        start = _total_steps(runner)
+        start = _total_steps(loop)
         self.writer = SummaryWriter(str(self.log_dir), purge_step=start if start > 0 else None)
         self._last_cycle_log = start - CYCLE_LOG_EVERY
 
-    def on_cycle(self, runner: Loop) -> None:
+    def on_cycle(self, loop: Loop) -> None:
         """The last cycle's losses (as :meth:`WandbCallback.on_cycle`)."""
-        step = _total_steps(runner)
-        if not (self.log_cycles and runner.last_cycle) or step - self._last_cycle_log < CYCLE_LOG_EVERY:
+        step = _total_steps(loop)
+        if not (self.log_cycles and loop.last_cycle) or step - self._last_cycle_log < CYCLE_LOG_EVERY:
             return
         self._last_cycle_log = step
-        for k, v in runner.last_cycle.items():
+        for k, v in loop.last_cycle.items():
             self.writer.add_scalar(f"cycle/{k}", v, step)
 
-    def on_epoch(self, runner: Loop, row: dict[str, Any]) -> None:
+    def on_epoch(self, loop: Loop, row: dict[str, Any]) -> None:
         step = int(row["env_steps"])
         for k, v in row.items():
             if isinstance(v, int | float) and not (isinstance(v, float) and math.isnan(v)):
@@ -275,7 +275,7 @@ class TensorBoardCallback(Callback):
         self.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag="eval/video", image=image)]), step)
         self.writer.flush()
 
-    def on_end(self, runner: Loop) -> None:
+    def on_end(self, loop: Loop) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
@@ -297,22 +297,22 @@ class EarlyStopping(Callback):
         self.metric = metric
         self.threshold = float(threshold)
 
-    def column(self, runner: Loop) -> str:
+    def column(self, loop: Loop) -> str:
         """The row column of ``eval.metric`` (``auto``: success rate on goal envs, else return):
         the rule of :func:`rlfw.training.evaluation.eval_metric_name`, which this layer may not
         import (tests/test_logging.py checks that both agree)."""
         if self.metric != "auto":
             return self.metric
-        return "eval_success_rate" if bool(runner.info.goal) else "eval_return"
+        return "eval_success_rate" if bool(loop.info.goal) else "eval_return"
 
-    def on_epoch(self, runner: Loop, row: dict[str, Any]) -> None:
-        column = self.column(runner)
+    def on_epoch(self, loop: Loop, row: dict[str, Any]) -> None:
+        column = self.column(loop)
         value = row.get(column)
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return
         if float(value) >= self.threshold:
-            runner.request_stop(
-                f"{column} {float(value):g} >= eval.stop_at={self.threshold:g} at epoch {runner.epoch}"
+            loop.request_stop(
+                f"{column} {float(value):g} >= eval.stop_at={self.threshold:g} at epoch {loop.epoch}"
             )
 
 

@@ -3,7 +3,7 @@
 Each option file in ``conf/<group>/`` starts with ``defaults: [<name>_schema, _self_]`` so that
 a misspelt key or a wrongly typed value fails at compose time and names the key. Values that
 are only known at run time (observation shapes, ``compute_reward``) are never typed into YAML;
-the runner passes them to the components it builds.
+the training loop passes them to the components it builds.
 
 The root :class:`Config` types ``env``, ``train`` and ``eval`` directly; ``algo``, ``buffer``,
 ``noise`` and ``logger`` are typed by the schema their chosen option file names, so that keys
@@ -130,7 +130,7 @@ MAX_ENVS = 1024  # train.num_envs and eval.num_envs above this are refused
 
 @dataclass
 class TrainConfig:
-    """The runner's schedule: epochs x cycles x (collect steps_per_cycle, run updates_per_cycle)."""
+    """The training loop's schedule: epochs x cycles x (collect steps_per_cycle, run updates_per_cycle)."""
 
     epochs: int = 10
     cycles_per_epoch: int = 10

@@ -68,24 +68,24 @@ class RLClient(NumPyClient):
         self.dir = Path(run_dir) / "clients" / client_name(self.index, self.env)
         self.epochs_per_round = int(epochs_per_round)
         self.keep_rounds = bool(keep_rounds)
-        self._runner: Any = None
+        self._loop: Any = None
         self._rounds: Any = None
         self._pending: dict[str, Any] = {}
 
     # -------------------------------------------------------------------------------------
 
     @property
-    def runner(self) -> Any:
+    def loop(self) -> Any:
         """The TrainLoop, built on first use (envs, buffer, agent)."""
-        if self._runner is None:
+        if self._loop is None:
             from rlfw.training.loop import TrainLoop
 
-            self._runner = TrainLoop(self.cfg, self.dir)
-        return self._runner
+            self._loop = TrainLoop(self.cfg, self.dir)
+        return self._loop
 
     def _check(self, config: dict[str, Any]) -> None:
         """Refuse weights for a model of other sizes (before loading them)."""
-        info = self.runner.info
+        info = self.loop.info
         mine = dims_of(info)
         if "obs_dim" in config:
             theirs = Dims(int(config["obs_dim"]), int(config["goal_dim"]), int(config["act_dim"]))
@@ -96,14 +96,14 @@ class RLClient(NumPyClient):
                     )
                 )
         fp = config.get("layout")
-        if fp is not None and fp != params.fingerprint(params.layout(self.runner.agent)):
+        if fp is not None and fp != params.fingerprint(params.layout(self.loop.agent)):
             raise ConfigError(
                 f"federated.clients[{self.index}] '{self.env}': its networks' layers differ from the "
                 f"global model's (same algo.*_hidden, algo.n_critics and noise on server and clients?)"
             )
 
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
-        return params.get_weights(self.runner.agent)
+        return params.get_weights(self.loop.agent)
 
     def fit(
         self, parameters: list[np.ndarray], config: dict[str, Any]
@@ -116,7 +116,7 @@ class RLClient(NumPyClient):
             env_steps).
         """
         self._check(config)
-        r = self.runner
+        r = self.loop
         params.set_weights(r.agent, parameters)
         epochs = int(config.get("epochs", self.epochs_per_round))
         rnd = int(config.get("round", r.epoch // max(epochs, 1) + 1))
@@ -151,7 +151,7 @@ class RLClient(NumPyClient):
             again, so loading them here changes nothing.
         """
         self._check(config)
-        r = self.runner
+        r = self.loop
         params.set_weights(r.agent, parameters)
         episodes = int(r.cfg.eval.episodes)
         ret, _std, succ = r.evaluate(episodes)
@@ -170,7 +170,7 @@ class RLClient(NumPyClient):
     def _save(self, rnd: int, weights: list[np.ndarray], n: int, metrics: dict[str, Any]) -> None:
         from rlfw.training.checkpoint import atomic_torch_save
 
-        entries = params.layout(self.runner.agent)
+        entries = params.layout(self.loop.agent)
         state = {
             "round": rnd,
             "num_examples": n,
@@ -198,8 +198,8 @@ class RLClient(NumPyClient):
         self._write_round()
         if self._rounds is not None:
             self._rounds.close()
-        if self._runner is not None:
-            self._runner.close()
+        if self._loop is not None:
+            self._loop.close()
 
 
 # Simulation: one client object per (run_dir, index) in each worker process, kept between rounds.
