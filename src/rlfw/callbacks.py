@@ -19,13 +19,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlfw.core import Callback
+from rlfw.core import Callback, LoopView
 from rlfw.logger_config import LoggerConfig, TensorBoardLoggerConfig, WandbLoggerConfig
 from rlfw.registry import register, registry
 
 log = logging.getLogger("rlfw")
 
-Loop = Any  # the training loop (rlfw.training.loop.TrainLoop), seen through its attributes
+Loop = LoopView  # the training loop as callbacks see it (rlfw.core.LoopView)
 
 
 class ProgressCallback(Callback):

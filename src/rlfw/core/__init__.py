@@ -22,6 +22,7 @@ from rlfw.core.contracts import (
     Exploration,
     GoalFn,
     LinearFactory,
+    LoopView,
     ReplayBuffer,
     UpdateResult,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "Exploration",
     "GoalFn",
     "LinearFactory",
+    "LoopView",
     "ReplayBuffer",
     "UpdateResult",
     "in_range",

@@ -233,20 +233,64 @@ class Exploration(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class LoopView(Protocol):
+    """What a :class:`Callback` sees of the training loop: read-only attributes and one action,
+    :meth:`request_stop`. :class:`rlfw.training.loop.TrainLoop` implements it; a callback that
+    needs more than this is asking to change the loop, and should say so in this contract.
+
+    Attributes:
+        run_dir: the run directory (``pathlib.Path``).
+        cfg: the run's resolved config (an OmegaConf ``DictConfig``).
+        agent: the :class:`Agent` being trained.
+        info: the env's sizes (:class:`EnvInfo`).
+        env_steps: env steps this worker has collected; epoch: epochs finished (0 before the first).
+        wall_time: seconds of training so far (resumes add to it).
+        last_cycle: the mean update metrics of the last cycle (``{name: value}``, empty before any).
+        last_episodes: the training episodes finished in the last epoch (episodes.csv rows).
+        status: ``running``, then ``finished``, ``failed`` or ``interrupted`` (in ``on_end``).
+        error: ``"<Type>: <message>"`` of the exception that ended the run, or None.
+    """
+
+    @property
+    def run_dir(self) -> Any: ...
+    @property
+    def cfg(self) -> Any: ...
+    @property
+    def agent(self) -> Agent: ...
+    @property
+    def info(self) -> EnvInfo: ...
+    @property
+    def env_steps(self) -> int: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def wall_time(self) -> float: ...
+    @property
+    def last_cycle(self) -> dict[str, float]: ...
+    @property
+    def last_episodes(self) -> list[dict[str, Any]]: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def error(self) -> str | None: ...
+
+    def request_stop(self, reason: str) -> None:
+        """End the run after the current epoch (status ``finished``, ``stop_reason`` = ``reason``)."""
+
+
 class Callback:
     """Hooks into the training loop (progress bars, loggers, plots, early stop). Every method
-    is optional. ``loop`` is the :class:`rlfw.training.loop.TrainLoop` (its ``run_dir``, ``cfg``,
-    ``agent``, ``env_steps``, ``epoch``, ``last_cycle``, ``last_episodes``, ``callbacks``, and at
-    the end ``status`` and ``error``)."""
+    is optional. ``loop`` is the training loop seen through :class:`LoopView` (read-only
+    attributes and :meth:`LoopView.request_stop`)."""
 
-    def on_start(self, loop: Any) -> None:
+    def on_start(self, loop: LoopView) -> None:
         """When the loop starts (or resumes) training."""
 
-    def on_cycle(self, loop: Any) -> None:
+    def on_cycle(self, loop: LoopView) -> None:
         """After each cycle's collection and updates."""
 
-    def on_epoch(self, loop: Any, row: dict[str, Any]) -> None:
+    def on_epoch(self, loop: LoopView, row: dict[str, Any]) -> None:
         """After each epoch's metrics row is written (and the checkpoint, when due)."""
 
-    def on_end(self, loop: Any) -> None:
+    def on_end(self, loop: LoopView) -> None:
         """When the loop returns normally or is interrupted."""

@@ -192,54 +192,91 @@ class TrainLoop:
         self.checkpointer.save(self.training_state())
 
     def train_epoch(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """One epoch: cycles of collection and updates, then evaluation.
+        """One epoch in named steps: :meth:`run_cycle` ``train.cycles_per_epoch`` times (collect,
+        update, tell the callbacks), then :meth:`evaluate_if_due`, then :meth:`epoch_row`.
 
         Returns:
             (the metrics row, the training episodes finished in it).
         """
-        tr, cfg = self.cfg.train, self.cfg
         t0 = time.perf_counter()
         steps0 = self.env_steps
         finished: list[dict[str, Any]] = []
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
-        vector_steps = tr.steps_per_cycle // self.collector.num_envs
-        for _ in range(tr.cycles_per_epoch):
-            cycle: dict[str, list[float]] = {}
-            during = None
-            if tr.overlap:  # the cycle's updates spread evenly over its steps, run while the envs step
-                def during(i: int, cycle: dict[str, list[float]] = cycle) -> None:
-                    self._updates(((i + 1) * tr.updates_per_cycle) // vector_steps
-                                  - (i * tr.updates_per_cycle) // vector_steps, cycle)  # fmt: skip
-
-            finished += self.collector.collect(tr.steps_per_cycle, self.epoch, during)
-            self.ctx.sync_normalizers(self.agent)
-            if not tr.overlap:
-                self._updates(tr.updates_per_cycle, cycle)
-            if cycle:
-                self.last_cycle = {k: float(np.mean(vs)) for k, vs in cycle.items()}
-                for k, vs in cycle.items():
-                    sums[k] = sums.get(k, 0.0) + float(np.sum(vs))
-                    counts[k] = counts.get(k, 0) + len(vs)
-            for cb in self.callbacks:
-                cb.on_cycle(self)
-            self._check_stop()
+        for _ in range(self.cfg.train.cycles_per_epoch):
+            finished += self.run_cycle(sums, counts)
         self.epoch += 1
-        eval_ret, eval_std, eval_succ = math.nan, math.nan, math.nan
-        if self.epoch % cfg.eval.every == 0 or self.epoch == tr.epochs:
-            eval_ret, eval_std, eval_succ = self.evaluate(cfg.eval.episodes)
+        evaluation = self.evaluate_if_due()
         dt = time.perf_counter() - t0
         self.wall_time += dt
+        return self.epoch_row(finished, evaluation, sums, counts, self.env_steps - steps0, dt), finished
+
+    def run_cycle(self, sums: dict[str, float], counts: dict[str, int]) -> list[dict[str, Any]]:
+        """One cycle: collect ``train.steps_per_cycle`` env steps and run
+        ``train.updates_per_cycle`` updates (after the steps, or spread over them with
+        ``train.overlap``), add the update metrics to ``sums``/``counts``, call the callbacks'
+        ``on_cycle`` and check for a stop signal.
+
+        Returns:
+            The training episodes finished in the cycle (rows of episodes.csv).
+
+        Raises:
+            TrainingDiverged: a loss came out non-finite.
+            TrainingInterrupted: a stop signal arrived (:meth:`_check_stop`).
+        """
+        tr = self.cfg.train
+        vector_steps = tr.steps_per_cycle // self.collector.num_envs
+        cycle: dict[str, list[float]] = {}
+        during = None
+        if tr.overlap:  # the cycle's updates spread evenly over its steps, run while the envs step
+            def during(i: int) -> None:
+                self._updates(((i + 1) * tr.updates_per_cycle) // vector_steps
+                              - (i * tr.updates_per_cycle) // vector_steps, cycle)  # fmt: skip
+
+        finished = self.collector.collect(tr.steps_per_cycle, self.epoch, during)
+        self.ctx.sync_normalizers(self.agent)
+        if not tr.overlap:
+            self._updates(tr.updates_per_cycle, cycle)
+        if cycle:
+            self.last_cycle = {k: float(np.mean(vs)) for k, vs in cycle.items()}
+            for k, vs in cycle.items():
+                sums[k] = sums.get(k, 0.0) + float(np.sum(vs))
+                counts[k] = counts.get(k, 0) + len(vs)
+        for cb in self.callbacks:
+            cb.on_cycle(self)
+        self._check_stop()
+        return finished
+
+    def evaluate_if_due(self) -> tuple[float, float, float]:
+        """:meth:`evaluate` after every ``eval.every`` epochs and after the last one, else NaNs:
+        ``(eval_return, eval_return_std, eval_success_rate)``."""
+        cfg = self.cfg
+        if self.epoch % cfg.eval.every == 0 or self.epoch == cfg.train.epochs:
+            return self.evaluate(cfg.eval.episodes)
+        return math.nan, math.nan, math.nan
+
+    def epoch_row(self, finished: list[dict[str, Any]], evaluation: tuple[float, float, float],
+                  sums: dict[str, float], counts: dict[str, int], steps: int, dt: float) -> dict[str, Any]:  # fmt: skip
+        """The epoch's metrics.csv row (:func:`rlfw.training.outputs.metric_columns`).
+
+        Args:
+            finished: the epoch's finished training episodes.
+            evaluation: ``(eval_return, eval_return_std, eval_success_rate)``.
+            sums, counts: the update metrics' sums and counts over the epoch.
+            steps: this worker's env steps in the epoch.
+            dt: the epoch's wall seconds.
+        """
+        eval_ret, eval_std, eval_succ = evaluation
         rets = [f["return"] for f in finished]
         succ = [f["success"] for f in finished if not math.isnan(f["success"])]
         world = self.ctx.world
-        row = {
+        return {
             "epoch": self.epoch,
             "env_steps": self.env_steps * world,  # over all workers
             "updates": self.agent.updates,
             "episodes": self.episodes,
             "wall_time_s": self.wall_time,
-            "steps_per_s": (self.env_steps - steps0) * world / dt,
+            "steps_per_s": steps * world / dt,
             "train_return": float(np.mean(rets)) if rets else math.nan,
             "train_success_rate": float(np.mean(succ)) if succ else math.nan,
             "eval_return": eval_ret,
@@ -248,7 +285,6 @@ class TrainLoop:
             **{k: sums[k] / counts[k] if counts.get(k) else math.nan for k in self.agent.metric_names},
             **self.exploration.metrics(self.env_steps),
         }
-        return row, finished
 
     def _updates(self, n: int, cycle: dict[str, list[float]]) -> None:
         """``n`` gradient steps (none before ``learning_starts`` or a batch's worth of data),
