@@ -22,9 +22,10 @@ from rlfw.training.loop import TrainLoop
 
 from .conftest import TINY
 
-# One tiny run per algorithm: td3 and tqc on FetchReach-v4 (goal dict, normalised inputs),
-# sac and crossq on Pendulum-v1 (flat observations, actions in [-2, 2]); crossq with batch
-# renormalisation in the actor and normalised observations, so every part of the graph is used.
+# One tiny run per algorithm and task: every algorithm on FetchReach-v4 (goal dict, normalised
+# inputs) and on Pendulum-v1 (flat observations, actions in [-2, 2]); crossq on Pendulum with
+# normalised observations, so every part of the graph is used (its actor has batch
+# renormalisation by default).
 SMALL = [*TINY, "train.epochs=1", "train.cycles_per_epoch=1", "eval.episodes=1", "train.updates_per_cycle=10"]
 PENDULUM = ["env=gym", "env.id=Pendulum-v1", "buffer=uniform"]
 RUNS = {
@@ -33,6 +34,10 @@ RUNS = {
     "sac": ["algo=sac", *PENDULUM],
     "crossq": ["algo=crossq", *PENDULUM, "algo.actor_batch_norm=true", "algo.normalize=true",
                "algo.bn_warmup_steps=5"],
+    "td3-dense": ["algo=td3", *PENDULUM],
+    "tqc-dense": ["algo=tqc", *PENDULUM, "algo.n_quantiles=5"],
+    "sac-fetch": ["algo=sac", "env=FetchReach-v4"],
+    "crossq-fetch": ["algo=crossq", "env=FetchReach-v4", "algo.bn_warmup_steps=5"],
 }  # fmt: skip
 
 
@@ -101,9 +106,10 @@ def _numpy_policy(path):
     return act, spec
 
 
-@pytest.mark.parametrize("algo", list(RUNS))
-def test_exported_policies_equal_predict(runs, algo, tmp_path):
-    run_dir = runs(algo)
+@pytest.mark.parametrize("run", list(RUNS))
+def test_exported_policies_equal_predict(runs, run, tmp_path):
+    run_dir = runs(run)
+    algo = run.split("-")[0]
     policy = rlfw.load(run_dir)
     obs, inputs = _observations(policy)
     want = policy.predict(obs)
