@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from rlfw.build import build_policy_agent
+from rlfw.config.preflight import parse_key_values
 from rlfw.envs.recording import record_episodes
 from rlfw.errors import ConfigError, fail
 from rlfw.training.checkpoint import check_policy_state, checkpoint_file, load_latest
@@ -142,14 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE, end="")
         return
     try:
-        schema = OmegaConf.structured(EvaluateConfig)
-        try:
-            ecfg = OmegaConf.merge(schema, OmegaConf.from_dotlist(args))
-            ecfg.run_dir  # noqa: B018 - raises if missing
-        except OmegaConfBaseException as err:
-            from rlfw.config.preflight import translate
-
-            raise ConfigError(translate(err)) from None
+        ecfg = parse_key_values(EvaluateConfig, args)
         summary = evaluate(ecfg)
     except (ConfigError, RuntimeError) as err:
         raise fail("rlfw.evaluate", err, bad_input=(RuntimeError,)) from None

@@ -45,10 +45,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING
 from torch import nn
 
+from rlfw.config.preflight import parse_key_values
 from rlfw.errors import ConfigError, fail
 
 __all__ = [
@@ -459,13 +459,7 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE, end="")
         return
     try:
-        try:
-            ecfg = OmegaConf.merge(OmegaConf.structured(ExportConfig), OmegaConf.from_dotlist(args))
-            ecfg.run_dir  # noqa: B018 - raises if missing
-        except OmegaConfBaseException as err:
-            from rlfw.config.preflight import translate
-
-            raise ConfigError(translate(err)) from None
+        ecfg = parse_key_values(ExportConfig, args)
         path = export_policy(ecfg.run_dir, ecfg.format, ecfg.checkpoint, ecfg.out)
     except ConfigError as err:
         raise fail("rlfw.export", err) from None

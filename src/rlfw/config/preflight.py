@@ -80,6 +80,25 @@ def _value_of(key: str, err: BaseException) -> str:
     return ""
 
 
+def parse_key_values(schema: type, args: list[str]) -> Any:
+    """The ``key=value`` arguments of a side tool (``rlfw.evaluate``, ``rlfw.export``) typed by
+    its dataclass ``schema``: an OmegaConf node with every key of ``schema``.
+
+    Raises:
+        ConfigError: one line for an unknown key, a wrongly typed value or a missing required
+            key (``run_dir``, a ``MISSING`` field read here).
+    """
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(args))
+        for field in dataclasses.fields(schema):
+            getattr(node, field.name)  # a MISSING required key raises here
+    except OmegaConfBaseException as err:
+        raise ConfigError(translate(err)) from None
+    return node
+
+
 def translate(err: BaseException) -> str:
     """One line for a Hydra/OmegaConf composition error."""
     if isinstance(err, MissingConfigException):
