@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlfw.core import Callback, LoopView
+from rlfw.core import Callback, LoopView, eval_metric_name
 from rlfw.logger_config import LoggerConfig, TensorBoardLoggerConfig, WandbLoggerConfig
 from rlfw.registry import register, registry
 
@@ -298,12 +298,9 @@ class EarlyStopping(Callback):
         self.threshold = float(threshold)
 
     def column(self, loop: Loop) -> str:
-        """The row column of ``eval.metric`` (``auto``: success rate on goal envs, else return):
-        the rule of :func:`rlfw.training.evaluation.eval_metric_name`, which this layer may not
-        import (tests/test_logging.py checks that both agree)."""
-        if self.metric != "auto":
-            return self.metric
-        return "eval_success_rate" if bool(loop.info.goal) else "eval_return"
+        """The row column of ``eval.metric`` (:func:`rlfw.core.eval_metric_name`: ``auto`` is the
+        success rate on goal envs, else the return), the same rule as best.pt and tuning."""
+        return eval_metric_name(self.metric, bool(loop.info.goal))
 
     def on_epoch(self, loop: Loop, row: dict[str, Any]) -> None:
         column = self.column(loop)

@@ -12,7 +12,7 @@ trains each trial in this process with rlfw's own composition, validation and tr
   ``params`` of ``conf/hydra/sweeper/rlfw_optuna.yaml`` are searched. Every other override is
   fixed for all trials (``env=FetchPush-v4 train.epochs=20``).
 - Objective (maximised): each trial trains one run per seed of ``tune.seeds``; a run scores its
-  ``eval.metric`` column (:func:`rlfw.training.evaluation.eval_metric_name`: eval success rate
+  ``eval.metric`` column (:func:`rlfw.core.eval_metric_name`: eval success rate
   on goal envs, eval return otherwise) at the last evaluation (``tune.objective=final``) or
   averaged over all its evaluations (``auc``: the area under the eval curve divided by the
   number of evaluations); the trial's value is the mean over seeds.

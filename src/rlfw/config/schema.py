@@ -213,7 +213,7 @@ class EvalConfig:
     every: int = 1
     # The metrics.csv column that ranks evaluations (checkpoints/best.pt, eval.stop_at, tuning):
     # auto: eval_success_rate for goal envs, eval_return otherwise
-    # (rlfw.training.evaluation.eval_metric_name).
+    # (rlfw.core.eval_metric_name).
     metric: str = "auto"
     # End the run (status finished) at the first evaluation whose eval.metric is >= stop_at;
     # null: run every epoch (SB3's StopTrainingOnRewardThreshold).

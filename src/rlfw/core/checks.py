@@ -99,3 +99,19 @@ def human_bytes(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.1f} PiB"  # pragma: no cover
+
+
+def eval_metric_name(metric: str, goal: bool) -> str:
+    """The metrics.csv column that ranks evaluations for ``eval.metric``.
+
+    Args:
+        metric: ``auto``, ``eval_success_rate`` or ``eval_return`` (``eval.metric``).
+        goal: whether the env is a goal env (it reports success).
+
+    Returns:
+        ``eval_success_rate`` for ``auto`` on a goal env, ``eval_return`` for ``auto`` otherwise,
+        else ``metric`` itself.
+    """
+    if metric == "auto":
+        return "eval_success_rate" if goal else "eval_return"
+    return metric

@@ -9,23 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlfw.core import eval_metric_name  # noqa: F401  (re-exported: the rule lives in rlfw.core)
 from rlfw.envs.obs import split_obs, success_of
-
-
-def eval_metric_name(metric: str, goal: bool) -> str:
-    """The metrics.csv column that ranks evaluations for ``eval.metric``.
-
-    Args:
-        metric: ``auto``, ``eval_success_rate`` or ``eval_return`` (``eval.metric``).
-        goal: whether the env is a goal env (it reports success).
-
-    Returns:
-        ``eval_success_rate`` for ``auto`` on a goal env, ``eval_return`` for ``auto`` otherwise,
-        else ``metric`` itself.
-    """
-    if metric == "auto":
-        return "eval_success_rate" if goal else "eval_return"
-    return metric
 
 
 def evaluate_policy(
