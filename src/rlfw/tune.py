@@ -272,10 +272,9 @@ def run_trial(trial: Any, tune: TuneConfig, space: dict[str, Any], fixed: list[s
     """
     from optuna import TrialPruned
 
-    from rlfw.callbacks import make_callbacks
     from rlfw.config.preflight import compose_config
     from rlfw.config.validate import validate
-    from rlfw.training.loop import TrainLoop
+    from rlfw.training.start import start_run
 
     params = [_as_override(k, trial.params[k]) for k in space]
     scores = []
@@ -290,9 +289,8 @@ def run_trial(trial: Any, tune: TuneConfig, space: dict[str, Any], fixed: list[s
         handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
         logging.getLogger().addHandler(handler)
         report = OptunaReport(trial, cfg.eval.metric, i * cfg.train.epochs)
-        total = cfg.train.epochs * cfg.train.cycles_per_epoch * cfg.train.steps_per_cycle
         try:
-            TrainLoop(cfg, run_dir, [*make_callbacks(cfg, run_dir, total, multirun=True), report]).run()
+            start_run(cfg, run_dir, multirun=True, callbacks=[report])
         except TrialPruned as err:
             _mark_pruned(run_dir, str(err))
             log.info("%s", err)
