@@ -1,9 +1,10 @@
-"""Sections ``learning``, ``push_search`` and ``learning_tasks``: learning curves of the presets
-(see run.py's docstring)."""
+"""Sections ``learning``, ``push_search``, ``learning_tasks`` and ``peer_push``: learning curves of
+the presets and of the peer (see run.py's docstring)."""
 
 from __future__ import annotations
 
 import csv
+import math
 import sys
 import tempfile
 import time
@@ -264,3 +265,83 @@ def write_learning_md(out_root: Path) -> Path:
     path = out_root / "learning.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+# The peer of the learning table (issue 19): the best peer configuration that runs on this
+# machine, for the same wall budget as rlfw's preset. rl-zoo's FetchPush entry for sb3-contrib's
+# TQC (hyperparams/tqc.yml: HER future k=4, gamma 0.95, tau 0.05, lr 1e-3, automatic entropy,
+# TimeFeatureWrapper, one gradient step per env step) except its 3x512 networks and batch 2048,
+# which on 2 cores run at a few env steps per second; here 2x256 and batch 256, as rlfw's preset.
+PEER_CONFIGS: dict[str, dict[str, object]] = {
+    "sb3_contrib_tqc_zoo": {
+        "gamma": 0.95, "tau": 0.05, "learning_rate": 1e-3, "batch_size": 256, "net_arch": [256, 256],
+        "n_envs": 2, "train_freq": 1, "gradient_steps": 1, "learning_starts": 1000,
+    },
+}
+
+
+def bench_peer_push(quick: bool, budget_s: float, seed: int = 0, task: str = "FetchPush-v4",
+                    config: str = "sb3_contrib_tqc_zoo") -> None:  # fmt: skip
+    """sb3-contrib TQC + HER (:data:`PEER_CONFIGS`) on ``task`` for ``budget_s`` wall seconds:
+    eval success (10 deterministic episodes) after every 5000 env steps, evaluation time
+    included in the wall clock as in rlfw's runs. Appends the curve to
+    ``benchmarks/results/peer_push.csv`` (config, seed, env_steps, wall_time_s,
+    eval_success_rate) and reports the first env steps and seconds at eval success >= 0.9."""
+    import gymnasium as gym
+    import gymnasium_robotics
+    from sb3_contrib import TQC
+    from sb3_contrib.common.wrappers import TimeFeatureWrapper
+    from stable_baselines3 import HerReplayBuffer
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+
+    budget_s = 60.0 if quick else budget_s
+    c = PEER_CONFIGS[config]
+    gym.register_envs(gymnasium_robotics)
+    venv = make_vec_env(task, n_envs=int(c["n_envs"]), seed=seed, wrapper_class=TimeFeatureWrapper)  # type: ignore[call-overload]
+    model = TQC("MultiInputPolicy", venv, replay_buffer_class=HerReplayBuffer,
+                replay_buffer_kwargs={"n_sampled_goal": 4, "goal_selection_strategy": "future"},
+                learning_rate=c["learning_rate"], buffer_size=1_000_000, learning_starts=c["learning_starts"],
+                batch_size=c["batch_size"], tau=c["tau"], gamma=c["gamma"], train_freq=c["train_freq"],
+                gradient_steps=c["gradient_steps"], ent_coef="auto", top_quantiles_to_drop_per_net=2,
+                policy_kwargs={"net_arch": c["net_arch"], "n_critics": 2, "n_quantiles": 25},
+                seed=seed, device="cpu", verbose=0)  # fmt: skip
+    eval_env = TimeFeatureWrapper(gym.make(task))
+    eval_env.reset(seed=seed + 1_000_003)
+    curve: list[tuple[int, float, float]] = []
+
+    class Eval(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.t0 = time.perf_counter()
+            self.next = 5000
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= self.next:
+                self.next += 5000
+                succ = []
+                for _ in range(10):
+                    obs, _ = eval_env.reset()
+                    done = False
+                    while not done:
+                        action, _ = self.model.predict(obs, deterministic=True)
+                        obs, _, term, trunc, info = eval_env.step(action)
+                        done = term or trunc
+                    succ.append(float(info.get("is_success", 0.0)))
+                curve.append((self.num_timesteps, time.perf_counter() - self.t0, float(np.mean(succ))))
+            return time.perf_counter() - self.t0 < budget_s
+
+    model.learn(total_timesteps=10_000_000, callback=Eval())
+    out = Path(__file__).parent / "results" / "peer_push.csv"
+    new = not out.exists()
+    with out.open("a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(["config", "task", "seed", "env_steps", "wall_time_s", "eval_success_rate"])
+        for steps, secs, succ in curve:
+            w.writerow([config, task, seed, steps, f"{secs:.1f}", succ])
+    hit = next(((s, t) for s, t, v in curve if v >= 0.9), (math.nan, math.nan))
+    last = curve[-1] if curve else (0, 0.0, math.nan)
+    report(f"peer_push {config} {task} seed {seed}: steps, s to 0.9 | eval success per 5k steps",
+           f"{hit[0]:.0f}, {hit[1]:.0f} | {' '.join(f'{v:.1f}' for _, _, v in curve)} "
+           f"(to {last[0]} steps, {last[1]:.0f} s)")  # fmt: skip

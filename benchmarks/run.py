@@ -39,6 +39,10 @@ Sections (``--only a,b``; all by default), each run one after the other in this 
 - ``push_search`` (not in the default list): the FetchPush preset search of issue 13, each try
   of ``PUSH_TRIES`` for ``--budget-s`` wall seconds (``--tries a,b``, ``--search-seeds N``);
   curves appended to ``benchmarks/results/push_search.csv``.
+- ``peer_push`` (not in the default list): the peer of the learning table, sb3-contrib TQC + HER
+  with rl-zoo's FetchPush settings (2x256 and batch 256 instead of 3x512 and 2048) on
+  FetchPush-v4 for ``--budget-s`` wall seconds, seed ``--first-seed``; curve appended to
+  ``benchmarks/results/peer_push.csv``.
 
 Usage: ``python benchmarks/run.py [--only reach,push] [--seeds 3] [--quick]``.
 
@@ -90,6 +94,7 @@ SECTIONS: dict[str, Section] = {
         a.seeds, a.quick, a.tasks.split(",") if a.tasks else None
     ),
     "push_search": _push_search,
+    "peer_push": lambda a: bench_learning.bench_peer_push(a.quick, a.budget_s, a.first_seed),
 }
 DEFAULT = "reach,push,soft_speed,replay,panda,workers,hopper,hopper_compose,learning"
 
@@ -101,11 +106,11 @@ def main() -> None:
     p.add_argument("--only", default=DEFAULT, help=f"comma-separated sections of: {', '.join(SECTIONS)}")
     p.add_argument("--learning-budget", type=int, default=40_000, help="env steps per learning run")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--budget-s", type=float, default=900.0, help="wall seconds per push_search try")
+    p.add_argument("--budget-s", type=float, default=900.0, help="wall seconds per push_search try and per peer_push run")
     p.add_argument("--tasks", default="", help="learning_tasks: comma-separated names of LEARNING_TASKS")
     p.add_argument("--tries", default="", help="push_search: comma-separated names of PUSH_TRIES")
     p.add_argument("--search-seeds", type=int, default=1, help="push_search: seeds per try")
-    p.add_argument("--first-seed", type=int, default=0, help="push_search: the first seed")
+    p.add_argument("--first-seed", type=int, default=0, help="push_search: the first seed; peer_push: the seed")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     only = set(args.only.split(","))

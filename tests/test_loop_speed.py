@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from rlfw.algos.networks import EnsembleLinear
 from rlfw.training.collector import Collector
 from rlfw.training.loop import TrainLoop
 
@@ -107,3 +108,34 @@ def test_compile_runs_on_the_cpu_and_keeps_checkpoint_keys(compose, tmp_path):
     a = torch.load(tmp_path / "plain" / "checkpoints" / "last.pt", weights_only=False)
     b = torch.load(tmp_path / "compiled" / "checkpoints" / "last.pt", weights_only=False)
     assert set(a["agent"]["actor"]) == set(b["agent"]["actor"])
+
+
+@pytest.mark.parametrize("algo", ["td3", "sac"])
+def test_autocast_bfloat16_runs_the_updates_matmuls_in_bfloat16(compose, tmp_path, algo):
+    """train.autocast=bfloat16: the critic's linear layers compute in bfloat16 during updates
+    (and in float32 without it), while weights, gradients and acting stay float32."""
+    seen: dict[str, set[torch.dtype]] = {}
+    for mode in ("none", "bfloat16"):
+        cfg = compose([*TINY, f"algo={algo}", "train.epochs=1", f"train.autocast={mode}"])
+        loop = TrainLoop(cfg, tmp_path / mode)
+        dtypes: set[torch.dtype] = set()
+        for m in loop.agent.networks()["critic"].modules():
+            if isinstance(m, (torch.nn.Linear, EnsembleLinear)):
+                m.register_forward_hook(lambda _m, _i, out: dtypes.add(out.dtype))
+        row = loop.run()
+        assert loop.agent.updates > 0 and np.isfinite(row["critic_loss"])
+        assert all(p.dtype == torch.float32 for p in loop.agent.networks()["critic"].parameters())
+        action = loop.agent.act(np.zeros((1, loop.info.obs_dim), np.float32),
+                                np.zeros((1, loop.info.goal_dim), np.float32) if loop.info.goal else None)
+        assert action.dtype == np.float32
+        seen[mode] = dtypes
+    assert seen["none"] == {torch.float32}
+    assert torch.bfloat16 in seen["bfloat16"]
+
+
+def test_autocast_refuses_an_unknown_dtype(compose):
+    from rlfw.config.preflight import ensure_valid
+    from rlfw.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.autocast.*bfloat16"):
+        ensure_valid(compose([*TINY, "train.autocast=float16"]))

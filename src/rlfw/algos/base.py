@@ -75,6 +75,10 @@ class OffPolicyAgent:
             switches its layers to the exploration sample or the mean weights).
         pre_update_hooks: called at the start of every :meth:`update` (NoisyNet draws fresh
             training noise).
+        autocast_dtype: None (float32 updates) or ``torch.bfloat16``: :meth:`update` runs
+            :meth:`learn` under ``torch.autocast`` (``train.autocast``; Micikevicius et al. 2018,
+            "Mixed precision training", without loss scaling, which bfloat16's 8-bit exponent
+            makes unnecessary). Acting stays float32.
     """
 
     metric_names: tuple[str, ...] = ()
@@ -109,6 +113,7 @@ class OffPolicyAgent:
         self.grad_sync: Callable[[list[Any]], None] | None = None
         self.pre_act_hooks: list[Callable[[bool], None]] = []
         self.pre_update_hooks: list[Callable[[], None]] = []
+        self.autocast_dtype: torch.dtype | None = None
 
     # ---------------------------------------------------------------------------------------
     # inputs
@@ -162,7 +167,10 @@ class OffPolicyAgent:
         :attr:`pre_update_hooks`): its metrics and per-sample TD error ``[B]``."""
         for hook in self.pre_update_hooks:
             hook()
-        return self.learn(self.tensors(batch))
+        if self.autocast_dtype is None:
+            return self.learn(self.tensors(batch))
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+            return self.learn(self.tensors(batch))
 
     def policy(self, x: torch.Tensor, explore: bool) -> torch.Tensor:
         """Actions ``[N, A]`` in [-1, 1] for normalised inputs ``x [N, in]``; subclasses implement it."""

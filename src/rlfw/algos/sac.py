@@ -144,7 +144,8 @@ class SquashedGaussianActor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu [B, A], log_sigma [B, A])`` for inputs ``x [B, in]``."""
-        mu, log_std = self.net(x).split(self.act_dim, dim=-1)
+        # float32 for the Gaussian's log-density also under train.autocast=bfloat16 (a no-op otherwise)
+        mu, log_std = self.net(x).float().split(self.act_dim, dim=-1)
         return mu, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def sample(self, x: torch.Tensor, generator: torch.Generator | None = None

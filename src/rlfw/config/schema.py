@@ -151,6 +151,10 @@ class TrainConfig:
     # torch.compile the agent's networks (CUDA: CUDA graphs, mode reduce-overhead; CPU: fused
     # kernels); compiled at the first update (rlfw.training.accelerate)
     compile: bool = False
+    # Mixed precision for the updates (torch.autocast): none (float32 throughout) or bfloat16
+    # (matrix products in bfloat16, weights, optimiser state and losses stay float32; no loss
+    # scaling is needed at bfloat16's float32 exponent range). Acting and evaluation stay float32.
+    autocast: str = "none"
     checkpoint_every: int = 1  # epochs between checkpoints/last.pt writes
     # Also save the replay buffer with each checkpoint (checkpoints/buffer.pt, about the raw
     # size of the stored data). Without it a resumed run starts from an empty buffer.
@@ -178,6 +182,7 @@ class TrainConfig:
             f"unknown train.device '{node.device}'; choose one of: auto, cpu, cuda, cuda:N",
         )
         one_of(node.dist_backend, ("auto", "gloo", "nccl"), "train.dist_backend")
+        one_of(node.autocast, ("none", "bfloat16"), "train.autocast")
         device = str(node.device)
         if device.startswith("cuda"):
             import torch

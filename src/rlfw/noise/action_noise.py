@@ -93,16 +93,24 @@ class GaussianNoise(ActionNoise):
 
     metric_names = ("noise_sigma",)
 
+    def __init__(self, cfg: Any, num_envs: int, act_dim: int, rng: np.random.Generator) -> None:
+        super().__init__(cfg, num_envs, act_dim, rng)
+        # read once: an OmegaConf access (noise.sigma interpolates env.noise_sigma) costs about
+        # as much as the policy's forward pass, and sigma is needed at every env step
+        self.sigma0 = float(cfg.sigma)
+        self.sigma_final = None if cfg.sigma_final is None else float(cfg.sigma_final)
+        self.decay_steps = int(cfg.decay_steps)
+        self.schedule = str(cfg.schedule)
+
     def sigma(self, env_step: int) -> float:
         """The std at ``env_step``."""
-        s0 = float(self.cfg.sigma)
-        s1 = self.cfg.sigma_final
-        if s1 is None or self.cfg.decay_steps <= 0:
+        s0, s1 = self.sigma0, self.sigma_final
+        if s1 is None or self.decay_steps <= 0:
             return s0
-        f = min(max(env_step, 0) / float(self.cfg.decay_steps), 1.0)
-        if self.cfg.schedule == "exponential":
-            return s0 * (float(s1) / s0) ** f
-        return s0 + (float(s1) - s0) * f
+        f = min(max(env_step, 0) / float(self.decay_steps), 1.0)
+        if self.schedule == "exponential":
+            return s0 * (s1 / s0) ** f
+        return s0 + (s1 - s0) * f
 
     def perturb(self, actions: np.ndarray, env_step: int) -> np.ndarray:
         return actions + self.rng.normal(0.0, self.sigma(env_step), actions.shape)

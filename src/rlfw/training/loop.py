@@ -99,6 +99,8 @@ class TrainLoop:
         self.agent, self.exploration, self.buffer = p.agent, p.exploration, p.buffer
         self.rng, self.seed = p.rng, p.seed
         self.ctx.attach(self.agent)
+        if tr.autocast != "none":
+            self.agent.autocast_dtype = getattr(torch, str(tr.autocast))
         if tr.compile:
             from rlfw.training.accelerate import compile_networks
 
