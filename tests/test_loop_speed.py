@@ -121,7 +121,7 @@ def test_autocast_bfloat16_runs_the_updates_matmuls_in_bfloat16(compose, tmp_pat
         dtypes: set[torch.dtype] = set()
         for m in loop.agent.networks()["critic"].modules():
             if isinstance(m, (torch.nn.Linear, EnsembleLinear)):
-                m.register_forward_hook(lambda _m, _i, out: dtypes.add(out.dtype))
+                m.register_forward_hook(lambda _m, _i, out, seen=dtypes: seen.add(out.dtype))
         row = loop.run()
         assert loop.agent.updates > 0 and np.isfinite(row["critic_loss"])
         assert all(p.dtype == torch.float32 for p in loop.agent.networks()["critic"].parameters())
