@@ -148,6 +148,9 @@ BAD = [
     (["env=gym"], "env.id"),
     (["noise.sigma_final=-0.1", "noise.decay_steps=10"], "noise.sigma_final=-0.1 is out of range"),
     (["noise.sigma=0", "noise.sigma_final=0.1", "noise.schedule=exponential"], "noise.schedule=exponential needs"),
+    (["env=FetchPush-v4", "env.grasped_start=0.5"], "env.grasped_start=0.5 starts episodes with the object in the gripper"),
+    (["env=FetchPickAndPlace-v4", "env.grasped_start=1.5"], "env.grasped_start=1.5 is out of range"),
+    (["train.autocast=float16"], "train.autocast"),
 ]
 
 

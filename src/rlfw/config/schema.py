@@ -66,6 +66,10 @@ class EnvConfig:
     # sigma is ${env.noise_sigma}, so a family file can set it whatever the noise choice (a
     # family file cannot name noise.sigma: noise=none has no such key). noise.sigma=x still wins.
     noise_sigma: float = 0.1
+    # Fraction of training episodes that start with the object in the gripper (HER paper,
+    # Andrychowicz et al. 2017, Sec. 4.1: half of the pick-and-place training episodes); only for
+    # Fetch tasks whose gripper can grasp (FetchPickAndPlace). Evaluation starts as the env does.
+    grasped_start: float = 0.0
 
     @staticmethod
     def validate(node: Any) -> None:
@@ -76,6 +80,7 @@ class EnvConfig:
         one_of(node.vectorization, ("sync", "async"), "env.vectorization")
         in_range(node, "max_episode_steps", 1, optional=True, prefix="env.")
         in_range(node, "noise_sigma", 0.0, prefix="env.")
+        in_range(node, "grasped_start", 0.0, 1.0, prefix="env.")
 
     @staticmethod
     def check_kwargs(env_id: str, kwargs: Any, family: Any = None) -> None:

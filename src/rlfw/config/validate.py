@@ -109,6 +109,12 @@ def validate(cfg: Any) -> str:
     env_id, _ = resolve_env_id(str(cfg.env.id), cfg.env.family, bool(cfg.env.resolve_version), env_imports(cfg))
     family = registry("env.family").get(cfg.env.family).target
     EnvConfig.check_kwargs(env_id, cfg.env.kwargs, family)
+    require(
+        float(cfg.env.grasped_start) == 0.0 or (cfg.env.family == "fetch" and "PickAndPlace" in env_id),
+        f"env.grasped_start={cfg.env.grasped_start} starts episodes with the object in the gripper, which "
+        f"only a Fetch task with a gripper that grasps has (FetchPickAndPlace-v4); env.id is '{env_id}': "
+        "set env.grasped_start=0",
+    )
     steps = cfg.env.max_episode_steps or _registered_steps(env_id)
     held = held_transitions(cfg.buffer.capacity, cfg.train.num_envs, steps)
     require(
