@@ -130,25 +130,26 @@ FETCH_PRESET = ("td3 + HER (future, k=4) + n-step 3, 2x256, Gaussian sigma 0.2, 
 LEARNING_TASKS: dict[str, dict[str, object]] = {
     # epochs of 5000 env steps (Fetch, Panda) or 10000 (Hopper); budgets chosen so that one seed
     # takes about 9-10 minutes on the 2-core machine and the whole table fits one session
+    # FetchPush-v4: the preset's own length (70 epochs, eval.stop_at 0.9), at most 15 minutes
     "FetchPush-v4": {
-        "epochs": 30, "overrides": [], "preset": FETCH_PRESET,  # 150k env steps
+        "budget_s": 900, "target": 0.9, "overrides": [], "preset": FETCH_PRESET,
         "reference": "DDPG+HER with 19 MPI workers, 50 epochs = 4.75M steps: success about 1.0 (Plappert et al. "
                      "2018, arXiv:1802.09464, Fig. 3, read off the figure); rl-zoo: TQC+HER, 1M steps, batch 2048, 3x512",
     },
     "FetchPickAndPlace-v4": {
-        "epochs": 30, "overrides": [], "preset": FETCH_PRESET,
+        "epochs": 30, "target": 0.9, "overrides": [], "preset": FETCH_PRESET,
         "reference": "DDPG+HER, 19 workers, 4.75M steps: success about 0.9 (Plappert et al. 2018, Fig. 3, read off)",
     },
     "FetchSlide-v4": {
-        "epochs": 30, "overrides": [], "preset": FETCH_PRESET,
+        "epochs": 30, "target": 0.6, "overrides": [], "preset": FETCH_PRESET,
         "reference": "DDPG+HER, 19 workers, 4.75M steps: success about 0.7 (Plappert et al. 2018, Fig. 3, read off)",
     },
     "PandaPush-v3": {
-        "epochs": 30, "overrides": [], "preset": FETCH_PRESET.replace("2 envs", "2 envs (the Fetch settings)"),
+        "epochs": 30, "target": 0.9, "overrides": [], "preset": FETCH_PRESET.replace("2 envs", "2 envs (the Fetch settings)"),
         "reference": "DDPG/TD3/SAC/TQC+HER, 1M steps (Gallouedec et al. 2021, panda-gym, Fig. 4)",
     },
     "Hopper-v4": {
-        "epochs": 5, "overrides": [],  # 50k env steps, the first 10k uniformly random
+        "epochs": 5, "target": 3000, "overrides": [],  # 50k env steps, the first 10k uniformly random
         "preset": "td3, 10k random steps, then one update per env step, batch 256, 3x256, sigma 0.1, preact_l2 1e-3",
         "reference": "TD3, 1M steps: max average return 3564 +- 115 (Fujimoto et al. 2018, Table 1, Hopper-v1)",
     },
@@ -158,60 +159,91 @@ LEARNING_TASKS: dict[str, dict[str, object]] = {
 def bench_learning_tasks(seeds: int, quick: bool, tasks: list[str] | None = None,
                          out_root: Path | None = None) -> None:  # fmt: skip
     """Each task of :data:`LEARNING_TASKS` with its family preset over ``seeds`` seeds, one
-    after the other (``python -m rlfw -m env=<task> seed=0,..``); rlfw.report writes each
-    task's curves (eval success or return against env steps with a 95% band, and against wall
-    seconds) and table to ``docs/results/<task>/``, and the task's row (with the command, the
-    commit and the date) to ``docs/results/<task>/row.json``. ``docs/results/learning.md`` is then
-    rebuilt from every task's row, so running some tasks keeps the others' rows."""
+    after the other (``python -m rlfw env=<task> seed=<s>``, each stopped by SIGTERM after the
+    task's ``budget_s`` wall seconds where it has one; finished epochs are kept); then
+    :func:`write_task_row`."""
+    import signal
+    import subprocess
+
+    for task in tasks or list(LEARNING_TASKS):
+        spec = LEARNING_TASKS[task]
+        sweep = Path(tempfile.mkdtemp(prefix=f"rlfw-learning-{task}-"))
+        budget_s = spec.get("budget_s")
+        t0 = time.time()
+        failed = None
+        for seed in range(seeds):
+            cmd = [sys.executable, "-m", "rlfw", f"env={task}", f"seed={seed}", *spec["overrides"],  # type: ignore[misc]
+                   f"hydra.run.dir={sweep / f'seed{seed}'}"]  # fmt: skip
+            if "epochs" in spec or quick:
+                cmd.append(f"train.epochs={2 if quick else spec['epochs']}")
+            if quick:
+                cmd += ["train.cycles_per_epoch=2", "eval.episodes=2"]
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            try:
+                _, err = proc.communicate(timeout=None if quick or budget_s is None else float(budget_s))  # type: ignore[arg-type]
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGTERM)
+                _, err = proc.communicate(timeout=600)
+            else:
+                if proc.returncode != 0:
+                    failed = (err or "").strip().splitlines()[-1:]
+                    break
+        if failed is not None:
+            report(f"learning_tasks {task}", f"failed: {failed}")
+            continue
+        write_task_row(task, sweep, seeds, time.time() - t0, quick=quick, out_root=out_root)
+    write_learning_md(out_root or _results_root(quick))
+
+
+def _results_root(quick: bool) -> Path:
+    """``docs/results`` (``--quick``: a temporary directory, the committed results untouched)."""
+    return Path(tempfile.mkdtemp(prefix="rlfw-results-")) if quick else Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+def write_task_row(task: str, sweep: Path, seeds: int, wall: float, quick: bool = False,
+                   out_root: Path | None = None, commit: str | None = None) -> dict[str, str]:  # fmt: skip
+    """rlfw.report's curves (eval success or return against env steps with a 95% band, and
+    against wall seconds) and table of the runs below ``sweep`` to ``<out_root>/<task>/``, and
+    the task's row (with the command, the commit and the date) to ``<task>/row.json``.
+    ``docs/results/learning.md`` is rebuilt from every task's row by :func:`write_learning_md`,
+    so running some tasks keeps the others' rows."""
     import json
     import shutil
     import subprocess
 
     from rlfw.report import summarize
 
-    if out_root is None:  # --quick checks the section without touching the committed results
-        out_root = Path(tempfile.mkdtemp(prefix="rlfw-results-")) if quick else Path(__file__).resolve().parents[1] / "docs" / "results"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip() or "unknown"  # fmt: skip
-    for task in tasks or list(LEARNING_TASKS):
-        spec = LEARNING_TASKS[task]
-        epochs = 2 if quick else int(spec["epochs"])  # type: ignore[call-overload]
-        sweep = Path(tempfile.mkdtemp(prefix=f"rlfw-learning-{task}-"))
-        seeds_arg = ",".join(str(i) for i in range(seeds))
-        cmd = [sys.executable, "-m", "rlfw", "-m", f"env={task}", f"seed={seeds_arg}", f"train.epochs={epochs}",
-               *spec["overrides"], f"hydra.sweep.dir={sweep}"]  # type: ignore[misc]  # fmt: skip
-        if quick:
-            cmd += ["train.cycles_per_epoch=2", "eval.episodes=2"]
-        t0 = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            report(f"learning_tasks {task}", f"failed: {proc.stderr.strip().splitlines()[-1:]}")
-            continue
-        wall = time.time() - t0
-        dest = out_root / task
-        dest.mkdir(parents=True, exist_ok=True)
-        _, _, text = summarize([sweep], dest)
-        shutil.rmtree(dest / "runs", ignore_errors=True)
-        head, line = [ln for ln in text.splitlines() if ln.startswith("| ")][:2]
-        names = [c.strip() for c in head.strip("|").split("|")]
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        result = "; ".join(f"{n} {c}" for n, c in zip(names[2:], cells[2:]))
-        per_seed = _per_seed(sweep)
-        row = {
-            "task": task, "preset": spec["preset"], "seeds": f"{cells[1]} (0..{seeds - 1})",
-            "budget": f"{cells[2]} env steps", "result": f"{result}; per seed: {per_seed}",
-            "reference": spec["reference"], "curves": f"{task}/summary.png",
-            "status": f"measured {time.strftime('%Y-%m-%d')}, commit {commit}, {wall:.0f} s for all seeds"
-                      + (" (--quick)" if quick else ""),
-            "command": f"python benchmarks/run.py --only learning_tasks --tasks {task} --seeds {seeds}",
-        }  # fmt: skip
-        (dest / "row.json").write_text(json.dumps(row, indent=1) + "\n")
-        report(f"learning_tasks {task} ({seeds} seeds, {epochs} epochs)", row["result"])
-    write_learning_md(out_root)
+    spec = LEARNING_TASKS[task]
+    out_root = out_root or _results_root(quick)
+    if commit is None:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip() or "unknown"  # fmt: skip
+    dest = out_root / task
+    dest.mkdir(parents=True, exist_ok=True)
+    _, _, text = summarize([sweep], dest)
+    shutil.rmtree(dest / "runs", ignore_errors=True)
+    head, line = [ln for ln in text.splitlines() if ln.startswith("| ")][:2]
+    names = [c.strip() for c in head.strip("|").split("|")]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    result = "; ".join(f"{n} {c}" for n, c in zip(names[2:], cells[2:]))
+    budget = f"{cells[2]} env steps" + (f" or {float(spec['budget_s']) / 60:.0f} min of wall time, whichever comes first"  # type: ignore[arg-type]
+                                        if spec.get("budget_s") else "")  # fmt: skip
+    row = {
+        "task": task, "preset": spec["preset"], "seeds": f"{cells[1]} (0..{seeds - 1})",
+        "budget": budget, "result": f"{result}; per seed: {_per_seed(sweep, spec.get('target'))}",  # type: ignore[arg-type]
+        "reference": spec["reference"], "curves": f"{task}/summary.png",
+        "status": f"measured {time.strftime('%Y-%m-%d')}, commit {commit}, {wall:.0f} s for all seeds"
+                  + (" (--quick)" if quick else ""),
+        "command": f"python benchmarks/run.py --only learning_tasks --tasks {task} --seeds {seeds}",
+    }  # fmt: skip
+    (dest / "row.json").write_text(json.dumps(row, indent=1) + "\n")
+    report(f"learning_tasks {task} ({seeds} seeds)", row["result"])
+    return row  # type: ignore[return-value]
 
 
-def _per_seed(sweep: Path) -> str:
-    """'seed 0: final 0.4 best 0.6 at 120000 steps / 512 s, ...' from each run's metrics.csv."""
+def _per_seed(sweep: Path, target: float | None = None) -> str:
+    """'seed 0: final 0.4, best 0.6 at 120000 steps / 512 s; 0.9 not reached (...), ...' from
+    each run's metrics.csv (the first evaluation at ``target`` or above, where given)."""
     import yaml
 
     from rlfw.plots import column, read_csv
@@ -229,7 +261,11 @@ def _per_seed(sweep: Path) -> str:
         best = int(np.argmax(y))
         overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
         seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), run.name)
-        parts.append(f"seed {seed}: final {y[-1]:.3g}, best {y[best]:.3g} at {x[best]:.0f} steps / {t[best]:.0f} s")
+        hit = np.flatnonzero(y >= target) if target is not None else np.array([], int)
+        reached = (f"; {target:g} first at {x[hit[0]]:.0f} steps / {t[hit[0]]:.0f} s" if hit.size
+                   else f"; {target:g} not reached" if target is not None else "")  # fmt: skip
+        parts.append(f"seed {seed}: final {y[-1]:.3g}, best {y[best]:.3g} at {x[best]:.0f} steps / {t[best]:.0f} s"
+                     f"{reached} ({x[-1]:.0f} steps, {t[-1]:.0f} s in all)")  # fmt: skip
     return "; ".join(parts) or "n/a"
 
 
@@ -256,8 +292,9 @@ def write_learning_md(out_root: Path) -> Path:
             lines.append(f"| [{task}]({r['curves']}) | {r['preset']} | {r['seeds']} | {r['budget']} | {r['result']} "
                          f"| {r['reference']} | {r['status']} |")  # fmt: skip
         else:
-            steps = int(spec["epochs"]) * (10000 if task.startswith("Hopper") else 5000)  # type: ignore[call-overload]
-            lines.append(f"| {task} | {spec['preset']} | - | {steps} env steps | not run yet | {spec['reference']} "
+            budget = (f"{int(spec['epochs']) * (10000 if task.startswith('Hopper') else 5000)} env steps"  # type: ignore[call-overload]
+                      if "epochs" in spec else f"{float(spec['budget_s']) / 60:.0f} min")  # type: ignore[arg-type]  # fmt: skip
+            lines.append(f"| {task} | {spec['preset']} | - | {budget} | not run yet | {spec['reference']} "
                          "| to do |")  # fmt: skip
     extra = out_root / "learning_extra.md"
     if extra.is_file():

@@ -481,7 +481,7 @@ def test_two_envs_finishing_at_different_times() -> None:
             assert r["g_ep"] == r["ep"] and r["t"] < r["g_t"] <= log.end(r["ep"])
 
 
-@pytest.mark.parametrize("sampler", ["uniform", "prioritized"])
+@pytest.mark.parametrize("sampler", ["uniform", "prioritized", "energy"])
 def test_ring_overwrite(sampler: str) -> None:
     info = goal_env_info()
     N, R = 2, 6
@@ -531,7 +531,7 @@ def test_her_needs_goal_env() -> None:
         make_buffer(plain_env_info(), relabel="her")
 
 
-@pytest.mark.parametrize("sampler", ["uniform", "prioritized"])
+@pytest.mark.parametrize("sampler", ["uniform", "prioritized", "energy"])
 def test_sample_empty_buffer_raises(sampler: str) -> None:
     buf = make_buffer(goal_env_info(), 2, sampler=sampler)
     with pytest.raises(ValueError, match="empty"):
@@ -989,3 +989,76 @@ def test_a_removed_sampler_takes_its_key_along(compose: Any) -> None:
     assert "recent" not in SAMPLERS and "recent" not in BUFFERS
     with pytest.raises(ConfigError, match=r"unknown key 'buffer\.recent_window'"):
         compose(["buffer.recent_window=3"])
+
+
+# ------------------------------------------------------------------------------------------
+# energy-based prioritisation (Zhao and Tresp 2018)
+
+
+def _goal_obs(ag: np.ndarray) -> dict[str, np.ndarray]:
+    """Observations of 2 envs whose achieved goals are ``ag [2, 3]``."""
+    return {"observation": ag.astype(np.float32), "achieved_goal": ag.astype(np.float32),
+            "desired_goal": np.ones((2, 3), np.float32)}  # fmt: skip
+
+
+def _energy_episode(buf: ReplayBuffer, paths: np.ndarray) -> None:
+    """One episode per env, ``paths [2, T + 1, 3]`` the achieved goals, truncated after T steps."""
+    T = paths.shape[1] - 1
+    buf.start(_goal_obs(paths[:, 0]))
+    for t in range(T):
+        last = t == T - 1
+        nxt = _goal_obs(paths[:, t + 1])
+        buf.add(np.zeros((2, 3), np.float32), np.full(2, -1.0, np.float32), np.zeros(2, bool),
+                np.full(2, last), _goal_obs(np.zeros((2, 3))) if last else nxt, nxt if last else None)  # fmt: skip
+
+
+def _hand_energy(path: np.ndarray, dt: float, clip: float) -> float:
+    """EBP's trajectory energy of one path of achieved goals (unit mass), written out."""
+    total, prev_e = 0.0, None
+    for t in range(len(path)):
+        v = np.zeros(3) if t == 0 else (path[t] - path[t - 1]) / dt
+        e = 9.81 * path[t][2] + 0.5 * float(v @ v)
+        if prev_e is not None:
+            total += min(max(e - prev_e, 0.0), clip)
+        prev_e = e
+    return total
+
+
+def test_energy_sampler_replays_episodes_by_their_trajectory_energy() -> None:
+    """Env 0's object never moves, env 1's is pushed and lifted: after the episodes end each
+    transition's priority is (trajectory energy + energy_eps) / T, and a batch draws env 1's
+    episode that much more often."""
+    dt, clip, eps, T = 0.04, 0.5, 0.01, 4
+    still = np.zeros((T + 1, 3))
+    moved = np.array([[0, 0, 0], [0.02, 0, 0], [0.05, 0, 0.01], [0.06, 0, 0.01], [0.06, 0, 0.01]])
+    buf = make_buffer(goal_env_info(dim=3), 2, relabel="her", sampler="energy", energy_clip=clip,
+                      energy_dt=dt, energy_eps=eps, seed=3)  # fmt: skip
+    _energy_episode(buf, np.stack([still, moved]))
+    e_moved = _hand_energy(moved, dt, clip)
+    assert e_moved > 0.3 and _hand_energy(still, dt, clip) == 0.0
+    st, tree = buf.storage, buf.sampler.sum_tree  # type: ignore[attr-defined]
+    flat = np.flatnonzero(st.is_transition.reshape(-1))
+    env = flat % 2
+    np.testing.assert_allclose(tree.leaves(flat[env == 0]), eps / T, rtol=1e-9)
+    np.testing.assert_allclose(tree.leaves(flat[env == 1]), (e_moved + eps) / T, rtol=1e-6)
+    idx, weight = buf.sampler.sample(4000, 0)
+    assert (weight == 1.0).all()
+    share_moved = float(np.mean(idx % 2 == 1))
+    assert share_moved == pytest.approx((e_moved + eps) / (e_moved + 2 * eps), abs=0.02)
+    # a new episode's transitions enter at the mean priority of the stored ones
+    mean = tree.root / st.n_transitions
+    buf.start(_goal_obs(np.zeros((2, 3))))
+    buf.add(np.zeros((2, 3), np.float32), np.full(2, -1.0, np.float32), np.zeros(2, bool),
+            np.zeros(2, bool), _goal_obs(np.zeros((2, 3))))  # fmt: skip
+    newest = np.flatnonzero(st.is_transition.reshape(-1) & (st.ep_len.reshape(-1) < 0))
+    assert len(newest) == 2
+    np.testing.assert_allclose(tree.leaves(newest), mean, rtol=1e-9)
+
+
+def test_energy_sampler_clips_each_transitions_energy_gain() -> None:
+    """A jump of 1 m in one step (v = 25 m/s) adds energy_clip, not 312.5."""
+    path = np.array([[0, 0, 0], [1.0, 0, 0], [1.0, 0, 0]])
+    buf = make_buffer(goal_env_info(dim=3), 2, sampler="energy", energy_clip=0.3, energy_eps=0.01, seed=1)
+    _energy_episode(buf, np.stack([path, path]))
+    flat = np.flatnonzero(buf.storage.is_transition.reshape(-1))
+    np.testing.assert_allclose(buf.sampler.sum_tree.leaves(flat), (0.3 + 0.01) / 2, rtol=1e-9)  # type: ignore[attr-defined]

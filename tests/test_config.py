@@ -139,7 +139,7 @@ BAD = [
     (["env=Hopper-v4", "buffer=her"], "buffer.relabel=her needs a goal env"),
     (["algo.activation=sigmoid"], "unknown algo.activation 'sigmoid'; choose one of: elu,"),
     (["algo.init=zeros"], "unknown algo.init 'zeros'; choose one of: default, he_normal,"),
-    (["buffer.sampler=prio"], "unknown buffer.sampler 'prio'; choose one of: prioritized, uniform"),
+    (["buffer.sampler=prio"], "unknown buffer.sampler 'prio'; choose one of: energy, prioritized, uniform"),
     (["buffer.strategy=past"], "unknown buffer.strategy 'past'; choose one of: episode, final, future"),
     (["env.id=NoSuchEnv-v0"], "env.id 'NoSuchEnv-v0' is not a registered Gymnasium id"),
     (["algo.gamma=1.5"], "algo.gamma=1.5 is out of range"),
@@ -151,6 +151,8 @@ BAD = [
     (["env=FetchPush-v4", "env.grasped_start=0.5"], "env.grasped_start=0.5 starts episodes with the object in the gripper"),
     (["env=FetchPickAndPlace-v4", "env.grasped_start=1.5"], "env.grasped_start=1.5 is out of range"),
     (["train.autocast=float16"], "train.autocast"),
+    (["env=Hopper-v4", "buffer.sampler=energy"], "buffer.sampler=energy ranks episodes"),
+    (["buffer.sampler=energy", "buffer.energy_clip=0"], "buffer.energy_clip=0.0 is out of range"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Replay: episode storage x relabelling (none, HER) x sampler (uniform, prioritized) x n-step.
+"""Replay: episode storage x relabelling (none, HER) x sampler (uniform, prioritized, energy) x n-step.
 
 :class:`ReplayBuffer` (the :class:`rlfw.core.ReplayBuffer` contract) composes the orthogonal
 parts of :class:`rlfw.buffers.config.BufferConfig`, each a class of its own with a schema of its

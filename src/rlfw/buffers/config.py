@@ -2,7 +2,8 @@
 
 Each part owns its keys: a relabeler's schema subclasses :class:`~rlfw.buffers.relabel.
 RelabelConfig` (HER's ``strategy``, ``replay_k``), a sampler's :class:`~rlfw.buffers.samplers.
-SamplerConfig` (PER's ``alpha``, ``beta0``, ``beta_final_step``, ``priority_eps``), n-step's is
+SamplerConfig` (PER's ``alpha``, ``beta0``, ``beta_final_step``, ``priority_eps``; EBP's
+``energy_clip``, ``energy_dt``, ``energy_eps``), n-step's is
 :class:`~rlfw.buffers.returns.NStepConfig`. :class:`BufferConfig` is the built-in parts'
 schemas together; :func:`buffer_schema` adds the keys of parts registered later (another
 module's sampler), and :func:`rlfw.buffers.store_schemas` stores the result as every preset's
@@ -19,7 +20,7 @@ from typing import Any
 from rlfw.buffers.keys import PARTS, part_schemas
 from rlfw.buffers.relabel import HerRelabelConfig
 from rlfw.buffers.returns import NStepConfig
-from rlfw.buffers.samplers import PrioritizedSamplerConfig
+from rlfw.buffers.samplers import EnergySamplerConfig, PrioritizedSamplerConfig
 from rlfw.core.checks import human_bytes, in_range, memory_bytes, require
 from rlfw.registry import registry
 
@@ -33,12 +34,13 @@ class StorageConfig:
 
 
 # Field order (that of the saved config): name, capacity, relabel, strategy, replay_k, sampler,
-# alpha, beta0, beta_final_step, priority_eps, n_step (dataclass fields follow the reverse MRO).
+# alpha, beta0, beta_final_step, priority_eps, energy_clip, energy_dt, energy_eps, n_step
+# (dataclass fields follow the reverse MRO).
 @dataclass
-class BufferConfig(NStepConfig, PrioritizedSamplerConfig, HerRelabelConfig, StorageConfig):
+class BufferConfig(NStepConfig, EnergySamplerConfig, PrioritizedSamplerConfig, HerRelabelConfig, StorageConfig):
     """One replay schema with orthogonal parts; the presets in conf/buffer set some of them.
 
-    ``relabel`` (none, her) x ``sampler`` (uniform, prioritized) x ``n_step`` (>= 1); each part's
+    ``relabel`` (none, her) x ``sampler`` (uniform, prioritized, energy) x ``n_step`` (>= 1); each part's
     keys come from its own schema (the bases).
     """
 

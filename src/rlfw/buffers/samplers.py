@@ -1,4 +1,5 @@
-"""Which stored transitions to replay: uniform, or proportional prioritised (Schaul et al. 2016).
+"""Which stored transitions to replay: uniform, proportional prioritised (Schaul et al. 2016), or
+by the trajectory energy of the achieved goal (Zhao and Tresp 2018).
 
 A sampler sees flat transition indices (``row * num_envs + env`` of
 :class:`rlfw.buffers.storage.EpisodeStorage`) and returns them with importance-sampling weights.
@@ -39,7 +40,7 @@ class SamplerConfig:
     check of ``buffer.capacity``, :func:`rlfw.buffers.config.check_memory`).
     """
 
-    sampler: str = "uniform"  # uniform, prioritized
+    sampler: str = "uniform"  # uniform, prioritized, energy
 
     bytes_per_transition: ClassVar[int] = 0
 
@@ -359,5 +360,126 @@ class PrioritizedSampler(Sampler):
         self.max_priority = float(state["max_priority"])
 
 
+@dataclass
+class EnergySamplerConfig(SamplerConfig):
+    """The keys of :class:`EnergySampler` (``buffer.sampler=energy``)."""
+
+    energy_clip: float = 0.5  # EBP's clip_energy: the most one transition adds to the trajectory energy
+    energy_dt: float = 0.04  # seconds between observations (Fetch: 20 substeps of 2 ms)
+    # added to each episode's trajectory energy: an episode whose achieved goal never moved is
+    # still replayed, energy_eps / (its energy + energy_eps) as often as one with that energy
+    energy_eps: float = 0.01
+
+    bytes_per_transition: ClassVar[int] = 16  # a float64 sum tree (2 x capacity nodes)
+
+    @staticmethod
+    def validate(node: Any) -> None:
+        """Ranges of these keys."""
+        p = "buffer."
+        for key in ("energy_clip", "energy_dt", "energy_eps"):
+            in_range(node, key, 0.0, low_open=True, prefix=p)
+
+
+GRAVITY = 9.81  # m/s^2, the potential energy g z of the achieved goal (unit mass)
+
+
+class EnergySampler(Sampler):
+    """Energy-based hindsight experience prioritisation (EBP; Zhao and Tresp 2018, "Energy-Based
+    Hindsight Experience Prioritization", CoRL, Sec. 4, Eq. 1-4): episodes in which the object
+    moved are replayed more often.
+
+    The achieved goal (the object's position on Fetch and Panda) is treated as a unit mass: its
+    energy at step t is ``E_t = g z_t + |v_t|^2 / 2`` with ``v_t = (ag_t - ag_{t-1}) / energy_dt``
+    (0 at an episode's first step), each transition adds ``clip(E_{t+1} - E_t, 0, energy_clip)``,
+    and an episode's trajectory energy is the sum over its transitions. A finished episode of
+    ``T`` transitions is replayed with probability proportional to ``energy + energy_eps``, its
+    transitions uniformly (each has priority ``(energy + energy_eps) / T`` in a sum tree); the
+    transitions of a running episode have the mean priority of the stored ones until it ends. As
+    in the paper, the weights are 1 (no importance-sampling correction). The paper's rotational
+    energy is left out: the achieved goal of these tasks is a position.
+
+    Args:
+        storage: the episode storage the indices refer to (its ``achieved_goal``, ``ep_t`` and
+            ``ep_len``).
+        rng: the buffer's random generator.
+        energy_clip, energy_dt, energy_eps: :class:`EnergySamplerConfig`.
+    """
+
+    def __init__(self, storage: EpisodeStorage, rng: np.random.Generator, energy_clip: float = 0.5,
+                 energy_dt: float = 0.04, energy_eps: float = 0.01, **_: Any) -> None:  # fmt: skip
+        super().__init__(storage, rng)
+        self.energy_clip, self.energy_dt, self.energy_eps = energy_clip, energy_dt, energy_eps
+        self.sum_tree = SumTree(storage.rows * storage.num_envs, "sum")
+        self.running = np.zeros(storage.num_envs, np.float64)  # each env's episode energy so far
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the sum tree."""
+        return int(self.sum_tree.tree.nbytes)
+
+    def _energy(self, rows: np.ndarray, envs: np.ndarray) -> np.ndarray:
+        """``E_t [k]`` of the observations at ``rows``, ``envs``."""
+        st = self.storage
+        ag = st.achieved_goal[rows, envs].astype(np.float64)
+        prev = st.achieved_goal[(rows - 1) % st.rows, envs].astype(np.float64)
+        v = np.where((st.ep_t[rows, envs] > 0)[:, None], (ag - prev) / self.energy_dt, 0.0)
+        return GRAVITY * ag[:, -1] + 0.5 * np.square(v).sum(axis=1)
+
+    def on_add(self, new: np.ndarray, lost: np.ndarray) -> None:
+        """Add each new transition's energy increase to its episode; a new transition enters
+        at the mean priority, and the transitions of an episode that ended get
+        ``(energy + energy_eps) / T``; overwritten ones leave the tree."""
+        st = self.storage
+        if len(lost):
+            self.sum_tree.update(lost, np.zeros(len(lost)))
+        new = new[st.is_transition.reshape(-1)[new]]
+        if len(new) == 0:
+            return
+        rows, envs = new // st.num_envs, new % st.num_envs
+        gain = self._energy((rows + 1) % st.rows, envs) - self._energy(rows, envs)
+        np.add.at(self.running, envs, np.clip(gain, 0.0, self.energy_clip))
+        n = max(st.n_transitions - len(new), 1)
+        mean = self.sum_tree.root / n if self.sum_tree.root > 0 else 1.0
+        self.sum_tree.update(new, np.full(len(new), mean))
+        for row, env in zip(rows, envs):
+            T = int(st.ep_len[row, env])
+            if T < 0:  # the episode runs on
+                continue
+            ep_rows = (row - np.arange(T)) % st.rows
+            ep_rows = ep_rows[st.is_transition[ep_rows, env] & (st.ep_len[ep_rows, env] == T)]
+            p = (self.running[env] + self.energy_eps) / T
+            self.sum_tree.update(ep_rows * st.num_envs + env, np.full(len(ep_rows), p))
+            self.running[env] = 0.0
+
+    def sample(self, batch_size: int, env_step: int) -> tuple[np.ndarray, np.ndarray]:
+        """``batch_size`` flat indices (int64), drawn stratified over the sum tree, and weights
+        (float32, all 1).
+
+        Raises:
+            ValueError: if the storage holds no transition yet.
+        """
+        if self.storage.n_transitions == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        total = self.sum_tree.root
+        bounds = np.linspace(0.0, total, batch_size + 1)
+        u = np.minimum(self.rng.uniform(bounds[:-1], bounds[1:]), np.nextafter(total, 0.0))
+        idx = self.sum_tree.find_prefix(u)
+        bad = self.sum_tree.leaves(idx) <= 0.0  # floating-point edge: redraw by value
+        while bad.any():
+            idx[bad] = self.sum_tree.find_prefix(self.rng.uniform(0.0, total, int(bad.sum())))
+            bad = self.sum_tree.leaves(idx) <= 0.0
+        return idx.astype(np.int64), np.ones(batch_size, np.float32)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sum tree and each env's running episode energy."""
+        return {"sum": self.sum_tree.tree, "running": self.running}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.sum_tree.tree = np.asarray(state["sum"], np.float64)
+        self.running = np.asarray(state["running"], np.float64).copy()
+
+
 register("buffer.sampler", "uniform", SamplerConfig, UniformSampler)
 register("buffer.sampler", "prioritized", PrioritizedSamplerConfig, PrioritizedSampler)
+register("buffer.sampler", "energy", EnergySamplerConfig, EnergySampler)

@@ -67,6 +67,12 @@ def cross_rules(cfg: Any) -> None:
             f"for the {{-1, 0}} rewards of goal envs (fetch, panda); env.family '{cfg.env.family}' has "
             "dense rewards that can be positive: set algo.clip_return=false"
         )
+    if b.sampler == "energy":
+        require(
+            family.goal is not False,
+            f"buffer.sampler=energy ranks episodes by how their achieved goal moved, and env.family "
+            f"'{cfg.env.family}' has no goals: use buffer.sampler=uniform or prioritized",
+        )
     if b.relabel == "her":
         require(
             family.goal is not False,
