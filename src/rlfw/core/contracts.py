@@ -158,11 +158,14 @@ class Agent(Protocol):
             in place; the agent calls it with its gradients between ``backward()`` and
             ``step()`` (and with any other state the workers must share, such as CrossQ's
             batch-renormalisation statistics).
+        autocast_dtype: set by the loop from ``train.autocast``: None (float32 updates) or the
+            ``torch.dtype`` under which :meth:`update` runs ``torch.autocast``.
     """
 
     metric_names: tuple[str, ...]
     updates: int
     grad_sync: Callable[[list[Any]], None] | None
+    autocast_dtype: Any
 
     def act(self, obs: np.ndarray, goal: np.ndarray | None = None, explore: bool = False) -> np.ndarray:
         """Actions ``[N, act_dim]`` in [-1, 1]; ``explore=False`` is the deterministic policy."""
