@@ -178,8 +178,14 @@ def test_two_workers_stop_early_at_the_same_epoch(compose, tmp_path):
 
 
 def test_fetch_reach_preset_stops_when_solved(compose):
+    """FetchReach stops at success 1.0, FetchPush at the learning table's 0.9 (issue 19); a task
+    without a measured solved level trains every epoch."""
     assert compose(["env=FetchReach-v4"]).eval.stop_at == 1.0
-    assert compose(["env=FetchPush-v4"]).eval.stop_at is None
+    push = compose(["env=FetchPush-v4"])
+    assert push.eval.stop_at == 0.9 and push.train.epochs == 70
+    assert compose(["env=FetchSlide-v4"]).eval.stop_at is None
+    pick = compose(["env=FetchPickAndPlace-v4"])
+    assert pick.eval.stop_at is None and pick.env.grasped_start == 0.5
 
 
 @pytest.mark.parametrize("metric", ["auto", "eval_success_rate", "eval_return"])
