@@ -8,6 +8,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +52,20 @@ def median(xs: list[float]) -> float:
 
 # --------------------------------------------------------------------------------------------
 # SB3 side
+
+
+def sb3_success_rate(model: Any, eval_env: Any, episodes: int = 10) -> float:
+    """Mean ``is_success`` of ``episodes`` deterministic episodes of an SB3 ``model``."""
+    succ = []
+    for _ in range(episodes):
+        obs, _ = eval_env.reset()
+        done = False
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, _, term, trunc, info = eval_env.step(action)
+            done = term or trunc
+        succ.append(float(info.get("is_success", 0.0)))
+    return float(np.mean(succ))
 
 
 def sb3_fetch(env_id: str, n_envs: int, seed: int, total: int, train_every: int, grad_steps: int,
@@ -113,16 +128,7 @@ def sb3_fetch(env_id: str, n_envs: int, seed: int, total: int, train_every: int,
             if not eval_every or self.num_timesteps < self.next:
                 return True
             self.next += eval_every
-            succ = []
-            for _ in range(10):
-                obs, _ = eval_env.reset()
-                done = False
-                while not done:
-                    action, _ = self.model.predict(obs, deterministic=True)
-                    obs, _, term, trunc, info = eval_env.step(action)
-                    done = term or trunc
-                succ.append(float(info.get("is_success", 0.0)))
-            if np.mean(succ) >= THRESHOLD:
+            if sb3_success_rate(self.model, eval_env) >= THRESHOLD:
                 self.hit = (float(self.num_timesteps), time.perf_counter() - self.t0)
                 return False
             return True

@@ -16,6 +16,7 @@ from bench_common import (
     first_success,
     report,
     rlfw_run,
+    sb3_success_rate,
 )
 
 LEARNING_ALGOS = ("td3", "sac", "tqc", "crossq")
@@ -369,16 +370,7 @@ def bench_peer_push(quick: bool, budget_s: float, seed: int = 0, task: str = "Fe
         def _on_step(self) -> bool:
             if self.num_timesteps >= self.next:
                 self.next += 5000
-                succ = []
-                for _ in range(10):
-                    obs, _ = eval_env.reset()
-                    done = False
-                    while not done:
-                        action, _ = self.model.predict(obs, deterministic=True)
-                        obs, _, term, trunc, info = eval_env.step(action)
-                        done = term or trunc
-                    succ.append(float(info.get("is_success", 0.0)))
-                curve.append((self.num_timesteps, time.perf_counter() - self.t0, float(np.mean(succ))))
+                curve.append((self.num_timesteps, time.perf_counter() - self.t0, sb3_success_rate(self.model, eval_env)))
             return time.perf_counter() - self.t0 < budget_s
 
     model.learn(total_timesteps=10_000_000, callback=Eval())
