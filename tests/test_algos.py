@@ -283,7 +283,7 @@ def test_preact_l2_enters_actor_loss_as_mean_squared_pre_tanh_output():
 
 
 def _corner_then_flip(preact_l2: float) -> tuple[float, float]:
-    """TD3 at the Hopper preset's network and learning rates (3x256, lr 1e-3) on one-step
+    """TD3 at its default network and learning rates (3x256, lr 1e-3) on one-step
     episodes with reward ``+sum(a)`` (the best action is the +1 corner), then ``-sum(a)`` (the
     best action is -1). Returns the mean action after each phase.
 
