@@ -156,8 +156,8 @@ LEARNING_TASKS: dict[str, dict[str, object]] = {
         "reference": "DDPG/TD3/SAC/TQC+HER, 1M steps (Gallouedec et al. 2021, panda-gym, Fig. 4)",
     },
     "Hopper-v4": {
-        "epochs": 5, "target": 3000, "overrides": [],  # 50k env steps, the first 10k uniformly random
-        "preset": "td3, 10k random steps, then one update per env step, batch 256, 3x256, sigma 0.1, preact_l2 1e-3",
+        "epochs": 30, "target": 3000, "overrides": [],  # 300k env steps (issue 19's target), the first 10k uniformly random
+        "preset": "td3, 10k random steps, then one update per env step, batch 256, 2x256, sigma 0.1, preact_l2 1e-3",
         "reference": "TD3, 1M steps: max average return 3564 +- 115 (Fujimoto et al. 2018, Table 1, Hopper-v1)",
     },
 }
