@@ -230,6 +230,21 @@ class SumTree:
         return node - self.P
 
 
+def stratified_draw(tree: SumTree, rng: np.random.Generator, batch_size: int) -> np.ndarray:
+    """``batch_size`` leaves ``[B]`` int64 drawn in proportion to their values: the total is cut
+    into ``B`` equal segments and one ``u`` is drawn uniformly in each (Schaul et al. 2016,
+    Appendix B.2.1); a ``u`` that lands on a zero leaf (a floating-point edge) is redrawn."""
+    total = tree.root
+    bounds = np.linspace(0.0, total, batch_size + 1)
+    u = np.minimum(rng.uniform(bounds[:-1], bounds[1:]), np.nextafter(total, 0.0))
+    idx = tree.find_prefix(u)
+    bad = tree.leaves(idx) <= 0.0
+    while bad.any():
+        idx[bad] = tree.find_prefix(rng.uniform(0.0, total, int(bad.sum())))
+        bad = tree.leaves(idx) <= 0.0
+    return idx.astype(np.int64)
+
+
 class PrioritizedSampler(Sampler):
     """Proportional prioritised replay (Schaul et al. 2016, Sec. 3.3 and 3.4).
 
@@ -321,16 +336,8 @@ class PrioritizedSampler(Sampler):
         if n == 0:
             raise ValueError("cannot sample from an empty replay buffer")
         total = self.sum_tree.root
-        bounds = np.linspace(0.0, total, batch_size + 1)
-        u = self.rng.uniform(bounds[:-1], bounds[1:])
-        u = np.minimum(u, np.nextafter(total, 0.0))
-        idx = self.sum_tree.find_prefix(u)
+        idx = stratified_draw(self.sum_tree, self.rng, batch_size)
         leaf = self.sum_tree.leaves(idx)
-        bad = leaf <= 0.0  # floating-point edge: redraw by value
-        while bad.any():
-            idx[bad] = self.sum_tree.find_prefix(self.rng.uniform(0.0, total, int(bad.sum())))
-            leaf = self.sum_tree.leaves(idx)
-            bad = leaf <= 0.0
         beta = self.beta(env_step)
         prob = leaf / total
         p_min = self.min_tree.root / total
@@ -460,15 +467,7 @@ class EnergySampler(Sampler):
         """
         if self.storage.n_transitions == 0:
             raise ValueError("cannot sample from an empty replay buffer")
-        total = self.sum_tree.root
-        bounds = np.linspace(0.0, total, batch_size + 1)
-        u = np.minimum(self.rng.uniform(bounds[:-1], bounds[1:]), np.nextafter(total, 0.0))
-        idx = self.sum_tree.find_prefix(u)
-        bad = self.sum_tree.leaves(idx) <= 0.0  # floating-point edge: redraw by value
-        while bad.any():
-            idx[bad] = self.sum_tree.find_prefix(self.rng.uniform(0.0, total, int(bad.sum())))
-            bad = self.sum_tree.leaves(idx) <= 0.0
-        return idx.astype(np.int64), np.ones(batch_size, np.float32)
+        return stratified_draw(self.sum_tree, self.rng, batch_size), np.ones(batch_size, np.float32)
 
     def state_dict(self) -> dict[str, Any]:
         """The sum tree and each env's running episode energy."""
