@@ -126,6 +126,19 @@ def test_v2_fetch_ids_resolve_to_the_registered_version():
         resolve_env_id("FetchSlide-v2", "fetch")
 
 
+@pytest.mark.parametrize("task", ["FetchReach", "FetchPush", "FetchPickAndPlace", "FetchSlide"])
+def test_v2_fetch_presets_train_as_the_v4_preset(compose, task):
+    """env=<task>-v2 is the v4 preset under its old id: every key but env.id and
+    env.resolve_version is the same (e.g. FetchPickAndPlace's grasped_start and epochs,
+    FetchPush's eval.stop_at)."""
+    old = OmegaConf.to_container(compose([f"env={task}-v2"]), resolve=True)
+    new = OmegaConf.to_container(compose([f"env={task}-v4"]), resolve=True)
+    assert (old["env"].pop("id"), old["env"].pop("resolve_version")) == (f"{task}-v2", True)
+    new["env"].pop("id")
+    new["env"].pop("resolve_version")
+    assert old == new
+
+
 BAD = [
     (["buffer=hr"], "unknown buffer 'hr'; choose one of: her, nstep, per, uniform"),
     (["algo=ppo"], "unknown algo 'ppo'; choose one of: crossq, ddpg, sac, td3, tqc"),
