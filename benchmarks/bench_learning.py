@@ -147,8 +147,11 @@ LEARNING_TASKS: dict[str, dict[str, object]] = {
         "budget": "45 min of wall time per seed (SIGTERM), within the preset's 750k env steps",
         "reference": "DDPG+HER, 19 workers, 4.75M steps: success about 0.9 (Plappert et al. 2018, Fig. 3, read off)",
     },
+    # FetchSlide-v4: the preset's own length (250 epochs), at most the 60 minutes of issue 19's target
     "FetchSlide-v4": {
-        "epochs": 30, "target": 0.6, "overrides": [], "preset": FETCH_PRESET,
+        "budget_s": 3600, "target": 0.6, "overrides": [],
+        "preset": FETCH_PRESET + "; 250 epochs (1.25M env steps)",
+        "budget": "60 min of wall time per seed (SIGTERM), within the preset's 1.25M env steps",
         "reference": "DDPG+HER, 19 workers, 4.75M steps: success about 0.7 (Plappert et al. 2018, Fig. 3, read off)",
     },
     "PandaPush-v3": {
