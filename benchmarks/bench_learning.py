@@ -162,6 +162,7 @@ LEARNING_TASKS: dict[str, dict[str, object]] = {
         "epochs": 30, "target": 3000, "overrides": [],  # 300k env steps (issue 19's target), the first 10k uniformly random
         "preset": "td3, 10k random steps, then one update per env step, batch 256, 2x256, sigma 0.1, preact_l2 1e-3; "
                   "30 epochs (300k env steps), stops at eval return 3000 (eval.stop_at)",
+        "budget": "the preset's 300k env steps at most (30 epochs), stopped at eval return 3000",
         "reference": "TD3, 1M steps: max average return 3564 +- 115 (Fujimoto et al. 2018, Table 1, Hopper-v1)",
     },
 }
@@ -247,6 +248,11 @@ def write_task_row(task: str, sweep: Path, seeds: int, wall: float, quick: bool 
         # per-seed figures carry the result
         pairs = [(n, c) for n, c in pairs if n.startswith("median")]
         budget = str(spec.get("budget", f"{float(spec['budget_s']) / 60:.0f} min of wall time per seed"))  # type: ignore[arg-type]
+    elif spec.get("budget"):
+        # a preset that stops at its target (Hopper: eval.stop_at): as above, and summarize
+        # gives no medians for a return, so they come from each run's first evaluation at it
+        pairs = [(n, c) for n, c in pairs if n.startswith("median")] or _medians_to(sweep, float(threshold if target is None else target))  # type: ignore[arg-type]
+        budget = str(spec["budget"])
     else:
         budget = f"{cells[2]} env steps"
     result = "; ".join(f"{n} {c}" for n, c in pairs)
@@ -261,6 +267,28 @@ def write_task_row(task: str, sweep: Path, seeds: int, wall: float, quick: bool 
     (dest / "row.json").write_text(json.dumps(row, indent=1) + "\n")
     report(f"learning_tasks {task} ({seeds} seeds)", row["result"])
     return row  # type: ignore[return-value]
+
+
+def _medians_to(sweep: Path, target: float) -> list[tuple[str, str]]:
+    """[("median env steps to <target>", ...), ("median s to <target>", ...)] over the runs below
+    ``sweep``: the median of each run's first evaluation at ``target`` or above (``-`` when a run
+    never got there, as rlfw.report does)."""
+    from rlfw.plots import column, read_csv
+    from rlfw.report import find_runs, first_reach
+
+    steps, secs = [], []
+    for run in find_runs([sweep]):
+        rows = read_csv(run / "metrics.csv")
+        success = column(rows, "eval_success_rate")
+        metric = success if np.isfinite(success).any() else column(rows, "eval_return")
+        ok = np.isfinite(metric)
+        steps.append(first_reach(column(rows, "env_steps")[ok], metric[ok], target))
+        secs.append(first_reach(column(rows, "wall_time_s")[ok], metric[ok], target))
+
+    def median(v: list[float]) -> str:
+        return "-" if not v or np.isnan(v).any() else f"{float(np.median(v)):.0f}"
+
+    return [(f"median env steps to {target:g}", median(steps)), (f"median s to {target:g}", median(secs))]
 
 
 def _per_seed(sweep: Path, target: float | None = None) -> str:
@@ -288,8 +316,8 @@ def _per_seed(sweep: Path, target: float | None = None) -> str:
         reached = (f"; {target:g} first at {x[hit[0]]:.0f} steps / {t[hit[0]]:.0f} s" if hit.size
                    else f"; {target:g} not reached" if target is not None else "")  # fmt: skip
         # one 10-episode evaluation is noisy: the mean of the last ten says where the policy holds
-        parts.append(f"seed {seed}: final {y[-1]:.3g}, best {y[best]:.3g} at {x[best]:.0f} steps / {t[best]:.0f} s"
-                     f"{reached}, mean of the last {min(10, y.size)} evaluations {np.mean(y[-10:]):.3g}"
+        parts.append(f"seed {seed}: final {y[-1]:.4g}, best {y[best]:.4g} at {x[best]:.0f} steps / {t[best]:.0f} s"
+                     f"{reached}, mean of the last {min(10, y.size)} evaluations {np.mean(y[-10:]):.4g}"
                      f" ({x[-1]:.0f} steps, {t[-1]:.0f} s in all)")  # fmt: skip
     return "; ".join(parts) or "n/a"
 
