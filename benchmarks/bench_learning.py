@@ -251,7 +251,7 @@ def write_task_row(task: str, sweep: Path, seeds: int, wall: float, quick: bool 
     elif spec.get("budget"):
         # a preset that stops at its target (Hopper: eval.stop_at): as above, and summarize
         # gives no medians for a return, so they come from each run's first evaluation at it
-        pairs = [(n, c) for n, c in pairs if n.startswith("median")] or _medians_to(sweep, float(threshold if target is None else target))  # type: ignore[arg-type]
+        pairs = [(n, c) for n, c in pairs if n.startswith("median")] or _medians_to(sweep, float(target))  # type: ignore[arg-type]
         budget = str(spec["budget"])
     else:
         budget = f"{cells[2]} env steps"
@@ -269,21 +269,31 @@ def write_task_row(task: str, sweep: Path, seeds: int, wall: float, quick: bool 
     return row  # type: ignore[return-value]
 
 
-def _medians_to(sweep: Path, target: float) -> list[tuple[str, str]]:
-    """[("median env steps to <target>", ...), ("median s to <target>", ...)] over the runs below
-    ``sweep``: the median of each run's first evaluation at ``target`` or above (``-`` when a run
-    never got there, as rlfw.report does)."""
+def _eval_curves(sweep: Path) -> list[tuple[Path, np.ndarray, np.ndarray, np.ndarray]]:
+    """(run, env steps, wall seconds, metric) of each run below ``sweep`` at its evaluations
+    (each ``[evaluations]``): eval success rate on goal tasks, else eval return."""
     from rlfw.plots import column, read_csv
-    from rlfw.report import find_runs, first_reach
+    from rlfw.report import find_runs
 
-    steps, secs = [], []
+    out = []
     for run in find_runs([sweep]):
         rows = read_csv(run / "metrics.csv")
         success = column(rows, "eval_success_rate")
         metric = success if np.isfinite(success).any() else column(rows, "eval_return")
         ok = np.isfinite(metric)
-        steps.append(first_reach(column(rows, "env_steps")[ok], metric[ok], target))
-        secs.append(first_reach(column(rows, "wall_time_s")[ok], metric[ok], target))
+        out.append((run, column(rows, "env_steps")[ok], column(rows, "wall_time_s")[ok], metric[ok]))
+    return out
+
+
+def _medians_to(sweep: Path, target: float) -> list[tuple[str, str]]:
+    """[("median env steps to <target>", ...), ("median s to <target>", ...)] over the runs below
+    ``sweep``: the median of each run's first evaluation at ``target`` or above (``-`` when a run
+    never got there, as rlfw.report does)."""
+    from rlfw.report import first_reach
+
+    curves = _eval_curves(sweep)
+    steps = [first_reach(x, y, target) for _, x, _, y in curves]
+    secs = [first_reach(t, y, target) for _, _, t, y in curves]
 
     def median(v: list[float]) -> str:
         return "-" if not v or np.isnan(v).any() else f"{float(np.median(v)):.0f}"
@@ -297,18 +307,10 @@ def _per_seed(sweep: Path, target: float | None = None) -> str:
     or above, where given)."""
     import yaml
 
-    from rlfw.plots import column, read_csv
-    from rlfw.report import find_runs
-
     parts = []
-    for run in find_runs([sweep]):
-        rows = read_csv(run / "metrics.csv")
-        success = column(rows, "eval_success_rate")
-        metric = success if np.isfinite(success).any() else column(rows, "eval_return")
-        ok = np.isfinite(metric)
-        if not ok.any():
+    for run, x, t, y in _eval_curves(sweep):
+        if not y.size:
             continue
-        y, x, t = metric[ok], column(rows, "env_steps")[ok], column(rows, "wall_time_s")[ok]
         best = int(np.argmax(y))
         overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
         seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), run.name)
