@@ -131,11 +131,12 @@ FETCH_PRESET = ("td3 + HER (future, k=4) + n-step 3, 2x256, Gaussian sigma 0.2, 
 LEARNING_TASKS: dict[str, dict[str, object]] = {
     # epochs of 5000 env steps (Fetch, Panda) or 10000 (Hopper); budgets chosen so that one seed
     # takes about 9-10 minutes on the 2-core machine and the whole table fits one session
-    # FetchPush-v4: the preset's own length (70 epochs, eval.stop_at 0.9), at most 15 minutes
+    # FetchPush-v4: the preset's own length (60 epochs, eval.stop_at 0.9), at most 15 minutes
     "FetchPush-v4": {
         "budget_s": 900, "target": 0.9, "overrides": [],
-        "preset": FETCH_PRESET + "; 70 epochs (350k env steps), stops at eval success 0.9 (eval.stop_at)",
-        "budget": "15 min of wall time per seed (SIGTERM), within the preset's 350k env steps",
+        "preset": FETCH_PRESET + "; half of the training episodes start with the gripper beside the object "
+                  "(env.near_object_start 0.5); 60 epochs (300k env steps), stops at eval success 0.9 (eval.stop_at)",
+        "budget": "15 min of wall time per seed (SIGTERM), within the preset's 300k env steps",
         "reference": "DDPG+HER with 19 MPI workers, 50 epochs = 4.75M steps: success about 1.0 (Plappert et al. "
                      "2018, arXiv:1802.09464, Fig. 3, read off the figure); rl-zoo: TQC+HER, 1M steps, batch 2048, 3x512",
     },

@@ -162,6 +162,8 @@ BAD = [
     (["noise.sigma_final=-0.1", "noise.decay_steps=10"], "noise.sigma_final=-0.1 is out of range"),
     (["noise.sigma=0", "noise.sigma_final=0.1", "noise.schedule=exponential"], "noise.schedule=exponential needs"),
     (["env=FetchPush-v4", "env.grasped_start=0.5"], "env.grasped_start=0.5 starts episodes with the object in the gripper"),
+    (["env=FetchReach-v4", "env.near_object_start=0.5"], "env.near_object_start=0.5 starts episodes with the gripper beside"),
+    (["env=FetchPush-v4", "env.near_object_start=-0.1"], "env.near_object_start=-0.1 is out of range"),
     (["env=FetchPickAndPlace-v4", "env.grasped_start=1.5"], "env.grasped_start=1.5 is out of range"),
     (["train.autocast=float16"], "train.autocast"),
     (["env=Hopper-v4", "buffer.sampler=energy"], "buffer.sampler=energy ranks episodes"),

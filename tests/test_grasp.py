@@ -1,5 +1,6 @@
 """``env.grasped_start``: FetchPickAndPlace training episodes that start with the object held
-(HER paper, Sec. 4.1); evaluation envs start as the env does."""
+(HER paper, Sec. 4.1); ``env.near_object_start``: Fetch training episodes that start with the
+gripper beside the object; evaluation envs start as the env does."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ import numpy as np
 
 from rlfw.build import build
 from rlfw.envs import FAMILIES
-from rlfw.envs.grasp import GraspedStart
+from rlfw.envs.grasp import NEAR_DISTANCE, GraspedStart, NearObjectStart
+
+
+def _fetch(env_id: str = "FetchPickAndPlace-v4"):
+    family = FAMILIES.get("fetch").target
+    family.register()
+    return family.make(env_id)
 
 
 def _pick_and_place():
-    family = FAMILIES.get("fetch").target
-    family.register()
-    return family.make("FetchPickAndPlace-v4")
+    return _fetch()
 
 
 def _gap(env) -> float:
@@ -69,6 +74,69 @@ def test_only_training_envs_start_grasped(compose):
         assert all(isinstance(e, GraspedStart) for e in parts.envs.envs)
         assert parts.eval_envs is not None
         assert not any(isinstance(e, GraspedStart) for e in parts.eval_envs.envs)
+    finally:
+        parts.envs.close()
+        parts.eval_envs.close()
+        parts.env.ref_env.close()
+
+
+def _beside(env) -> tuple[float, float]:
+    """(horizontal, vertical) metres from the object centre to the grip site."""
+    base = env.unwrapped
+    u = base._utils
+    d = u.get_site_xpos(base.model, base.data, "robot0:grip") - u.get_site_xpos(base.model, base.data, "object0")
+    return float(np.linalg.norm(d[:2])), float(d[2])
+
+
+def test_near_object_start_puts_the_gripper_beside_the_unmoved_object_on_every_side():
+    env = NearObjectStart(_fetch("FetchPush-v4"), 1.0)
+    plain = _fetch("FetchPush-v4")
+    sides = []
+    for seed in range(12):
+        obs, _ = env.reset(seed=seed)
+        ref, _ = plain.reset(seed=seed)  # the same draw of object and goal, no scripted start
+        horizontal, vertical = _beside(env)
+        grip, obj = obs["observation"][:3], obs["achieved_goal"]
+        if grip[0] > 1.48:  # at the far edge of the arm's reach the gripper may stop short
+            continue
+        assert abs(horizontal - NEAR_DISTANCE) < 0.015 and abs(vertical) < 0.015
+        np.testing.assert_allclose(obj, ref["achieved_goal"], atol=0.005)  # the object did not move
+        np.testing.assert_allclose(obs["desired_goal"], ref["desired_goal"])  # nor the goal
+        sides.append(np.arctan2(*(grip - obj)[1::-1]))
+    assert len(sides) >= 9
+    assert np.ptp(np.cos(sides)) > 1.0 and np.ptp(np.sin(sides)) > 1.0  # sides all around
+    env.close()
+    plain.close()
+
+
+def test_near_object_start_draws_its_fraction_and_repeats_with_the_seed():
+    def near(seed: int) -> list[bool]:
+        env = NearObjectStart(_fetch("FetchPush-v4"), 0.5)
+        env.reset(seed=seed)
+        out = [_beside(env)[0] < 2 * NEAR_DISTANCE]
+        for _ in range(39):
+            env.reset()
+            out.append(_beside(env)[0] < 2 * NEAR_DISTANCE)
+        env.close()
+        return out
+
+    a = near(4)
+    assert 0.25 < np.mean(a) < 0.75
+    assert a == near(4)
+    off = NearObjectStart(_fetch("FetchPush-v4"), 0.0)  # 0: the env's own starts, gripper away
+    for seed in range(6):
+        off.reset(seed=seed)
+        assert _beside(off)[0] > 2 * NEAR_DISTANCE
+    off.close()
+
+
+def test_only_training_envs_start_near_the_object(compose):
+    cfg = compose(["env=FetchPush-v4", "env.near_object_start=0.5", "train.epochs=1"])
+    parts = build(cfg)
+    try:
+        assert all(isinstance(e, NearObjectStart) for e in parts.envs.envs)
+        assert parts.eval_envs is not None
+        assert not any(isinstance(e, NearObjectStart) for e in parts.eval_envs.envs)
     finally:
         parts.envs.close()
         parts.eval_envs.close()

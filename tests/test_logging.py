@@ -182,7 +182,7 @@ def test_fetch_reach_preset_stops_when_solved(compose):
     without a measured solved level trains every epoch."""
     assert compose(["env=FetchReach-v4"]).eval.stop_at == 1.0
     push = compose(["env=FetchPush-v4"])
-    assert push.eval.stop_at == 0.9 and push.train.epochs == 70
+    assert push.eval.stop_at == 0.9 and push.train.epochs == 60 and push.env.near_object_start == 0.5
     assert compose(["env=FetchSlide-v4"]).eval.stop_at is None
     pick = compose(["env=FetchPickAndPlace-v4"])
     assert pick.eval.stop_at is None and pick.env.grasped_start == 0.5

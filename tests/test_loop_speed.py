@@ -139,3 +139,29 @@ def test_autocast_refuses_an_unknown_dtype(compose):
 
     with pytest.raises(ConfigError, match=r"train\.autocast.*bfloat16"):
         ensure_valid(compose([*TINY, "train.autocast=float16"]))
+
+
+def test_collect_updates_the_normalisers_once_with_every_observation_it_saw(compose, tmp_path):
+    """One ``observe`` call per collect (HER's code: once per stored batch), holding the reset
+    observations and every vector step's next observations; the actions within the call use the
+    statistics from before it."""
+    cfg = compose([*TINY, "train.epochs=1"])
+    loop = TrainLoop(cfg, tmp_path)
+    calls: list[tuple[int, int]] = []
+    observe = loop.agent.observe
+
+    def spy(obs, goals=None):
+        calls.append((len(obs), 0 if goals is None else len(goals)))
+        observe(obs, goals)
+
+    loop.agent.observe = spy  # type: ignore[method-assign]
+    n = loop.collector.num_envs
+    count0 = float(loop.agent.obs_norm.count)
+    loop.collector.collect(20, 0)
+    assert calls == [(n + 20, 2 * (n + 20))]  # resets + 20 env steps; desired and achieved goals
+    assert float(loop.agent.obs_norm.count) - count0 == n + 20
+    mean = loop.agent.obs_norm.mean.clone()
+    loop.collector.collect(10, 0)
+    assert calls[1:] == [(10, 20)]
+    assert not torch.equal(loop.agent.obs_norm.mean, mean)
+    loop.close()

@@ -34,6 +34,19 @@ def polyak_update(
         torch._foreach_lerp_(list(target), list(online), tau)
 
 
+def adam(params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Adam:
+    """Adam (Kingma & Ba 2015, Alg. 1) over ``params``, fused into one kernel per step where
+    torch has the fused kernel for their device (CPU and CUDA float parameters, torch >= 2.4).
+
+    The fused step computes the same update as the per-tensor loop, without a Python loop over
+    the parameters: measured on the FetchPush-v4 preset's 2x256 networks, one thread, it made a
+    whole TD3 or DDPG update about 10% cheaper (8.9 -> 8.1 ms on a loaded 2-core machine).
+    """
+    params = list(params)
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused or None)
+
+
 @dataclass
 class TensorBatch:
     """A :class:`rlfw.core.Batch` as float32 tensors on the agent's device, inputs normalised

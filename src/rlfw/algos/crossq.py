@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlfw.algos.base import TensorBatch
+from rlfw.algos.base import TensorBatch, adam
 from rlfw.algos.networks import ACTIVATIONS, INITS, EnsembleLinear
 from rlfw.algos.sac import SAC, SACConfig, SquashedGaussianActor
 from rlfw.core.checks import in_range
@@ -206,7 +206,7 @@ class CrossQ(SAC):
     def make_optimizer(self, params: Any, lr: float) -> torch.optim.Optimizer:
         """The actor's and critics' Adam with ``betas=(adam_beta1, 0.999)`` (the paper's 0.5); the
         temperature's keeps Adam's default betas (:meth:`SAC.make_alpha_optimizer`)."""
-        return torch.optim.Adam(params, lr=lr, betas=(float(self.cfg.adam_beta1), 0.999))
+        return adam(params, lr, betas=(float(self.cfg.adam_beta1), 0.999))
 
     def critic_loss(self, b: TensorBatch, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(L_Q, td_error [B], q_mean)`` from one joint forward pass (module docstring)."""

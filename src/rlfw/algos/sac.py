@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlfw.algos.base import OffPolicyAgent, TensorBatch, polyak_update
+from rlfw.algos.base import OffPolicyAgent, TensorBatch, adam, polyak_update
 from rlfw.algos.config import AlgoConfig
 from rlfw.algos.networks import MLP, EnsembleMLP
 from rlfw.core import EnvInfo, UpdateResult, require
@@ -262,12 +262,12 @@ class SAC(OffPolicyAgent):
 
     def make_optimizer(self, params: Any, lr: float) -> torch.optim.Optimizer:
         """The actor's and critics' optimiser: Adam (Kingma & Ba 2015) with its default betas."""
-        return torch.optim.Adam(params, lr=lr)
+        return adam(params, lr)
 
     def make_alpha_optimizer(self, params: Any, lr: float) -> torch.optim.Optimizer:
         """The temperature's optimiser: Adam with its default betas (0.9, 0.999), for every soft
         algorithm (CrossQ's reference code and sb3-contrib too)."""
-        return torch.optim.Adam(params, lr=lr)
+        return adam(params, lr)
 
     @torch.no_grad()
     def soft_target(self, next_in: torch.Tensor, reward: torch.Tensor, terminated: torch.Tensor,

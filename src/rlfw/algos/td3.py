@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlfw.algos.base import OffPolicyAgent, TensorBatch, polyak_update
+from rlfw.algos.base import OffPolicyAgent, TensorBatch, adam, polyak_update
 from rlfw.algos.config import AlgoConfig
 from rlfw.algos.networks import MLP, EnsembleMLP
 from rlfw.core import EnvInfo, UpdateResult
@@ -130,7 +130,7 @@ class TD3(OffPolicyAgent):
 
     def make_optimizer(self, params: Any, lr: float) -> torch.optim.Optimizer:
         """The actor's and critics' optimiser: Adam (Kingma & Ba 2015) with its default betas."""
-        return torch.optim.Adam(params, lr=lr)
+        return adam(params, lr)
 
     def setup(self) -> None:
         """Targets (copies of the online networks), optimisers and the update's parameter lists."""

@@ -70,6 +70,11 @@ class EnvConfig:
     # Andrychowicz et al. 2017, Sec. 4.1: half of the pick-and-place training episodes); only for
     # Fetch tasks whose gripper can grasp (FetchPickAndPlace). Evaluation starts as the env does.
     grasped_start: float = 0.0
+    # Fraction of training episodes that start with the gripper beside the object, at its height
+    # ("exploring starts", Sutton and Barto 2018, Sec. 5.3; rlfw.envs.grasp.NearObjectStart);
+    # only for Fetch tasks with an object (Push, Slide, PickAndPlace). Evaluation starts as the
+    # env does.
+    near_object_start: float = 0.0
 
     @staticmethod
     def validate(node: Any) -> None:
@@ -81,6 +86,7 @@ class EnvConfig:
         in_range(node, "max_episode_steps", 1, optional=True, prefix="env.")
         in_range(node, "noise_sigma", 0.0, prefix="env.")
         in_range(node, "grasped_start", 0.0, 1.0, prefix="env.")
+        in_range(node, "near_object_start", 0.0, 1.0, prefix="env.")
 
     @staticmethod
     def check_kwargs(env_id: str, kwargs: Any, family: Any = None) -> None:

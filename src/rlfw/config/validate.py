@@ -121,6 +121,13 @@ def validate(cfg: Any) -> str:
         f"only a Fetch task with a gripper that grasps has (FetchPickAndPlace-v4); env.id is '{env_id}': "
         "set env.grasped_start=0",
     )
+    require(
+        float(cfg.env.near_object_start) == 0.0
+        or (cfg.env.family == "fetch" and any(t in env_id for t in ("Push", "Slide", "PickAndPlace"))),
+        f"env.near_object_start={cfg.env.near_object_start} starts episodes with the gripper beside the object, "
+        f"which only a Fetch task with an object has (FetchPush, FetchSlide, FetchPickAndPlace); env.id is "
+        f"'{env_id}': set env.near_object_start=0",
+    )
     steps = cfg.env.max_episode_steps or _registered_steps(env_id)
     held = held_transitions(cfg.buffer.capacity, cfg.train.num_envs, steps)
     require(

@@ -324,10 +324,12 @@ def make_env_fn(
     render_mode: str | None = None,
     imports: Sequence[str] = (),
     grasped_start: float = 0.0,
+    near_object_start: float = 0.0,
 ) -> Callable[[], gym.Env]:
     """A picklable-enough thunk for gymnasium.vector (sync or async); it imports the family's
     packages and ``imports`` (``env.imports``) first, so a spawned env process knows the id.
-    ``grasped_start`` > 0 wraps the env in :class:`rlfw.envs.grasp.GraspedStart` (training envs)."""
+    ``grasped_start`` > 0 wraps the env in :class:`rlfw.envs.grasp.GraspedStart` and
+    ``near_object_start`` > 0 in :class:`rlfw.envs.grasp.NearObjectStart` (training envs)."""
     modules = tuple(imports)
 
     def thunk() -> gym.Env:
@@ -338,6 +340,10 @@ def make_env_fn(
             from rlfw.envs.grasp import GraspedStart
 
             env = GraspedStart(env, grasped_start)
+        if near_object_start > 0.0:
+            from rlfw.envs.grasp import NearObjectStart
+
+            env = NearObjectStart(env, near_object_start)
         return env
 
     return thunk
@@ -352,16 +358,19 @@ def make_vector_env(
     vectorization: str = "sync",
     imports: Sequence[str] = (),
     grasped_start: float = 0.0,
+    near_object_start: float = 0.0,
 ) -> gym.vector.VectorEnv:
     """``num_envs`` copies in a Gymnasium vector env with same-step autoreset.
 
     Same-step autoreset means a finished sub-env returns its reset observation at once and the
     final observation in ``info["final_obs"]``: every vector step is a real transition.
     ``imports`` (``env.imports``) are imported in each env's process before it is made;
-    ``grasped_start`` (``env.grasped_start``, training envs only): :func:`make_env_fn`.
+    ``grasped_start`` and ``near_object_start`` (``env.grasped_start``,
+    ``env.near_object_start``; training envs only): :func:`make_env_fn`.
     """
     fns = [make_env_fn(family, env_id, max_episode_steps, dict(kwargs or {}), imports=imports,
-                       grasped_start=grasped_start) for _ in range(num_envs)]  # fmt: skip
+                       grasped_start=grasped_start, near_object_start=near_object_start)
+           for _ in range(num_envs)]  # fmt: skip
     if vectorization == "async":
         return gym.vector.AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
     return gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)

@@ -64,9 +64,15 @@ class Collector:
         actions = self.agent.act(obs["observation"], obs.get("desired_goal"), explore=True)
         return self.exploration(actions, self.env_steps)
 
-    def _observe(self, obs: dict[str, np.ndarray]) -> None:
-        goals = np.concatenate([obs["desired_goal"], obs["achieved_goal"]]) if self.goal else None
-        self.agent.observe(obs["observation"], goals)
+    def _observe(self, seen: list[dict[str, np.ndarray]]) -> None:
+        """Add the observations (and desired and achieved goals) of ``seen`` to the agent's
+        normalisers in one call."""
+        if not seen:
+            return
+        obs = np.concatenate([o["observation"] for o in seen])
+        goals = (np.concatenate([g for o in seen for g in (o["desired_goal"], o["achieved_goal"])])
+                 if self.goal else None)  # fmt: skip
+        self.agent.observe(obs, goals)
 
     def collect(self, steps: int, epoch: int, during: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
         """Step the vector env ``steps // N`` times during ``epoch`` (0-based).
@@ -79,13 +85,20 @@ class Collector:
         Returns:
             The finished episodes: ``episode``, ``epoch`` (1-based), ``env_steps``,
             ``env_index``, ``return``, ``length``, ``success`` (NaN if not reported).
+
+        The normalisers see the call's observations once, at its end, as in the HER paper's code
+        (openai/baselines ``her``: the statistics are updated once per stored batch of
+        episodes), so the actions within one call use the statistics from before it; one update
+        per call instead of one per vector step made the FetchPush-v4 preset's loop about 5%
+        faster.
         """
+        seen: list[dict[str, np.ndarray]] = []
         if self._obs is None:
             # a resumed run starts new episodes from seeds of its own, not the first epoch's
             raw, _ = self.envs.reset(seed=reset_seed(self.seed, TRAIN_STREAM, epoch))
             self._obs = split_obs(raw, self.goal)
             self.buffer.start(self._obs)
-            self._observe(self._obs)
+            seen.append(self._obs)
         finished: list[dict[str, Any]] = []
         split = during is not None and hasattr(self.envs, "step_async")
         for i in range(steps // self.num_envs):
@@ -102,7 +115,7 @@ class Collector:
             done = np.logical_or(terminated, truncated)
             fin = final_obs(infos, nxt, done) if done.any() else None
             self.buffer.add(action, reward, terminated, truncated, nxt, fin)
-            self._observe(nxt)
+            seen.append(nxt)
             self.env_steps += self.num_envs
             self._ep_return += reward
             self._ep_len += 1
@@ -119,4 +132,5 @@ class Collector:
                 self._ep_len[done] = 0
                 self.exploration.reset(done)
             self._obs = nxt
+        self._observe(seen)
         return finished
