@@ -369,6 +369,12 @@ PEER_CONFIGS: dict[str, dict[str, object]] = {
         "gamma": 0.95, "tau": 0.05, "learning_rate": 1e-3, "batch_size": 256, "net_arch": [256, 256],
         "n_envs": 2, "train_freq": 1, "gradient_steps": 1, "learning_starts": 1000,
     },
+    # the same with rlfw's near-object starts (rlfw.envs.grasp.NearObjectStart, half of the
+    # training episodes; evaluation as the env does): the FetchPush-v4 preset's lever given to the peer
+    "sb3_contrib_tqc_zoo_near": {
+        "gamma": 0.95, "tau": 0.05, "learning_rate": 1e-3, "batch_size": 256, "net_arch": [256, 256],
+        "n_envs": 2, "train_freq": 1, "gradient_steps": 1, "learning_starts": 1000, "near_object_start": 0.5,
+    },
 }
 
 
@@ -390,7 +396,16 @@ def bench_peer_push(quick: bool, budget_s: float, seed: int = 0, task: str = "Fe
     budget_s = 60.0 if quick else budget_s
     c = PEER_CONFIGS[config]
     gym.register_envs(gymnasium_robotics)
-    venv = make_vec_env(task, n_envs=int(c["n_envs"]), seed=seed, wrapper_class=TimeFeatureWrapper)  # type: ignore[call-overload]
+    near = float(c.get("near_object_start", 0.0))  # type: ignore[arg-type]
+
+    def wrap(env: gym.Env) -> gym.Env:
+        if near > 0.0:
+            from rlfw.envs.grasp import NearObjectStart
+
+            env = NearObjectStart(env, near)
+        return TimeFeatureWrapper(env)
+
+    venv = make_vec_env(task, n_envs=int(c["n_envs"]), seed=seed, wrapper_class=wrap)  # type: ignore[call-overload]
     model = TQC("MultiInputPolicy", venv, replay_buffer_class=HerReplayBuffer,
                 replay_buffer_kwargs={"n_sampled_goal": 4, "goal_selection_strategy": "future"},
                 learning_rate=c["learning_rate"], buffer_size=1_000_000, learning_starts=c["learning_starts"],

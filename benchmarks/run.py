@@ -42,7 +42,8 @@ Sections (``--only a,b``; all by default), each run one after the other in this 
 - ``peer_push`` (not in the default list): the peer of the learning table, sb3-contrib TQC + HER
   with rl-zoo's FetchPush settings (2x256 and batch 256 instead of 3x512 and 2048) on
   FetchPush-v4 for ``--budget-s`` wall seconds, seed ``--first-seed``; curve appended to
-  ``benchmarks/results/peer_push.csv``.
+  ``benchmarks/results/peer_push.csv``; ``--peer-config sb3_contrib_tqc_zoo_near`` gives it
+  rlfw's near-object starts too.
 
 Usage: ``python benchmarks/run.py [--only reach,push] [--seeds 3] [--quick]``.
 
@@ -94,7 +95,7 @@ SECTIONS: dict[str, Section] = {
         a.seeds, a.quick, a.tasks.split(",") if a.tasks else None
     ),
     "push_search": _push_search,
-    "peer_push": lambda a: bench_learning.bench_peer_push(a.quick, a.budget_s, a.first_seed),
+    "peer_push": lambda a: bench_learning.bench_peer_push(a.quick, a.budget_s, a.first_seed, config=a.peer_config),
 }
 DEFAULT = "reach,push,soft_speed,replay,panda,workers,hopper,hopper_compose,learning"
 
@@ -111,6 +112,8 @@ def main() -> None:
     p.add_argument("--tries", default="", help="push_search: comma-separated names of PUSH_TRIES")
     p.add_argument("--search-seeds", type=int, default=1, help="push_search: seeds per try")
     p.add_argument("--first-seed", type=int, default=0, help="push_search: the first seed; peer_push: the seed")
+    p.add_argument("--peer-config", default="sb3_contrib_tqc_zoo",
+                   help="peer_push: one of bench_learning.PEER_CONFIGS (sb3_contrib_tqc_zoo, sb3_contrib_tqc_zoo_near)")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     only = set(args.only.split(","))
