@@ -32,6 +32,9 @@ TOLERANCE = 0.005  # metres between the grip site and the object centre (per axi
 # the near-object start: the grip site ends NEAR_DISTANCE metres from the object centre
 # horizontally (the box's half-width is 0.025 m, the closed fingers' about 0.02 m), at the
 # object's height, within NEAR_TOLERANCE metres per axis group, in at most NEAR_STEPS steps
+# (measured on FetchPush-v4, 100 resets: 7-30 steps; in 4 the target lay past the arm's reach at
+# the table's far edge and the gripper stopped up to 0.06 m short or high; the object moved at
+# most 0.013 m in 30 resets)
 NEAR_DISTANCE = 0.06
 NEAR_TOLERANCE = 0.01
 NEAR_STEPS = 30
