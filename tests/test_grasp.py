@@ -5,6 +5,7 @@ gripper beside the object; evaluation envs start as the env does."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from rlfw.build import build
 from rlfw.envs import FAMILIES
@@ -67,24 +68,13 @@ def test_grasped_start_draws_its_fraction_of_episodes_and_repeats_with_the_seed(
     assert a == held(3)
 
 
-def test_only_training_envs_start_grasped(compose):
-    cfg = compose(["env=FetchPickAndPlace-v4", "env.grasped_start=0.5", "train.epochs=1"])
-    parts = build(cfg)
-    try:
-        assert all(isinstance(e, GraspedStart) for e in parts.envs.envs)
-        assert parts.eval_envs is not None
-        assert not any(isinstance(e, GraspedStart) for e in parts.eval_envs.envs)
-    finally:
-        parts.envs.close()
-        parts.eval_envs.close()
-        parts.env.ref_env.close()
-
-
 def _beside(env) -> tuple[float, float]:
     """(horizontal, vertical) metres from the object centre to the grip site."""
     base = env.unwrapped
     u = base._utils
-    d = u.get_site_xpos(base.model, base.data, "robot0:grip") - u.get_site_xpos(base.model, base.data, "object0")
+    d = u.get_site_xpos(base.model, base.data, "robot0:grip") - u.get_site_xpos(
+        base.model, base.data, "object0"
+    )
     return float(np.linalg.norm(d[:2])), float(d[2])
 
 
@@ -130,13 +120,15 @@ def test_near_object_start_draws_its_fraction_and_repeats_with_the_seed():
     off.close()
 
 
-def test_only_training_envs_start_near_the_object(compose):
-    cfg = compose(["env=FetchPush-v4", "env.near_object_start=0.5", "train.epochs=1"])
+@pytest.mark.parametrize("task, key, wrapper", [("FetchPickAndPlace-v4", "grasped_start", GraspedStart),
+                                                 ("FetchPush-v4", "near_object_start", NearObjectStart)])  # fmt: skip
+def test_only_training_envs_get_the_scripted_start(compose, task, key, wrapper):
+    cfg = compose([f"env={task}", f"env.{key}=0.5", "train.epochs=1"])
     parts = build(cfg)
     try:
-        assert all(isinstance(e, NearObjectStart) for e in parts.envs.envs)
+        assert all(isinstance(e, wrapper) for e in parts.envs.envs)
         assert parts.eval_envs is not None
-        assert not any(isinstance(e, NearObjectStart) for e in parts.eval_envs.envs)
+        assert not any(isinstance(e, wrapper) for e in parts.eval_envs.envs)
     finally:
         parts.envs.close()
         parts.eval_envs.close()

@@ -41,7 +41,36 @@ NEAR_STEPS = 30
 NEAR_LIFT = 0.06  # metres above the object centre while travelling (the box is 0.05 m tall)
 
 
-class GraspedStart(gym.Wrapper):
+class ScriptedStart(gym.Wrapper):
+    """With probability ``prob`` per episode, end :meth:`reset` with the state that
+    :meth:`start` reaches from the env's own reset (subclasses implement :meth:`start`).
+
+    Args:
+        env: a Gymnasium-Robotics Fetch env; the scripted steps call its unwrapped ``step``, so
+            no wrapper (TimeLimit, the episode statistics) counts them.
+        prob: the fraction of episodes, in [0, 1].
+
+    The draws come from the env's own ``np_random`` (seeded by ``reset(seed=...)``), so a
+    seeded run repeats.
+    """
+
+    def __init__(self, env: gym.Env, prob: float) -> None:
+        super().__init__(env)
+        self.prob = float(prob)
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        base: Any = self.env.unwrapped
+        if self.prob > 0.0 and base.np_random.random() < self.prob:
+            obs = self.start(base)
+        return obs, info
+
+    def start(self, base: Any) -> Any:
+        """Step the unwrapped env ``base`` to the start state; its observation dict."""
+        raise NotImplementedError
+
+
+class GraspedStart(ScriptedStart):
     """With probability ``prob`` per episode, end :meth:`reset` with the object in the gripper.
 
     Args:
@@ -56,16 +85,9 @@ class GraspedStart(gym.Wrapper):
     unchanged ``desired_goal [3]``.
     """
 
-    def __init__(self, env: gym.Env, prob: float) -> None:
-        super().__init__(env)
-        self.prob = float(prob)
-
-    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-        obs, info = self.env.reset(**kwargs)
-        base: Any = self.env.unwrapped
-        if self.prob > 0.0 and base.np_random.random() < self.prob:
-            obs = grasp(base)
-        return obs, info
+    def start(self, base: Any) -> Any:
+        """:func:`grasp`."""
+        return grasp(base)
 
 
 def grasp(base: Any) -> Any:
@@ -87,7 +109,7 @@ def grasp(base: Any) -> Any:
     return base._get_obs()
 
 
-class NearObjectStart(gym.Wrapper):
+class NearObjectStart(ScriptedStart):
     """With probability ``prob`` per episode, end :meth:`reset` with the gripper beside the object.
 
     Args:
@@ -102,16 +124,9 @@ class NearObjectStart(gym.Wrapper):
     the unchanged ``desired_goal [3]``).
     """
 
-    def __init__(self, env: gym.Env, prob: float) -> None:
-        super().__init__(env)
-        self.prob = float(prob)
-
-    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-        obs, info = self.env.reset(**kwargs)
-        base: Any = self.env.unwrapped
-        if self.prob > 0.0 and base.np_random.random() < self.prob:
-            obs = approach(base, float(base.np_random.uniform(0.0, 2.0 * np.pi)))
-        return obs, info
+    def start(self, base: Any) -> Any:
+        """:func:`approach` from a side drawn uniformly in [0, 2 pi)."""
+        return approach(base, float(base.np_random.uniform(0.0, 2.0 * np.pi)))
 
 
 def approach(base: Any, angle: float) -> Any:
