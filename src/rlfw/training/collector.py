@@ -88,9 +88,8 @@ class Collector:
 
         The normalisers see the call's observations once, at its end, as in the HER paper's code
         (openai/baselines ``her``: the statistics are updated once per stored batch of
-        episodes), so the actions within one call use the statistics from before it; one update
-        per call instead of one per vector step made the FetchPush-v4 preset's loop about 5%
-        faster.
+        episodes), so the actions within one call use the statistics from before it. The update
+        per vector step it replaces took 6% of a cProfile of the FetchPush-v4 preset's loop.
         """
         seen: list[dict[str, np.ndarray]] = []
         if self._obs is None:
