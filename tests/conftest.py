@@ -27,6 +27,9 @@ TINY = [
     "buffer.capacity=5000",
     "logger.plots=false",
     "eval.stop_at=null",  # run every epoch (the FetchReach-v4 preset stops when solved)
+    # the evaluation protocol at a test's size (the defaults are 100 episodes each)
+    "eval.confirm_episodes=4",
+    "eval.final_episodes=4",
 ]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from rlfw.build import build
 from rlfw.envs import FAMILIES
-from rlfw.envs.grasp import NEAR_DISTANCE, GraspedStart, NearObjectStart
+from rlfw.envs.grasp import NEAR_DISTANCE, GraspedStart, NearObjectStart, ScriptedStart
 
 
 def _fetch(env_id: str = "FetchPickAndPlace-v4"):
@@ -120,16 +120,43 @@ def test_near_object_start_draws_its_fraction_and_repeats_with_the_seed():
     off.close()
 
 
-@pytest.mark.parametrize("task, key, wrapper", [("FetchPickAndPlace-v4", "grasped_start", GraspedStart),
-                                                 ("FetchPush-v4", "near_object_start", NearObjectStart)])  # fmt: skip
-def test_only_training_envs_get_the_scripted_start(compose, task, key, wrapper):
+@pytest.mark.parametrize("task, key, attr", [("FetchPickAndPlace-v4", "grasped_start", "grasped"),
+                                              ("FetchPush-v4", "near_object_start", "near")])  # fmt: skip
+def test_only_training_envs_get_the_scripted_start(compose, task, key, attr):
     cfg = compose([f"env={task}", f"env.{key}=0.5", "train.epochs=1"])
     parts = build(cfg)
     try:
-        assert all(isinstance(e, wrapper) for e in parts.envs.envs)
+        assert all(isinstance(e, ScriptedStart) and getattr(e, attr) == 0.5 for e in parts.envs.envs)
         assert parts.eval_envs is not None
-        assert not any(isinstance(e, wrapper) for e in parts.eval_envs.envs)
+        assert not any(isinstance(e, ScriptedStart) for e in parts.eval_envs.envs)
     finally:
         parts.envs.close()
         parts.eval_envs.close()
         parts.env.ref_env.close()
+
+
+def test_grasped_and_near_object_starts_stack_as_exclusive_draws_and_count_their_steps():
+    """FetchPickAndPlace with grasped 0.4 and near 0.4: each episode starts one way (held,
+    beside the object, or the env's own), in about those fractions; the wrapper counts the
+    simulator steps of exactly the scripted starts; a sum over 1 is refused."""
+    env = ScriptedStart(_pick_and_place(), grasped=0.4, near=0.4)
+    env.reset(seed=3)
+    kinds = []
+    for _ in range(60):
+        before = env.scripted_steps
+        env.reset()
+        horizontal, vertical = _beside(env)
+        held = _gap(env) < 0.01
+        near = abs(horizontal - NEAR_DISTANCE) < 0.015 and abs(vertical) < 0.015
+        assert not (held and near)
+        if env.scripted_steps == before:  # the env's own start: the gripper away from the object
+            assert not held and not near
+            kinds.append("own")
+        else:
+            kinds.append("held" if held else "near" if near else "short")  # short: the far edge
+    env.close()
+    counts = {k: kinds.count(k) for k in ("held", "near", "own", "short")}
+    assert 12 < counts["held"] < 36 and 12 < counts["near"] < 36 and 3 < counts["own"] < 24, counts
+    assert counts["short"] <= 4, counts
+    with pytest.raises(ValueError, match="sum <= 1"):
+        ScriptedStart(_pick_and_place(), grasped=0.6, near=0.5)

@@ -9,6 +9,9 @@ in ``env.imports=[user_envs]`` or as Gymnasium's ``user_envs:UserDense-v0`` id f
   (``pos += 0.2 * action``), sparse reward ``-(||ag - g|| > 0.1)``, 10-step episodes.
 - ``UserDense-v0``: the same point with a dense reward ``-||pos - target||`` and a Box
   observation ``[pos, target]``, actions in [-2, 2] (so rlfw rescales them), 10-step episodes.
+- ``CoinGoal-v0``: one-step goal episodes whose success is a coin with a known rate ``p`` (the
+  ``p`` kwarg, default 0.7), whatever the action: every policy's true success rate is ``p``, so
+  a test knows what an evaluation should find.
 """
 
 from __future__ import annotations
@@ -79,5 +82,36 @@ class UserDenseEnv(gym.Env):
         return np.concatenate([self.pos, self.target]), reward, False, False, {}
 
 
+class CoinGoalEnv(gym.Env):
+    """One step per episode; ``is_success`` is drawn with probability ``p`` from the env's own
+    generator (seeded by ``reset(seed=...)``), and the achieved goal equals the desired goal
+    exactly when it succeeds (so ``compute_reward`` agrees with ``is_success``)."""
+
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
+
+    def __init__(self, p: float = 0.7) -> None:
+        self.p = float(p)
+        box = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+        self.observation_space = gym.spaces.Dict({"observation": box, "achieved_goal": box, "desired_goal": box})
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.goal = np.zeros(1, np.float32)
+
+    def compute_reward(self, achieved_goal: np.ndarray, desired_goal: np.ndarray, info: Any) -> np.ndarray:
+        return -(np.abs(np.asarray(achieved_goal) - np.asarray(desired_goal))[..., 0] > 0.5).astype(np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self.goal = self.np_random.uniform(-1.0, 1.0, 1).astype(np.float32)
+        return {"observation": self.goal.copy(), "achieved_goal": self.goal + 1.0, "desired_goal": self.goal.copy()}, {}
+
+    def step(self, action: np.ndarray):
+        success = bool(self.np_random.random() < self.p)
+        achieved = self.goal.copy() if success else self.goal + 1.0
+        obs = {"observation": self.goal.copy(), "achieved_goal": achieved, "desired_goal": self.goal.copy()}
+        reward = float(self.compute_reward(achieved, self.goal, {}))
+        return obs, reward, False, False, {"is_success": float(success)}
+
+
 gym.register("UserReach-v0", entry_point=UserReachEnv, max_episode_steps=10)
+gym.register("CoinGoal-v0", entry_point=CoinGoalEnv, max_episode_steps=1)
 gym.register("UserDense-v0", entry_point=UserDenseEnv, max_episode_steps=10)

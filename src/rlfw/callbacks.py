@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlfw.core import Callback, LoopView, eval_metric_name
+from rlfw.core import Callback, LoopView, decision_metric_name
 from rlfw.logger_config import LoggerConfig, TensorBoardLoggerConfig, WandbLoggerConfig
 from rlfw.registry import register, registry
 
@@ -282,8 +282,10 @@ class TensorBoardCallback(Callback):
 
 
 class EarlyStopping(Callback):
-    """Ends the run at the first evaluation whose ``eval.metric`` column reaches ``eval.stop_at``
-    (SB3's ``StopTrainingOnRewardThreshold``), through the loop's ``request_stop``: the epoch's
+    """Ends the run at the first evaluation whose decision figure reaches ``eval.stop_at``: the
+    confirmation evaluation's with ``eval.confirm_episodes`` > 0 (a lucky cheap evaluation never
+    stops a run), else the cheap ``eval.metric`` column (SB3's
+    ``StopTrainingOnRewardThreshold``), through the loop's ``request_stop``: the epoch's
     row and checkpoint are written, ``status.json`` says ``finished`` with the reason.
 
     Args:
@@ -291,16 +293,19 @@ class EarlyStopping(Callback):
             metrics.csv column is resolved by :meth:`column` once the env is known.
         threshold: ``eval.stop_at``: stop when ``row[column] >= threshold``; epochs without an
             evaluation (NaN, ``eval.every``) never stop.
+        confirm_episodes: ``eval.confirm_episodes`` (0: decide on the cheap evaluation).
     """
 
-    def __init__(self, metric: str, threshold: float) -> None:
+    def __init__(self, metric: str, threshold: float, confirm_episodes: int = 0) -> None:
         self.metric = metric
         self.threshold = float(threshold)
+        self.confirm_episodes = int(confirm_episodes)
 
     def column(self, loop: Loop) -> str:
-        """The row column of ``eval.metric`` (:func:`rlfw.core.eval_metric_name`: ``auto`` is the
-        success rate on goal envs, else the return), the same rule as best.pt and tuning."""
-        return eval_metric_name(self.metric, bool(loop.info.goal))
+        """The row column decisions use (:func:`rlfw.core.decision_metric_name`: the confirmed
+        figure with ``eval.confirm_episodes`` > 0; ``auto`` is the success rate on goal envs,
+        else the return), the same rule as best.pt and tuning."""
+        return decision_metric_name(self.metric, bool(loop.info.goal), self.confirm_episodes)
 
     def on_epoch(self, loop: Loop, row: dict[str, Any]) -> None:
         column = self.column(loop)
@@ -333,7 +338,8 @@ def make_callbacks(cfg: DictConfig, run_dir: Path, total_steps: int, multirun: b
         out.append(VideoCallback(int(lc.video_every), [cb for cb in out if isinstance(cb, WandbCallback | TensorBoardCallback)]))
     stop_at = OmegaConf.select(cfg, "eval.stop_at", default=None)
     if stop_at is not None:
-        out.append(EarlyStopping(str(OmegaConf.select(cfg, "eval.metric", default="auto")), float(stop_at)))
+        out.append(EarlyStopping(str(OmegaConf.select(cfg, "eval.metric", default="auto")), float(stop_at),
+                                 int(OmegaConf.select(cfg, "eval.confirm_episodes", default=0) or 0)))
     if lc.plots:
         out.append(PlotCallback())
     return out

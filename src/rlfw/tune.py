@@ -13,7 +13,9 @@ trains each trial in this process with rlfw's own composition, validation and tr
   fixed for all trials (``env=FetchPush-v4 train.epochs=20``).
 - Objective (maximised): each trial trains one run per seed of ``tune.seeds``; a run scores its
   ``eval.metric`` column (:func:`rlfw.core.eval_metric_name`: eval success rate
-  on goal envs, eval return otherwise) at the last evaluation (``tune.objective=final``) or
+  on goal envs, eval return otherwise) in the final evaluation of the checkpoint it delivers
+  (``tune.objective=final``: ``eval.final_episodes`` fresh episodes of ``best.pt``, chosen by
+  the confirmation evaluations; the last evaluation when ``eval.final_episodes=0``) or
   averaged over all its evaluations (``auc``: the area under the eval curve divided by the
   number of evaluations); the trial's value is the mean over seeds.
 - Pruning: after every evaluation the run's metric is reported to the trial as an intermediate
@@ -67,7 +69,7 @@ class TuneConfig:
 
     n_trials: int = 20  # trials this invocation runs (a continued study grows by this many)
     seeds: list[int] = field(default_factory=lambda: [0])  # one run per seed per trial; mean
-    objective: str = "final"  # final: last evaluation; auc: mean over the run's evaluations
+    objective: str = "final"  # final: the delivered checkpoint's final evaluation; auc: mean over the evaluations
     pruner: str = "median"  # median: optuna.pruners.MedianPruner; none: never prune
     startup_trials: int = 5  # MedianPruner n_startup_trials: finished trials before pruning
     warmup_epochs: int = 0  # MedianPruner n_warmup_steps: steps of a trial never pruned
@@ -172,6 +174,18 @@ class OptunaReport(Callback):
     def __init__(self, trial: Any, metric: str, step_offset: int) -> None:
         self.trial, self.metric, self.step_offset = trial, metric, step_offset
         self.values: list[float] = []  # this run's metric at each evaluation
+        # the final evaluation of what the run delivers (eval.final_episodes episodes), or None
+        self.delivered: float | None = None
+
+    def on_end(self, loop: Any) -> None:
+        delivered = getattr(loop, "delivered", None)  # TrainLoop.final_evaluation
+        if not delivered:
+            return
+        from rlfw.training.evaluation import eval_metric_name
+
+        key = "success_rate" if eval_metric_name(self.metric, bool(loop.info.goal)) == "eval_success_rate" else "return_mean"
+        value = delivered.get(key)
+        self.delivered = float(value) if value is not None and math.isfinite(float(value)) else None
 
     def on_epoch(self, loop: Any, row: dict[str, Any]) -> None:
         from optuna import TrialPruned
@@ -300,7 +314,10 @@ def run_trial(trial: Any, tune: TuneConfig, space: dict[str, Any], fixed: list[s
             handler.close()
         if not report.values:
             raise ConfigError(f"trial {trial.number}: no evaluation in {run_dir} (eval.every > train.epochs?)")
-        scores.append(report.values[-1] if tune.objective == "final" else sum(report.values) / len(report.values))
+        if tune.objective == "final":  # what the run delivers; the last evaluation without eval.final_episodes
+            scores.append(report.delivered if report.delivered is not None else report.values[-1])
+        else:
+            scores.append(sum(report.values) / len(report.values))
     return sum(scores) / len(scores)
 
 

@@ -231,9 +231,19 @@ class EvalConfig:
     # auto: eval_success_rate for goal envs, eval_return otherwise
     # (rlfw.core.eval_metric_name).
     metric: str = "auto"
-    # End the run (status finished) at the first evaluation whose eval.metric is >= stop_at;
-    # null: run every epoch (SB3's StopTrainingOnRewardThreshold).
+    # End the run (status finished) at the first evaluation whose eval.metric is >= stop_at
+    # (the confirmed figure when confirm_episodes > 0); null: run every epoch (SB3's
+    # StopTrainingOnRewardThreshold).
     stop_at: float | None = None
+    # A confirmation evaluation of this many episodes (fresh episode seeds) runs whenever the
+    # cheap evaluation of `episodes` reaches stop_at or beats the best confirmed figure so far;
+    # best.pt, stop_at and tuning decide on it (metrics.csv's confirm_* columns). 0: decide on
+    # the cheap evaluation alone.
+    confirm_episodes: int = 100
+    # At the end of a run that finishes (not one ended by a signal or an error) the delivered
+    # checkpoint (best.pt, else last.pt) is evaluated over this many fresh episodes:
+    # <run>/evaluation.json with 95% intervals, and the run's last log line. 0: skip it.
+    final_episodes: int = 100
 
     @staticmethod
     def validate(node: Any) -> None:
@@ -241,6 +251,8 @@ class EvalConfig:
         in_range(node, "episodes", 0, prefix="eval.")
         in_range(node, "num_envs", 0, MAX_ENVS, prefix="eval.")
         in_range(node, "every", 1, prefix="eval.")
+        in_range(node, "confirm_episodes", 0, prefix="eval.")
+        in_range(node, "final_episodes", 0, prefix="eval.")
         one_of(node.metric, EVAL_METRICS, "eval.metric")
         require(
             node.stop_at is None or math.isfinite(float(node.stop_at)),

@@ -128,6 +128,11 @@ def validate(cfg: Any) -> str:
         f"which only a Fetch task with an object has (FetchPush, FetchSlide, FetchPickAndPlace); env.id is "
         f"'{env_id}': set env.near_object_start=0",
     )
+    require(
+        float(cfg.env.grasped_start) + float(cfg.env.near_object_start) <= 1.0,
+        f"env.grasped_start={cfg.env.grasped_start} and env.near_object_start={cfg.env.near_object_start} are "
+        "fractions of the same training episodes (each starts one way): their sum must be <= 1",
+    )
     steps = cfg.env.max_episode_steps or _registered_steps(env_id)
     held = held_transitions(cfg.buffer.capacity, cfg.train.num_envs, steps)
     require(

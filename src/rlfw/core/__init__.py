@@ -13,7 +13,7 @@ except :mod:`rlfw.errors`, and everything else depends on it, never the reverse.
 - :class:`Callback`: hooks into the training loop.
 """
 
-from rlfw.core.checks import eval_metric_name, in_range, one_of, require
+from rlfw.core.checks import decision_metric_name, eval_metric_name, in_range, one_of, require
 from rlfw.core.contracts import (
     Agent,
     Batch,
@@ -38,6 +38,7 @@ __all__ = [
     "LoopView",
     "ReplayBuffer",
     "UpdateResult",
+    "decision_metric_name",
     "eval_metric_name",
     "in_range",
     "one_of",

@@ -115,3 +115,18 @@ def eval_metric_name(metric: str, goal: bool) -> str:
     if metric == "auto":
         return "eval_success_rate" if goal else "eval_return"
     return metric
+
+
+def decision_metric_name(metric: str, goal: bool, confirm_episodes: int) -> str:
+    """The metrics.csv column that decisions are made on (``checkpoints/best.pt``,
+    ``eval.stop_at``, tuning): the confirmation evaluation's column (``confirm_success_rate``
+    or ``confirm_return``) when ``eval.confirm_episodes`` > 0, else the cheap evaluation's
+    (:func:`eval_metric_name`).
+
+    Args:
+        metric: ``eval.metric``.
+        goal: whether the env is a goal env.
+        confirm_episodes: ``eval.confirm_episodes`` (0: decide on the cheap evaluation).
+    """
+    name = eval_metric_name(metric, goal)
+    return "confirm_" + name.removeprefix("eval_") if confirm_episodes > 0 else name

@@ -328,22 +328,18 @@ def make_env_fn(
 ) -> Callable[[], gym.Env]:
     """A picklable-enough thunk for gymnasium.vector (sync or async); it imports the family's
     packages and ``imports`` (``env.imports``) first, so a spawned env process knows the id.
-    ``grasped_start`` > 0 wraps the env in :class:`rlfw.envs.grasp.GraspedStart` and
-    ``near_object_start`` > 0 in :class:`rlfw.envs.grasp.NearObjectStart` (training envs)."""
+    ``grasped_start`` or ``near_object_start`` > 0 wraps the env in
+    :class:`rlfw.envs.grasp.ScriptedStart` (training envs; one start drawn per episode)."""
     modules = tuple(imports)
 
     def thunk() -> gym.Env:
         family.register()
         import_env_modules(modules)
         env = family.make(env_id, max_episode_steps, kwargs, render_mode)
-        if grasped_start > 0.0:
-            from rlfw.envs.grasp import GraspedStart
+        if grasped_start > 0.0 or near_object_start > 0.0:
+            from rlfw.envs.grasp import ScriptedStart
 
-            env = GraspedStart(env, grasped_start)
-        if near_object_start > 0.0:
-            from rlfw.envs.grasp import NearObjectStart
-
-            env = NearObjectStart(env, near_object_start)
+            env = ScriptedStart(env, grasped=grasped_start, near=near_object_start)
         return env
 
     return thunk

@@ -14,6 +14,10 @@ height, on a side drawn at random, so that the first random pushes move the obje
 relabelling sees goals the object reached. It is the classic "exploring starts" of Sutton and
 Barto (2018, Sec. 5.3): starts from states the task's own reset rarely reaches, so that every
 state-action pair is tried; the task, its goals and its evaluation are unchanged.
+
+Both can be set at once (FetchPickAndPlace): each episode draws one start, grasped, near or the
+env's own (:class:`ScriptedStart`). The scripted steps are simulator steps that no episode
+counts; :attr:`ScriptedStart.scripted_steps` adds them up (metrics.csv's ``scripted_steps``).
 """
 
 from __future__ import annotations
@@ -42,58 +46,74 @@ NEAR_LIFT = 0.06  # metres above the object centre while travelling (the box is 
 
 
 class ScriptedStart(gym.Wrapper):
-    """With probability ``prob`` per episode, end :meth:`reset` with the state that
-    :meth:`start` reaches from the env's own reset (subclasses implement :meth:`start`).
+    """Per episode, draw one of the scripted starts: with probability ``grasped`` end
+    :meth:`reset` with the object in the gripper (:func:`grasp`), with probability ``near`` with
+    the gripper beside the object (:func:`approach`), else keep the env's own start. The two are
+    exclusive, so together they cover ``grasped + near`` of the episodes (<= 1).
 
     Args:
-        env: a Gymnasium-Robotics Fetch env; the scripted steps call its unwrapped ``step``, so
+        env: a Gymnasium-Robotics Fetch env with an object (a gripper that opens for
+            ``grasped``: FetchPickAndPlace); the scripted steps call its unwrapped ``step``, so
             no wrapper (TimeLimit, the episode statistics) counts them.
-        prob: the fraction of episodes, in [0, 1].
+        grasped: the fraction of episodes that start grasped, in [0, 1].
+        near: the fraction that start beside the object, in [0, 1 - grasped].
 
-    The draws come from the env's own ``np_random`` (seeded by ``reset(seed=...)``), so a
-    seeded run repeats.
+    Attributes:
+        scripted_steps: the simulator steps the scripted starts took so far (not env steps of
+            any episode; the learning table reports them beside the env steps).
+
+    The draws (one uniform per episode, then the side of a near start) come from the env's own
+    ``np_random`` (seeded by ``reset(seed=...)``), so a seeded run repeats. The returned
+    observation is the env's ``_get_obs()`` after the last scripted step (``observation
+    [25]``, ``achieved_goal [3]``, the unchanged ``desired_goal [3]``).
+
+    Raises:
+        ValueError: a fraction outside [0, 1], or ``grasped + near > 1``.
     """
 
-    def __init__(self, env: gym.Env, prob: float) -> None:
+    def __init__(self, env: gym.Env, grasped: float = 0.0, near: float = 0.0) -> None:
         super().__init__(env)
-        self.prob = float(prob)
+        self.grasped, self.near = float(grasped), float(near)
+        if min(self.grasped, self.near) < 0.0 or self.grasped + self.near > 1.0:
+            raise ValueError(f"scripted start fractions grasped={grasped}, near={near}: each in [0, 1], sum <= 1")
+        self.scripted_steps = 0
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(**kwargs)
         base: Any = self.env.unwrapped
-        if self.prob > 0.0 and base.np_random.random() < self.prob:
-            obs = self.start(base)
+        if self.grasped + self.near > 0.0:
+            u = base.np_random.random()
+            if u < self.grasped:
+                obs, steps = grasp(base)
+                self.scripted_steps += steps
+            elif u < self.grasped + self.near:
+                obs, steps = approach(base, float(base.np_random.uniform(0.0, 2.0 * np.pi)))
+                self.scripted_steps += steps
         return obs, info
-
-    def start(self, base: Any) -> Any:
-        """Step the unwrapped env ``base`` to the start state; its observation dict."""
-        raise NotImplementedError
 
 
 class GraspedStart(ScriptedStart):
-    """With probability ``prob`` per episode, end :meth:`reset` with the object in the gripper.
+    """:class:`ScriptedStart` with grasped starts only (``env.grasped_start``): with
+    probability ``prob`` per episode the object starts in the gripper (HER paper, Sec. 4.1)."""
 
-    Args:
-        env: a Gymnasium-Robotics Fetch env with an object and a gripper that opens
-            (FetchPickAndPlace); the scripted steps call its unwrapped ``step``, so no wrapper
-            (TimeLimit, the episode statistics) counts them.
-        prob: the fraction of episodes, in [0, 1].
-
-    The draw comes from the env's own ``np_random`` (seeded by ``reset(seed=...)``), so a seeded
-    run repeats. The returned observation is the env's ``_get_obs()`` after the grasp: the
-    ``observation [25]``, ``achieved_goal [3]`` (the object, now in the gripper) and the
-    unchanged ``desired_goal [3]``.
-    """
-
-    def start(self, base: Any) -> Any:
-        """:func:`grasp`."""
-        return grasp(base)
+    def __init__(self, env: gym.Env, prob: float) -> None:
+        super().__init__(env, grasped=prob)
 
 
-def grasp(base: Any) -> Any:
+class NearObjectStart(ScriptedStart):
+    """:class:`ScriptedStart` with near-object starts only (``env.near_object_start``): with
+    probability ``prob`` per episode the gripper starts beside the object, on a side drawn
+    uniformly in [0, 2 pi) (exploring starts)."""
+
+    def __init__(self, env: gym.Env, prob: float) -> None:
+        super().__init__(env, near=prob)
+
+
+def grasp(base: Any) -> tuple[Any, int]:
     """Move the open gripper of the unwrapped Fetch env ``base`` over its object, lower it and
-    close it; returns the observation dict after the last step."""
+    close it; returns the observation dict after the last step and the simulator steps taken."""
     u, model, data = base._utils, base.model, base.data
+    steps = 0
     for _ in range(REACH_STEPS):
         d = u.get_site_xpos(model, data, "object0") - u.get_site_xpos(model, data, "robot0:grip")
         if np.linalg.norm(d[:2]) <= TOLERANCE:
@@ -104,38 +124,20 @@ def grasp(base: Any) -> Any:
             move_z = 0.0  # over the object first, then down: the fingers never hit it from the side
         xy = np.clip(d[:2] / 0.05, -1.0, 1.0)
         base.step(np.array([xy[0], xy[1], move_z, 1.0], dtype=np.float32))
+        steps += 1
     for _ in range(CLOSE_STEPS):
         base.step(np.array([0.0, 0.0, 0.0, -1.0], dtype=np.float32))
-    return base._get_obs()
+    return base._get_obs(), steps + CLOSE_STEPS
 
 
-class NearObjectStart(ScriptedStart):
-    """With probability ``prob`` per episode, end :meth:`reset` with the gripper beside the object.
-
-    Args:
-        env: a Gymnasium-Robotics Fetch env with an object (FetchPush, FetchSlide,
-            FetchPickAndPlace); the scripted steps call its unwrapped ``step``, so no wrapper
-            (TimeLimit, the episode statistics) counts them.
-        prob: the fraction of episodes, in [0, 1].
-
-    The draws (whether, and the side: an angle uniform in [0, 2 pi)) come from the env's own
-    ``np_random``, so a seeded run repeats. The returned observation is the env's
-    ``_get_obs()`` after the last scripted step (``observation [25]``, ``achieved_goal [3]``,
-    the unchanged ``desired_goal [3]``).
-    """
-
-    def start(self, base: Any) -> Any:
-        """:func:`approach` from a side drawn uniformly in [0, 2 pi)."""
-        return approach(base, float(base.np_random.uniform(0.0, 2.0 * np.pi)))
-
-
-def approach(base: Any, angle: float) -> Any:
+def approach(base: Any, angle: float) -> tuple[Any, int]:
     """Move the gripper of the unwrapped Fetch env ``base`` to ``NEAR_DISTANCE`` metres from its
     object in the horizontal direction ``angle`` (radians), at the object's height: up to
     ``NEAR_LIFT`` metres above the object, over the target point, then down (the gripper starts
     at table height, so a straight path could sweep the object off); returns the observation
-    dict after the last step."""
+    dict after the last step and the simulator steps taken."""
     u, model, data = base._utils, base.model, base.data
+    steps = 0
     obj = u.get_site_xpos(model, data, "object0").copy()
     target = obj + NEAR_DISTANCE * np.array([np.cos(angle), np.sin(angle), 0.0])
     for _ in range(NEAR_STEPS):
@@ -150,4 +152,5 @@ def approach(base: Any, angle: float) -> Any:
             break
         act = np.clip(move / 0.05, -1.0, 1.0)  # 0.05 m per unit action (Fetch)
         base.step(np.array([act[0], act[1], act[2], 0.0], dtype=np.float32))
-    return base._get_obs()
+        steps += 1
+    return base._get_obs(), steps

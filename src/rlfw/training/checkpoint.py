@@ -30,7 +30,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rlfw.errors import ConfigError, TrainingDiverged
-from rlfw.training.evaluation import eval_metric_name
+from rlfw.core import decision_metric_name
 
 log = logging.getLogger("rlfw")
 
@@ -209,6 +209,15 @@ def truncate_csv(path: Path, key: str, max_value: int, columns: list[str] | None
             path.write_text("")
         return
     header = rows[0]
+    upgraded = False
+    if columns is not None and header != list(columns) and set(header) < set(columns) and "epoch" in header:
+        # a run written by an older rlfw (fewer columns): its rows, cell by cell, under today's header
+        log.warning("%s: columns %s added to a run written without them", path,
+                    ", ".join(c for c in columns if c not in header))  # fmt: skip
+        rows = [list(columns), *[[dict(zip(header, r)).get(c, "") for c in columns] if len(r) == len(header) else r
+                                 for r in rows[1:]]]  # fmt: skip
+        header = rows[0]
+        upgraded = True
     if columns is not None and header != list(columns):
         if all(len(r) == len(columns) for r in rows[1:] if r):
             log.warning("%s: damaged header %s: rewritten as the run's columns", path, header[:3])
@@ -235,7 +244,7 @@ def truncate_csv(path: Path, key: str, max_value: int, columns: list[str] | None
             continue
         if value <= max_value:
             keep.append(r)
-    if keep == rows and not notes:
+    if keep == rows and not notes and not upgraded:
         return
     for note in dict.fromkeys(notes):
         log.warning("%s: dropped %s", path, note)
@@ -294,12 +303,15 @@ class TrainingState:
         env_steps: this worker's env steps.
         episodes: this worker's finished training episodes.
         wall_time: seconds spent training (``wall_time_s``).
+        scripted_steps: simulator steps of scripted starts over all workers (``scripted_steps``;
+            :class:`rlfw.envs.grasp.ScriptedStart`).
     """
 
     epoch: int = 0
     env_steps: int = 0
     episodes: int = 0
     wall_time: float = 0.0
+    scripted_steps: int = 0
 
 
 class Checkpointer:
@@ -361,7 +373,7 @@ class Checkpointer:
             "agent": p.agent.state_dict(),
             "noise": p.exploration.state_dict(),
             "counters": {"epoch": state.epoch, "env_steps": state.env_steps, "episodes": state.episodes,
-                         "wall_time": state.wall_time},
+                         "wall_time": state.wall_time, "scripted_steps": state.scripted_steps},
             "rng": p.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "env_id": p.env.env_id,
@@ -372,8 +384,9 @@ class Checkpointer:
     def save_best(self, state: TrainingState, row: dict[str, Any]) -> bool:
         """Write ``best.pt`` (rank 0) if this epoch's evaluation beats the best so far.
 
-        The ranking column is ``eval_metric_name(cfg.eval.metric, goal)`` (success rate for goal
-        envs, return otherwise); an epoch without an evaluation or with a NaN value never counts,
+        The ranking column is :func:`rlfw.core.decision_metric_name`: the confirmation
+        evaluation's (``confirm_success_rate`` for goal envs, ``confirm_return`` otherwise) when
+        ``eval.confirm_episodes`` > 0, else the cheap evaluation's; an epoch without an evaluation or with a NaN value never counts,
         and a tie keeps the earlier epoch. The file holds the same state as ``last.pt``, written
         atomically (:func:`atomic_torch_save`); the best so far (``{"metric", "value",
         "epoch"}``) is kept in :attr:`best` and in ``last.pt``, so a resumed run compares with it.
@@ -390,7 +403,8 @@ class Checkpointer:
         """
         if self.rank != 0:
             return False
-        metric = eval_metric_name(str(self.cfg.eval.metric), bool(self.parts.info.goal))
+        confirm = int(OmegaConf.select(self.cfg, "eval.confirm_episodes", default=0) or 0)
+        metric = decision_metric_name(str(self.cfg.eval.metric), bool(self.parts.info.goal), confirm)
         value = row.get(metric)
         if value is None or not math.isfinite(float(value)):
             return False
@@ -442,6 +456,7 @@ class Checkpointer:
             c = state["counters"]
             epoch, env_steps, episodes = int(c["epoch"]), int(c["env_steps"]), int(c["episodes"])
             wall_time = float(c["wall_time"])
+            scripted = int(c.get("scripted_steps", 0))  # absent in checkpoints of older runs
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as err:
             raise ConfigError(
                 f"{used} does not fit this run's config ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
@@ -462,7 +477,7 @@ class Checkpointer:
 
             truncate_logs(self.run_dir, epoch, metric_columns(p.agent.metric_names))
             self._restore_best(state)
-        return TrainingState(epoch, env_steps, episodes, wall_time)
+        return TrainingState(epoch, env_steps, episodes, wall_time, scripted)
 
     def _apply_changed_settings(self, saved_cfg: dict[str, Any]) -> None:
         """Learning rates changed on resume (``algo.actor_lr``, ``algo.critic_lr``) replace the

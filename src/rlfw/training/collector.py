@@ -11,11 +11,15 @@ from rlfw.core import ReplayBuffer
 from rlfw.envs.obs import final_obs, split_obs, success_of
 
 TRAIN_STREAM, EVAL_STREAM = 0, 1
+# the confirmation evaluations (keyed by epoch) and the final evaluation of the delivered policy:
+# episode streams of their own, so neither repeats the cheap evaluation's episodes
+CONFIRM_STREAM, FINAL_STREAM = 2, 3
 
 
 def reset_seed(seed: int, stream: int, epoch: int) -> int:
     """The seed a vector env is reset with, in [0, 2**31): numpy's ``SeedSequence`` of
-    ``(seed, stream, epoch)`` (``stream``: :data:`TRAIN_STREAM` or :data:`EVAL_STREAM`).
+    ``(seed, stream, epoch)`` (``stream``: :data:`TRAIN_STREAM`, :data:`EVAL_STREAM`, :data:`CONFIRM_STREAM` or
+    :data:`FINAL_STREAM`).
 
     A Gymnasium vector env seeds its sub-env ``i`` with ``reset_seed + i``. With ``seed + i``
     directly, runs whose seeds differ by less than the number of envs shared sub-env streams

@@ -13,15 +13,15 @@ from rlfw.core import eval_metric_name  # noqa: F401  (re-exported: the rule liv
 from rlfw.envs.obs import split_obs, success_of
 
 
-def evaluate_policy(
+def run_episodes(
     envs: Any,
     act: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
     episodes: int,
     goal: bool,
     seed: int | None = None,
-    all_reduce_sum: Callable[[torch.Tensor], None] | None = None,
-) -> tuple[float, float, float]:
-    """Run ``episodes`` episodes of ``act(obs [N, obs_dim], goal [N, goal_dim] | None) -> [N, A]``.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``episodes`` episodes of ``act(obs [N, obs_dim], goal [N, goal_dim] | None) -> [N, A]``
+    on this process's vector env and return each episode's figures.
 
     The episodes are spread evenly over the vector env's sub-envs (the first ``episodes % N``
     get one more), so no env's short episodes are over-represented.
@@ -29,17 +29,16 @@ def evaluate_policy(
     Args:
         envs: a vector env with same-step autoreset.
         act: the deterministic policy.
-        episodes: how many episodes (<= 0: none, all NaN).
+        episodes: how many episodes (<= 0: none).
         goal: whether observations carry goals.
         seed: reset seed (None: the envs' generators go on).
-        all_reduce_sum: sums a float64 tensor over data-parallel workers in place; then the
-            figures are over every worker's episodes.
 
     Returns:
-        (mean return, std of returns, success rate or NaN where the env reports none).
+        ``(returns [episodes], successes [episodes])``: undiscounted returns, and 1.0/0.0 per
+        episode (NaN where the env reports no ``is_success``).
     """
     if envs is None or episodes <= 0:
-        return math.nan, math.nan, math.nan
+        return np.zeros(0), np.zeros(0)
     n = envs.num_envs
     quota = np.array([episodes // n + (e < episodes % n) for e in range(n)])
     got = np.zeros(n, np.int64)
@@ -60,8 +59,34 @@ def evaluate_policy(
                     successes.append(float(success[e]))
                     got[e] += 1
             ep_ret[done] = 0.0
-    rets = np.array(returns)
-    succ = np.array(successes)
+    return np.array(returns), np.array(successes)
+
+
+def evaluate_policy(
+    envs: Any,
+    act: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
+    episodes: int,
+    goal: bool,
+    seed: int | None = None,
+    all_reduce_sum: Callable[[torch.Tensor], None] | None = None,
+) -> tuple[float, float, float]:
+    """Run ``episodes`` episodes (:func:`run_episodes`) and summarise them.
+
+    Args:
+        envs: a vector env with same-step autoreset.
+        act: the deterministic policy.
+        episodes: how many episodes (<= 0: none, all NaN).
+        goal: whether observations carry goals.
+        seed: reset seed (None: the envs' generators go on).
+        all_reduce_sum: sums a float64 tensor over data-parallel workers in place; then the
+            figures are over every worker's episodes.
+
+    Returns:
+        (mean return, std of returns, success rate or NaN where the env reports none).
+    """
+    if envs is None or episodes <= 0:
+        return math.nan, math.nan, math.nan
+    rets, succ = run_episodes(envs, act, episodes, goal, seed)
     if all_reduce_sum is not None:
         ok = np.isfinite(succ)
         t = torch.tensor([rets.sum(), np.square(rets).sum(), len(rets), succ[ok].sum(), ok.sum()], dtype=torch.float64)

@@ -13,9 +13,27 @@ Files in the run directory (Hydra's output dir), written by rank 0 through callb
 - ``metrics.csv`` one row per epoch (:func:`rlfw.training.outputs.metric_columns`),
 - ``episodes.csv`` one row per finished training episode,
 - ``checkpoints/last.pt`` (and per-worker buffer files with ``train.save_buffer``), and
-  ``checkpoints/best.pt`` whenever an evaluation's ``eval.metric`` is the best so far,
+  ``checkpoints/best.pt`` whenever an evaluation's decision figure is the best so far (the
+  confirmed figure, below),
+- ``evaluation.json`` the delivered checkpoint's final evaluation (below),
 - ``status.json`` ``running`` while training, ``finished``, ``failed`` or ``interrupted`` at the end,
 - ``versions.json`` the package versions and the git commit (:func:`rlfw.training.outputs.versions`).
+
+The evaluation protocol. Every ``eval.every`` epochs a cheap evaluation of ``eval.episodes``
+(10) deterministic episodes screens the policy. Whenever it reaches ``eval.stop_at`` or beats
+the best confirmed figure so far, a confirmation evaluation of ``eval.confirm_episodes`` (100)
+episodes on fresh episode seeds runs (:meth:`TrainLoop.confirm_if_due`); ``best.pt``,
+``eval.stop_at`` and tuning decide on the confirmed figure alone (metrics.csv's
+``confirm_success_rate`` / ``confirm_return``), so a lucky 10-episode score neither stops a run
+nor names its best checkpoint (a true 0.7 scores 9/10 or more with probability 0.15). The
+design is a screen-then-confirm: the HER code evaluates about 190 episodes per point (10 on each
+of 19 workers), which on one machine costs as much as the training between two points; the
+screen keeps most evaluations at 10 episodes, and the 100 of a confirmation give a standard
+error of 0.03 at a success rate of 0.9 (Agarwal et al. 2021: decide and report on interval
+estimates). A run that finishes (not one ended by a signal or an error) then evaluates what it
+delivers, ``best.pt`` (else ``last.pt``), over ``eval.final_episodes`` (100) more fresh episodes:
+``evaluation.json`` with 95% intervals (Wilson for the success rate, t for the return), and the
+last log line, e.g. ``delivered best.pt (epoch 19): success 0.93 [0.86, 0.97] over 100 episodes``.
 
 A callback ends the run early with :meth:`TrainLoop.request_stop` (``eval.stop_at`` does it
 through :class:`rlfw.callbacks.EarlyStopping`): the loop stops after the epoch whose callbacks
@@ -32,6 +50,7 @@ checkpoint (the last finished epoch with the default ``train.checkpoint_every=1`
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import signal
@@ -43,16 +62,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rlfw.build import Components, build
-from rlfw.core import Callback
+from rlfw.core import Callback, decision_metric_name, eval_metric_name
+from rlfw.core.stats import describe, episode_summary
 from rlfw.errors import TrainingDiverged, TrainingInterrupted
 from rlfw.training.checkpoint import Checkpointer, TrainingState, divergence_advice, has_checkpoint
-from rlfw.training.collector import EVAL_STREAM, Collector, reset_seed
+from rlfw.training.collector import CONFIRM_STREAM, EVAL_STREAM, FINAL_STREAM, Collector, reset_seed
 from rlfw.training.context import LocalContext
 from rlfw.training.cores import torch_threads
-from rlfw.training.evaluation import evaluate_policy
+from rlfw.training.evaluation import evaluate_policy, run_episodes
 from rlfw.training.outputs import ConsoleLine, CsvFiles, StatusFile, VersionsFile
 
 log = logging.getLogger("rlfw")
@@ -61,6 +81,28 @@ log = logging.getLogger("rlfw")
 # configurable warning (sbatch --signal=USR1@90; submitit asks for USR2, see
 # rlfw.training.requeue); Ctrl-C (SIGINT) and a closed terminal (SIGHUP) end a run the same way
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON to ``path`` atomically, never through a link planted there: a
+    fresh temp file (``O_EXCL | O_NOFOLLOW``) renamed over ``path`` (a link at ``path`` is
+    replaced, its target untouched)."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.replace(tmp, path)
 
 
 class TrainLoop:
@@ -126,6 +168,15 @@ class TrainLoop:
         self.error: str | None = None
         self.stop_reason: str | None = None  # set by request_stop: the run ends after this epoch
         self._eval_seeded = False
+        # the evaluation protocol: the cheap evaluation's column and the one decisions use
+        self.confirm_episodes = int(OmegaConf.select(cfg, "eval.confirm_episodes", default=0) or 0)
+        self.eval_metric = eval_metric_name(str(cfg.eval.metric), bool(self.info.goal))
+        self.decision_metric = decision_metric_name(str(cfg.eval.metric), bool(self.info.goal), self.confirm_episodes)
+        # the final evaluation of the delivered checkpoint (evaluation.json's content), or None
+        self.delivered: dict[str, Any] | None = None
+        # simulator steps of scripted starts (env.grasped_start, env.near_object_start) over all
+        # workers: those of the checkpoint resumed from, and the total at the last epoch's end
+        self._scripted_base = self._scripted_total = 0
 
     # ---------------------------------------------------------------------------------------
 
@@ -149,9 +200,97 @@ class TrainLoop:
         # seeded on the first evaluation of this process (then the envs' generators go on)
         seed = None if self._eval_seeded else reset_seed(self.seed, EVAL_STREAM, self.epoch)
         self._eval_seeded = True
+        return self._evaluate(episodes, seed)
+
+    def confirm_if_due(self, evaluation: tuple[float, float, float]) -> tuple[float, float]:
+        """The confirmation evaluation (see the module docstring): ``eval.confirm_episodes``
+        episodes on fresh seeds (stream ``CONFIRM_STREAM``, keyed by the epoch) when this
+        epoch's cheap evaluation reaches ``eval.stop_at`` or beats the best confirmed figure so
+        far (``checkpointer.best``; none yet: always). Rank 0 decides; with several workers the
+        decision is shared by one all-reduce and each worker runs its share of the episodes.
+
+        Args:
+            evaluation: the cheap evaluation, ``(eval_return, eval_return_std, eval_success_rate)``
+                (NaNs: none this epoch).
+
+        Returns:
+            ``(confirm_return, confirm_success_rate)``, NaNs when no confirmation ran.
+        """
+        if self.confirm_episodes <= 0:
+            return math.nan, math.nan
+        cheap = evaluation[2] if self.eval_metric == "eval_success_rate" else evaluation[0]
+        wanted = self.is_main and self._wants_confirmation(float(cheap))
+        if self.ctx.world > 1:
+            flag = torch.tensor([1.0 if wanted else 0.0])
+            self.ctx.all_reduce_sum(flag)
+            wanted = float(flag) > 0
+        if not wanted:
+            return math.nan, math.nan
+        ret, _, succ = self._evaluate(self.confirm_episodes, reset_seed(self.seed, CONFIRM_STREAM, self.epoch))
+        return ret, succ
+
+    def _wants_confirmation(self, cheap: float) -> bool:
+        if not math.isfinite(cheap):
+            return False
+        stop_at = OmegaConf.select(self.cfg, "eval.stop_at", default=None)
+        if stop_at is not None and cheap >= float(stop_at):
+            return True
+        best = self.checkpointer.best
+        if best is None or best.get("metric") != self.decision_metric:
+            return True
+        return cheap > float(best["value"])
+
+    def _evaluate(self, episodes: int, seed: int | None) -> tuple[float, float, float]:
         reduce = self.ctx.all_reduce_sum if self.ctx.world > 1 else None
         return evaluate_policy(self.parts.eval_envs, lambda o, g: self.agent.act(o, g, explore=False),
                                episodes, self.info.goal, seed, reduce)  # fmt: skip
+
+    def final_evaluation(self) -> dict[str, Any] | None:
+        """Evaluate what the run delivers: ``checkpoints/best.pt`` (else ``last.pt``, else the
+        networks in memory) over ``eval.final_episodes`` fresh episodes (stream
+        ``FINAL_STREAM``) on rank 0; writes ``<run_dir>/evaluation.json`` (the fields of
+        :func:`rlfw.core.stats.episode_summary` plus ``checkpoint``, ``checkpoint_epoch``,
+        ``seed`` and ``source``); :meth:`run` logs :meth:`delivered_line` last. The networks in memory are restored after.
+
+        Returns:
+            The summary written, or None (not rank 0, ``eval.final_episodes`` 0, no eval envs).
+        """
+        n = int(OmegaConf.select(self.cfg, "eval.final_episodes", default=0) or 0)
+        if not self.is_main or n <= 0 or self.parts.eval_envs is None:
+            return None
+        from rlfw.training.checkpoint import BEST, LAST, safe_load
+
+        name, epoch, state = "memory", self.epoch, None
+        for candidate in (BEST, LAST):
+            path = self.checkpointer.dir / candidate
+            if path.is_file() and not path.is_symlink():
+                try:
+                    state = safe_load(path)
+                    name, epoch = candidate, int(state["counters"]["epoch"])
+                    break
+                except Exception as err:  # a damaged file: the next candidate
+                    log.warning("final evaluation: %s is unreadable (%s)", path, err)
+                    state = None
+        current = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self.agent.state_dict().items()}
+        seed = reset_seed(self.seed, FINAL_STREAM, 0)
+        try:
+            if state is not None:
+                self.agent.load_state_dict(state["agent"])
+            rets, succ = run_episodes(self.parts.eval_envs, lambda o, g: self.agent.act(o, g, explore=False),
+                                      n, self.info.goal, seed)  # fmt: skip
+        finally:
+            if state is not None:
+                self.agent.load_state_dict(current)
+        summary = {"run_dir": str(self.run_dir), "checkpoint": name, "checkpoint_epoch": epoch, "seed": seed,
+                   "source": "final evaluation of the run", **episode_summary(rets, succ)}  # fmt: skip
+        write_json(self.run_dir / "evaluation.json", summary)
+        return summary
+
+    def delivered_line(self) -> str | None:
+        """The run's last log line: ``delivered best.pt (epoch 19): success 0.93 [0.86, 0.97]
+        over 100 episodes`` (None without a final evaluation)."""
+        d = self.delivered
+        return f"delivered {d['checkpoint']} (epoch {d['checkpoint_epoch']}): {describe(d)}" if d else None
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to end the run after the current epoch, as finished (the way a callback
@@ -181,12 +320,13 @@ class TrainLoop:
 
     def training_state(self) -> TrainingState:
         """The counters a checkpoint saves (:class:`rlfw.training.checkpoint.TrainingState`)."""
-        return TrainingState(self.epoch, self.env_steps, self.episodes, self.wall_time)
+        return TrainingState(self.epoch, self.env_steps, self.episodes, self.wall_time, self._scripted_total)
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Continue from a checkpoint (:meth:`rlfw.training.checkpoint.Checkpointer.load`)."""
         state = self.checkpointer.load(path)
         self.epoch, self.wall_time = state.epoch, state.wall_time
+        self._scripted_base = self._scripted_total = state.scripted_steps
         self.collector.env_steps, self.collector.episodes = state.env_steps, state.episodes
 
     def checkpoint(self) -> None:
@@ -195,7 +335,8 @@ class TrainLoop:
 
     def train_epoch(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """One epoch in named steps: :meth:`run_cycle` ``train.cycles_per_epoch`` times (collect,
-        update, tell the callbacks), then :meth:`evaluate_if_due`, then :meth:`epoch_row`.
+        update, tell the callbacks), then :meth:`evaluate_if_due`, :meth:`confirm_if_due`
+        and :meth:`epoch_row`.
 
         Returns:
             (the metrics row, the training episodes finished in it).
@@ -209,9 +350,29 @@ class TrainLoop:
             finished += self.run_cycle(sums, counts)
         self.epoch += 1
         evaluation = self.evaluate_if_due()
+        confirmation = self.confirm_if_due(evaluation)
         dt = time.perf_counter() - t0
         self.wall_time += dt
-        return self.epoch_row(finished, evaluation, sums, counts, self.env_steps - steps0, dt), finished
+        row = self.epoch_row(finished, evaluation, sums, counts, self.env_steps - steps0, dt)
+        row["confirm_return"], row["confirm_success_rate"] = confirmation
+        row["scripted_steps"] = self._scripted_total = self._scripted_base + self._scripted_steps()
+        return row, finished
+
+    def _scripted_steps(self) -> int:
+        """Simulator steps the training envs' scripted starts took in this process's run so
+        far, summed over the workers (:class:`rlfw.envs.grasp.ScriptedStart`); 0 without them."""
+        env = self.cfg.env
+        if not (float(env.get("grasped_start", 0) or 0) > 0 or float(env.get("near_object_start", 0) or 0) > 0):
+            return 0
+        try:
+            local = sum(int(n) for n in self.parts.envs.get_attr("scripted_steps"))
+        except (AttributeError, TypeError, ValueError):
+            local = 0
+        if self.ctx.world > 1:
+            total = torch.tensor([float(local)], dtype=torch.float64)
+            self.ctx.all_reduce_sum(total)
+            return int(total.item())
+        return local
 
     def run_cycle(self, sums: dict[str, float], counts: dict[str, int]) -> list[dict[str, Any]]:
         """One cycle: collect ``train.steps_per_cycle`` env steps and run
@@ -406,6 +567,8 @@ class TrainLoop:
                     row, self.last_episodes = self.train_epoch()
                     if self._record(row):  # rows, checkpoints, callbacks; True: stop early
                         break
+                if self.epoch >= tr.epochs or self.stop_reason is not None:
+                    self._deliver()
         except BaseException as err:
             interrupted = isinstance(err, KeyboardInterrupt | TrainingInterrupted)
             self.status = "interrupted" if interrupted else "failed"
@@ -419,7 +582,20 @@ class TrainLoop:
         self._end(every)
         if close:
             self.close()
+        line = self.delivered_line()
+        if line:
+            log.info("%s", line)
         return row
+
+    def _deliver(self) -> None:
+        """:meth:`final_evaluation` once training is done; a failure of it is a warning (the
+        training is done and saved), and so is a stop signal that arrives during it."""
+        try:
+            self.delivered = self.final_evaluation()
+        except Exception as err:
+            log.warning("final evaluation failed: %s: %s", type(err).__name__, err)
+        if getattr(self, "_stop_signal", None) is not None:
+            log.warning("a stop signal arrived during the final evaluation: the training was complete")
 
     def _record(self, row: dict[str, Any]) -> bool:
         """The epoch's log/checkpoint step: the CSV rows first (a checkpoint never runs ahead),

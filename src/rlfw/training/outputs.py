@@ -27,8 +27,9 @@ from rlfw.core import Callback
 log = logging.getLogger("rlfw")
 
 BASE_COLUMNS = [
-    "epoch", "env_steps", "updates", "episodes", "wall_time_s", "steps_per_s",
+    "epoch", "env_steps", "scripted_steps", "updates", "episodes", "wall_time_s", "steps_per_s",
     "train_return", "train_success_rate", "eval_return", "eval_return_std", "eval_success_rate",
+    "confirm_return", "confirm_success_rate",
 ]  # fmt: skip
 EXPLORATION_COLUMNS = ["noise_sigma"]
 EPISODE_COLUMNS = ["episode", "epoch", "env_steps", "env_index", "return", "length", "success"]
@@ -201,7 +202,12 @@ class StatusFile(Callback):
             self.write(loop, loop.status, error=loop.error, resume=f"python -m rlfw resume={loop.run_dir}")
         elif loop.status == "finished":
             reason = getattr(loop, "stop_reason", None)  # TrainLoop.request_stop
-            self.write(loop, "finished", **({"stop_reason": reason} if reason else {}))
+            delivered = getattr(loop, "delivered", None)  # TrainLoop.final_evaluation
+            extra: dict[str, Any] = {"stop_reason": reason} if reason else {}
+            if delivered:
+                extra["delivered"] = {k: delivered[k] for k in ("checkpoint", "checkpoint_epoch", "episodes",
+                                                               "success_rate", "success_ci", "return_mean", "return_ci")}
+            self.write(loop, "finished", **extra)
 
 
 class ConsoleLine(Callback):
@@ -210,11 +216,20 @@ class ConsoleLine(Callback):
     def on_epoch(self, loop: Any, row: dict[str, Any]) -> None:
         log.info(
             "epoch %d/%d | env_steps %d | %.1f s | %.0f steps/s | train_success %s | "
-            "eval_success %s | eval_return %s | critic_loss %s | q_mean %s",
+            "eval_success %s | eval_return %s | critic_loss %s | q_mean %s%s",
             loop.epoch, loop.cfg.train.epochs, row["env_steps"], loop.wall_time, row["steps_per_s"],
             fmt(row["train_success_rate"]) or "-", fmt(row["eval_success_rate"]) or "-",
             fmt(row["eval_return"]) or "-", fmt(row.get("critic_loss")) or "-", fmt(row.get("q_mean")) or "-",
+            _confirmed(row),
         )  # fmt: skip
+
+
+def _confirmed(row: dict[str, Any]) -> str:
+    """`` | confirmed success 0.93`` (or return) when the epoch ran a confirmation evaluation."""
+    for key, name in (("confirm_success_rate", "success"), ("confirm_return", "return")):
+        if fmt(row.get(key)):
+            return f" | confirmed {name} {fmt(row[key])}"
+    return ""
 
 
 # the distributions whose versions a run records (the optional ones only when installed)
