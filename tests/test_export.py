@@ -216,8 +216,13 @@ def _scripted(loop, values: dict[int, float]):
     loop.evaluate = lambda episodes: (-1.0, 0.0, values[loop.epoch])
 
 
+# the ranking itself, on the cheap evaluation's column (eval.confirm_episodes=0); the confirmed
+# ranking of the default protocol: tests/test_protocol.py
+CHEAP = "eval.confirm_episodes=0"
+
+
 def test_best_checkpoint_holds_the_best_epoch_and_survives_resume(compose, tmp_path):
-    cfg = compose([*TINY, "train.epochs=4", "train.cycles_per_epoch=1", "eval.episodes=1"])
+    cfg = compose([*TINY, "train.epochs=4", "train.cycles_per_epoch=1", "eval.episodes=1", CHEAP])
     weights = _Weights()
     loop = TrainLoop(cfg, tmp_path, callbacks=[weights])
     # NaN never counts, a tie keeps the earlier epoch
@@ -235,7 +240,8 @@ def test_best_checkpoint_holds_the_best_epoch_and_survives_resume(compose, tmp_p
     assert last["best"] == {"metric": "eval_success_rate", "value": 0.8, "epoch": 3}
 
     # resume: a worse evaluation later does not replace the better best.pt
-    resumed = TrainLoop(compose([*TINY, "train.epochs=6", "train.cycles_per_epoch=1", "eval.episodes=1"]), tmp_path)
+    resumed = TrainLoop(compose([*TINY, "train.epochs=6", "train.cycles_per_epoch=1", "eval.episodes=1", CHEAP]),
+                        tmp_path)
     resumed.load_checkpoint(ckpts / "last.pt")
     _scripted(resumed, {5: 0.6, 6: 0.9})
     resumed.run(epochs=1, close=False)
@@ -252,7 +258,7 @@ def test_best_checkpoint_holds_the_best_epoch_and_survives_resume(compose, tmp_p
 
 
 def test_best_checkpoint_of_a_dense_task_ranks_returns(compose, tmp_path):
-    cfg = compose([*TINY, *PENDULUM, "train.epochs=2", "train.cycles_per_epoch=1", "eval.episodes=1"])
+    cfg = compose([*TINY, *PENDULUM, "train.epochs=2", "train.cycles_per_epoch=1", "eval.episodes=1", CHEAP])
     loop = TrainLoop(cfg, tmp_path)
     loop.evaluate = lambda episodes: ({1: -900.0, 2: -1200.0}[loop.epoch], 0.0, math.nan)
     loop.run()

@@ -148,7 +148,7 @@ def test_cli_run_stops_early_at_the_threshold(tmp_path):
     assert [r["epoch"] for r in rows] == ["1"]  # fewer than train.epochs=3
     status = _status(run_dir)
     assert status["status"] == "finished" and status["epoch"] == 1
-    reason = "eval_success_rate 0 >= eval.stop_at=0 at epoch 1"
+    reason = "confirm_success_rate 0 >= eval.stop_at=0 at epoch 1"  # decided on the confirmed figure
     assert status["stop_reason"] == reason
     assert f"stopped early: {reason}" in (run_dir / "rlfw.log").read_text()
     assert (run_dir / "checkpoints" / "last.pt").exists()

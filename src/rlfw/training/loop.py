@@ -50,6 +50,7 @@ checkpoint (the last finished epoch with the default ``train.checkpoint_every=1`
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -271,7 +272,7 @@ class TrainLoop:
                 except Exception as err:  # a damaged file: the next candidate
                     log.warning("final evaluation: %s is unreadable (%s)", path, err)
                     state = None
-        current = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self.agent.state_dict().items()}
+        current = copy.deepcopy(self.agent.state_dict()) if state is not None else None  # nested: a deep copy
         seed = reset_seed(self.seed, FINAL_STREAM, 0)
         try:
             if state is not None:
@@ -279,7 +280,7 @@ class TrainLoop:
             rets, succ = run_episodes(self.parts.eval_envs, lambda o, g: self.agent.act(o, g, explore=False),
                                       n, self.info.goal, seed)  # fmt: skip
         finally:
-            if state is not None:
+            if current is not None:
                 self.agent.load_state_dict(current)
         summary = {"run_dir": str(self.run_dir), "checkpoint": name, "checkpoint_epoch": epoch, "seed": seed,
                    "source": "final evaluation of the run", **episode_summary(rets, succ)}  # fmt: skip
