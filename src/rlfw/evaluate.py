@@ -3,7 +3,10 @@ evaluate a trained policy.
 
 Loads ``<run>/checkpoints/last.pt`` (``checkpoint=best``: ``best.pt``, the evaluation with the
 best ``eval.metric``) with the run's config, runs N deterministic episodes, prints success
-rate and return (mean and std) and writes ``<run>/evaluation.json``. With ``video=true`` the
+rate and return with their 95% intervals (Wilson for the success rate, t for the return) and
+writes ``<run>/evaluation.json`` (the fields a run's own final evaluation writes there,
+:func:`rlfw.core.stats.episode_summary`; a link planted at that path is replaced, never
+followed). With ``video=true`` the
 first ``video_episodes`` episodes are rendered to ``<run>/videos/eval_<k>.mp4`` (one frame per
 observation: an episode of T steps has T + 1 frames).
 
@@ -18,7 +21,6 @@ Headless rendering: MuJoCo envs (Fetch, Hopper) render on the CPU with OSMesa
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -30,9 +32,11 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from rlfw.build import build_policy_agent
 from rlfw.config.preflight import parse_key_values
+from rlfw.core.stats import episode_summary
 from rlfw.envs.recording import record_episodes
 from rlfw.errors import ConfigError, fail
 from rlfw.training.checkpoint import check_policy_state, checkpoint_file, load_latest
+from rlfw.training.outputs import write_json
 
 __all__ = ["USAGE", "EvaluateConfig", "build_policy", "check_keys", "evaluate", "main", "record_episodes"]
 
@@ -123,15 +127,13 @@ def evaluate(ecfg: Any) -> dict[str, Any]:
         "run_dir": str(run),
         "checkpoint": read.name,
         "checkpoint_epoch": int(state["counters"]["epoch"]),
-        "episodes": len(stats),
-        "return_mean": float(rets.mean()),
-        "return_std": float(rets.std()),
-        "success_rate": float(np.nanmean(succ)) if np.isfinite(succ).any() else None,
-        "success_std": float(np.nanstd(succ)) if np.isfinite(succ).any() else None,
+        "seed": int(ecfg.seed),
+        "source": "rlfw.evaluate",
+        **episode_summary(rets, succ),  # episodes, return and success with their 95% intervals
         "videos": [str(run / "videos" / f"eval_{k}.mp4") for k in range(n_video)],
         "video_frames": [int(s["frames"]) for s in stats[:n_video]],
     }
-    (run / "evaluation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(run / "evaluation.json", summary)
     return summary
 
 
@@ -147,10 +149,14 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, RuntimeError) as err:
         raise fail("rlfw.evaluate", err, bad_input=(RuntimeError,)) from None
     sr = summary["success_rate"]
-    success = f"success rate {sr:.3f} +- {summary['success_std']:.3f}" if sr is not None else "success rate n/a"
+    success = "success rate n/a"
+    if sr is not None:
+        lo, hi = summary["success_ci"]
+        success = f"success rate {sr:.3f} [{lo:.3f}, {hi:.3f}]"
+    rlo, rhi = summary["return_ci"]
     print(
         f"{summary['episodes']} episodes ({summary['checkpoint']} of epoch {summary['checkpoint_epoch']}): {success} | "
-        f"return {summary['return_mean']:.3f} +- {summary['return_std']:.3f}"
+        f"return {summary['return_mean']:.3f} [{rlo:.3f}, {rhi:.3f}] (95% intervals: Wilson, t)"
     )
     for v, n in zip(summary["videos"], summary["video_frames"]):
         print(f"video: {v} ({n} frames)")

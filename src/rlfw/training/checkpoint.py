@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from rlfw.errors import ConfigError, TrainingDiverged
 from rlfw.core import decision_metric_name
+from rlfw.errors import ConfigError, TrainingDiverged
 
 log = logging.getLogger("rlfw")
 

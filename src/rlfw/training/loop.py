@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import math
 import signal
@@ -74,7 +73,7 @@ from rlfw.training.collector import CONFIRM_STREAM, EVAL_STREAM, FINAL_STREAM, C
 from rlfw.training.context import LocalContext
 from rlfw.training.cores import torch_threads
 from rlfw.training.evaluation import evaluate_policy, run_episodes
-from rlfw.training.outputs import ConsoleLine, CsvFiles, StatusFile, VersionsFile
+from rlfw.training.outputs import ConsoleLine, CsvFiles, StatusFile, VersionsFile, write_json
 
 log = logging.getLogger("rlfw")
 
@@ -82,28 +81,6 @@ log = logging.getLogger("rlfw")
 # configurable warning (sbatch --signal=USR1@90; submitit asks for USR2, see
 # rlfw.training.requeue); Ctrl-C (SIGINT) and a closed terminal (SIGHUP) end a run the same way
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP")
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON to ``path`` atomically, never through a link planted there: a
-    fresh temp file (``O_EXCL | O_NOFOLLOW``) renamed over ``path`` (a link at ``path`` is
-    replaced, its target untouched)."""
-    import os
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    os.replace(tmp, path)
 
 
 class TrainLoop:
@@ -366,7 +343,9 @@ class TrainLoop:
         if not (float(env.get("grasped_start", 0) or 0) > 0 or float(env.get("near_object_start", 0) or 0) > 0):
             return 0
         try:
-            local = sum(int(n) for n in self.parts.envs.get_attr("scripted_steps"))
+            envs: Any = self.parts.envs  # a SyncVectorEnv or AsyncVectorEnv (get_attr: per sub-env)
+            counts = envs.get_attr("scripted_steps")
+            local = int(sum(int(n) for n in counts))
         except (AttributeError, TypeError, ValueError):
             local = 0
         if self.ctx.world > 1:

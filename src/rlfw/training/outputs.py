@@ -139,6 +139,26 @@ def _replace_file(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON to ``path`` atomically, never through a link planted there: a
+    fresh temp file (``O_EXCL | O_NOFOLLOW``) renamed over ``path`` (a link at ``path`` is
+    replaced, its target untouched)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.replace(tmp, path)
+
+
 def _overwrite_in_place(path: Path, data: bytes) -> None:
     """Write ``data`` over the start of the existing ``path`` and cut it to ``len(data)``: the
     file's blocks are already allocated, so this works on a full disk where a new file cannot
