@@ -45,6 +45,11 @@ Sections (``--only a,b``; all by default), each run one after the other in this 
   ``benchmarks/results/peer_push.csv``; ``--peer-config sb3_contrib_tqc_zoo_near`` gives it
   rlfw's near-object starts too.
 
+- ``delivered`` (not in the default list): the learning table under the evaluation protocol
+  (issue 30): each task of ``--tasks`` and seed of ``--seed-list`` trained as a user runs it
+  (``--overrides`` added, rows named ``--label``), timed as a whole process, its ``best.pt``
+  evaluated on 200 fresh episodes; rows in ``docs/results/delivered.csv`` and ``delivered.md``.
+
 Usage: ``python benchmarks/run.py [--only reach,push] [--seeds 3] [--quick]``.
 
 Each section is a function in one of the ``bench_*.py`` modules next to this file (one module
@@ -61,6 +66,7 @@ import os
 import sys
 from collections.abc import Callable
 
+import bench_delivered
 import bench_fetch
 import bench_hopper
 import bench_learning
@@ -96,6 +102,9 @@ SECTIONS: dict[str, Section] = {
     ),
     "push_search": _push_search,
     "peer_push": lambda a: bench_learning.bench_peer_push(a.quick, a.budget_s, a.first_seed, config=a.peer_config),
+    "delivered": lambda a: bench_delivered.bench_delivered(
+        a.tasks.split(","), [int(s) for s in a.seed_list.split(",")], a.label, a.overrides.split()
+    ),
 }
 DEFAULT = "reach,push,soft_speed,replay,panda,workers,hopper,hopper_compose,learning"
 
@@ -114,6 +123,9 @@ def main() -> None:
     p.add_argument("--first-seed", type=int, default=0, help="push_search: the first seed; peer_push: the seed")
     p.add_argument("--peer-config", default="sb3_contrib_tqc_zoo",
                    help="peer_push: one of bench_learning.PEER_CONFIGS (sb3_contrib_tqc_zoo, sb3_contrib_tqc_zoo_near)")
+    p.add_argument("--seed-list", default="0", help="delivered: comma-separated seeds")
+    p.add_argument("--label", default="preset", help="delivered: the row's label")
+    p.add_argument("--overrides", default="", help="delivered: extra overrides, space-separated")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     only = set(args.only.split(","))
