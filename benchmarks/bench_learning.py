@@ -351,9 +351,12 @@ def write_learning_md(out_root: Path) -> Path:
                       if "epochs" in spec else f"{float(spec['budget_s']) / 60:.0f} min")  # type: ignore[arg-type]  # fmt: skip
             lines.append(f"| {task} | {spec['preset']} | - | {budget} | not run yet | {spec['reference']} "
                          "| to do |")  # fmt: skip
-    extra = out_root / "learning_extra.md"
-    if extra.is_file():
-        lines += ["", extra.read_text().rstrip()]
+    # one page per thing: the other pages are linked, not copied in (issue 30: two pages that
+    # repeated each other disagreed on a median)
+    lines += ["", "These rows give the first single 10-episode evaluation at the target, which overstates what "
+              "a run delivers (issue 30). The current table, the delivered `best.pt` of each run on 200 fresh "
+              "episodes under the evaluation protocol: [delivered.md](delivered.md). Issue 19's targets, the "
+              "levers tried and per-task notes: [learning_extra.md](learning_extra.md)."]  # fmt: skip
     path = out_root / "learning.md"
     path.write_text("\n".join(lines) + "\n")
     return path
