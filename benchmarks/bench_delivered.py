@@ -7,7 +7,7 @@ the delivered policy on 200 episodes that neither training nor the run's own eva
 saw (their streams are hashed from the run's seed; ``EVAL_SEED`` is a plain reset seed far
 from them). One CSV row per seed goes to ``docs/results/delivered.csv`` and the run's
 metrics.csv to ``docs/results/<task>/delivered_<label>_seed<s>.csv``; ``docs/results/delivered.md``
-is rebuilt from the CSV (:func:`write_delivered_md`).
+is rebuilt from the CSV with a plot per row (:func:`write_delivered_md`).
 
 Usage: ``python benchmarks/run.py --only delivered --tasks FetchPush-v4 --seed-list 0,1
 --label preset [--overrides "algo=tqc ..."]``. Run one process at a time on a quiet machine:
@@ -116,6 +116,45 @@ def _fmt(x: str, digits: int = 3) -> str:
         return x or "-"
 
 
+def plot_row(task: str, label: str, seeds: list[str]) -> Path | None:
+    """``docs/results/<task>/delivered_<label>.png``: each seed's cheap evaluations (lines) and
+    confirmations (dots) against env steps and against the run's wall seconds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = []
+    for seed in seeds:
+        path = RESULTS / task / f"delivered_{label}_seed{seed}.csv"
+        if path.is_file():
+            curves.append((seed, _rows(path)))
+    if not curves:
+        return None
+    success = any(r.get("eval_success_rate") for _, rows in curves for r in rows)
+    cheap_key, confirm_key = ("eval_success_rate", "confirm_success_rate") if success else ("eval_return", "confirm_return")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for i, (seed, rows) in enumerate(curves):
+        color = f"C{i}"
+        for ax, x_key, scale in ((axes[0], "env_steps", 1e-3), (axes[1], "wall_time_s", 1.0)):
+            xs = [float(r[x_key]) * scale for r in rows if r[cheap_key]]
+            ys = [float(r[cheap_key]) for r in rows if r[cheap_key]]
+            ax.plot(xs, ys, color=color, alpha=0.5, lw=1, label=f"seed {seed}" if ax is axes[0] else None)
+            cx = [float(r[x_key]) * scale for r in rows if r.get(confirm_key)]
+            cy = [float(r[confirm_key]) for r in rows if r.get(confirm_key)]
+            ax.plot(cx, cy, "o", color=color, ms=3)
+    axes[0].set_xlabel("env steps (thousands)")
+    axes[1].set_xlabel("training wall seconds (evaluations included)")
+    axes[0].set_ylabel("success rate" if success else "return")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{task} {label}: 10-episode evaluations (lines), confirmations (dots)", fontsize=9)
+    fig.tight_layout()
+    out = RESULTS / task / f"delivered_{label}.png"
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
 def write_delivered_md() -> Path:
     """``docs/results/delivered.md``: per (task, label), every seed's delivered figure with its
     95% interval, env steps and wall seconds, and the median over seeds."""
@@ -147,7 +186,9 @@ def write_delivered_md() -> Path:
             per.append(f"s{r['seed']}: {_fmt(r[key])} [{_fmt(lo)}, {_fmt(hi)}], {int(float(r['env_steps'])) // 1000}k"
                        f"{scripted}, {_fmt(r['wall_s'], 4)} s")  # fmt: skip
         commits = ", ".join(sorted({r["commit"] for r in rs}))
-        lines.append(f"| {task} | {label} | {len(rs)} | {med:.3g} | {'; '.join(per)} | {commits} |")
+        plot = plot_row(task, label, [r["seed"] for r in rs])
+        name = f"[{label}]({task}/{plot.name})" if plot else label
+        lines.append(f"| {task} | {name} | {len(rs)} | {med:.3g} | {'; '.join(per)} | {commits} |")
     lines += ["", "Overrides per label:", ""]
     for (task, label), rs in groups.items():
         lines.append(f"- {task} / {label}: `{rs[0]['overrides'] or '(preset)'}`")

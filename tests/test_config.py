@@ -166,6 +166,7 @@ BAD = [
     (["env=FetchPush-v4", "env.near_object_start=-0.1"], "env.near_object_start=-0.1 is out of range"),
     (["env=FetchPickAndPlace-v4", "env.near_object_start=0.6"], "env.grasped_start=0.5 and env.near_object_start=0.6 are fractions of the same training episodes"),
     (["eval.confirm_episodes=-1"], "eval.confirm_episodes=-1 is out of range: it must be >= 0"),
+    (["train.epochs=1", "train.learning_starts=1000"], "train.learning_starts=1000 is not below the 1000 env steps the run takes"),
     (["eval.final_episodes=-5"], "eval.final_episodes=-5 is out of range: it must be >= 0"),
     (["env=FetchPickAndPlace-v4", "env.grasped_start=1.5"], "env.grasped_start=1.5 is out of range"),
     (["train.autocast=float16"], "train.autocast"),

@@ -172,3 +172,22 @@ def test_the_default_run_delivers_a_confirmed_fetch_reach_policy(tmp_path):
     lo, hi = summary["success_ci"]
     assert last == (f"delivered best.pt (epoch {summary['checkpoint_epoch']}): success "
                     f"{summary['success_rate']:.2f} [{lo:.2f}, {hi:.2f}] over {summary['episodes']} episodes")
+
+
+def test_tuning_scores_a_run_by_what_it_delivers():
+    """tune.objective=final: the trial's value is the final evaluation of the delivered
+    checkpoint (loop.delivered), not the last cheap evaluation; without one, the last evaluation."""
+    from types import SimpleNamespace
+
+    from rlfw.tune import OptunaReport
+
+    report = OptunaReport(SimpleNamespace(number=0), "auto", 0)
+    goal_loop = SimpleNamespace(info=SimpleNamespace(goal=True), delivered={"success_rate": 0.83, "return_mean": -9.0})
+    report.on_end(goal_loop)
+    assert report.delivered == 0.83
+    dense = OptunaReport(SimpleNamespace(number=0), "auto", 0)
+    dense.on_end(SimpleNamespace(info=SimpleNamespace(goal=False), delivered={"success_rate": None, "return_mean": 3100.0}))
+    assert dense.delivered == 3100.0
+    none = OptunaReport(SimpleNamespace(number=0), "auto", 0)
+    none.on_end(SimpleNamespace(info=SimpleNamespace(goal=True), delivered=None))
+    assert none.delivered is None

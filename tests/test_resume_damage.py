@@ -122,3 +122,55 @@ def test_resume_repairs_or_refuses_a_damaged_run_dir(finished_run, tmp_path, cas
     assert {int(r[1]) for r in episodes[1:]} == {1, 2, 3}
     if case == "corrupt buffer file":
         assert "starting with an empty buffer" in caplog.text
+
+
+# ------------------------------------------------------------------ the loader's fuzz (issue 33, 16)
+
+def _saved(obj) -> bytes:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+# a fixed corpus of damaged checkpoints: empty, text, cut, and readable files of the wrong shape
+CORPUS = [b"", b"hello\n", b"PK\x03\x04", b"\x80\x02}q\x00.", b"\x00" * 64, _saved([1, 2, 3])[:40],
+          _saved({"agent": 1}), _saved([1, 2, 3]), _saved("text"), _saved({101: 1})]  # fmt: skip
+
+
+@pytest.mark.parametrize("data", CORPUS, ids=range(len(CORPUS)))
+def test_a_damaged_checkpoint_is_one_config_error_line(tmp_path, data):
+    """Every damaged file reaches the tools as one ConfigError line (never EOFError, IndexError
+    or KeyError), and the error handler itself never raises on an empty message."""
+    from rlfw.training.checkpoint import check_policy_state, load_latest
+
+    (tmp_path / "last.pt").write_bytes(data)
+    with pytest.raises(ConfigError) as err:
+        state, read = load_latest(tmp_path, "last.pt")
+        check_policy_state(state, read)
+    assert "\n" not in str(err.value) and "last.pt" in str(err.value)
+
+
+def test_a_fuzz_of_byte_strings_never_escapes_the_loader(tmp_path):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from rlfw.training.checkpoint import check_policy_state, load_latest
+
+    valid = _saved({"agent": {}, "config": {}, "counters": {"epoch": 1}})
+
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(st.one_of(st.binary(max_size=300), st.tuples(st.integers(0, len(valid) - 1), st.binary(max_size=8))))
+    def check(case):
+        data = case if isinstance(case, bytes) else valid[: case[0]] + case[1] + valid[case[0] + len(case[1]):]
+        (tmp_path / "last.pt").write_bytes(data)
+        try:
+            state, read = load_latest(tmp_path, "last.pt")
+            check_policy_state(state, read)
+        except ConfigError as err:
+            assert "\n" not in str(err)
+
+    check()

@@ -121,3 +121,23 @@ def test_user_env_ids_pass_preflight_once_imported(monkeypatch):
     assert preflight(["env=gym", "env.id=user_envs:UserDense-v0"]) == 1
     with pytest.raises(ConfigError, match="not a Gymnasium-Robotics Fetch task"):
         preflight(["env=fetch", "env.id=user_envs:UserReach-v0"])
+
+
+def test_a_non_vectorised_compute_reward_is_called_row_by_row():
+    """A GoalEnv whose compute_reward returns one scalar for a batch (the norm over the whole
+    batch) is detected and called once per row: HER gets each row's own reward (issue 33)."""
+    import gymnasium as gym
+    import numpy as np
+
+    from rlfw.envs import FAMILIES
+
+    class ScalarReward(gym.Env):
+        def compute_reward(self, achieved_goal, desired_goal, info):
+            return -float(np.linalg.norm(np.asarray(achieved_goal) - np.asarray(desired_goal)) > 0.1)
+
+    reward, _ = FAMILIES.get("gym").target.goal_functions(ScalarReward())
+    ag = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    g = np.zeros((3, 2))
+    np.testing.assert_array_equal(reward(ag, g), [0.0, -1.0, -1.0])
+    np.testing.assert_array_equal(reward(ag[:1], g[:1]), [0.0])  # from then on per row, batches of one too
+    np.testing.assert_array_equal(reward(ag[::-1], g), [-1.0, -1.0, 0.0])

@@ -39,7 +39,7 @@ def held_transitions(capacity: int, num_envs: int, episode_steps: int | None = N
 
 def cross_rules(cfg: Any) -> None:
     """The rules that span groups: the batch fits the buffer, the buffer holds a transition of
-    every env, HER needs a family with goals.
+    every env, updates start within the run, HER needs a family with goals.
 
     Raises:
         ConfigError: the first rule broken.
@@ -59,6 +59,13 @@ def cross_rules(cfg: Any) -> None:
         f"train.batch_size={tr.batch_size} is more than the {held} transitions buffer.capacity="
         f"{b.capacity} can hold with train.num_envs={tr.num_envs} (each env's newest row holds its "
         f"current observation): updates start only once the buffer holds a batch, so none would run",
+    )
+    steps = int(tr.epochs) * int(tr.cycles_per_epoch) * int(tr.steps_per_cycle)
+    require(
+        tr.updates_per_cycle == 0 or tr.learning_starts < steps,
+        f"train.learning_starts={tr.learning_starts} is not below the {steps} env steps the run takes "
+        f"(train.epochs={tr.epochs} x train.cycles_per_epoch={tr.cycles_per_epoch} x train.steps_per_cycle="
+        f"{tr.steps_per_cycle}): no update would ever run; lower it or train longer",
     )
     family = registry("env.family").get(cfg.env.family).target
     if cfg.algo.get("clip_return", False) and family.goal is False:

@@ -119,16 +119,30 @@ def _never_terminated(ag: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 
 def _rowwise(fn: Callable[[np.ndarray, np.ndarray], Any], dtype: Any) -> GoalFn:
-    """Wrap ``fn(ag [B, G], g [B, G])`` to return ``[B]``; fall back to one call per row."""
+    """Wrap ``fn(ag [B, G], g [B, G])`` to return ``[B]``.
+
+    A function that does not return one value per row is called once per row with 1-D goals
+    ``[G]`` (as a non-vectorised GoalEnv ``compute_reward`` expects), from then on: one that
+    returns a single value for a batch of several rows (``-float(norm(ag - g) > eps)``, the norm
+    taken over the whole batch) or a ``[B, B]`` matrix (panda-gym 3.0.7's PandaFlip uses
+    ``np.inner``). A batch of one row cannot tell, so it is called as a batch.
+    """
+    rowwise = False
+
+    def per_row(ag: np.ndarray, g: np.ndarray) -> np.ndarray:
+        return np.array([np.asarray(fn(ag[i], g[i])).reshape(-1)[0] for i in range(len(ag))], dtype=dtype)
 
     def call(ag: np.ndarray, g: np.ndarray) -> np.ndarray:
+        nonlocal rowwise
         n = len(ag)
+        if rowwise:
+            return per_row(ag, g)
         out = np.asarray(fn(ag, g), dtype=dtype)
         if out.size == n:
             return out.reshape(n)
-        if out.size == 1:
-            return np.full(n, out.reshape(()), dtype=dtype)
-        return np.array([np.asarray(fn(ag[i : i + 1], g[i : i + 1])).reshape(-1)[0] for i in range(n)], dtype=dtype)
+        rowwise = True
+        log.info("the env's goal function returned shape %s for %d rows: calling it once per row", out.shape, n)
+        return per_row(ag, g)
 
     return call
 

@@ -79,9 +79,16 @@ def safe_load(path: str | Path, map_location: Any = "cpu") -> Any:
                 f"{path}: refused: it holds objects other than tensors and plain data, and rlfw "
                 "never unpickles those (loading them could run code)"
             ) from None
-        raise ConfigError(f"{path}: cannot be read (truncated or corrupt): {str(err).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise ConfigError(f"{path}: cannot be read (truncated or corrupt): {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"{path}: cannot be read (truncated or corrupt): {_first_line(err)}") from None
+    except Exception as err:  # any other failure of the weights-only reader: damaged bytes, never code
+        raise ConfigError(f"{path}: cannot be read (truncated or corrupt): {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message, or its type's name when the message is empty
+    (``EOFError()`` from an empty file)."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
 
 
 LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
@@ -457,14 +464,16 @@ class Checkpointer:
             epoch, env_steps, episodes = int(c["epoch"]), int(c["env_steps"]), int(c["episodes"])
             wall_time = float(c["wall_time"])
             scripted = int(c.get("scripted_steps", 0))  # absent in checkpoints of older runs
-        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as err:
+            p.rng.bit_generator.state = state["rng"]
+            torch.set_rng_state(state["torch_rng"].cpu())  # CPU byte tensor whatever the map location
+            saved_cfg = state.get("config") or {}
+            if not isinstance(saved_cfg, dict):
+                raise TypeError(f"config is a {type(saved_cfg).__name__}, not a mapping")
+        except (KeyError, IndexError, RuntimeError, ValueError, TypeError, AttributeError) as err:
             raise ConfigError(
-                f"{used} does not fit this run's config ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                f"{used} does not fit this run's config ({_first_line(err)}); "
                 "resume with the config it was written with, or start a new run"
             ) from None
-        p.rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"].cpu())  # CPU byte tensor whatever the map location
-        saved_cfg = state.get("config") or {}
         self._apply_changed_settings(saved_cfg)
         if self.rank > 0 or saved_cfg.get("seed", self.cfg.seed) != self.cfg.seed:
             # rank 0's saved generators made distinct per worker; or a seed changed on resume
