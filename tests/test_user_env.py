@@ -141,3 +141,34 @@ def test_a_non_vectorised_compute_reward_is_called_row_by_row():
     np.testing.assert_array_equal(reward(ag, g), [0.0, -1.0, -1.0])
     np.testing.assert_array_equal(reward(ag[:1], g[:1]), [0.0])  # from then on per row, batches of one too
     np.testing.assert_array_equal(reward(ag[::-1], g), [-1.0, -1.0, 0.0])
+
+
+FAULTS = [
+    ("nan_obs", "returned a non-finite observation (nan"),
+    ("inf_obs", "returned a non-finite observation (inf"),
+    ("nan_reward", "returned a non-finite reward (nan"),
+    ("nan_goal", "returned a non-finite achieved_goal (nan"),
+    ("raise", "raised RuntimeError: the simulator lost its licence in step"),
+    ("shape", "raised ValueError"),
+]
+
+
+@pytest.mark.parametrize(("fault", "expected"), FAULTS, ids=[f[0] for f in FAULTS])
+def test_a_faulty_env_is_named_as_such(tmp_path, monkeypatch, fault, expected):
+    """NaN/inf observations, goals and rewards, an exception in step and a wrongly shaped
+    observation end the run with one line that names the env, what it did and the env step,
+    never "training diverged"; status.json says failed, without a resume hint (no checkpoint)."""
+    from rlfw.config.preflight import compose_config
+    from rlfw.errors import EnvFault
+    from rlfw.training.loop import TrainLoop
+
+    monkeypatch.syspath_prepend(str(TESTS))
+    cfg = compose_config(["env=gym", "env.id=FaultyReach-v0", "env.imports=[user_envs]", "buffer=her", *TINY,
+                          f"+env.kwargs.fault={fault}", "+env.kwargs.at_step=25"])  # fmt: skip
+    with pytest.raises(EnvFault) as err:
+        TrainLoop(cfg, tmp_path).run()
+    text = str(err.value)
+    assert text.startswith("env FaultyReach-v0 ") and expected in text and "at env step" in text, text
+    assert "diverged" not in text and "\n" not in text
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "failed" and "resume" not in status

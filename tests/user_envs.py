@@ -112,6 +112,35 @@ class CoinGoalEnv(gym.Env):
         return obs, reward, False, False, {"is_success": float(success)}
 
 
+class FaultyReachEnv(UserReachEnv):
+    """``UserReach-v0`` that breaks its contract at its ``at_step``-th step (counted over its
+    life): ``fault`` is ``nan_obs``, ``inf_obs``, ``nan_reward``, ``nan_goal`` (the achieved
+    goal), ``raise`` (a RuntimeError in ``step``) or ``shape`` (an observation of 3 entries)."""
+
+    def __init__(self, fault: str = "nan_obs", at_step: int = 25) -> None:
+        super().__init__()
+        self.fault, self.at_step, self.steps = fault, int(at_step), 0
+
+    def step(self, action: np.ndarray):
+        obs, reward, terminated, truncated, info = super().step(action)
+        self.steps += 1
+        if self.steps == self.at_step:
+            if self.fault == "raise":
+                raise RuntimeError("the simulator lost its licence")
+            if self.fault == "nan_obs":
+                obs["observation"][0] = np.nan
+            elif self.fault == "inf_obs":
+                obs["observation"][1] = np.inf
+            elif self.fault == "nan_reward":
+                reward = float("nan")
+            elif self.fault == "nan_goal":
+                obs["achieved_goal"][0] = np.nan
+            elif self.fault == "shape":
+                obs["observation"] = np.zeros(3, np.float32)
+        return obs, reward, terminated, truncated, info
+
+
 gym.register("UserReach-v0", entry_point=UserReachEnv, max_episode_steps=10)
+gym.register("FaultyReach-v0", entry_point=FaultyReachEnv, max_episode_steps=10)
 gym.register("CoinGoal-v0", entry_point=CoinGoalEnv, max_episode_steps=1)
 gym.register("UserDense-v0", entry_point=UserDenseEnv, max_episode_steps=10)

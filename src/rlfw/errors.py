@@ -1,5 +1,5 @@
-"""The errors users see as one line: bad configuration, a training run that diverged, and a
-run stopped by a signal."""
+"""The errors users see as one line: bad configuration, a training run that diverged, an env
+that broke its contract, and a run stopped by a signal."""
 
 
 class ConfigError(ValueError):
@@ -20,6 +20,17 @@ class TrainingDiverged(RuntimeError):
     """
 
 
+class EnvFault(TrainingDiverged):
+    """The env broke its contract while training: it raised in ``reset`` or ``step``, or
+    returned a non-finite observation, goal or reward, or one of the wrong shape.
+
+    The message is one line naming the env, what it did, the field and the env step; the run's
+    ``status.json`` says ``failed`` (a resume hint only where a checkpoint exists). It is a
+    :class:`TrainingDiverged` for every handler (one line, exit status 1), but never blames
+    learning.
+    """
+
+
 class TrainingInterrupted(Exception):
     """A stop signal (SIGTERM from ``timeout`` or a scheduler, SLURM's SIGUSR1 warning) ended
     the run after its current cycle.
@@ -36,6 +47,13 @@ class TrainingInterrupted(Exception):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+def first_line(err: BaseException) -> str:
+    """``<Type>: <the first line of its message>`` (cut at 200 characters), or the type's name
+    alone when the message is empty (``EOFError()`` from an empty file): never raises."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
 
 
 def exit_status(err: BaseException, bad_input: tuple[type[BaseException], ...] = ()) -> int | None:

@@ -30,7 +30,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rlfw.core import decision_metric_name
-from rlfw.errors import ConfigError, TrainingDiverged
+from rlfw.errors import ConfigError, TrainingDiverged, first_line
 
 log = logging.getLogger("rlfw")
 
@@ -79,16 +79,10 @@ def safe_load(path: str | Path, map_location: Any = "cpu") -> Any:
                 f"{path}: refused: it holds objects other than tensors and plain data, and rlfw "
                 "never unpickles those (loading them could run code)"
             ) from None
-        raise ConfigError(f"{path}: cannot be read (truncated or corrupt): {_first_line(err)}") from None
+        raise ConfigError(f"{path}: cannot be read (truncated or corrupt): {first_line(err)}") from None
     except Exception as err:  # any other failure of the weights-only reader: damaged bytes, never code
-        raise ConfigError(f"{path}: cannot be read (truncated or corrupt): {_first_line(err)}") from None
+        raise ConfigError(f"{path}: cannot be read (truncated or corrupt): {first_line(err)}") from None
 
-
-def _first_line(err: BaseException) -> str:
-    """The first line of ``err``'s message, or its type's name when the message is empty
-    (``EOFError()`` from an empty file)."""
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
 
 
 LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
@@ -471,7 +465,7 @@ class Checkpointer:
                 raise TypeError(f"config is a {type(saved_cfg).__name__}, not a mapping")
         except (KeyError, IndexError, RuntimeError, ValueError, TypeError, AttributeError) as err:
             raise ConfigError(
-                f"{used} does not fit this run's config ({_first_line(err)}); "
+                f"{used} does not fit this run's config ({first_line(err)}); "
                 "resume with the config it was written with, or start a new run"
             ) from None
         self._apply_changed_settings(saved_cfg)

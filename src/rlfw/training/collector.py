@@ -9,6 +9,7 @@ import numpy as np
 
 from rlfw.core import ReplayBuffer
 from rlfw.envs.obs import final_obs, split_obs, success_of
+from rlfw.errors import EnvFault, first_line
 
 TRAIN_STREAM, EVAL_STREAM = 0, 1
 # the confirmation evaluations (keyed by epoch) and the final evaluation of the delivered policy:
@@ -50,7 +51,8 @@ class Collector:
     """
 
     def __init__(self, envs: Any, agent: Any, exploration: Any, buffer: ReplayBuffer, goal: bool, act_dim: int,
-                 learning_starts: int, rng: np.random.Generator, seed: int) -> None:  # fmt: skip
+                 learning_starts: int, rng: np.random.Generator, seed: int, env_id: str = "the env") -> None:  # fmt: skip
+        self.env_id = env_id
         self.envs, self.agent, self.exploration, self.buffer = envs, agent, exploration, buffer
         self.goal, self.act_dim, self.learning_starts = goal, act_dim, int(learning_starts)
         self.rng, self.seed = rng, seed
@@ -67,6 +69,29 @@ class Collector:
             return self.rng.uniform(-1.0, 1.0, (len(obs["observation"]), self.act_dim)).astype(np.float32)
         actions = self.agent.act(obs["observation"], obs.get("desired_goal"), explore=True)
         return self.exploration(actions, self.env_steps)
+
+    def _env_call(self, where: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` of the vector env; any exception it raises (the env's own, a
+        wrongly shaped observation, an async worker's) becomes one :class:`EnvFault` line."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            raise self._fault(f"raised {first_line(err)} in {where}") from None
+
+    def _fault(self, what: str) -> EnvFault:
+        return EnvFault(f"env {self.env_id} {what} at env step {self.env_steps}: a fault of the env, not of "
+                        "learning; fix the env (or its wrappers) and start a new run")  # fmt: skip
+
+    def _check(self, obs: dict[str, np.ndarray], reward: np.ndarray | None, where: str) -> None:
+        """Raise :class:`EnvFault` naming the field, sub-env and value when ``obs`` (observation,
+        goals) or ``reward`` holds NaN or infinity."""
+        fields = [*obs.items(), *([("reward", np.asarray(reward))] if reward is not None else [])]
+        for name, value in fields:
+            arr = np.asarray(value)
+            if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+                bad = np.argwhere(~np.isfinite(arr))[0]
+                raise self._fault(f"returned a non-finite {name} ({arr[tuple(bad)]} in sub-env {int(bad[0])}) "
+                                  f"from {where}")  # fmt: skip
 
     def _observe(self, seen: list[dict[str, np.ndarray]]) -> None:
         """Add the observations (and desired and achieved goals) of ``seen`` to the agent's
@@ -98,8 +123,9 @@ class Collector:
         seen: list[dict[str, np.ndarray]] = []
         if self._obs is None:
             # a resumed run starts new episodes from seeds of its own, not the first epoch's
-            raw, _ = self.envs.reset(seed=reset_seed(self.seed, TRAIN_STREAM, epoch))
+            raw, _ = self._env_call("reset", self.envs.reset, seed=reset_seed(self.seed, TRAIN_STREAM, epoch))
             self._obs = split_obs(raw, self.goal)
+            self._check(self._obs, None, "reset")
             self.buffer.start(self._obs)
             seen.append(self._obs)
         finished: list[dict[str, Any]] = []
@@ -107,16 +133,19 @@ class Collector:
         for i in range(steps // self.num_envs):
             action = self.policy(self._obs)
             if split:
-                self.envs.step_async(action)
+                self._env_call("step", self.envs.step_async, action)
                 during(i)  # type: ignore[misc]
-                raw, reward, terminated, truncated, infos = self.envs.step_wait()
+                raw, reward, terminated, truncated, infos = self._env_call("step", self.envs.step_wait)
             else:
                 if during is not None:
                     during(i)
-                raw, reward, terminated, truncated, infos = self.envs.step(action)
+                raw, reward, terminated, truncated, infos = self._env_call("step", self.envs.step, action)
             nxt = split_obs(raw, self.goal)
             done = np.logical_or(terminated, truncated)
             fin = final_obs(infos, nxt, done) if done.any() else None
+            self._check(nxt, reward, "step")
+            if fin is not None:
+                self._check(fin, None, "step (the final observation)")
             self.buffer.add(action, reward, terminated, truncated, nxt, fin)
             seen.append(nxt)
             self.env_steps += self.num_envs
@@ -137,3 +166,4 @@ class Collector:
             self._obs = nxt
         self._observe(seen)
         return finished
+

@@ -126,7 +126,7 @@ class TrainLoop:
 
             compile_networks(self.agent, self.device)
         self.collector = Collector(p.envs, self.agent, self.exploration, self.buffer, self.info.goal,
-                                   self.info.act_dim, tr.learning_starts, self.rng, self.seed)  # fmt: skip
+                                   self.info.act_dim, tr.learning_starts, self.rng, self.seed, self.env_id)  # fmt: skip
         # the run's generator (p.rng) has one owner, the components: the collector and the
         # exploration draw from it, the checkpointer saves and restores it in place
         self.checkpointer = Checkpointer(self.run_dir, self.ctx.rank, tr.save_buffer, cfg=cfg, parts=p)

@@ -202,7 +202,8 @@ STATUS_RESERVE = 4096
 
 class StatusFile(Callback):
     """``status.json``: ``running`` while training; ``finished``, ``failed`` or ``interrupted``
-    (with the error and the resume command) at the end (:func:`write_status`: atomic, with an
+    (with the error, and the resume command where there is something to resume: an
+    interrupted run, or a checkpoint) at the end (:func:`write_status`: atomic, with an
     in-place fallback on a full disk, so the final status is not lost)."""
 
     def write(self, loop: Any, status: str, **extra: Any) -> None:
@@ -219,7 +220,10 @@ class StatusFile(Callback):
 
     def on_end(self, loop: Any) -> None:
         if loop.error is not None:
-            self.write(loop, loop.status, error=loop.error, resume=f"python -m rlfw resume={loop.run_dir}")
+            ckpt = loop.run_dir / "checkpoints"
+            resumable = loop.status == "interrupted" or (ckpt / "last.pt").exists() or (ckpt / "previous.pt").exists()
+            hint = {"resume": f"python -m rlfw resume={loop.run_dir}"} if resumable else {}
+            self.write(loop, loop.status, error=loop.error, **hint)
         elif loop.status == "finished":
             reason = getattr(loop, "stop_reason", None)  # TrainLoop.request_stop
             delivered = getattr(loop, "delivered", None)  # TrainLoop.final_evaluation
