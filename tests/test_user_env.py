@@ -88,6 +88,8 @@ BAD_USER_ENVS = [
     (["env.id=UserReach-v0", "env.imports=['my envs']"], "env.imports: 'my envs' is not a Python module name"),
     (["env.id=UserReach-v0", "env.imports=[broken_user_envs]"], "env.imports: importing module 'broken_user_envs' failed: RuntimeError: no licence"),
     (["env.id=UserReach-v0", "env.imports=user_envs"], "invalid value for 'env.imports'"),  # not a list
+    (["env.id=EndlessDense-v0", "env.imports=[user_envs]", "buffer=uniform"],
+     "env.id 'EndlessDense-v0' has no time limit (it was registered without max_episode_steps)"),
 ]
 
 

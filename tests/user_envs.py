@@ -144,3 +144,4 @@ gym.register("UserReach-v0", entry_point=UserReachEnv, max_episode_steps=10)
 gym.register("FaultyReach-v0", entry_point=FaultyReachEnv, max_episode_steps=10)
 gym.register("CoinGoal-v0", entry_point=CoinGoalEnv, max_episode_steps=1)
 gym.register("UserDense-v0", entry_point=UserDenseEnv, max_episode_steps=10)
+gym.register("EndlessDense-v0", entry_point=UserDenseEnv)  # no time limit: its episodes never end

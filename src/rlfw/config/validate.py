@@ -141,6 +141,11 @@ def validate(cfg: Any) -> str:
         "fractions of the same training episodes (each starts one way): their sum must be <= 1",
     )
     steps = cfg.env.max_episode_steps or _registered_steps(env_id)
+    require(
+        steps is not None,
+        f"env.id '{env_id}' has no time limit (it was registered without max_episode_steps): an episode "
+        "that never ends would stall training and evaluation; set env.max_episode_steps=<steps>",
+    )
     held = held_transitions(cfg.buffer.capacity, cfg.train.num_envs, steps)
     require(
         cfg.train.batch_size <= held,
@@ -155,7 +160,7 @@ def _registered_steps(env_id: str) -> int | None:
     """The TimeLimit Gymnasium registered for ``env_id`` (None if none or unknown)."""
     import gymnasium as gym
 
-    try:
-        return gym.spec(env_id).max_episode_steps
+    try:  # a module:Env-v0 id: the module registered Env-v0 when the id was resolved
+        return gym.spec(env_id.rsplit(":", 1)[-1]).max_episode_steps
     except Exception:
         return None
