@@ -129,3 +129,26 @@ def test_sigterm_stops_a_sweep_before_its_next_job(tmp_path):
     assert proc.returncode == 128 + int(signal.SIGTERM), err[-3000:]
     _check_interrupted(err, first, "SIGTERM")
     assert not (sweep_dir / "job1").exists(), "a further job started after the stop signal"
+
+
+def test_a_second_sigterm_ends_a_run_whose_env_step_blocks(tmp_path):
+    """An env whose step blocks never finishes its cycle: the first SIGTERM waits for the cycle
+    (as always), a second one ends the run at once, interrupted, with exit status 143 (issue 33)."""
+    tests_dir = str(Path(__file__).resolve().parent)
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0",
+               PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), tests_dir) if p))  # fmt: skip
+    args = ["env=gym", "env.id=BlockingReach-v0", "env.imports=[user_envs]", "buffer=her", *LONG,
+            "train.num_envs=2", "+env.kwargs.block_at=150", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "rlfw", *args], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    _wait_first_epoch(proc, run_dir)
+    time.sleep(2.0)  # the env blocks in epoch 2 (its 150th step; epochs are 100 steps per env)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    assert proc.poll() is None  # the first waits for the cycle, which does not end
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + int(signal.SIGTERM), out[-3000:]
+    status = _status(run_dir)
+    assert status["status"] == "interrupted" and "second SIGTERM" in status["error"]

@@ -140,7 +140,24 @@ class FaultyReachEnv(UserReachEnv):
         return obs, reward, terminated, truncated, info
 
 
+class BlockingReachEnv(UserReachEnv):
+    """``UserReach-v0`` whose ``block_at``-th step blocks (sleeps for an hour)."""
+
+    def __init__(self, block_at: int = 25) -> None:
+        super().__init__()
+        self.block_at, self.steps = int(block_at), 0
+
+    def step(self, action: np.ndarray):
+        self.steps += 1
+        if self.steps == self.block_at:
+            import time
+
+            time.sleep(3600)
+        return super().step(action)
+
+
 gym.register("UserReach-v0", entry_point=UserReachEnv, max_episode_steps=10)
+gym.register("BlockingReach-v0", entry_point=BlockingReachEnv, max_episode_steps=10)
 gym.register("FaultyReach-v0", entry_point=FaultyReachEnv, max_episode_steps=10)
 gym.register("CoinGoal-v0", entry_point=CoinGoalEnv, max_episode_steps=1)
 gym.register("UserDense-v0", entry_point=UserDenseEnv, max_episode_steps=10)

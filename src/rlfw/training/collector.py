@@ -9,7 +9,7 @@ import numpy as np
 
 from rlfw.core import ReplayBuffer
 from rlfw.envs.obs import final_obs, split_obs, success_of
-from rlfw.errors import EnvFault, first_line
+from rlfw.errors import EnvFault, TrainingInterrupted, first_line
 
 TRAIN_STREAM, EVAL_STREAM = 0, 1
 # the confirmation evaluations (keyed by epoch) and the final evaluation of the delivered policy:
@@ -75,6 +75,8 @@ class Collector:
         wrongly shaped observation, an async worker's) becomes one :class:`EnvFault` line."""
         try:
             return fn(*args, **kwargs)
+        except TrainingInterrupted:  # a second stop signal while the env's step blocked
+            raise
         except Exception as err:
             raise self._fault(f"raised {first_line(err)} in {where}") from None
 

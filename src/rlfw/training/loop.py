@@ -453,7 +453,9 @@ class TrainLoop:
     @contextlib.contextmanager
     def _stop_signals(self) -> Iterator[None]:
         """While training, :data:`STOP_SIGNALS` set :attr:`_stop_signal` instead of killing the
-        process (only in the main thread, where Python delivers signals); handlers restored after."""
+        process (only in the main thread, where Python delivers signals); a second one raises
+        :class:`TrainingInterrupted` at once, wherever the main thread is (an env's ``step``
+        that blocks); handlers restored after."""
         self._stop_signal: int | None = None
         if threading.current_thread() is not threading.main_thread():
             yield
@@ -461,8 +463,17 @@ class TrainLoop:
 
         def handler(signum: int, frame: Any) -> None:
             if self._stop_signal is None:
-                log.warning("%s received: stopping after this cycle", signal.Signals(signum).name)
-            self._stop_signal = signum
+                log.warning("%s received: stopping after this cycle (a second signal stops at once)",
+                            signal.Signals(signum).name)  # fmt: skip
+                self._stop_signal = signum
+                return
+            # a second stop signal: the cycle does not end (an env's step that blocks): stop now
+            good = self.epoch - self.epoch % self.cfg.train.checkpoint_every
+            raise TrainingInterrupted(
+                f"stopped at once by a second {signal.Signals(signum).name} during epoch {self.epoch + 1}; its steps "
+                f"are dropped; the last checkpoint is epoch {good}; resume with: python -m rlfw resume={self.run_dir}",
+                int(signum),
+            )
 
         previous = {}
         for name in STOP_SIGNALS:
