@@ -138,3 +138,41 @@ def test_torchrun_refuses_train_workers_in_one_line(tmp_path):
 def run_cli_env(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "rlfw", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
+
+
+def _rlfw_with_env(tmp_path: Path, extra_env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    env.update(PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0", **extra_env)
+    return subprocess.run([sys.executable, "-m", "rlfw", *TINY, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def test_stale_launcher_variables_are_checked_in_one_line(tmp_path):
+    """RANK/WORLD_SIZE left over from another job: a value that is not an integer, or a rank
+    outside the world, is one line naming the variable (exit 2), before anything starts."""
+    bad = _rlfw_with_env(tmp_path, {"RANK": "0", "WORLD_SIZE": "two", "MASTER_ADDR": "127.0.0.1"})
+    assert bad.returncode == 2 and "WORLD_SIZE='two' in the environment must be an integer" in bad.stderr, bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    outside = _rlfw_with_env(tmp_path, {"RANK": "3", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"})
+    assert outside.returncode == 2 and "RANK=3 is not a rank of WORLD_SIZE=2" in outside.stderr, outside.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_rank_waiting_for_the_others_says_what_it_waits_for(tmp_path):
+    """RANK=0 WORLD_SIZE=2 with nobody else: the process says at once that it waits for the
+    other rank, where, for how long, and which variables made it wait."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(PYTHONWARNINGS="ignore", RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(free_port()))  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "rlfw", *TINY, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    import threading
+
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(proc.stderr.readline() if proc.stderr else ""), daemon=True)
+    reader.start()
+    reader.join(timeout=60)
+    proc.kill()
+    proc.wait()
+    line = lines[0] if lines else ""
+    assert "rank 0 of 2: waiting for the other ranks at 127.0.0.1:" in line and "RANK, WORLD_SIZE" in line, line

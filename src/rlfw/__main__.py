@@ -274,7 +274,8 @@ def train_job(cfg: DictConfig) -> float:
 # keys a resume may change besides train.*, eval.* and logger.*: the divergence advice's
 RESUME_KEYS = ("algo.actor_lr", "algo.critic_lr", "seed")
 # keys whose saved state (per-env exploration state, saved buffer) a change would not fit
-FIXED_ON_RESUME = ("train.num_envs",)
+# the counters and the per-worker buffers and exploration state are per env and per worker
+FIXED_ON_RESUME = ("train.num_envs", "train.workers")
 # groups a checkpoint must match its config in (else it belongs to another run)
 _MATCH_GROUPS = ("algo", "buffer", "noise", "env")
 
@@ -385,6 +386,12 @@ def _resume_claimed(path: Path, overrides: list[str]) -> float:
 
     ckpt = path / "checkpoints" / "last.pt"  # previous.pt if last.pt is lost (load_latest)
     found = has_checkpoint(ckpt.parent)
+    best = ckpt.parent / "best.pt"
+    if not found and (best.exists() or best.is_symlink()):
+        raise ConfigError(
+            f"{path} holds checkpoints/best.pt but neither last.pt nor previous.pt: a resume would start from "
+            "epoch 0 and overwrite it; copy best.pt to last.pt to continue from it, or start a new run"
+        )
     state, used = load_latest(ckpt.parent) if found else (None, None)  # ConfigError: both unreadable
     if state is not None and not isinstance(state, dict):
         raise ConfigError(f"{used}: not an rlfw checkpoint")

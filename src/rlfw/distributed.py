@@ -342,17 +342,65 @@ def _worker_error(
 # standard launchers: torchrun (any --nnodes/--nproc_per_node/rendezvous) and SLURM's srun
 
 
+JOIN_TIMEOUT_MIN = 10  # minutes a launcher's rank waits for the others to join
+
+
 def launcher_env() -> tuple[int, int, int] | None:
     """``(rank, world, local_rank)`` when a launcher started this process as one of several:
     torchrun (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) or srun with more than one task
     (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``; the sbatch script exports
-    ``MASTER_ADDR``/``MASTER_PORT``). None for a plain process."""
+    ``MASTER_ADDR``/``MASTER_PORT``). None for a plain process.
+
+    Raises:
+        ConfigError: a variable that is not an integer, or a rank outside the world (variables
+            left over from another job).
+    """
     env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env and int(env["WORLD_SIZE"]) > 1:
-        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0"))
-    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_PROCID" in env and "MASTER_ADDR" in env:
-        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0"))
+    if "RANK" in env and "WORLD_SIZE" in env and _env_int("WORLD_SIZE", 1) > 1:
+        return _rank_of("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    if _env_int("SLURM_NTASKS", 1, "1") > 1 and "SLURM_PROCID" in env and "MASTER_ADDR" in env:
+        return _rank_of("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
     return None
+
+
+def _env_int(name: str, low: int, default: str | None = None) -> int:
+    """The environment variable ``name`` as an int >= ``low`` (``default`` when unset or empty).
+
+    Raises:
+        ConfigError: one line naming the variable, its value and that a launcher sets it.
+    """
+    from rlfw.errors import ConfigError
+
+    raw = os.environ.get(name) or default
+    try:
+        value = int(str(raw))
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise ConfigError(
+            f"{name}={raw!r} in the environment must be an integer >= {low} (torchrun or srun sets it); "
+            f"a variable left over from another job: unset {name} for a plain run"
+        )
+    return value
+
+
+def _rank_of(rank_key: str, world_key: str, local_key: str) -> tuple[int, int, int]:
+    """``(rank, world, local_rank)`` from a launcher's variables, checked: ``0 <= rank < world``.
+
+    Raises:
+        ConfigError: a variable that is not an integer, or a rank outside the world.
+    """
+    from rlfw.errors import ConfigError
+
+    world = _env_int(world_key, 1)
+    rank = _env_int(rank_key, 0)
+    local = _env_int(local_key, 0, "0")
+    if rank >= world:
+        raise ConfigError(
+            f"{rank_key}={rank} is not a rank of {world_key}={world} (ranks are 0..{world - 1}): variables left "
+            f"over from another job? unset {rank_key} and {world_key} for a plain run"
+        )
+    return rank, world, local
 
 
 def launched_group_joined() -> bool:
@@ -389,7 +437,12 @@ def join_launched_group(args: list[str]) -> list[str]:
     backend = backend_for(cfg)
     if backend == "nccl":
         torch.cuda.set_device(local % max(1, torch.cuda.device_count()))
-    dist.init_process_group(backend, init_method="env://", timeout=timedelta(minutes=10))
+    # before Hydra configures logging: straight to stderr, so a stale RANK/WORLD_SIZE is seen at once
+    launcher_vars = "RANK, WORLD_SIZE" if "RANK" in os.environ else "SLURM_PROCID, SLURM_NTASKS"
+    print(f"rlfw: rank {rank} of {world}: waiting for the other ranks at {os.environ.get('MASTER_ADDR', 'localhost')}:"
+          f"{os.environ['MASTER_PORT']} (up to {JOIN_TIMEOUT_MIN} min; {launcher_vars} in the environment say this "
+          "process is one of several: unset them for a plain run)", file=sys.stderr, flush=True)  # fmt: skip
+    dist.init_process_group(backend, init_method="env://", timeout=timedelta(minutes=JOIN_TIMEOUT_MIN))
     try:
         check_same_config(cfg)
     except ConfigError:
