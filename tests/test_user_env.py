@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from rlfw.config.preflight import preflight
@@ -49,12 +50,14 @@ def test_env_imports_trained_resumed_and_evaluated_from_the_cli(tmp_path):
     saved = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
     assert saved["env"]["imports"] == ["user_envs"] and saved["env"]["id"] == "UserReach-v0"
 
-    resumed = run_module("rlfw", [f"resume={run}", "train.epochs=2"], tmp_path)
+    refused = run_module("rlfw", [f"resume={run}", "train.epochs=2"], tmp_path)  # the run dir names user_envs
+    assert refused.returncode == 2 and "imports user_envs to make its env" in refused.stderr, refused.stderr[-2000:]
+    resumed = run_module("rlfw", [f"resume={run}", "train.epochs=2", "env.imports=[user_envs]"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert epochs_of(run) == [1, 2]
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
 
-    evaluated = run_module("rlfw.evaluate", [f"run_dir={run}", "episodes=3"], tmp_path)
+    evaluated = run_module("rlfw.evaluate", [f"run_dir={run}", "episodes=3", "imports=[user_envs]"], tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     summary = json.loads((run / "evaluation.json").read_text())
     assert summary["episodes"] == 3 and summary["checkpoint_epoch"] == 2
@@ -72,7 +75,7 @@ def test_module_colon_id_trained_and_evaluated_from_the_cli(tmp_path):
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert "training td3 on user_envs:UserDense-v0" in trained.stderr + trained.stdout
     assert epochs_of(run) == [1]
-    evaluated = run_module("rlfw.evaluate", [f"run_dir={run}", "episodes=2"], tmp_path)
+    evaluated = run_module("rlfw.evaluate", [f"run_dir={run}", "episodes=2", "imports=[user_envs]"], tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     summary = json.loads((run / "evaluation.json").read_text())
     assert summary["episodes"] == 2 and summary["success_rate"] is None  # a dense env
@@ -174,3 +177,44 @@ def test_a_faulty_env_is_named_as_such(tmp_path, monkeypatch, fault, expected):
     assert "diverged" not in text and "\n" not in text
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["status"] == "failed" and "resume" not in status
+
+
+def test_a_run_directory_cannot_make_rlfw_run_its_code(tmp_path, monkeypatch):
+    """A run dir whose saved config names env.imports=[planted] and holds planted.py: evaluate,
+    export, load and resume refuse it in one line unless the user names the module again, and
+    the module is never imported (it would write a marker file)."""
+    import shutil
+
+    import rlfw
+    from rlfw.export import export_policy
+
+    run = tmp_path / "run"
+    trained = run_module("rlfw", ["env=gym", "env.id=UserReach-v0", "env.imports=[user_envs]", "buffer=her", *TINY,
+                                  "train.epochs=1", f"hydra.run.dir={run}"], tmp_path)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    marker = tmp_path / "ran"
+    (run / "planted.py").write_text(f"open({str(marker)!r}, 'w').write('x')\nfrom user_envs import *\n")
+    for name in ("last.pt", "best.pt"):  # the planted module named in the saved config
+        state = torch.load(run / "checkpoints" / name, weights_only=True)
+        state["config"]["env"]["imports"] = ["planted"]
+        torch.save(state, run / "checkpoints" / name)
+    cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    cfg["env"]["imports"] = ["planted"]
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+    evaluated = run_module("rlfw.evaluate", ["run_dir=.", "episodes=1"], run)  # cd <run>: planted.py importable
+    assert evaluated.returncode == 2 and "imports planted to make its env" in evaluated.stderr, evaluated.stderr
+    assert "imports=[planted]" in evaluated.stderr and len(evaluated.stderr.strip().splitlines()) == 1
+    resumed = run_module("rlfw", ["resume=.", "train.epochs=2"], run)
+    assert resumed.returncode == 2 and "env.imports=[planted]" in resumed.stderr, resumed.stderr
+    monkeypatch.chdir(run)
+    monkeypatch.syspath_prepend(str(run))
+    with pytest.raises(ConfigError, match=r"rlfw\.load\(run_dir, imports=\[planted\]\)"):
+        rlfw.load(run)
+    with pytest.raises(ConfigError, match="imports planted"):
+        export_policy(run, "safetensors")
+    assert not marker.exists()  # nothing of the run directory ran
+    shutil.rmtree(run / "export", ignore_errors=True)
+    trusted = run_module("rlfw.evaluate", ["run_dir=.", "episodes=1", "imports=[planted]"], run)
+    assert trusted.returncode == 0, trusted.stderr[-2000:]
+    assert marker.exists()  # named again by the user: imported

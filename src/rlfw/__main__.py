@@ -272,7 +272,8 @@ def train_job(cfg: DictConfig) -> float:
 
 
 # keys a resume may change besides train.*, eval.* and logger.*: the divergence advice's
-RESUME_KEYS = ("algo.actor_lr", "algo.critic_lr", "seed")
+# env.imports: naming the modules the saved config imports trusts them (a run directory is data)
+RESUME_KEYS = ("algo.actor_lr", "algo.critic_lr", "seed", "env.imports")
 # keys whose saved state (per-env exploration state, saved buffer) a change would not fit
 # the counters and the per-worker buffers and exploration state are per env and per worker
 FIXED_ON_RESUME = ("train.num_envs", "train.workers")
@@ -293,6 +294,31 @@ def _diff(a: object, b: object, prefix: str) -> str | None:
     return None if a == b else prefix.rstrip(".")
 
 
+# the files and folders a resume writes or appends to in a run directory
+RUN_WRITES = ("metrics.csv", "episodes.csv", "status.json", "versions.json", "evaluation.json", "rlfw.log",
+              "checkpoints", ".hydra", "videos", "tensorboard")  # fmt: skip
+
+
+def refuse_planted_links(path: Path) -> None:
+    """Refuse a run directory in which a file rlfw writes is a link: a resume would append to
+    or overwrite the link's target outside the run (a run directory from elsewhere is data).
+
+    Raises:
+        ConfigError: one line naming the link and its target.
+    """
+    for name in RUN_WRITES:
+        p = path / name
+        if p.is_symlink():
+            raise ConfigError(f"{p} is a link (to {os.readlink(p)}): rlfw writes only inside the run directory; "
+                              "replace the link with the file itself to resume")  # fmt: skip
+    ckpt = path / "checkpoints"
+    if ckpt.is_dir():
+        for p in ckpt.iterdir():
+            if p.is_symlink():
+                raise ConfigError(f"{p} is a link (to {os.readlink(p)}): rlfw reads and writes only regular files "
+                                  "inside the run directory")  # fmt: skip
+
+
 def load_run_config(path: Path, state: dict | None) -> DictConfig:
     """A run's saved config: ``.hydra/config.yaml``, else the config inside its checkpoint
     (``hydra.output_subdir=null`` runs, or a damaged YAML file, with a warning).
@@ -300,18 +326,21 @@ def load_run_config(path: Path, state: dict | None) -> DictConfig:
     Raises:
         ConfigError: one line naming the file when neither can be read.
     """
-    import yaml
+    from rlfw.core.runfiles import load_yaml, read_text
 
     saved = path / ".hydra" / "config.yaml"
     reason = f"{saved} is missing"
-    if saved.exists():
+    if saved.exists() or saved.is_symlink():
+        text = read_text(saved)  # refused: a link, a special file, too large (a run dir is data only)
         try:
-            loaded = yaml.safe_load(saved.read_text())
+            loaded = load_yaml(text, saved)
             if isinstance(loaded, dict):
                 return OmegaConf.create(loaded)
             reason = f"{saved} holds no config mapping (damaged)"
-        except (yaml.YAMLError, UnicodeDecodeError, ValueError) as err:
-            reason = f"{saved} is not valid YAML ({_first(err)})"
+        except ConfigError as err:
+            if "aliases" in str(err):  # a YAML bomb is refused, not worked around
+                raise
+            reason = str(err)
     if state is not None and isinstance(state.get("config"), dict):
         if saved.exists():
             log.warning("%s: using the config saved in the checkpoint", reason)
@@ -344,10 +373,12 @@ def resume(run_dir: str, overrides: list[str]) -> float:
     """Continue ``run_dir`` from ``checkpoints/last.pt`` with its saved config.
 
     Only ``train.*``, ``eval.*`` and ``logger.*`` keys, the learning rates ``algo.actor_lr``
-    and ``algo.critic_lr``, and ``seed`` may be overridden (to extend the run, say
-    ``train.epochs=20``; after a divergence, lower learning rates or another seed); a change of
-    ``train.num_envs`` does not fit the saved per-env state and is refused. A run without a
-    checkpoint restarts from epoch 0 in the same directory.
+    and ``algo.critic_lr``, ``seed`` and ``env.imports`` may be overridden (to extend the run,
+    say ``train.epochs=20``; after a divergence, lower learning rates or another seed); a change of
+    ``train.num_envs`` does not fit the saved per-env state and is refused. The modules the saved
+    config imports to make its env are imported only when ``env.imports`` names them again (a
+    run directory is data). A run without a checkpoint restarts from epoch 0 in the same
+    directory.
 
     The directory gets one writer: a second resume (or a run still training there) is refused
     with the holder's pid. Damaged files are repaired where they can be: an unreadable
@@ -384,6 +415,7 @@ def _resume_claimed(path: Path, overrides: list[str]) -> float:
     from rlfw.config.validate import validate
     from rlfw.training.checkpoint import has_checkpoint, load_latest
 
+    refuse_planted_links(path)
     ckpt = path / "checkpoints" / "last.pt"  # previous.pt if last.pt is lost (load_latest)
     found = has_checkpoint(ckpt.parent)
     best = ckpt.parent / "best.pt"
@@ -396,6 +428,11 @@ def _resume_claimed(path: Path, overrides: list[str]) -> float:
     if state is not None and not isinstance(state, dict):
         raise ConfigError(f"{used}: not an rlfw checkpoint")
     base = load_run_config(path, state)
+    from rlfw.envs import check_trusted
+
+    given = OmegaConf.from_dotlist([o for o in overrides if o.split("=", 1)[0] == "env.imports"])
+    trusted = [str(m) for m in (OmegaConf.select(given, "env.imports") or [])]
+    check_trusted(base.get("env") or {}, trusted, f"resume={path}", "env.imports=[{modules}] on the resume command line")
     try:  # typed and in struct mode, so a misspelt or mistyped override fails in one line
         cfg = OmegaConf.merge(_typed_root(Config, base), base)
         assert isinstance(cfg, DictConfig)
@@ -429,7 +466,9 @@ def _resume_claimed(path: Path, overrides: list[str]) -> float:
     status: dict = {}
     if status_file.exists():
         try:
-            loaded = json.loads(status_file.read_text())
+            from rlfw.core.runfiles import read_text
+
+            loaded = json.loads(read_text(status_file, 1 << 20))  # ConfigError (a ValueError): not a regular file
             status = loaded if isinstance(loaded, dict) else {}
             if not status:
                 raise ValueError("not a JSON object")

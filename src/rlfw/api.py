@@ -176,7 +176,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> dict[str, Any]:
     return safe_load(path, map_location=device)  # type: ignore[no-any-return]
 
 
-def load(run_dir: str | Path, checkpoint: str = "last", device: str = "cpu") -> Policy:
+def load(run_dir: str | Path, checkpoint: str = "last", device: str = "cpu", imports: Sequence[str] = ()) -> Policy:
     """The policy of a run's checkpoint.
 
     Builds the run's agent from the config saved in the checkpoint (``rlfw.build``), loads the
@@ -190,6 +190,9 @@ def load(run_dir: str | Path, checkpoint: str = "last", device: str = "cpu") -> 
             lost), ``"best"`` (``checkpoints/best.pt``: the best evaluation's ``eval.metric``),
             or a file name in ``<run_dir>/checkpoints/``.
         device: the torch device to act on (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        imports: the modules the run's config imports to make its env (``env.imports``, a
+            ``module:Env-v0`` id) that you trust; rlfw imports none a run directory names
+            unless it is named here.
 
     Raises:
         FileNotFoundError: ``run_dir`` does not exist, or has no such checkpoint (``"best"``:
@@ -199,8 +202,10 @@ def load(run_dir: str | Path, checkpoint: str = "last", device: str = "cpu") -> 
             missing, a CUDA index beyond the devices); ``checkpoint`` is not a name; the file
             is not a policy checkpoint (a buffer file), is refused (it needs types beyond
             tensors and plain data) or unreadable (and so is ``previous.pt``), or its env is not
-            installed or does not fit its config.
+            installed or does not fit its config; the config names modules to import that
+            ``imports`` does not.
     """
+    from rlfw.envs import check_trusted
     from rlfw.training.checkpoint import check_policy_state, checkpoint_file, load_latest
 
     run = Path(run_dir).expanduser()
@@ -215,7 +220,10 @@ def load(run_dir: str | Path, checkpoint: str = "last", device: str = "cpu") -> 
     except FileNotFoundError:
         hint = " (written at the first evaluation with a finite eval.metric)" if path.name == "best.pt" else ""
         raise FileNotFoundError(f"no rlfw checkpoint at {path}{hint}") from None
-    return Policy.from_state(check_policy_state(state, read), device)
+    state = check_policy_state(state, read)
+    saved_env = state["config"].get("env") if isinstance(state["config"], dict) else None
+    check_trusted(saved_env or {}, imports, str(run), "rlfw.load(run_dir, imports=[{modules}])")
+    return Policy.from_state(state, device)
 
 
 def check_device(device: str) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from rlfw.build import build_policy_agent
 from rlfw.config.preflight import parse_key_values
 from rlfw.core.stats import episode_summary
+from rlfw.envs import check_trusted
 from rlfw.envs.recording import record_episodes
 from rlfw.errors import ConfigError, fail
 from rlfw.training.checkpoint import check_policy_state, checkpoint_file, load_latest
@@ -53,6 +54,9 @@ class EvaluateConfig:
     # last (last.pt, previous.pt if it is damaged), best (best.pt: the best eval.metric), or a
     # file name in <run_dir>/checkpoints/
     checkpoint: str = "last"
+    # the modules the run's config imports to make its env (env.imports, a module:Env-v0 id)
+    # that you trust: rlfw imports none that a run directory names unless they are named here
+    imports: list[str] = field(default_factory=list)
 
 
 USAGE = """usage: python -m rlfw.evaluate run_dir=<run> [key=value ...]
@@ -68,6 +72,8 @@ keys:
   seed=10000           episode k is reset with seed + k (>= 0)
   video=false          render episodes to <run_dir>/videos/eval_<k>.mp4
   video_episodes=1     how many of the episodes to render with video=true (>= 0)
+  imports=[]           modules the run's config imports to make its env (env.imports, a
+                       module:Env-v0 id) that you trust; none is imported unless named here
 """
 
 
@@ -114,6 +120,7 @@ def evaluate(ecfg: Any) -> dict[str, Any]:
         raise ConfigError(f"run_dir={ecfg.run_dir}: no checkpoint at {ckpt}{hint}") from None
     state = check_policy_state(state, read)
     cfg = OmegaConf.create(state["config"])
+    check_trusted(cfg.get("env") or {}, list(ecfg.imports), f"run_dir={ecfg.run_dir}", "imports=[{modules}]")
     agent, _, _ = build_policy(cfg, state["agent"])
     n_video = min(ecfg.video_episodes, ecfg.episodes) if ecfg.video else 0
     stats = []

@@ -39,7 +39,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,8 @@ class ExportConfig:
     checkpoint: str = "last"
     format: str = "onnx"  # onnx, torchscript, safetensors
     out: str | None = None  # the file to write; null: <run_dir>/export/policy_<checkpoint>.<ext>
+    # modules the run's config imports to make its env that you trust (rlfw.evaluate's imports)
+    imports: list[str] = field(default_factory=list)
 
 
 USAGE = """usage: python -m rlfw.export run_dir=<run> [key=value ...]
@@ -101,6 +103,7 @@ keys:
   format=onnx          onnx (onnxruntime), torchscript (torch.jit.load), safetensors (weights +
                        a JSON description in the metadata key rlfw_policy)
   out=<path>           the file to write (default <run_dir>/export/policy_<checkpoint>.<ext>)
+  imports=[]           modules the run's config imports to make its env that you trust
 """
 
 
@@ -369,7 +372,7 @@ def _missing(module: str) -> ConfigError:
 
 
 def export_policy(run_dir: str | Path, format: str = "onnx", checkpoint: str = "last",
-                  out: str | Path | None = None) -> Path:  # fmt: skip
+                  out: str | Path | None = None, imports: list[str] | None = None) -> Path:  # fmt: skip
     """Export a run's deterministic policy (module docstring) and return the written file.
 
     Args:
@@ -378,6 +381,7 @@ def export_policy(run_dir: str | Path, format: str = "onnx", checkpoint: str = "
         checkpoint: ``last``, ``best`` or a file name in ``<run_dir>/checkpoints/``
             (:func:`rlfw.load`).
         out: the file to write; None: ``<run_dir>/export/policy_<checkpoint>.<ext>``.
+        imports: the modules the run's config imports that you trust (:func:`rlfw.load`).
 
     Returns:
         The path written.
@@ -402,7 +406,7 @@ def export_policy(run_dir: str | Path, format: str = "onnx", checkpoint: str = "
         if importlib.util.find_spec(name) is None:
             raise _missing(name)
     try:
-        policy = load(run, checkpoint=checkpoint, device="cpu")
+        policy = load(run, checkpoint=checkpoint, device="cpu", imports=imports or ())
     except FileNotFoundError as err:
         raise ConfigError(f"run_dir={run_dir}: {err}") from None
     spec, tensors = policy_spec(policy)
@@ -460,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         ecfg = parse_key_values(ExportConfig, args)
-        path = export_policy(ecfg.run_dir, ecfg.format, ecfg.checkpoint, ecfg.out)
+        path = export_policy(ecfg.run_dir, ecfg.format, ecfg.checkpoint, ecfg.out, imports=list(ecfg.imports))
     except ConfigError as err:
         raise fail("rlfw.export", err) from None
     print(f"exported {ecfg.format}: {path}")

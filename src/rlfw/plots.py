@@ -13,11 +13,19 @@ RUN_PLOTS = ("returns.png", "success.png", "losses.png", "q_values.png")
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts (an empty list if the file is missing)."""
-    if not path.exists():
+    """Rows of a run's CSV file as dicts (an empty list if the file is missing).
+
+    Raises:
+        ConfigError: a link, not a regular file, too large or not text
+            (:func:`rlfw.core.runfiles.read_text`).
+    """
+    import io
+
+    from rlfw.core.runfiles import read_text
+
+    if not path.exists() and not path.is_symlink():
         return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+    return list(csv.DictReader(io.StringIO(read_text(path), newline="")))
 
 
 def column(rows: Sequence[dict[str, str]], key: str) -> np.ndarray:

@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from rlfw.core.runfiles import load_yaml, read_text
 from rlfw.errors import ConfigError, fail
 from rlfw.plots import _figure, _save, read_csv
 
@@ -71,11 +71,7 @@ def _overrides(run: Path) -> list[str]:
     path = run / ".hydra" / "overrides.yaml"
     if not path.exists():
         return []
-    try:
-        overrides = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    overrides = load_yaml(read_text(path), path)  # a regular file, bounded, no aliases
     if overrides is None:
         return []
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
@@ -110,11 +106,7 @@ def task_of(run: Path) -> str:
     path = run / ".hydra" / "config.yaml"
     if not path.exists():
         return "unknown"
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    cfg = load_yaml(read_text(path), path)  # a regular file, bounded, no aliases
     env = cfg.get("env") if isinstance(cfg, dict) else None
     return str(env.get("id", "unknown")) if isinstance(env, dict) else "unknown"
 

@@ -218,6 +218,45 @@ def env_imports(cfg: Any) -> tuple[str, ...]:
     return tuple(str(n) for n in names) if names else ()
 
 
+def named_modules(env_cfg: Any) -> tuple[str, ...]:
+    """The modules a saved env config would import to make its env: ``env.imports`` and the
+    module of a ``module:Env-v0`` id.
+
+    Args:
+        env_cfg: a config's ``env`` node or dict.
+    """
+    get = env_cfg.get if hasattr(env_cfg, "get") else lambda k, d=None: getattr(env_cfg, k, d)
+    names = [str(n) for n in (get("imports", None) or ())]
+    env_id = str(get("id", "") or "")
+    if ":" in env_id:
+        names.append(env_id.rsplit(":", 1)[0])
+    return tuple(dict.fromkeys(names))
+
+
+def check_trusted(env_cfg: Any, trusted: Sequence[str], source: str, how: str) -> None:
+    """Refuse to import code that a run directory names (issue 33: a run directory from someone
+    else is data only): every module of :func:`named_modules` must be in ``trusted``, the
+    modules the user named again.
+
+    Args:
+        env_cfg: the saved config's ``env`` node or dict.
+        trusted: the modules the user trusts (named on the command line or in the call).
+        source: the run directory (for the message).
+        how: how the user names them, e.g. ``imports=[user_envs]``, with ``{modules}`` where
+            the names go.
+
+    Raises:
+        ConfigError: one line naming the modules and how to trust them.
+    """
+    untrusted = [m for m in named_modules(env_cfg) if m not in set(map(str, trusted))]
+    if untrusted:
+        names = ",".join(untrusted)
+        raise ConfigError(
+            f"{source}: its config imports {', '.join(untrusted)} to make its env, and rlfw runs no code a run "
+            f"directory names; if you trust it, name it again: {how.format(modules=names)}"
+        )
+
+
 def import_env_modules(modules: Sequence[str], key: str = "env.imports") -> None:
     """Import the user's modules that register envs (their ``gymnasium.register`` calls run).
 

@@ -16,6 +16,7 @@ never run code when it is loaded; one that needs any other type is refused with 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -30,6 +31,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rlfw.core import decision_metric_name
+from rlfw.core.runfiles import MAX_CHECKPOINT_BYTES, check_regular
 from rlfw.errors import ConfigError, TrainingDiverged, first_line
 
 log = logging.getLogger("rlfw")
@@ -164,6 +166,9 @@ def load_latest(directory: Path, name: str = LAST, map_location: Any = "cpu") ->
     """
     path = Path(directory) / name
     prev = Path(directory) / PREVIOUS
+    for p in (path, prev):  # a link or a special file is refused, not followed (a run dir is data)
+        with contextlib.suppress(FileNotFoundError):
+            check_regular(p, MAX_CHECKPOINT_BYTES)
     try:
         return safe_load(path, map_location), path
     except (FileNotFoundError, ConfigError) as err:

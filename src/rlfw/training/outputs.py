@@ -74,7 +74,8 @@ class CsvLog:
 
     def __init__(self, path: Path, columns: list[str]) -> None:
         self.path, self.columns = path, columns
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        # never through a link planted in the run directory (ELOOP: the run fails with one line)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o644)
         if os.fstat(self._fd).st_size == 0:
             self._append([columns])
 

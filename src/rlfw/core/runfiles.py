@@ -1,0 +1,79 @@
+"""Reading a run directory as data only (issue 33): a run directory may come from someone else,
+so every file rlfw reads from it is a regular file inside it (no link, no device, no FIFO),
+read with a size bound, and YAML is read without alias expansion (a "billion laughs" file
+would otherwise expand to gigabytes).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from rlfw.errors import ConfigError
+
+# size bounds: text files of a run (YAML, CSV, JSON) and checkpoint files (a saved replay buffer
+# of 2M Fetch transitions is about 400 MB)
+MAX_TEXT_BYTES = 256 * 2**20
+MAX_CHECKPOINT_BYTES = 16 * 2**30
+
+
+def check_regular(path: str | Path, limit: int = MAX_TEXT_BYTES) -> Path:
+    """``path`` if it is a regular file (not a link, a device, a FIFO or a directory) of at most
+    ``limit`` bytes.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ConfigError: one line naming the file and what it is instead.
+    """
+    p = Path(path)
+    st = os.lstat(p)  # FileNotFoundError when missing
+    if stat.S_ISLNK(st.st_mode):
+        raise ConfigError(f"{p}: a link (to {os.readlink(p)}): rlfw reads only regular files inside a run directory")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise ConfigError(f"{p}: {kind}: rlfw reads only regular files inside a run directory")
+    if st.st_size > limit:
+        raise ConfigError(f"{p}: {st.st_size} bytes, more than the {limit} rlfw reads from a run directory")
+    return p
+
+
+def read_text(path: str | Path, limit: int = MAX_TEXT_BYTES) -> str:
+    """The text of a run file, checked by :func:`check_regular` (read with ``O_NOFOLLOW`` and at
+    most ``limit`` bytes, so a file swapped for a link after the check is not followed either).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ConfigError: a link, not a regular file, too large, or not UTF-8 text.
+    """
+    p = check_regular(path, limit)
+    fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ConfigError(f"{p}: more than the {limit} bytes rlfw reads from a run directory")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text (damaged)") from None
+
+
+def load_yaml(text: str, name: str | Path) -> object:
+    """``yaml.safe_load(text)`` refusing aliases (``*anchor``): rlfw writes none, and expanding
+    them is how a small file becomes gigabytes.
+
+    Raises:
+        ConfigError: one line naming ``name``: aliases, or not YAML.
+    """
+    import yaml
+
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise ConfigError(f"{name}: YAML aliases (*{event.anchor}) are refused in a run directory")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        lines = str(err).strip().splitlines()
+        raise ConfigError(f"{name}: not valid YAML ({lines[0] if lines else type(err).__name__})") from None
