@@ -220,3 +220,18 @@ def test_cli_bad_input_is_one_line_exit_2_and_no_run_dir(tmp_path, args, expecte
     assert expected in lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not run_dir.exists()
+
+
+def test_a_buffer_larger_than_memory_is_one_line_from_the_env_s_real_sizes(compose):
+    """buffer.capacity=1e9 passes the preflight's lower bound (22 bytes a transition) but the
+    FetchReach transitions are 164 bytes: refused with one line before any allocation (issue 33)."""
+    from rlfw.build import build
+    from rlfw.core.checks import memory_bytes
+
+    if memory_bytes() is None or memory_bytes() > 150e9:
+        pytest.skip("needs a machine with less than 150 GB of memory")
+    with pytest.raises(ConfigError) as err:
+        build(compose(["buffer.capacity=1e9"]))
+    text = str(err.value)
+    assert text.startswith("buffer.capacity=1000000000 needs ") and "observation 10, goals 2 x 3, action 4" in text
+    assert "\n" not in text

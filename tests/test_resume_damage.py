@@ -177,3 +177,70 @@ def test_a_fuzz_of_byte_strings_never_escapes_the_loader(tmp_path):
             assert "\n" not in str(err)
 
     check()
+
+
+# ------------------------------------------------- a run directory from elsewhere is data (issue 33)
+
+def _link(name: str, target: str):
+    def damage(d: Path) -> None:
+        p = d / name
+        if p.exists():
+            p.unlink()
+        p.symlink_to(target)
+
+    return damage
+
+
+LINKS = [
+    ("metrics.csv", "outside.csv"),
+    ("rlfw.log", "outside.log"),
+    ("episodes.csv", "outside.csv"),
+    ("status.json", "outside.json"),
+    ("checkpoints/last.pt", "outside.pt"),
+]
+
+
+@pytest.mark.parametrize(("name", "target"), LINKS, ids=[n for n, _ in LINKS])
+def test_resume_refuses_a_planted_link_and_leaves_its_target_alone(finished_run, tmp_path, name, target):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    outside = tmp_path / target
+    outside.write_bytes(b"precious\n")
+    _link(name, str(outside))(run_dir)
+    with pytest.raises(ConfigError) as err:
+        resume(str(run_dir), ["train.epochs=3"])
+    assert "is a link" in str(err.value) and "\n" not in str(err.value)
+    assert outside.read_bytes() == b"precious\n"
+
+
+def test_tools_read_only_bounded_regular_files_of_a_run(finished_run, tmp_path):
+    """report on metrics.csv linked to /dev/zero, a YAML bomb in .hydra/config.yaml, and a
+    checkpoint linked to a file outside: one ConfigError line each, at once."""
+    import time
+
+    from rlfw.report import summarize, task_of
+    from rlfw.training.checkpoint import load_latest
+
+    zero = tmp_path / "zero"
+    shutil.copytree(finished_run, zero)
+    _link("metrics.csv", "/dev/zero")(zero)
+    with pytest.raises(ConfigError, match="a link"):
+        summarize([zero], out=tmp_path / "out")
+
+    bomb = tmp_path / "bomb"
+    shutil.copytree(finished_run, bomb)
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    (bomb / ".hydra" / "config.yaml").write_text("\n".join(lines) + "\nenv: {id: FetchReach-v4}\n")
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match="aliases"):
+        task_of(bomb)
+    assert time.perf_counter() - t0 < 5.0
+
+    linked = tmp_path / "linked"
+    shutil.copytree(finished_run, linked)
+    outside = tmp_path / "outside.pt"
+    shutil.copy(linked / "checkpoints" / "last.pt", outside)
+    _link("checkpoints/last.pt", str(outside))(linked)
+    with pytest.raises(ConfigError, match="a link"):
+        load_latest(linked / "checkpoints", "last.pt")

@@ -98,8 +98,25 @@ def build_buffer(
 ) -> ReplayBuffer:
     """The replay buffer ``cfg.buffer`` describes: the class its preset (``buffer.name``) is
     registered with in registry ``buffer``, built as :class:`rlfw.core.ReplayBuffer` says."""
+    from rlfw.core.checks import human_bytes, memory_bytes
+
     cls = registry("buffer").get(cfg.buffer.name).target
-    buffer: ReplayBuffer = cls(cfg.buffer, info, num_envs, float(cfg.algo.gamma), total_env_steps, seed)
+    sampler = registry("buffer.sampler").get(str(cfg.buffer.sampler)).schema
+    # the storage's arrays per transition (rlfw.buffers.storage): float32 observation, achieved
+    # and desired goal, action and reward; terminated and is_transition flags; int32 ep_t, ep_len
+    per = 4 * (info.obs_dim + 2 * info.goal_dim + info.act_dim + 1) + 2 + 8 + int(getattr(sampler, "bytes_per_transition", 0))
+    need, have = int(cfg.buffer.capacity) * per, memory_bytes()
+    if have is not None and need > have:
+        raise ConfigError(
+            f"buffer.capacity={cfg.buffer.capacity} needs {human_bytes(need)} for this env's transitions ({per} bytes "
+            f"each: observation {info.obs_dim}, goals 2 x {info.goal_dim}, action {info.act_dim}) but this machine "
+            f"has {human_bytes(have)} of memory; use a smaller buffer.capacity (1e6 is usual)"
+        )
+    try:
+        buffer: ReplayBuffer = cls(cfg.buffer, info, num_envs, float(cfg.algo.gamma), total_env_steps, seed)
+    except MemoryError as err:
+        raise ConfigError(f"buffer.capacity={cfg.buffer.capacity} does not fit in memory ({err}); use a smaller "
+                          "buffer.capacity (1e6 is usual)") from None  # fmt: skip
     return buffer
 
 
