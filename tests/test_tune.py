@@ -72,3 +72,36 @@ def test_tune_errors_are_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # the sweeps extra not installed
     err = _one_line_exit_2([SPACE], capsys)
     assert "pip install -c constraints.txt -e '.[sweeps]'" in err
+
+
+def test_trials_never_share_a_directory(tmp_path):
+    """A trial directory locked by another process (a second rlfw.tune on the same tune.dir),
+    or holding a dead trial's files, is not used: the trial goes to trial_<n>.<k> (issue 33)."""
+    import subprocess
+    import sys
+    import time
+
+    from rlfw.training.outputs import holds_run, release_run_lock
+    from rlfw.tune import claim_trial_dir
+
+    held = tmp_path / "trial_0" / "seed_0"
+    code = ("import sys, time; from rlfw.training.outputs import acquire_run_lock; "
+            f"acquire_run_lock({str(held)!r}); print('held', flush=True); time.sleep(60)")  # fmt: skip
+    other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "held"
+        first = claim_trial_dir(tmp_path, 0, 0)
+        assert first == (tmp_path / "trial_0.1" / "seed_0").resolve()
+        (first / "metrics.csv").write_text("epoch\n1\n")  # this trial dies, leaving its files
+        release_run_lock(first)
+        assert holds_run(first)
+        second = claim_trial_dir(tmp_path, 0, 0)
+        assert second == (tmp_path / "trial_0.2" / "seed_0").resolve()
+        release_run_lock(second)
+    finally:
+        other.kill()
+        other.wait()
+    time.sleep(0.1)
+    again = claim_trial_dir(tmp_path, 0, 0)  # the other process ended: its lock went with it
+    assert again == held.resolve()
+    release_run_lock(again)

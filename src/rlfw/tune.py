@@ -55,6 +55,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlfw.core.contracts import Callback
 from rlfw.errors import ConfigError, fail
+from rlfw.training.outputs import release_run_lock
 
 log = logging.getLogger("rlfw")
 
@@ -277,6 +278,33 @@ def load_journal(study: Any, path: Path) -> None:
     study.add_trials(trials)
 
 
+def claim_trial_dir(root: Path, number: int, seed: int) -> Path:
+    """The run directory of trial ``number``'s ``seed``, held with the run-dir lock like any run:
+    ``<root>/trial_<number>/seed_<seed>``, or ``trial_<number>.<k>`` (k = 1, 2, ...) when that
+    one is locked by another process (a second ``rlfw.tune`` on the same ``tune.dir``) or holds
+    a run already (the files of a tuning process that was killed): two trials never share a
+    directory, and a dead trial's files are never appended to.
+
+    Raises:
+        OSError: the directory cannot be created.
+    """
+    from rlfw.training.outputs import RunDirLocked, acquire_run_lock, holds_run
+
+    for k in range(10_000):
+        name = f"trial_{number}" if k == 0 else f"trial_{number}.{k}"
+        run_dir = (root / name / f"seed_{seed}").resolve()
+        try:
+            acquire_run_lock(run_dir)
+        except RunDirLocked:
+            continue
+        if not holds_run(run_dir):
+            if k:
+                log.info("trial %d: %s is taken; this trial runs in %s", number, root / f"trial_{number}", run_dir)
+            return run_dir
+        release_run_lock(run_dir)
+    raise ConfigError(f"tune.dir={root}: no free directory for trial {number}")
+
+
 def run_trial(trial: Any, tune: TuneConfig, space: dict[str, Any], fixed: list[str]) -> float:
     """Train one run per seed with the trial's parameters; returns the mean objective.
 
@@ -296,8 +324,12 @@ def run_trial(trial: Any, tune: TuneConfig, space: dict[str, Any], fixed: list[s
         overrides = [*fixed, *params, f"seed={seed}"]
         cfg = compose_config(overrides)
         validate(cfg)
-        run_dir = (Path(tune.dir) / f"trial_{trial.number}" / f"seed_{seed}").resolve()  # type: ignore[arg-type]
-        _write_run_files(run_dir, cfg, overrides)
+        run_dir = claim_trial_dir(Path(tune.dir), trial.number, seed)  # type: ignore[arg-type]
+        try:
+            _write_run_files(run_dir, cfg, overrides)
+        except BaseException:
+            release_run_lock(run_dir)
+            raise
         trial.set_user_attr(f"run_dir_seed_{seed}", str(run_dir))
         handler = logging.FileHandler(run_dir / "rlfw.log")
         handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
@@ -312,6 +344,7 @@ def run_trial(trial: Any, tune: TuneConfig, space: dict[str, Any], fixed: list[s
         finally:
             logging.getLogger().removeHandler(handler)
             handler.close()
+            release_run_lock(run_dir)
         if not report.values:
             raise ConfigError(f"trial {trial.number}: no evaluation in {run_dir} (eval.every > train.epochs?)")
         if tune.objective == "final":  # what the run delivers; the last evaluation without eval.final_episodes
