@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from rlfw.errors import TrainingDiverged
 from rlfw.training import outputs
@@ -177,3 +178,34 @@ def test_divergence_advice_resumes_with_lower_learning_rates_and_another_seed(co
 
 def test_run_id_is_fixed_per_process():
     assert outputs.run_id() == outputs.run_id() and str(os.getpid()) in outputs.run_id()
+
+
+def test_a_full_disk_while_saving_the_buffer_keeps_last_pt_and_leaves_no_temp_file(compose, tmp_path, monkeypatch):
+    """train.save_buffer=true, and the disk fills while epoch 1's buffer is written (torch's
+    writer raises a RuntimeError): one OSError (ENOSPC), last.pt of epoch 1 is there (written
+    first), no *.tmp stays, and a resume continues from epoch 1 (issue 33, class 7)."""
+    from rlfw.training import checkpoint as ckpt_module
+
+    loop = TrainLoop(compose([*TINY, "train.epochs=2", "train.save_buffer=true"]), tmp_path)
+    save = torch.save
+
+    def full_on_buffer(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and "buffer" in obj:
+            f.write(b"partial")
+            raise RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file "
+                               "data/0: file write failed (No space left on device)")  # fmt: skip
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt_module.torch, "save", full_on_buffer)
+    with pytest.raises(OSError) as err:
+        loop.run()
+    monkeypatch.undo()
+    assert err.value.errno == errno.ENOSPC and "buffer.pt" in str(err.value)
+    ckpts = tmp_path / "checkpoints"
+    assert not list(ckpts.glob("*.tmp")) and not (ckpts / "buffer.pt").exists()
+    assert torch.load(ckpts / "last.pt", weights_only=True)["counters"]["epoch"] == 1
+    resumed = TrainLoop(compose([*TINY, "train.epochs=2", "train.save_buffer=true"]), tmp_path)
+    resumed.load_checkpoint(ckpts / "last.pt")
+    assert resumed.epoch == 1
+    resumed.run()
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "finished"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import logging
 import math
 import os
@@ -100,10 +101,16 @@ def atomic_torch_save(obj: Any, path: Path, keep_previous: Path | None = None) -
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("wb") as f:
-        torch.save(to_safe(obj), f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with tmp.open("wb") as f:
+            torch.save(to_safe(obj), f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as err:  # torch's writer reports a full disk as a RuntimeError
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # no half-written temp file stays on a full disk
+        code = getattr(err, "errno", None) or (errno.ENOSPC if "space" in str(err).lower() else errno.EIO)
+        raise OSError(code, f"cannot write {path} ({first_line(err)})") from None
     if keep_previous is not None and path.exists():
         os.replace(path, keep_previous)
     os.replace(tmp, path)
@@ -351,14 +358,15 @@ class Checkpointer:
         return self.dir / ("buffer.pt" if self.rank == 0 else f"buffer_rank{self.rank}.pt")
 
     def save(self, state: TrainingState) -> None:
-        """Every worker writes its buffer (with ``save_buffer``) before rank 0 writes ``last.pt``;
-        a buffer is loaded only if it belongs to the same epoch as ``last.pt`` (a kill between
-        the two writes leaves a newer buffer, which is then ignored)."""
+        """Rank 0 writes ``last.pt``, then every worker its buffer (with ``save_buffer``): the
+        small file that a resume needs first, so that a full disk while writing the large buffer
+        still leaves the epoch's ``last.pt``. A buffer is loaded only if it belongs to the same
+        epoch as ``last.pt`` (a kill or a full disk between the two writes leaves an older
+        buffer, which is then ignored with a warning)."""
+        if self.rank == 0:
+            atomic_torch_save(self._state(state), self.last, keep_previous=self.dir / PREVIOUS)
         if self.save_buffer:
             atomic_torch_save({"epoch": state.epoch, "buffer": self.parts.buffer.state_dict()}, self.buffer_file)
-        if self.rank != 0:
-            return
-        atomic_torch_save(self._state(state), self.last, keep_previous=self.dir / PREVIOUS)
 
     def _state(self, state: TrainingState) -> dict[str, Any]:
         """What ``last.pt`` and ``best.pt`` hold (the best evaluation so far included).
