@@ -622,3 +622,38 @@ def test_simulation_with_one_malicious_client(tmp_path):
         np.testing.assert_allclose(glob["actor"][w].numpy(), 0.5 * (sent[0][f"actor.{w}"] + sent[1][f"actor.{w}"]),
                                    rtol=1e-5, atol=1e-6)  # fmt: skip
         assert np.abs(glob["obs_norm"]["mean"].numpy()).max() < 100  # Fetch observations
+
+
+def test_clients_cannot_poison_state_or_forge_metrics(tmp_path):
+    """Issue 33, class 4: a negative batch-renorm running_var (CrossQ), two results claiming
+    one client_index, an env metric with a newline, a junk metric and a wrong env are refused;
+    an honest result is aggregated, and what a round checkpoint stores is what was checked."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+
+    from rlfw.federated.server import RLStrategy
+    from rlfw.federated.setup import build_agent
+
+    p = plan([*TINY, "algo=crossq", "federated.evaluate_global=false"])
+    dims, info = check_shapes(p)
+    strategy = RLStrategy(p.cfg, build_agent(p.clients[0], info), dims, tmp_path)
+    g0 = [a.copy() for a in strategy.global_arrays]
+    var = [j for j, e in enumerate(strategy.entries) if e.name.endswith(".running_var")]
+    assert var, "CrossQ's batch renormalisation has running variances"
+
+    def res(arrays, i, **metrics):
+        m = {"client_index": i, "env": ENVS[i % 2], "eval_return": -1.0, "eval_success_rate": 0.0, **metrics}
+        return None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), 5, m)
+
+    negative = [a.copy() for a in g0]
+    negative[var[0]] = np.full_like(negative[var[0]], -5.0)
+    assert "negative values" in strategy.check_update(negative, 5, {"client_index": 0, "env": ENVS[0]})
+    assert "env" in strategy.check_metrics({"client_index": 0, "env": "FetchPush-v4\n[rlfw][INFO] forged"})
+    assert "do not send" in strategy.check_metrics({"client_index": 0, "env": ENVS[0], "junk": "x" * 10**6})
+    assert "not client 1's env" in strategy.check_metrics({"client_index": 1, "env": ENVS[0]})
+    strategy.aggregate_fit(1, [res(g0, 0), res(g0, 1), res(g0, 1, eval_return=-2.0), res(negative, 0)], [])
+    strategy.close()
+    (row,) = read_csv(tmp_path / "federated_metrics.csv")
+    assert (row["clients"], row["refused"]) == ("1", "3")  # client 0's honest result only
+    saved = load(tmp_path / "global" / "round_1.pt")
+    assert [c["client_index"] for c in saved["clients"]] == [0]
+    assert bool(np.all(np.asarray(strategy.global_arrays[var[0]]) >= 0))

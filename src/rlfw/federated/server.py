@@ -50,6 +50,14 @@ _PER_CLIENT = (
 )
 
 
+# the metrics an rlfw client sends (rlfw.federated.client: fit's and evaluate's)
+CLIENT_METRICS = frozenset({"client_index", "env", "epoch", "env_steps", "eval_success_rate", "eval_return",
+                            "train_success_rate", "train_return"})  # fmt: skip
+# state entries that cannot be negative: a batch (re)normalisation's running variance and step
+# counter, a normaliser's count and sum of squares
+NON_NEGATIVE = (".running_var", ".steps", ".count", ".sumsq", ".std")
+
+
 def metric_columns(names: list[str]) -> list[str]:
     """Columns of federated_metrics.csv for clients named ``<index>_<env>``."""
     return [
@@ -172,15 +180,30 @@ class RLStrategy(FedAvg):
         return None
 
     def check_metrics(self, m: dict[str, Any]) -> str | None:
-        """The metrics that name the client and fill federated_metrics.csv."""
+        """The metrics that name the client and fill federated_metrics.csv and the round
+        checkpoints: only the keys a client sends (:data:`CLIENT_METRICS`), ``client_index`` one
+        of the clients, ``env`` that client's own env id, rates in [0, 1], counters non-negative
+        integers, returns finite."""
+        unknown = sorted(str(k)[:40] for k in m if k not in CLIENT_METRICS)
+        if unknown:
+            return f"it sent metrics rlfw's clients do not send: {', '.join(unknown[:5])}"
         i = m.get("client_index")
         if isinstance(i, bool) or not isinstance(i, int | np.integer) or not 0 <= int(i) < len(self.names):
             return f"its client_index {i!r} is not one of 0..{len(self.names) - 1}"
-        succ, ret = _f(m.get("eval_success_rate")), _f(m.get("eval_return"))
-        if not math.isnan(succ) and not 0.0 <= succ <= 1.0:
-            return f"its eval_success_rate {succ} is outside [0, 1]"
-        if math.isinf(ret):
-            return f"its eval_return {ret} is infinite"
+        env = m.get("env")
+        if not isinstance(env, str) or client_name(int(i), env) != self.names[int(i)]:
+            return f"its env {str(env)[:60]!r} is not client {int(i)}'s env ({self.names[int(i)]})"
+        for key in ("eval_success_rate", "train_success_rate"):
+            v = _f(m.get(key))
+            if not math.isnan(v) and not 0.0 <= v <= 1.0:
+                return f"its {key} {v} is outside [0, 1]"
+        for key in ("eval_return", "train_return"):
+            if math.isinf(_f(m.get(key))):
+                return f"its {key} is infinite"
+        for key in ("epoch", "env_steps"):
+            v = m.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | np.integer) or int(v) < 0):
+                return f"its {key} {str(v)[:40]!r} is not a non-negative integer"
         return None
 
     def check_normalizers(self, arrays: list[np.ndarray], num_examples: Any = None) -> str | None:
@@ -227,6 +250,8 @@ class RLStrategy(FedAvg):
                 return f"{e.name} has dtype {a.dtype}, the global model {g.dtype}"
             if not np.isfinite(a).all():
                 return f"{e.name} has non-finite values"
+            if e.name.endswith(NON_NEGATIVE) and bool((np.asarray(a) < 0).any()):
+                return f"{e.name} has negative values (a variance or a count cannot be)"
         nets = [(np.asarray(a, np.float64), g) for a, g, k in zip(arrays, self.global_arrays, self.kinds) if k == "net"]
         change = math.sqrt(sum(float(np.square(a - g).sum()) for a, g in nets))
         bound, ratio = self.fed.max_update_norm, self.fed.max_update_ratio
@@ -275,11 +300,20 @@ class RLStrategy(FedAvg):
                 server_round,
                 repr(err) if isinstance(err, BaseException) else "returned a failed result",
             )
+        checked = []
         for _proxy, res in results:
             arrays = parameters_to_ndarrays(res.parameters)
             m = dict(res.metrics)
-            who = f"client {m.get('client_index', '?')!s} '{m.get('env', '?')!s}'"
-            reason = self.check_update(arrays, res.num_examples, m)
+            checked.append((arrays, res, m, self.check_update(arrays, res.num_examples, m)))
+        # each client counts once a round: an index that several valid results claim is refused in all
+        claims: dict[int, int] = {}
+        for _, _, m, reason in checked:
+            if reason is None:
+                claims[int(m["client_index"])] = claims.get(int(m["client_index"]), 0) + 1
+        for arrays, res, m, reason in checked:
+            who = f"client {str(m.get('client_index', '?'))[:20]!r} {str(m.get('env', '?'))[:60]!r}"
+            if reason is None and claims[int(m["client_index"])] > 1:
+                reason = f"{claims[int(m['client_index'])]} results claim client_index {m['client_index']}: all refused"
             if reason is not None:
                 refused += 1
                 log.error("round %d: refused %s: %s", server_round, who, reason)
@@ -345,6 +379,8 @@ class RLStrategy(FedAvg):
         most = max(int(self.cfg.eval.episodes), 1)
         ms = [(dict(res.metrics), min(max(_f(res.num_examples), 0.0), most)) for _, res in results]
         ms = [(m, n) for m, n in ms if math.isfinite(n) and self.check_metrics(m) is None]
+        seen = [int(m["client_index"]) for m, _ in ms]
+        ms = [(m, n) for m, n in ms if seen.count(int(m["client_index"])) == 1]  # each client counts once
         row["global_eval_success_rate"] = params.weighted_mean(
             [_f(m.get("eval_success_rate")) for m, _ in ms], [n for _, n in ms]
         )
