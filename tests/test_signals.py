@@ -151,4 +151,4 @@ def test_a_second_sigterm_ends_a_run_whose_env_step_blocks(tmp_path):
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 128 + int(signal.SIGTERM), out[-3000:]
     status = _status(run_dir)
-    assert status["status"] == "interrupted" and "second SIGTERM" in status["error"]
+    assert status["status"] == "interrupted" and "at once (a second signal) by SIGTERM" in status["error"]

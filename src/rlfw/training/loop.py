@@ -468,12 +468,7 @@ class TrainLoop:
                 self._stop_signal = signum
                 return
             # a second stop signal: the cycle does not end (an env's step that blocks): stop now
-            good = self.epoch - self.epoch % self.cfg.train.checkpoint_every
-            raise TrainingInterrupted(
-                f"stopped at once by a second {signal.Signals(signum).name} during epoch {self.epoch + 1}; its steps "
-                f"are dropped; the last checkpoint is epoch {good}; resume with: python -m rlfw resume={self.run_dir}",
-                int(signum),
-            )
+            raise self._interrupted(signum, "at once (a second signal) ")
 
         previous = {}
         for name in STOP_SIGNALS:
@@ -501,9 +496,13 @@ class TrainLoop:
             signum = signum or (int(signal.SIGTERM) if float(flag) > 0 else None)
         if signum is None:
             return
+        raise self._interrupted(signum)
+
+    def _interrupted(self, signum: int, how: str = "") -> TrainingInterrupted:
+        """The one-line :class:`TrainingInterrupted` for a stop signal during this epoch."""
         good = self.epoch - self.epoch % self.cfg.train.checkpoint_every
-        raise TrainingInterrupted(
-            f"stopped by {signal.Signals(signum).name} during epoch {self.epoch + 1}; its steps are dropped; "
+        return TrainingInterrupted(
+            f"stopped {how}by {signal.Signals(signum).name} during epoch {self.epoch + 1}; its steps are dropped; "
             f"the last checkpoint is epoch {good}; resume with: python -m rlfw resume={self.run_dir}",
             int(signum),
         )
