@@ -218,3 +218,15 @@ def test_a_run_directory_cannot_make_rlfw_run_its_code(tmp_path, monkeypatch):
     trusted = run_module("rlfw.evaluate", ["run_dir=.", "episodes=1", "imports=[planted]"], run)
     assert trusted.returncode == 0, trusted.stderr[-2000:]
     assert marker.exists()  # named again by the user: imported
+
+
+def test_video_of_an_env_that_cannot_render_is_one_line(tmp_path):
+    """rlfw.evaluate video=true on UserDense-v0 (no render_mode argument, no render modes): one
+    line naming the env, exit status 2 (issue 32, item 7)."""
+    run = tmp_path / "run"
+    trained = run_module("rlfw", ["env=gym", "env.id=UserDense-v0", "env.imports=[user_envs]", *TINY, "train.epochs=1",
+                                  f"hydra.run.dir={run}"], tmp_path)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    video = run_module("rlfw.evaluate", [f"run_dir={run}", "episodes=1", "video=true", "imports=[user_envs]"], tmp_path)
+    assert video.returncode == 2, video.stderr[-2000:]
+    assert video.stderr.startswith("rlfw.evaluate: error: UserDense-v0 cannot render") and video.stderr.count("\n") == 1

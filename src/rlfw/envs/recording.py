@@ -43,14 +43,25 @@ def record_episodes(
         and ``frames`` (0 without rendering).
 
     Raises:
-        RuntimeError: if rendering fails, with what to install.
+        RuntimeError: if rendering fails, with what to install, or the env cannot render
+            (no ``render_mode`` argument, no ``rgb_array`` mode).
     """
     from rlfw.envs import FAMILIES, env_imports, resolve_env_id
     from rlfw.envs.obs import split_obs
 
     env_id, _ = resolve_env_id(str(cfg.env.id), cfg.env.family, bool(cfg.env.resolve_version), env_imports(cfg))
     family = FAMILIES.get(cfg.env.family).target
-    env = family.make(env_id, cfg.env.max_episode_steps, dict(cfg.env.kwargs), "rgb_array" if render else None)
+    try:
+        env = family.make(env_id, cfg.env.max_episode_steps, dict(cfg.env.kwargs), "rgb_array" if render else None)
+    except TypeError as err:
+        if not render:
+            raise
+        raise RuntimeError(f"{env_id} cannot render: its constructor takes no render_mode ({err}); "
+                           "evaluate it without video=true") from None  # fmt: skip
+    if render and "rgb_array" not in (env.metadata.get("render_modes") or []):
+        env.close()
+        raise RuntimeError(f"{env_id} cannot render: its render_modes are {env.metadata.get('render_modes') or []}, "
+                           "not rgb_array; evaluate it without video=true")  # fmt: skip
     goal = isinstance(env.observation_space, __import__("gymnasium").spaces.Dict)
     fps = int(env.metadata.get("render_fps") or 25)
     out: list[dict[str, float]] = []
