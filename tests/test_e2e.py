@@ -141,3 +141,21 @@ def test_cli_users_fetchslide_v2_command(tmp_path):
     check_run_dir(run_dir, 2, 200)
     lines = [ln for ln in out.splitlines() if "epoch " in ln and "env_steps" in ln]
     assert len(lines) == 2  # one console line per epoch
+
+
+def test_two_sweeps_started_together_keep_every_job(tmp_path):
+    """Two -m sweeps started in the same second (default hydra.sweep.dir) write directories of
+    their own and keep all four jobs (issue 33, class 9: they shared multirun/<date>/<time>)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0")
+    cmd = [sys.executable, "-m", "rlfw", "-m", "seed=0,1", *TINY, "train.epochs=1"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
+    sweeps = sorted(d for d in (tmp_path / "multirun").glob("*/*") if d.is_dir())
+    assert len(sweeps) == 2
+    assert [len(jobs_of(d)) for d in sweeps] == [2, 2]

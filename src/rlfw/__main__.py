@@ -38,9 +38,11 @@ log = logging.getLogger("rlfw")
 
 register_schemas()
 hydra_version.setbase("1.3")  # as @hydra.main(version_base="1.3") did when this module was imported
-# the per-process part of the default run directory's name (conf/config.yaml's hydra.run.dir):
-# runs started in the same second never share a directory
-OmegaConf.register_new_resolver("rlfw_run_id", run_id, replace=True)
+# the per-process part of the default run and sweep directories' names (conf/config.yaml's
+# hydra.run.dir and hydra.sweep.dir): runs or sweeps started in the same second never share a
+# directory. Cached like Hydra's ${now:}: a sweep's jobs (joblib workers, SLURM jobs) get the
+# config with the launching process's resolved value (Hydra copies the resolver cache)
+OmegaConf.register_new_resolver("rlfw_run_id", run_id, replace=True, use_cache=True)
 
 
 def claim_run_dir(run_dir: Path, fresh: bool, key: str = "hydra.run.dir") -> None:
