@@ -1062,3 +1062,30 @@ def test_energy_sampler_clips_each_transitions_energy_gain() -> None:
     _energy_episode(buf, np.stack([path, path]))
     flat = np.flatnonzero(buf.storage.is_transition.reshape(-1))
     np.testing.assert_allclose(buf.sampler.sum_tree.leaves(flat), (0.3 + 0.01) / 2, rtol=1e-9)  # type: ignore[attr-defined]
+
+
+def test_a_saved_buffer_holds_the_rows_written_not_its_capacity() -> None:
+    """A buffer of capacity 2e6 holding a few episodes saves those rows only (issue 33: 188 MB
+    for 400 transitions) and loads back to the same storage; a wrapped ring saves every row."""
+    import io
+
+    import torch
+
+    from rlfw.training.checkpoint import to_numpy, to_safe
+
+    info = goal_env_info()
+    scripts = [[make_episode(0, 3), make_episode(1, 2, terminated=True), make_episode(2, 6)]]
+    big = make_buffer(info, 1, capacity=2_000_000)
+    feed(big, scripts, steps=9)
+    raw = io.BytesIO()
+    torch.save(to_safe(big.state_dict()), raw)
+    assert raw.tell() < 200_000  # the full arrays would be about 100 MB
+    back = make_buffer(info, 1, capacity=2_000_000)
+    back.load_state_dict(to_numpy(torch.load(io.BytesIO(raw.getvalue()), weights_only=True)))
+    for name in ("obs", "achieved_goal", "desired_goal", "action", "reward", "terminated", "is_transition", "ep_t",
+                 "ep_len", "head"):  # fmt: skip
+        np.testing.assert_array_equal(getattr(back.storage, name), getattr(big.storage, name), err_msg=name)
+    assert len(back) == len(big) == 9
+    small = make_buffer(info, 1, capacity=8)  # wraps: every row is saved
+    feed(small, scripts, steps=9)
+    assert small.storage.state_dict()["obs"].shape[0] == small.storage.rows

@@ -17,6 +17,10 @@ from typing import Any
 
 import numpy as np
 
+# the [R, N, ...] arrays of the ring (EpisodeStorage), saved up to the rows written
+RING_ARRAYS = ("obs", "achieved_goal", "desired_goal", "action", "reward", "terminated", "is_transition", "ep_t",
+               "ep_len")  # fmt: skip
+
 
 class EpisodeStorage:
     """Ring storage of episodes for ``num_envs`` parallel envs.
@@ -204,13 +208,40 @@ class EpisodeStorage:
         return int(min(self.head.max() + 1, self.rows))
 
     def state_dict(self) -> dict[str, Any]:
-        """Arrays and counters, for checkpoints that keep the buffer."""
-        return {k: v for k, v in vars(self).items() if isinstance(v, np.ndarray | int)}
+        """Arrays and counters, for checkpoints that keep the buffer: of the ``[R, ...]``
+        arrays only the rows written so far (``saved_rows``; all ``R`` once the ring wrapped),
+        so a buffer of capacity 2e6 holding 400 transitions saves kilobytes, not its capacity."""
+        written = int(self.head.max()) + 1 if self.head.size and int(self.head.max()) >= 0 else 0
+        used = min(written, self.rows)
+        out: dict[str, Any] = {}
+        for k, v in vars(self).items():
+            if k in RING_ARRAYS:
+                out[k] = v[:used]
+            elif isinstance(v, np.ndarray | int):
+                out[k] = v
+        out["saved_rows"] = used
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (shapes must match)."""
+        """Restore :meth:`state_dict` (shapes must match; a state with ``saved_rows`` fills the
+        first rows of fresh arrays).
+
+        Raises:
+            ValueError: an array whose shape does not fit this storage.
+        """
+        used = state.get("saved_rows")
         for k, v in state.items():
+            if k == "saved_rows":
+                continue
             cur = getattr(self, k)
+            if used is not None and k in RING_ARRAYS:
+                arr = np.asarray(v)
+                if arr.shape != (int(used), *cur.shape[1:]) or int(used) > self.rows:
+                    raise ValueError(f"buffer state '{k}' has shape {arr.shape}, expected ({used}, {cur.shape[1:]})")
+                fresh = np.full_like(cur, -1) if k == "ep_len" else np.zeros_like(cur)
+                fresh[: int(used)] = arr
+                setattr(self, k, fresh)
+                continue
             if isinstance(cur, np.ndarray) and cur.shape != np.shape(v):
                 raise ValueError(f"buffer state '{k}' has shape {np.shape(v)}, expected {cur.shape}")
             setattr(self, k, v)
