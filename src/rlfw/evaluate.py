@@ -2,7 +2,7 @@
 evaluate a trained policy.
 
 Loads ``<run>/checkpoints/last.pt`` (``checkpoint=best``: ``best.pt``, the evaluation with the
-best ``eval.metric``) with the run's config, runs N deterministic episodes, prints success
+best confirmed figure, the checkpoint a run delivers) with the run's config, runs N deterministic episodes, prints success
 rate and return with their 95% intervals (Wilson for the success rate, t for the return) and
 writes ``<run>/evaluation.json`` (the fields a run's own final evaluation writes there,
 :func:`rlfw.core.stats.episode_summary`; a link planted at that path is replaced, never

@@ -228,7 +228,8 @@ class TrainLoop:
         networks in memory) over ``eval.final_episodes`` fresh episodes (stream
         ``FINAL_STREAM``) on rank 0; writes ``<run_dir>/evaluation.json`` (the fields of
         :func:`rlfw.core.stats.episode_summary` plus ``checkpoint``, ``checkpoint_epoch``,
-        ``seed`` and ``source``); :meth:`run` logs :meth:`delivered_line` last. The networks in memory are restored after.
+        ``seed`` and ``source``); :meth:`run` logs :meth:`delivered_line` last. The networks
+        in memory are restored after.
 
         Returns:
             The summary written, or None (not rank 0, ``eval.final_episodes`` 0, no eval envs).
