@@ -347,3 +347,20 @@ def test_optimizers_take_the_fused_adam_step_and_it_equals_the_per_tensor_step()
     for p, q in zip(nets[0].parameters(), nets[1].parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert (nets[0][0].weight - start).abs().max() > 0.05  # the 20 steps moved the weights
+
+
+def test_act_with_target_acts_with_the_averaged_actor_and_explores_with_the_actor(tmp_path):
+    """algo.act_with_target: deterministic actions (evaluation, load, export) come from the
+    Polyak-averaged actor_target, exploration from the actor; off, both from the actor."""
+    from omegaconf import OmegaConf
+
+    obs = np.zeros((2, INFO.obs_dim), np.float32)
+    on = TD3(OmegaConf.structured(TD3Config(act_with_target=True)), INFO)
+    on.actor_target = ConstActor([0.25, -0.5])
+    np.testing.assert_allclose(on.act(obs, None, explore=False), [[0.25, -0.5]] * 2)
+    on.actor = ConstActor([0.75, 0.0])
+    np.testing.assert_allclose(on.act(obs, None, explore=True), [[0.75, 0.0]] * 2)
+    off = TD3(OmegaConf.structured(TD3Config()), INFO)
+    off.actor, off.actor_target = ConstActor([0.1, 0.2]), ConstActor([0.9, 0.9])
+    np.testing.assert_allclose(off.act(obs, None, explore=False), [[0.1, 0.2]] * 2)
+    assert on.eval_actor is on.actor_target and off.eval_actor is off.actor

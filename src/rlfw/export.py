@@ -137,7 +137,7 @@ def policy_spec(policy: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     from rlfw.noise.noisynet import NoisyLinear
 
     agent = policy.agent
-    actor = agent.actor
+    actor = getattr(agent, "eval_actor", agent.actor)  # the network the agent acts with deterministically
     act_dim = int(np.prod(policy.action_space.shape))
     if isinstance(actor, SquashedGaussianActor):
         seq, keep = actor.net.net, act_dim  # (mu, log_std): the mean action uses mu only

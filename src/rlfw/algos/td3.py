@@ -58,6 +58,11 @@ class TD3Config(AlgoConfig):
     name: str = "td3"
     target_noise: float = 0.2  # std of target policy smoothing noise, in action units [-1, 1]
     target_noise_clip: float = 0.5  # smoothing noise is clipped to [-c, c]
+    # Act deterministically (evaluation, best.pt's figures, rlfw.load, export) with the target
+    # actor, the Polyak average of the actor (an exponential moving average with rate tau per
+    # actor update), instead of the actor itself: the averaged weights smooth the late-training
+    # swings of the deterministic policy. Exploration still uses the actor.
+    act_with_target: bool = False
 
     @staticmethod
     def validate(node: Any) -> None:
@@ -72,6 +77,15 @@ class TD3Config(AlgoConfig):
         in_range(node, "policy_delay", 1, prefix=p)
         for key in ("target_noise", "target_noise_clip"):
             in_range(node, key, 0.0, prefix=p)  # in [-1, 1] action units; finite
+
+    @staticmethod
+    def validate_with(cfg: Any) -> None:
+        """``act_with_target`` averages the actor's weights, which NoisyNet perturbs per layer."""
+        require(
+            not (bool(cfg.algo.get("act_with_target", False)) and cfg.noise.name == "noisynet"),
+            "algo.act_with_target=true acts with the averaged actor, and noise=noisynet swaps the actor's "
+            "layers for noisy ones: choose one of them",
+        )
 
 
 @dataclass
@@ -184,9 +198,16 @@ class TD3(OffPolicyAgent):
     # ---------------------------------------------------------------------------------------
     # acting and learning
 
+    @property
+    def eval_actor(self) -> nn.Module:
+        """The network that acts deterministically: ``actor_target`` with
+        ``algo.act_with_target``, else ``actor`` (evaluation, :func:`rlfw.load`, export)."""
+        return self.actor_target if bool(getattr(self.cfg, "act_with_target", False)) else self.actor
+
     def policy(self, x: torch.Tensor, explore: bool) -> torch.Tensor:
-        """``pi(s)`` (exploration noise is added by the exploration, not here)."""
-        return self.actor(x)  # type: ignore[no-any-return]
+        """``pi(s)`` of the actor when exploring (the noise is added by the exploration), of
+        :attr:`eval_actor` otherwise."""
+        return (self.actor if explore else self.eval_actor)(x)  # type: ignore[no-any-return]
 
     def learn(self, b: TensorBatch) -> UpdateResult:
         """One critic step and, every ``policy_delay`` steps, one actor step and target update."""
