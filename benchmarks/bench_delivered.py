@@ -42,7 +42,7 @@ def _commit() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()  # fmt: skip
-    return out.stdout.strip() + ("+dirty" if dirty else "")
+    return out.stdout.strip() + ("+wip" if dirty else "")
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -52,6 +52,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def run_seed(task: str, seed: int, label: str, overrides: list[str], keep: Path | None = None) -> dict[str, object]:
     """Train, time and evaluate one seed; returns its CSV row (also appended to :data:`CSV`)."""
+    commit = _commit()  # the code the run starts with (a commit made while it runs is not its)
     run = Path(tempfile.mkdtemp(prefix=f"rlfw-delivered-{task}-{seed}-")) / "run"
     env = dict(os.environ, WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "rlfw", f"env={task}", f"seed={seed}", *overrides, f"hydra.run.dir={run}",
@@ -71,7 +72,7 @@ def run_seed(task: str, seed: int, label: str, overrides: list[str], keep: Path 
     last = metrics[-1]
     stopped = status.get("stop_reason") or ""
     row: dict[str, object] = {
-        "task": task, "label": label, "seed": seed, "overrides": " ".join(overrides), "commit": _commit(),
+        "task": task, "label": label, "seed": seed, "overrides": " ".join(overrides), "commit": commit,
         "delivered_checkpoint": summary["checkpoint"], "checkpoint_epoch": summary["checkpoint_epoch"],
         "episodes": summary["episodes"],
         "success_rate": summary["success_rate"] if summary["success_rate"] is not None else "",

@@ -143,7 +143,7 @@ BAD = [
     (["buffer=hr"], "unknown buffer 'hr'; choose one of: her, nstep, per, uniform"),
     (["algo=ppo"], "unknown algo 'ppo'; choose one of: crossq, ddpg, sac, td3, tqc"),
     (["noise=pink"], "unknown noise 'pink'; choose one of: gaussian, noisynet, none, ou"),
-    (["algo.tua=0.1"], "unknown key 'algo.tua'; the keys of algo are: action_l2,"),
+    (["algo.tua=0.1"], "unknown key 'algo.tua'; the keys of algo are: act_with_target, action_l2,"),
     (["noise.theta=0.1"], "unknown key 'noise.theta'; the keys of noise are:"),
     (["train.batch_size=big"], "invalid value for 'train.batch_size':"),
     (["seed=abc"], "invalid value for 'seed':"),
@@ -231,7 +231,7 @@ def test_a_buffer_larger_than_memory_is_one_line_from_the_env_s_real_sizes(compo
     if memory_bytes() is None or memory_bytes() > 150e9:
         pytest.skip("needs a machine with less than 150 GB of memory")
     with pytest.raises(ConfigError) as err:
-        build(compose(["buffer.capacity=1e9"]))
+        build(compose(["buffer.capacity=1000000000"]))
     text = str(err.value)
     assert text.startswith("buffer.capacity=1000000000 needs ") and "observation 10, goals 2 x 3, action 4" in text
     assert "\n" not in text

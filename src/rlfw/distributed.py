@@ -32,6 +32,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from datetime import timedelta
@@ -343,6 +344,7 @@ def _worker_error(
 
 
 JOIN_TIMEOUT_MIN = 10  # minutes a launcher's rank waits for the others to join
+JOIN_QUIET_S = 5.0  # seconds of waiting before a rank says what it waits for
 
 
 def launcher_env() -> tuple[int, int, int] | None:
@@ -438,11 +440,18 @@ def join_launched_group(args: list[str]) -> list[str]:
     if backend == "nccl":
         torch.cuda.set_device(local % max(1, torch.cuda.device_count()))
     # before Hydra configures logging: straight to stderr, so a stale RANK/WORLD_SIZE is seen at once
+    # said only when the others take a while (a join of ranks started together stays quiet)
     launcher_vars = "RANK, WORLD_SIZE" if "RANK" in os.environ else "SLURM_PROCID, SLURM_NTASKS"
-    print(f"rlfw: rank {rank} of {world}: waiting for the other ranks at {os.environ.get('MASTER_ADDR', 'localhost')}:"
-          f"{os.environ['MASTER_PORT']} (up to {JOIN_TIMEOUT_MIN} min; {launcher_vars} in the environment say this "
-          "process is one of several: unset them for a plain run)", file=sys.stderr, flush=True)  # fmt: skip
-    dist.init_process_group(backend, init_method="env://", timeout=timedelta(minutes=JOIN_TIMEOUT_MIN))
+    waiting = threading.Timer(JOIN_QUIET_S, lambda: print(
+        f"rlfw: rank {rank} of {world}: waiting for the other ranks at {os.environ.get('MASTER_ADDR', 'localhost')}:"
+        f"{os.environ['MASTER_PORT']} (up to {JOIN_TIMEOUT_MIN} min; {launcher_vars} in the environment say this "
+        "process is one of several: unset them for a plain run)", file=sys.stderr, flush=True))  # fmt: skip
+    waiting.daemon = True
+    waiting.start()
+    try:
+        dist.init_process_group(backend, init_method="env://", timeout=timedelta(minutes=JOIN_TIMEOUT_MIN))
+    finally:
+        waiting.cancel()
     try:
         check_same_config(cfg)
     except ConfigError:

@@ -53,9 +53,9 @@ _PER_CLIENT = (
 # the metrics an rlfw client sends (rlfw.federated.client: fit's and evaluate's)
 CLIENT_METRICS = frozenset({"client_index", "env", "epoch", "env_steps", "eval_success_rate", "eval_return",
                             "train_success_rate", "train_return"})  # fmt: skip
-# state entries that cannot be negative: a batch (re)normalisation's running variance and step
-# counter, a normaliser's count and sum of squares
-NON_NEGATIVE = (".running_var", ".steps", ".count", ".sumsq", ".std")
+# network state entries that cannot be negative: a batch (re)normalisation's running variance and
+# step counter (the normalisers' statistics have check_normalizers)
+NON_NEGATIVE = (".running_var", ".steps")
 
 
 def metric_columns(names: list[str]) -> list[str]:
@@ -201,9 +201,9 @@ class RLStrategy(FedAvg):
             if math.isinf(_f(m.get(key))):
                 return f"its {key} is infinite"
         for key in ("epoch", "env_steps"):
-            v = m.get(key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int | np.integer) or int(v) < 0):
-                return f"its {key} {str(v)[:40]!r} is not a non-negative integer"
+            count = m.get(key)
+            if count is not None and (isinstance(count, bool) or not isinstance(count, int | np.integer) or int(count) < 0):
+                return f"its {key} {_plain(count, 40)} is not a non-negative integer"
         return None
 
     def check_normalizers(self, arrays: list[np.ndarray], num_examples: Any = None) -> str | None:
@@ -250,8 +250,8 @@ class RLStrategy(FedAvg):
                 return f"{e.name} has dtype {a.dtype}, the global model {g.dtype}"
             if not np.isfinite(a).all():
                 return f"{e.name} has non-finite values"
-            if e.name.endswith(NON_NEGATIVE) and bool((np.asarray(a) < 0).any()):
-                return f"{e.name} has negative values (a variance or a count cannot be)"
+            if e.kind == "net" and e.name.endswith(NON_NEGATIVE) and bool((np.asarray(a) < 0).any()):
+                return f"{e.name} has negative values (a variance or a step count cannot be)"
         nets = [(np.asarray(a, np.float64), g) for a, g, k in zip(arrays, self.global_arrays, self.kinds) if k == "net"]
         change = math.sqrt(sum(float(np.square(a - g).sum()) for a, g in nets))
         bound, ratio = self.fed.max_update_norm, self.fed.max_update_ratio
@@ -311,9 +311,9 @@ class RLStrategy(FedAvg):
             if reason is None:
                 claims[int(m["client_index"])] = claims.get(int(m["client_index"]), 0) + 1
         for arrays, res, m, reason in checked:
-            who = f"client {str(m.get('client_index', '?'))[:20]!r} {str(m.get('env', '?'))[:60]!r}"
+            who = f"client {_plain(m.get('client_index', '?'))} '{_plain(m.get('env', '?'))}'"
             if reason is None and claims[int(m["client_index"])] > 1:
-                reason = f"{claims[int(m['client_index'])]} results claim client_index {m['client_index']}: all refused"
+                reason = f"{claims[int(m['client_index'])]} results claim client_index {int(m['client_index'])}: all refused"
             if reason is not None:
                 refused += 1
                 log.error("round %d: refused %s: %s", server_round, who, reason)
@@ -459,6 +459,13 @@ def round_steps(epochs_per_round: int, train: Any) -> int:
     ``train.cycles_per_epoch`` x ``train.steps_per_cycle`` (x ``train.workers``)."""
     return (int(epochs_per_round) * int(train.cycles_per_epoch) * int(train.steps_per_cycle)
             * max(int(train.get("workers", 1)), 1))  # fmt: skip
+
+
+def _plain(x: Any, most: int = 60) -> str:
+    """``x`` as text for one log line: at most ``most`` characters, control characters escaped
+    (a client's string cannot forge a line)."""
+    text = str(x)[:most]
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _f(x: Any) -> float:
