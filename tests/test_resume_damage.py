@@ -197,6 +197,8 @@ LINKS = [
     ("episodes.csv", "outside.csv"),
     ("status.json", "outside.json"),
     ("checkpoints/last.pt", "outside.pt"),
+    ("status.json.tmp", "outside.json"),  # a temp file rlfw would write through
+    ("checkpoints/last.pt.tmp", "outside.pt"),
 ]
 
 

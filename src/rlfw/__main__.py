@@ -308,9 +308,8 @@ def refuse_planted_links(path: Path) -> None:
     Raises:
         ConfigError: one line naming the link and its target.
     """
-    for name in RUN_WRITES:
-        p = path / name
-        if p.is_symlink():
+    for p in [*(path / name for name in RUN_WRITES), *(path.iterdir() if path.is_dir() else [])]:
+        if p.is_symlink():  # any link at the top: rlfw writes its files and temp files there
             raise ConfigError(f"{p} is a link (to {os.readlink(p)}): rlfw writes only inside the run directory; "
                               "replace the link with the file itself to resume")  # fmt: skip
     ckpt = path / "checkpoints"

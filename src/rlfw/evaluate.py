@@ -112,6 +112,10 @@ def evaluate(ecfg: Any) -> dict[str, Any]:
         raise ConfigError(f"run_dir={ecfg.run_dir} {what}")
     if not os.access(run, os.W_OK | os.X_OK):
         raise ConfigError(f"run_dir={ecfg.run_dir} is not writable (evaluate writes evaluation.json and videos/ there)")
+    videos = run / "videos"
+    if ecfg.video and (videos.is_symlink() or (videos.is_dir() and any(p.is_symlink() for p in videos.iterdir()))):
+        raise ConfigError(f"run_dir={ecfg.run_dir}: {videos} is or holds a link: rlfw writes videos only inside the run "
+                          "directory")  # fmt: skip
     ckpt = checkpoint_file(run, str(ecfg.checkpoint))
     try:
         state, read = load_latest(ckpt.parent, ckpt.name)

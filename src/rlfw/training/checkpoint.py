@@ -101,8 +101,11 @@ def atomic_torch_save(obj: Any, path: Path, keep_previous: Path | None = None) -
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a stale temp file, or a link planted in its place: never written through
     try:
-        with tmp.open("wb") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(fd, "wb") as f:
             torch.save(to_safe(obj), f)
             f.flush()
             os.fsync(f.fileno())

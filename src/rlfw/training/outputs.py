@@ -131,7 +131,9 @@ class CsvFiles(Callback):
 def _replace_file(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path.tmp``, fsync it and rename it over ``path`` (atomic)."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a stale temp file, or a link planted in its place: never written through
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
         _write_all(fd, data)
         os.fsync(fd)
@@ -334,9 +336,7 @@ class VersionsFile(Callback):
 
     def on_start(self, loop: Any) -> None:
         data = versions()
-        tmp = loop.run_dir / "versions.json.tmp"
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        os.replace(tmp, loop.run_dir / "versions.json")
+        _replace_file(loop.run_dir / "versions.json", (json.dumps(data, indent=1) + "\n").encode())
 
 
 # ------------------------------------------------------------------------ run directory ownership
