@@ -174,7 +174,7 @@ def test_two_workers_stop_early_at_the_same_epoch(compose, tmp_path):
     assert [r["row"]["epoch"] for r in results] == [1, 1]
     assert results[0]["digest"] == results[1]["digest"]
     assert [r["epoch"] for r in _rows(tmp_path / "metrics.csv")] == ["1"]
-    assert _status(tmp_path)["stop_reason"] == "eval_success_rate 0 >= eval.stop_at=0 at epoch 1"
+    assert _status(tmp_path)["stop_reason"] == "confirm_success_rate 0 >= eval.stop_at=0 at epoch 1"  # the confirmed figure
 
 
 def test_fetch_reach_preset_stops_when_solved(compose):
