@@ -18,6 +18,22 @@ MAX_TEXT_BYTES = 256 * 2**20
 MAX_CHECKPOINT_BYTES = 16 * 2**30
 
 
+def create_fresh(path: str | Path) -> int:
+    """A write descriptor of a new file at ``path`` (a temp file before a rename): whatever
+    stood there (a stale temp file, a link planted in its place) is removed first, and the file
+    is created with ``O_EXCL | O_NOFOLLOW``, so nothing is ever written through a link.
+
+    Raises:
+        OSError: the file cannot be created.
+    """
+    p = Path(path)
+    try:
+        os.unlink(p)
+    except FileNotFoundError:
+        pass
+    return os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+
+
 def check_regular(path: str | Path, limit: int = MAX_TEXT_BYTES) -> Path:
     """``path`` if it is a regular file (not a link, a device, a FIFO or a directory) of at most
     ``limit`` bytes.

@@ -32,7 +32,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rlfw.core import decision_metric_name
-from rlfw.core.runfiles import MAX_CHECKPOINT_BYTES, check_regular
+from rlfw.core.runfiles import MAX_CHECKPOINT_BYTES, check_regular, create_fresh
 from rlfw.errors import ConfigError, TrainingDiverged, first_line
 
 log = logging.getLogger("rlfw")
@@ -101,11 +101,8 @@ def atomic_torch_save(obj: Any, path: Path, keep_previous: Path | None = None) -
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)  # a stale temp file, or a link planted in its place: never written through
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(create_fresh(tmp), "wb") as f:  # never through a planted link
             torch.save(to_safe(obj), f)
             f.flush()
             os.fsync(f.fileno())

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rlfw.core import Callback
+from rlfw.core.runfiles import create_fresh
 
 log = logging.getLogger("rlfw")
 
@@ -131,9 +132,7 @@ class CsvFiles(Callback):
 def _replace_file(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path.tmp``, fsync it and rename it over ``path`` (atomic)."""
     tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)  # a stale temp file, or a link planted in its place: never written through
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    fd = create_fresh(tmp)  # never through a stale temp file or a link planted in its place
     try:
         _write_all(fd, data)
         os.fsync(fd)
@@ -143,23 +142,9 @@ def _replace_file(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON to ``path`` atomically, never through a link planted there: a
-    fresh temp file (``O_EXCL | O_NOFOLLOW``) renamed over ``path`` (a link at ``path`` is
-    replaced, its target untouched)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    os.replace(tmp, path)
+    """Write ``data`` as indented JSON to ``path`` atomically, never through a link planted
+    there (:func:`_replace_file`: a link at ``path`` is replaced, its target untouched)."""
+    _replace_file(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def _overwrite_in_place(path: Path, data: bytes) -> None:
