@@ -63,23 +63,29 @@ def test_predict_single_and_batched_goal_dicts(reach_policy):
     p = reach_policy
     env = gym.make(p.env_id)
     obs, _ = env.reset(seed=0)
-    a = p.predict(obs)
+    a = p.act(obs)
     assert a.shape == (4,) and a.dtype == np.float32
     assert np.all(a >= p.action_space.low) and np.all(a <= p.action_space.high)
     own = p.agent.act(obs["observation"][None].astype(np.float32), obs["desired_goal"][None].astype(np.float32))
     np.testing.assert_allclose(a, own[0], atol=1e-6)  # bounds [-1, 1]: no rescaling
     env.step(a)  # the env takes it
     env.close()
+    # Stable-Baselines3's signature: action, state = model.predict(obs, state, episode_start, deterministic)
+    action, state = p.predict(obs, state=None, episode_start=np.array([True]), deterministic=True)
+    assert state is None and action.shape == (4,)
+    np.testing.assert_array_equal(action, a)
 
     venv = gym.make_vec(p.env_id, num_envs=3, vectorization_mode="sync")
     vobs, _ = venv.reset(seed=1)
-    batch = p.predict(vobs)
+    batch = p.act(vobs)
     assert batch.shape == (3, 4)
     assert np.all(batch >= -1.0) and np.all(batch <= 1.0)
     own = p.agent.act(vobs["observation"].astype(np.float32), vobs["desired_goal"].astype(np.float32))
     np.testing.assert_allclose(batch, own, atol=1e-6)
     first = {k: v[0] for k, v in vobs.items()}
-    np.testing.assert_allclose(p.predict(first), batch[0], atol=1e-6)
+    np.testing.assert_allclose(p.act(first), batch[0], atol=1e-6)
+    actions, _ = p.predict(vobs)
+    np.testing.assert_array_equal(actions, batch)
     venv.step(batch)
     venv.close()
 
@@ -90,13 +96,13 @@ def test_predict_rejects_wrong_inputs(reach_policy):
     obs, _ = env.reset(seed=0)
     env.close()
     with pytest.raises(TypeError, match="goal env"):
-        p.predict(obs["observation"])
+        p.act(obs["observation"])
     with pytest.raises(ValueError, match="observation has shape"):
-        p.predict({**obs, "observation": obs["observation"][:5]})
+        p.act({**obs, "observation": obs["observation"][:5]})
     with pytest.raises(ValueError, match="2 observations but 3 desired goals"):
-        p.predict({"observation": np.stack([obs["observation"]] * 2), "desired_goal": np.zeros((3, 3))})
+        p.act({"observation": np.stack([obs["observation"]] * 2), "desired_goal": np.zeros((3, 3))})
     with pytest.raises(NotImplementedError, match="deterministic"):
-        p.predict(obs, deterministic=False)  # TD3 with Gaussian action noise
+        p.act(obs, deterministic=False)  # TD3 with Gaussian action noise
 
 
 def test_load_missing_checkpoint(reach, tmp_path):
@@ -113,14 +119,14 @@ def test_hopper_policy_takes_an_array(tmp_path):
     assert p.env_id == "Hopper-v4" and isinstance(p.observation_space, gym.spaces.Box)
     env = gym.make("Hopper-v4")
     obs, _ = env.reset(seed=0)
-    a = p.predict(obs)
+    a = p.act(obs)
     assert a.shape == (3,) and np.all(np.abs(a) <= 1.0)
     np.testing.assert_allclose(a, p.agent.act(obs[None].astype(np.float32))[0], atol=1e-6)
-    assert p.predict(np.stack([obs, obs])).shape == (2, 3)
+    assert p.act(np.stack([obs, obs])).shape == (2, 3)
     env.step(a)
     env.close()
     with pytest.raises(TypeError, match="array observations"):
-        p.predict({"observation": obs})
+        p.act({"observation": obs})
 
 
 def test_pendulum_actions_come_back_in_the_env_bounds(tmp_path, monkeypatch):
@@ -138,13 +144,13 @@ def test_pendulum_actions_come_back_in_the_env_bounds(tmp_path, monkeypatch):
     np.testing.assert_allclose(p.action_space.high, [2.0])
     env = gym.make("Pendulum-v1")
     obs, _ = env.reset(seed=0)
-    a = p.predict(obs)
+    a = p.act(obs)
     assert a.shape == (1,) and -2.0 <= a[0] <= 2.0
     np.testing.assert_allclose(a, 2.0 * p.agent.act(obs[None])[0], atol=1e-6)
     env.step(a)
     env.close()
     obs_batch = np.random.default_rng(0).uniform(-1, 1, size=(64, 3)).astype(np.float32) * [1, 1, 8]
-    batch = p.predict(obs_batch)
+    batch = p.act(obs_batch)
     assert batch.shape == (64, 1) and np.all(np.abs(batch) <= 2.0)
     np.testing.assert_allclose(batch, 2.0 * p.agent.act(obs_batch.astype(np.float32)), atol=1e-6)
 
@@ -228,11 +234,11 @@ def test_predict_refuses_non_finite_observations(reach_policy, bad):
     o = obs["observation"].copy()
     o[2] = bad
     with pytest.raises(ValueError, match=r"observation has NaN or infinite values \(first at index \(2,\)\)"):
-        reach_policy.predict({**obs, "observation": o})
+        reach_policy.act({**obs, "observation": o})
     g = np.stack([obs["desired_goal"]] * 2)
     g[1, 0] = bad
     with pytest.raises(ValueError, match="desired_goal has NaN or infinite"):
-        reach_policy.predict({"observation": np.stack([obs["observation"]] * 2), "desired_goal": g})
+        reach_policy.act({"observation": np.stack([obs["observation"]] * 2), "desired_goal": g})
 
 
 def test_load_errors_name_the_problem(reach, tmp_path):

@@ -2,7 +2,7 @@
 default run): a single-node SLURM started for this module (tools/slurm_local.py: Debian's
 slurm-wlm and munge as processes of the session), a 4-job sweep through
 ``hydra/launcher=slurm`` (hydra-submitit-launcher) with one job stopped by SIGTERM mid-run,
-requeued and resumed, and a 4-trial Optuna study (``hydra/sweeper=rlfw_optuna``).
+requeued and resumed. (Optuna studies: tests/test_tune.py, ``python -m rlfw.tune``.)
 """
 
 from __future__ import annotations
@@ -115,21 +115,3 @@ def test_slurm_sweep_of_four_jobs_with_one_requeued_after_sigterm(slurm, tmp_pat
     assert "SLURM restart" not in others
 
 
-def test_optuna_study_of_four_trials_returns_its_best_value(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    sweep = tmp_path / "study"
-    cmd = [sys.executable, "-m", "rlfw", "-m", "hydra/sweeper=rlfw_optuna", "hydra.sweeper.n_trials=4",
-           "hydra.sweeper.sampler.seed=0", "env=FetchReach-v4", "train.epochs=2", "train.cycles_per_epoch=5",
-           "eval.episodes=5", f"hydra.sweep.dir={sweep}"]  # fmt: skip
-    env = dict(os.environ, PYTHONWARNINGS="ignore", WANDB_MODE="disabled")
-    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    results = (sweep / "optimization_results.yaml").read_text()
-    from omegaconf import OmegaConf
-
-    best = OmegaConf.create(results)
-    trials = _job_dirs(sweep)
-    assert len(trials) == 4, trials
-    finals = [float(_rows(t / "metrics.csv")[-1]["eval_success_rate"]) for t in trials]
-    assert float(best.best_value) == max(finals), (results, finals)
-    assert set(best.best_params) == {"algo.actor_lr", "algo.critic_lr", "algo.tau", "buffer.replay_k"}

@@ -112,7 +112,9 @@ def test_exported_policies_equal_predict(runs, run, tmp_path):
     algo = run.split("-")[0]
     policy = rlfw.load(run_dir)
     obs, inputs = _observations(policy)
-    want = policy.predict(obs)
+    want, state = policy.predict(obs)  # Stable-Baselines3's signature: (actions, state)
+    assert state is None
+    np.testing.assert_array_equal(want, policy.act(obs))
     # the inputs reach the clip and the action bounds (so normalisation and rescaling are tested)
     if policy.info.goal:
         assert policy.agent.obs_norm.enabled and float(policy.agent.obs_norm.count) > 0
@@ -131,6 +133,10 @@ def test_exported_policies_equal_predict(runs, run, tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     one = sess.run(["action"], dict(zip([i.name for i in sess.get_inputs()], [x[:1] for x in inputs])))[0]
     np.testing.assert_allclose(one, want[:1], atol=1e-5, rtol=0)  # another batch size
+    single = {k: v[0] for k, v in obs.items()} if isinstance(obs, dict) else obs[0]
+    action, _ = policy.predict(single)  # one observation, as env.step takes it
+    assert action.shape == policy.action_space.shape
+    np.testing.assert_allclose(action, one[0], atol=1e-5, rtol=0)
 
     ts = torch.jit.load(str(export_policy(run_dir, "torchscript", out=tmp_path / "p.ts")))
     np.testing.assert_allclose(ts(*map(torch.from_numpy, inputs)).numpy(), want, atol=1e-5, rtol=0)
@@ -146,12 +152,12 @@ def test_exported_policies_equal_predict(runs, run, tmp_path):
 def test_predict_samples_the_stochastic_policy(runs, algo):
     policy = rlfw.load(runs(algo))
     obs, _ = _observations(policy, n=3)
-    mean = policy.predict(obs)
-    draws = np.stack([policy.predict(obs, deterministic=False) for _ in range(20)])
+    mean = policy.act(obs)
+    draws = np.stack([policy.predict(obs, deterministic=False)[0] for _ in range(20)])
     assert draws.shape == (20, *mean.shape)
     assert np.all(draws >= policy.action_space.low) and np.all(draws <= policy.action_space.high)
     assert draws.std(axis=0).min() > 1e-4  # samples, not the mean action again
-    np.testing.assert_allclose(policy.predict(obs), mean)  # deterministic stays the mean action
+    np.testing.assert_allclose(policy.act(obs), mean)  # deterministic stays the mean action
 
 
 def test_export_cli_writes_the_default_file_and_refuses_bad_input(runs, tmp_path):
@@ -166,7 +172,7 @@ def test_export_cli_writes_the_default_file_and_refuses_bad_input(runs, tmp_path
     policy = rlfw.load(run_dir)
     obs, inputs = _observations(policy, n=4)
     np.testing.assert_allclose(torch.jit.load(str(path))(*map(torch.from_numpy, inputs)).numpy(),
-                               policy.predict(obs), atol=1e-5, rtol=0)  # fmt: skip
+                               policy.act(obs), atol=1e-5, rtol=0)  # fmt: skip
 
 
 @pytest.mark.parametrize(

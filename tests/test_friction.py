@@ -107,8 +107,6 @@ def test_the_family_ids_still_pass():
 # as when the package is not installed), the install command the line must name.
 SWEEPS = "python -m pip install -c constraints.txt -e '.[sweeps]'"
 MISSING_PLUGINS = [
-    ("hydra/sweeper=rlfw_optuna", "hydra_plugins.hydra_optuna_sweeper", SWEEPS),
-    ("hydra/sweeper=rlfw_optuna", "optuna", SWEEPS),
     ("hydra/launcher=slurm", "hydra_plugins.hydra_submitit_launcher", SWEEPS),
     ("hydra/launcher=submitit_local", "submitit", SWEEPS),
     ("hydra/launcher=ray_cluster", "hydra_plugins.hydra_ray_launcher", "hydra-ray-launcher"),
@@ -136,11 +134,23 @@ def test_a_missing_hydra_plugin_is_one_line_with_the_install_command(
 def test_installed_plugins_pass_the_check():
     from rlfw.config.preflight import preflight
 
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    assert preflight(["-m", "hydra/sweeper=rlfw_optuna", "seed=0"]) == 1
     assert preflight(["-m", "hydra/launcher=slurm", "seed=0,1"]) == 2
     assert preflight(["-m", "hydra/launcher=joblib", "seed=0,1"]) == 2
+
+
+@pytest.mark.parametrize("sweeper", ["optuna", "rlfw_optuna"])
+def test_hydra_s_optuna_sweeper_is_refused_in_one_line_naming_rlfw_tune(tmp_path, monkeypatch, capsys, sweeper):
+    import rlfw.__main__ as cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "train", _hydra_started)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["-m", f"hydra/sweeper={sweeper}", "seed=0,1"])
+    assert exit_.value.code == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"rlfw: error: hydra/sweeper={sweeper}: ") and "python -m rlfw.tune" in line
+    assert not (tmp_path / "multirun").exists()
 
 
 # --- install hints ------------------------------------------------------------------------

@@ -50,6 +50,8 @@ def _events(run_dir: Path):
 
 
 def test_tensorboard_events_equal_metrics_csv(tb_run):
+    from rlfw.callbacks import tb_tag
+
     rows = _rows(tb_run / "metrics.csv")
     assert len(rows) == 2  # metrics.csv is still written
     acc = _events(tb_run)
@@ -57,18 +59,32 @@ def test_tensorboard_events_equal_metrics_csv(tb_run):
     for row in rows:
         step = int(row["env_steps"])
         for column, cell in row.items():
-            got = {e.step: e.value for e in acc.Scalars(column)} if column in tags else {}
+            got = {e.step: e.value for e in acc.Scalars(tb_tag(column))} if tb_tag(column) in tags else {}
             if cell == "":  # NaN (no evaluation, no success signal): left out, as in wandb
                 assert step not in got, column
             else:
                 assert step in got, (column, step)
                 assert got[step] == pytest.approx(float(cell), rel=1e-5, abs=1e-6), column
-    csv_columns = {c for row in rows for c, cell in row.items() if cell != ""}
+    csv_columns = {tb_tag(c) for row in rows for c, cell in row.items() if cell != ""}
     assert csv_columns <= tags
-    assert {"epoch", "env_steps", "eval_success_rate", "critic_loss", "q_mean"} <= tags
-    # the per-cycle losses, as wandb's log_cycles
+    # Stable-Baselines3's groups
+    assert {"time/epoch", "time/env_steps", "eval/success_rate", "train/critic_loss", "train/q_mean",
+            "rollout/success_rate"} <= tags, tags  # fmt: skip
+    assert not [t for t in tags if "/" not in t]  # no flat tag left
+    # the per-cycle losses: every cycle (100 env steps each here), not one point per 1,000 env steps
+    cycles = int(rows[-1]["env_steps"]) // 100
     assert "cycle/critic_loss" in tags and "cycle/q_mean" in tags
-    assert len(acc.Scalars("cycle/critic_loss")) >= 1
+    assert len(acc.Scalars("cycle/critic_loss")) == cycles
+    # the config as text and an HPARAMS entry with the delivered figure
+    assert "config/text_summary" in acc.Tags()["tensors"]
+    assert b"algo:" in acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0]
+    delivered = json.loads((tb_run / "evaluation.json").read_text())["success_rate"]
+    assert acc.Scalars("hparams/delivered_success_rate")[-1].value == pytest.approx(delivered)
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    plugin = acc.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    start = plugin_data_pb2.HParamsPluginData.FromString(plugin).session_start_info
+    assert start.hparams["algo.name"].string_value == "td3" and start.hparams["env.id"].string_value == "FetchReach-v4"
 
 
 def test_logger_csv_writes_no_tensorboard(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -18,10 +19,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def make_run(root: Path, name: str, overrides: list[str], task: str, values: list[float],
-             success: bool = True) -> Path:
-    """A run directory as rlfw writes it: metrics.csv, .hydra/overrides.yaml, .hydra/config.yaml."""
+             success: bool = True, status: str | None = "finished") -> Path:
+    """A run directory as rlfw writes it: metrics.csv, .hydra/overrides.yaml, .hydra/config.yaml,
+    status.json (none when ``status`` is None)."""
     run = root / name
     (run / ".hydra").mkdir(parents=True)
+    if status is not None:
+        (run / "status.json").write_text(json.dumps({"status": status}))
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"env": {"id": task}, "seed": 0}))
     lines = ["epoch,env_steps,wall_time_s,eval_return,eval_success_rate"]
@@ -67,6 +71,25 @@ def test_summary_table_and_band_use_the_t_interval(tmp_path):
     assert (lo, hi) == pytest.approx((0.5 - half, 0.5 + half), abs=1e-3)  # [0.252, 0.748]
     assert hi - lo > 2 * 1.96 * 0.1 / math.sqrt(3) + 0.2  # far wider than mean +- 1.96 SE
     assert "final 95% CI (t)" in text.splitlines()[0]
+
+
+def test_final_has_one_meaning_and_short_or_unfinished_runs_are_warned_about(tmp_path, caplog):
+    """'final' is each run's own last evaluation in the main table and the aggregate alike; a
+    run shorter than its setting's longest, or one whose status is not finished, is a warning."""
+    make_run(tmp_path, "s0", ["algo=td3", "seed=0"], "FetchReach-v4", [0.0, 0.2, 0.4, 0.8])
+    short = make_run(tmp_path, "s1", ["algo=td3", "seed=1"], "FetchReach-v4", [0.0, 0.6], status="interrupted")
+    (tmp_path / "s1" / "evaluation.json").write_text(json.dumps({"success_rate": 0.55}))
+    with caplog.at_level("WARNING", logger="rlfw.report"):
+        _, md, text = summarize([tmp_path], reps=200)
+    row = next(ln for ln in text.splitlines() if ln.startswith("| algo=td3"))
+    assert row.split("|")[4].strip().startswith("0.700 +- 0.100")  # (0.8 + 0.6) / 2, not (0.2 + 0.6) / 2
+    assert row.split("|")[-2].strip() == "0.550 (1 of 2)"  # the delivered figure where there is one
+    agg_row = next(ln for ln in text.splitlines() if ln.startswith("| FetchReach-v4 |"))
+    assert float(agg_row.split("|")[5].split()[0]) == pytest.approx(0.7)  # the aggregate's mean: the same finals
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"{short}: status 'interrupted'" in warned
+    assert f"{short}: last evaluation at 200 env steps, shorter than the 400" in warned
+    assert "Warnings:" in md.read_text() and "each run's own last evaluation" in md.read_text()
 
 
 def test_iqm_on_hand_made_runs(tmp_path):

@@ -1,4 +1,6 @@
-"""python -m rlfw.tune: pruned trials, an objective over seeds, a study continued from its file."""
+"""python -m rlfw.tune: pruned trials, an objective over seeds, a study continued from Optuna's
+own storage (SQLite by default, a journal file as the option), search spaces in Hydra's sweep
+syntax, trial numbers from the storage."""
 
 from __future__ import annotations
 
@@ -10,13 +12,14 @@ import pytest
 from .conftest import TINY
 
 pytest.importorskip("optuna")
-pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
 
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from rlfw.plots import read_csv
 from rlfw.report import numeric_column
-from rlfw.tune import main, tune
+from rlfw.tune import main, split_overrides, tune
 
 PENDULUM = ["env=gym", "env.id=Pendulum-v1", *TINY, "logger.progress=lines"]
 SPACE = "algo.tau=interval(0.001,0.05)"
@@ -28,10 +31,11 @@ def test_bad_trial_is_pruned_and_a_second_invocation_continues_the_study(tmp_pat
     # so trial 1's first evaluation is below trial 0's and the median pruner stops it
     first = tune([*common, *PENDULUM, "env.max_episode_steps=50"])
     assert [t.state for t in first.trials] == [TrialState.COMPLETE]
-    assert json.loads((tmp_path / "study.json").read_text())["trials"][0]["state"] == "COMPLETE"
+    url = f"sqlite:///{tmp_path / 'study.db'}"  # the default storage: Optuna's own database
+    assert [t.state for t in optuna.load_study(study_name="rlfw", storage=url).trials] == [TrialState.COMPLETE]
     second = tune([*common, *PENDULUM, "env.max_episode_steps=200"])
     assert [t.state for t in second.trials] == [TrialState.COMPLETE, TrialState.PRUNED]  # grew by one
-    assert len(json.loads((tmp_path / "study.json").read_text())["trials"]) == 2
+    assert len(optuna.load_study(study_name="rlfw", storage=url).trials) == 2
     pruned = tmp_path / "trial_1" / "seed_0"
     status = json.loads((pruned / "status.json").read_text())
     assert status["status"] == "pruned" and "below the median" in status["reason"]
@@ -69,9 +73,59 @@ def test_tune_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert "tune.seedz" in _one_line_exit_2(["tune.seedz=[0]", SPACE], capsys)
     assert "algo.tua" in _one_line_exit_2([f"tune.dir={tmp_path}", "algo.tua=interval(0.1,0.2)"], capsys)
     assert not (tmp_path / "trial_0").exists()  # refused before any run started
-    monkeypatch.setitem(sys.modules, "optuna", None)  # the sweeps extra not installed
+    assert "algo.tau=range(5,1,1) holds no value" in _one_line_exit_2(["algo.tau=range(5,1)"], capsys)
+    assert "algo.tau=interval(0.1,0.05) needs low < high" in _one_line_exit_2(["algo.tau=interval(0.1,0.05)"], capsys)
+    err = _one_line_exit_2([f"tune.storage={tmp_path / 'study.json'}", SPACE], capsys)
+    assert "sqlite:///" in err and "journal:" in err  # the JSON study file is gone; the two forms named
+    monkeypatch.setitem(sys.modules, "optuna", None)  # the tune extra not installed
     err = _one_line_exit_2([SPACE], capsys)
-    assert "pip install -c constraints.txt -e '.[sweeps]'" in err
+    assert "pip install -c constraints.txt -e '.[tune]'" in err
+
+
+def test_search_spaces_in_hydra_sweep_syntax_become_optuna_distributions():
+    space, fixed = split_overrides(["algo.tau=interval(0.001,0.05)", "algo.actor_lr=tag(log,interval(1e-4,3e-3))",
+                                    "buffer.replay_k=choice(2,4,8)", "train.batch_size=range(64,257,64)",
+                                    "train.epochs=range(1,4)", "algo.n_step=interval(1,5)", "env=FetchPush-v4"])
+    assert fixed == ["env=FetchPush-v4"]
+    assert space["algo.tau"] == FloatDistribution(0.001, 0.05)
+    assert space["algo.actor_lr"] == FloatDistribution(1e-4, 3e-3, log=True)
+    assert space["buffer.replay_k"] == CategoricalDistribution([2, 4, 8])
+    assert space["train.batch_size"] == IntDistribution(64, 256, step=64)  # the end excluded, as in Hydra
+    assert space["train.epochs"] == IntDistribution(1, 3)
+    assert space["algo.n_step"] == FloatDistribution(1.0, 5.0)  # Hydra's interval is a float one; range for ints
+
+
+def test_optuna_4_study_in_sqlite_continues_and_two_processes_never_share_a_trial_number(tmp_path):
+    """A 2-trial study with tune.storage=sqlite:///<file> continues to 4 trials on a second call
+    (issue 32); two rlfw.tune processes started together on one study get different trial
+    numbers from the storage and different directories (issue 33 class 5)."""
+    import subprocess
+
+    assert int(optuna.__version__.split(".")[0]) >= 4
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    args = ["tune.n_trials=2", "tune.pruner=none", f"tune.storage={url}", f"tune.dir={tmp_path}", SPACE,
+            *PENDULUM, "env.max_episode_steps=50", "train.epochs=1"]
+    assert len(tune(args).trials) == 2
+    assert [t.number for t in tune(args).trials] == [0, 1, 2, 3]
+    procs = [subprocess.Popen([sys.executable, "-m", "rlfw.tune", *[a.replace("n_trials=2", "n_trials=1") for a in args]],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert not any("alembic" in err or "A new study created" in err for _, err in outs)  # quiet logs
+    trials = optuna.load_study(study_name="rlfw", storage=url).trials
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3, 4, 5]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    dirs = {t.user_attrs["run_dir_seed_0"] for t in trials}
+    assert dirs == {str((tmp_path / f"trial_{n}" / "seed_0").resolve()) for n in range(6)}
+
+
+def test_a_study_in_a_journal_file_continues(tmp_path):
+    journal = tmp_path / "nfs" / "study.log"
+    args = ["tune.n_trials=1", "tune.pruner=none", f"tune.storage=journal:{journal}", f"tune.dir={tmp_path}", SPACE,
+            *PENDULUM, "env.max_episode_steps=50", "train.epochs=1"]
+    tune(args)
+    assert journal.is_file()
+    assert [t.state for t in tune(args).trials] == [TrialState.COMPLETE] * 2
 
 
 def test_trials_never_share_a_directory(tmp_path):

@@ -162,3 +162,19 @@ gym.register("FaultyReach-v0", entry_point=FaultyReachEnv, max_episode_steps=10)
 gym.register("CoinGoal-v0", entry_point=CoinGoalEnv, max_episode_steps=1)
 gym.register("UserDense-v0", entry_point=UserDenseEnv, max_episode_steps=10)
 gym.register("EndlessDense-v0", entry_point=UserDenseEnv)  # no time limit: its episodes never end
+
+
+class AlwaysSucceeds(gym.Wrapper):
+    """A user's Gymnasium wrapper (for ``env.wrappers``): every step reports ``is_success`` as
+    ``value`` whatever the env says, and counts the envs it wrapped in ``AlwaysSucceeds.made``."""
+
+    made = 0
+
+    def __init__(self, env: gym.Env, value: float = 1.0) -> None:
+        super().__init__(env)
+        self.value = float(value)
+        AlwaysSucceeds.made += 1
+
+    def step(self, action: np.ndarray):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, {**info, "is_success": self.value}

@@ -8,7 +8,7 @@ The Python API (:mod:`rlfw.api`, imported on first use so ``import rlfw`` stays 
 
     run_dir = rlfw.train(["env=FetchReach-v4", "train.epochs=1"])   # as python -m rlfw does
     policy = rlfw.load(run_dir)                                     # an rlfw.Policy
-    action = policy.predict(obs)                                    # in the env's own bounds
+    action, _ = policy.predict(obs)                                 # SB3's signature; policy.act(obs): the action alone
 """
 
 import ctypes.util

@@ -413,7 +413,7 @@ def _resume_claimed(path: Path, overrides: list[str]) -> float:
 
     from rlfw.config.preflight import translate
     from rlfw.config.schema import Config
-    from rlfw.config.validate import validate
+    from rlfw.config.validate import check_run_length, validate
     from rlfw.training.checkpoint import has_checkpoint, load_latest
 
     refuse_planted_links(path)
@@ -438,8 +438,12 @@ def _resume_claimed(path: Path, overrides: list[str]) -> float:
         cfg = OmegaConf.merge(_typed_root(Config, base), base)
         assert isinstance(cfg, DictConfig)
         OmegaConf.set_struct(cfg, True)
+        keys = {o.split("=", 1)[0] for o in overrides}
+        if "train.epochs" in keys and "train.total_steps" not in keys:  # the new length is in epochs
+            overrides = [*overrides, "train.total_steps=null"]
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
         assert isinstance(cfg, DictConfig)
+        check_run_length(overrides, cfg)
         validate(cfg)
         plain = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as err:
@@ -686,6 +690,9 @@ def main(argv: list[str] | None = None) -> None:
         if resume_args:
             resume(resume_args[-1].split("=", 1)[1], [a for a in args if not a.startswith("resume=")])
             return
+        from rlfw.config.preflight import free_form_overrides
+
+        args = free_form_overrides(args)
         preflight(args)
         check_hydra(args)
         _claim_given_run_dir(args)

@@ -9,7 +9,8 @@
     policy = rlfw.load(run_dir)
     env = gym.make(policy.env_id)
     obs, _ = env.reset(seed=0)
-    obs, reward, terminated, truncated, info = env.step(policy.predict(obs))
+    action, _ = policy.predict(obs)                  # Stable-Baselines3's signature
+    obs, reward, terminated, truncated, info = env.step(action)
 
 :func:`train` runs the same Hydra app as ``python -m rlfw`` (same composition, checks and run
 directory files), so ``python -m rlfw resume=<run_dir>`` and ``python -m rlfw.evaluate
@@ -79,7 +80,9 @@ def train(overrides: Sequence[str] = (), callbacks: Sequence[Callback] = ()) -> 
         Exception: whatever a failed run raised (``status.json`` says ``failed`` if training
             had started).
     """
-    overrides = [str(o) for o in overrides]
+    from rlfw.config.preflight import free_form_overrides
+
+    overrides = free_form_overrides([str(o) for o in overrides])
     flags = [o for o in overrides if o.startswith("-")]
     if flags:
         raise ConfigError(
@@ -325,8 +328,30 @@ class Policy:
             f"action_space={self.action_space}, device={self.device!r})"
         )
 
-    def predict(self, obs: Any, deterministic: bool = True) -> np.ndarray:
-        """Actions for observations as the env returns them.
+    def predict(
+        self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = True
+    ) -> tuple[np.ndarray, Any]:
+        """Stable-Baselines3's ``predict``: ``action, state = policy.predict(obs)``.
+
+        Args:
+            observation: as for :meth:`act` (one observation or a batch).
+            state: the recurrent state SB3 passes through; rlfw's policies are not recurrent, so
+                it is returned as given (None).
+            episode_start: SB3's episode-start mask for recurrent policies; not used.
+            deterministic: as for :meth:`act`.
+
+        Returns:
+            ``(actions, state)``: the actions of :meth:`act` (``(act_dim,)`` or
+            ``(N, act_dim)``) and ``state`` unchanged.
+
+        Raises:
+            TypeError, ValueError, NotImplementedError: as :meth:`act`.
+        """
+        return self.act(observation, deterministic=deterministic), state
+
+    def act(self, obs: Any, deterministic: bool = True) -> np.ndarray:
+        """Actions for observations as the env returns them (the action alone; :meth:`predict`
+        is the same with Stable-Baselines3's signature).
 
         Args:
             obs: goal envs: a dict with ``observation`` ``(obs_dim,)`` and ``desired_goal``
@@ -380,7 +405,7 @@ class Policy:
         if self.info.goal:
             if not isinstance(obs, Mapping):
                 raise TypeError(
-                    f"{self.env_id} is a goal env: predict takes its dict observation "
+                    f"{self.env_id} is a goal env: the policy takes its dict observation "
                     f"(observation, achieved_goal, desired_goal), not {type(obs).__name__}"
                 )
             missing = [k for k in ("observation", "desired_goal") if k not in obs]
@@ -392,7 +417,7 @@ class Policy:
                 raise ValueError(f"{len(o)} observations but {len(g)} desired goals")
             return o, g, single
         if isinstance(obs, Mapping):
-            raise TypeError(f"{self.env_id} has array observations; predict got a dict")
+            raise TypeError(f"{self.env_id} has array observations; the policy got a dict")
         o, single = _batch(obs, self._obs_shape, "observation")
         return o, None, single
 

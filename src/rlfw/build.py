@@ -19,7 +19,14 @@ from omegaconf import OmegaConf
 
 from rlfw.components import load_components
 from rlfw.core import Agent, EnvInfo, Exploration, ReplayBuffer
-from rlfw.envs import EnvFamily, env_imports, make_vector_env, read_env_info, resolve_env_id
+from rlfw.envs import (
+    EnvFamily,
+    env_imports,
+    env_wrappers,
+    make_vector_env,
+    read_env_info,
+    resolve_env_id,
+)
 from rlfw.errors import ConfigError
 from rlfw.registry import registry
 
@@ -65,7 +72,7 @@ def build_env(cfg: Any, log_resolution: bool = True) -> EnvParts:
         log.warning(message)
     family = registry("env.family").get(cfg.env.family).target
     kwargs = env_kwargs(cfg)
-    ref_env = family.make(env_id, cfg.env.max_episode_steps, kwargs)
+    ref_env = family.make(env_id, cfg.env.max_episode_steps, kwargs, wrappers=env_wrappers(cfg))
     info = read_env_info(cfg.env.family, ref_env, env_id)
     if cfg.buffer.relabel == "her" and not info.goal:
         ref_env.close()
@@ -177,11 +184,11 @@ def build(cfg: Any, rank: int = 0, device: torch.device | None = None) -> Compon
     envs = make_vector_env(env.family, env.env_id, num_envs, cfg.env.max_episode_steps, env.kwargs,
                            cfg.env.vectorization, imports=env_imports(cfg),
                            grasped_start=float(cfg.env.grasped_start),
-                           near_object_start=float(cfg.env.near_object_start))  # fmt: skip
+                           near_object_start=float(cfg.env.near_object_start), wrappers=env_wrappers(cfg))  # fmt: skip
     n_eval = int(cfg.eval.num_envs or min(cfg.eval.episodes, 10))
     eval_envs = (
         make_vector_env(env.family, env.env_id, n_eval, cfg.env.max_episode_steps, env.kwargs, "sync",
-                        imports=env_imports(cfg))
+                        imports=env_imports(cfg), wrappers=env_wrappers(cfg))
         if cfg.eval.episodes > 0
         else None
     )

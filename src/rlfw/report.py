@@ -17,7 +17,11 @@ setting form one group), and writes into the first directory (or ``--out``, a di
 - ``summary.md``: a markdown table of the final and best values per group (mean +- std over
   seeds, and the final value's 95% interval), and, for success rates, the median over seeds of
   the env steps and wall seconds at the first evaluation at or above ``--threshold`` (0.9; "-"
-  when a seed never got there, the median then counts it as never), also printed;
+  when a seed never got there, the median then counts it as never), and the mean delivered
+  figure (``evaluation.json``), also printed. "Final" has one meaning everywhere: each run's own
+  last evaluation in metrics.csv. Runs that did not finish (``status.json`` says interrupted,
+  failed, pruned or running) or stopped short of their setting's longest run are listed as
+  warnings (stderr and summary.md);
 - ``aggregate.png`` and an "Aggregate" table in ``summary.md``: per setting (the overrides
   without ``seed``, ``env`` and ``env.id``, so a setting run on several tasks is one setting),
   the interquartile mean (IQM) and the mean of the final normalised scores of all its runs on
@@ -37,6 +41,8 @@ scipy and rliable: ``pip install -c constraints.txt -e '.[stats]'``.
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -49,6 +55,11 @@ from rlfw.errors import ConfigError, fail
 from rlfw.plots import _figure, _save, read_csv
 
 CI_METHODS = ("t", "bootstrap")
+# One definition of "final" for every table of the report.
+FINAL_DEFINITION = ("'final' is each run's own last evaluation in metrics.csv (curves are drawn up to the "
+                    "shortest run of a setting); 'delivered' is the run's evaluation.json (its best.pt on fresh "
+                    "episodes).")
+log = logging.getLogger("rlfw.report")
 STATS_HINT = "pip install -c constraints.txt -e '.[stats]'"
 
 
@@ -77,6 +88,41 @@ def _overrides(run: Path) -> list[str]:
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
         raise ConfigError(f"{path}: expected a list of overrides (key=value strings)")
     return overrides
+
+
+def unfinished(run: Path) -> str | None:
+    """Why a run did not finish normally (``status.json``'s status and its reason or error),
+    or None when it finished.
+
+    A run without ``status.json`` (written by every rlfw run from its start) is reported as
+    such; an unreadable one too (never raised: the report goes on).
+    """
+    path = run / "status.json"
+    if not path.exists():
+        return "no status.json: not known to have finished"
+    try:
+        data = json.loads(read_text(path))
+    except (OSError, ValueError, ConfigError) as err:
+        return f"status.json unreadable ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    status = data.get("status") if isinstance(data, dict) else None
+    if status == "finished":
+        return None
+    why = data.get("reason") or data.get("error") if isinstance(data, dict) else None
+    return f"status {status!r}" + (f" ({str(why).splitlines()[0][:200]})" if why else "")
+
+
+def delivered_figure(run: Path, metric: str) -> float | None:
+    """The run's delivered figure from ``evaluation.json`` (``success_rate`` for
+    ``eval_success_rate``, ``return_mean`` otherwise), or None when it has none."""
+    path = run / "evaluation.json"
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(read_text(path))
+        value = float(data["success_rate" if metric == "eval_success_rate" else "return_mean"])
+    except (OSError, ValueError, ConfigError, KeyError, TypeError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _key(override: str) -> str:
@@ -199,49 +245,33 @@ def iqm(scores: np.ndarray) -> float:
     return float(metrics.aggregate_iqm(np.asarray(scores, dtype=float)))
 
 
-def stratified_bootstrap(
-    scores: np.ndarray, statistic: Any, reps: int = 2000, confidence: float = 0.95, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval of ``statistic(scores)`` under resampling runs within each task.
-
-    rliable's ``StratifiedBootstrap`` (Agarwal et al. 2021, sec. 4): each resample draws, for
-    every task (column), as many runs as it has, with replacement, from that task's runs. Done
-    here with numpy because rliable 1.2's bootstrap needs ``arch`` < 8, which does not import
-    with pandas 3.
+def interval_estimates(
+    score_dict: dict[str, np.ndarray], statistic: Any, reps: int = 2000, seed: int = 0
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Point estimates and 95% stratified-bootstrap percentile intervals of ``statistic`` per
+    setting: ``rliable.library.get_interval_estimates`` (Agarwal et al. 2021, sec. 4: each
+    resample draws, for every task, as many runs as it has, with replacement, from that task's
+    runs).
 
     Args:
-        scores: ``[runs, tasks]`` normalised scores.
-        statistic: ``[runs, tasks] -> float or [k]`` (IQM, mean, a profile).
+        score_dict: ``{setting: [runs, tasks] normalised scores}``.
+        statistic: ``[runs, tasks] -> [k]`` (IQM and mean).
         reps: resamples.
-        confidence: coverage of the interval.
-        seed: random seed.
+        seed: the bootstrap's random seed (``random_state``).
 
     Returns:
-        ``(lo, hi)``, each the shape of ``statistic``'s value.
+        ``{setting: (point [k], lo [k], hi [k])}``.
     """
-    scores = np.asarray(scores, dtype=float)
-    rng = np.random.default_rng(seed)
-    runs, tasks = scores.shape
-    idx = rng.integers(0, runs, size=(reps, runs, tasks))
-    values = np.array([statistic(np.take_along_axis(scores, i, axis=0)) for i in idx])
-    alpha = (1 - confidence) / 2 * 100
-    lo, hi = np.percentile(values, [alpha, 100 - alpha], axis=0)
-    return lo, hi
+    import warnings
 
+    from rliable import library
 
-def performance_profile(scores: np.ndarray, taus: np.ndarray) -> np.ndarray:
-    """Run-score distribution: for each tau, the fraction of runs with a score above tau,
-    averaged over tasks (rliable's ``create_performance_profile`` point estimate).
-
-    Args:
-        scores: ``[runs, tasks]``.
-        taus: ``[k]`` thresholds.
-
-    Returns:
-        ``[k]`` fractions in [0, 1].
-    """
-    scores = np.asarray(scores, dtype=float)
-    return np.array([(scores > t).mean(0).mean() for t in taus])
+    with warnings.catch_warnings():  # rliable 1.2 passes arch the random_state arch 7 deprecates
+        warnings.simplefilter("ignore", FutureWarning)
+        points, intervals = library.get_interval_estimates(
+            score_dict, statistic, reps=reps, random_state=np.random.RandomState(seed)
+        )
+    return {k: (np.asarray(points[k]), np.asarray(intervals[k])[0], np.asarray(intervals[k])[1]) for k in score_dict}
 
 
 def normalise(finals: dict[str, dict[str, list[float]]], success: dict[str, bool]) -> dict[str, dict[str, list[float]]]:
@@ -288,21 +318,23 @@ def aggregate(
         ``{setting: {"scores": [runs, tasks], "tasks": [...], "iqm": (point, lo, hi),
         "mean": (point, lo, hi)}}``.
     """
+    matrices = {setting: score_matrix(by_task) for setting, by_task in normalise(finals, success).items()}
+    estimates = interval_estimates({s: m for s, (m, _) in matrices.items()},
+                                   lambda x: np.array([iqm(x), x.mean()]), reps, seed)  # fmt: skip
     out = {}
-    for setting, by_task in normalise(finals, success).items():
-        scores, tasks = score_matrix(by_task)
-        lo, hi = stratified_bootstrap(scores, lambda x: np.array([iqm(x), x.mean()]), reps, seed=seed)
+    for setting, (scores, tasks) in matrices.items():
+        point, lo, hi = estimates[setting]
         out[setting] = {
             "scores": scores, "tasks": tasks,
-            "iqm": (iqm(scores), float(lo[0]), float(hi[0])),
-            "mean": (float(scores.mean()), float(lo[1]), float(hi[1])),
+            "iqm": (float(point[0]), float(lo[0]), float(hi[0])),
+            "mean": (float(point[1]), float(lo[1]), float(hi[1])),
         }  # fmt: skip
     return out
 
 
 def _aggregate_figure(agg: dict[str, dict[str, Any]], out: Path, reps: int, seed: int) -> Path:
     """aggregate.png: IQM with its interval per setting, and the performance profiles."""
-    from rliable import plot_utils
+    from rliable import library, plot_utils
 
     plt, fig, ax = _figure()
     fig.set_size_inches(12, 4.5)
@@ -315,11 +347,9 @@ def _aggregate_figure(agg: dict[str, dict[str, Any]], out: Path, reps: int, seed
     ax_iqm.set_yticks(range(len(names)), [n[:40] for n in names], fontsize=8)
     ax_iqm.set(xlabel="IQM of normalised final score (95% stratified bootstrap CI)", xlim=(-0.02, 1.02))
     taus = np.linspace(0.0, 1.0, 41)
-    profiles, cis = {}, {}
-    for name in names:
-        scores = agg[name]["scores"]
-        profiles[name] = performance_profile(scores, taus)
-        cis[name] = np.stack(stratified_bootstrap(scores, lambda x: performance_profile(x, taus), min(reps, 500), seed=seed))
+    np.random.seed(seed)  # noqa: NPY002  (rliable's profile bootstrap draws from numpy's global state)
+    profiles, cis = library.create_performance_profile({n: agg[n]["scores"] for n in names}, taus,
+                                                       reps=min(reps, 500))  # fmt: skip
     plot_utils.plot_performance_profiles(
         profiles, taus, performance_profile_cis=cis, ax=ax_prof,
         colors={n: f"C{i}" for i, n in enumerate(names)},
@@ -384,7 +414,10 @@ def summarize(
     if use_success:
         head += f" median env steps to {threshold:g} | median s to {threshold:g} |"
         rule += "---|---|"
+    head += " delivered (evaluation.json) |"
+    rule += "---|"
     lines = [head, rule]
+    warnings = [f"{r}: {state}" for r in runs if (state := unfinished(r))]
     for i, (label, members) in enumerate(sorted(groups.items())):
         curves = []
         steps = None
@@ -410,14 +443,28 @@ def summarize(
             lo, hi = np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
         if len(members) > 1:
             ax.fill_between(steps, lo, hi, alpha=0.2)
-        final, best = ys[:, -1], ys.max(1)
-        band = f"[{lo[-1]:.3f}, {hi[-1]:.3f}]" if len(members) > 1 else "-"
+        # "final": each run's own last evaluation (the same value the aggregate uses)
+        final = np.array([c[1][-1] for c in curves])
+        best = np.array([c[1].max() for c in curves])
+        horizon = max(int(c[0][-1]) for c in curves)
+        for r, c in zip(members, curves):
+            if int(c[0][-1]) < horizon:
+                warnings.append(f"{r}: last evaluation at {int(c[0][-1])} env steps, shorter than the "
+                                f"{horizon} of its setting's longest run")  # fmt: skip
+        band = "-"
+        if len(members) > 1:
+            _, flo, fhi = mean_interval(final[:, None], ci, reps=reps, seed=seed)
+            if use_success:
+                flo, fhi = np.clip(flo, 0.0, 1.0), np.clip(fhi, 0.0, 1.0)
+            band = f"[{flo[0]:.3f}, {fhi[0]:.3f}]"
+        delivered = [d for d in (delivered_figure(r, metric) for r in members) if d is not None]
         line = (
-            f"| {names[label]} | {len(members)} | {int(steps[-1])} | {final.mean():.3f} +- {final.std():.3f} "
+            f"| {names[label]} | {len(members)} | {horizon} | {final.mean():.3f} +- {final.std():.3f} "
             f"| {best.mean():.3f} +- {best.std():.3f} | {band} |"
         )
         if use_success:
             line += f" {_median_reach(reach_steps)} | {_median_reach(reach_s)} |"
+        line += (f" {np.mean(delivered):.3f} ({len(delivered)} of {len(members)}) |" if delivered else " - |")
         lines.append(line)
     ax.set(xlabel="env steps", ylabel=metric.replace("_", " "), title=f"{metric} (mean, 95% {ci} CI over seeds)")
     ax.legend(loc="best", fontsize=8)
@@ -450,9 +497,14 @@ def summarize(
                      f"| {q:.3f} [{qlo:.3f}, {qhi:.3f}] | {m:.3f} [{mlo:.3f}, {mhi:.3f}] |")  # fmt: skip
     if agg:
         _aggregate_figure(agg, out, reps, seed)
+    if warnings:
+        lines += ["", "Warnings:", "", *(f"- {w}" for w in warnings)]
+        for w in warnings:
+            log.warning("warning: %s", w)
     text = "\n".join(lines) + "\n"
     md = out / "summary.md"
-    md.write_text(f"# rlfw report\n\nRuns: {len(runs)} in {len(groups)} settings, metric {metric}.\n\n" + text)
+    md.write_text(f"# rlfw report\n\nRuns: {len(runs)} in {len(groups)} settings, metric {metric}. "
+                  f"{FINAL_DEFINITION}\n\n" + text)  # fmt: skip
     return png, md, text
 
 

@@ -1,16 +1,16 @@
 """``python -m rlfw.tune [tune.KEY=VALUE ...] [search overrides] [overrides]``: Optuna tuning
 that prunes, averages seeds and continues a stored study.
 
-Hydra's Optuna sweeper (``python -m rlfw -m hydra/sweeper=rlfw_optuna``) scores a trial by one
-run's final eval and cannot prune. This entry point drives Optuna itself (ask-and-tell) and
-trains each trial in this process with rlfw's own composition, validation and training loop:
+This entry point drives Optuna (4 or later) itself (ask-and-tell) and trains each trial in this
+process with rlfw's own composition, validation, run-dir lock and training loop:
 
-- Search space: overrides in the Optuna sweeper's syntax, ``algo.tau='interval(0.001,0.05)'``,
-  ``algo.actor_lr='tag(log,interval(1e-4,3e-3))'``, ``buffer.replay_k='choice(2,4,8)'``,
-  ``train.batch_size='range(64,257,64)'`` (converted by
-  ``hydra_optuna_sweeper._impl.create_params_from_overrides``). Without any, the
-  ``params`` of ``conf/hydra/sweeper/rlfw_optuna.yaml`` are searched. Every other override is
-  fixed for all trials (``env=FetchPush-v4 train.epochs=20``).
+- Search space: overrides in Hydra's sweep syntax (Hydra's public override grammar,
+  ``hydra.core.override_parser``), read as Optuna distributions by :func:`as_distribution`:
+  ``algo.tau='interval(0.001,0.05)'`` (uniform), ``algo.actor_lr='tag(log,interval(1e-4,3e-3))'``
+  (log-uniform), ``buffer.replay_k='choice(2,4,8)'`` (categorical),
+  ``train.batch_size='range(64,257,64)'`` (integers 64..256 in steps of 64; the end is
+  excluded, as in Hydra). Without any, :data:`DEFAULT_SPACE` is searched. Every other override
+  is fixed for all trials (``env=FetchPush-v4 train.epochs=20``).
 - Objective (maximised): each trial trains one run per seed of ``tune.seeds``; a run scores its
   ``eval.metric`` column (:func:`rlfw.core.eval_metric_name`: eval success rate
   on goal envs, eval return otherwise) in the final evaluation of the checkpoint it delivers
@@ -24,19 +24,22 @@ trains each trial in this process with rlfw's own composition, validation and tr
   best value so far is below the median of earlier trials at that step, after
   ``tune.startup_trials`` finished trials and ``tune.warmup_epochs`` steps) stops bad trials.
   A pruned run's ``status.json`` says ``pruned`` with the reason; the study goes on.
-- Storage: the study lives in ``tune.storage``; running the command again with the same study
-  name and storage continues it and adds ``tune.n_trials`` trials. The default,
-  ``<tune.dir>/study.json``, is a file of the finished trials (states, values, parameters,
-  intermediate values) that is loaded into an in-memory study (``Study.add_trials``); an
-  Optuna storage URL (``sqlite:///study.db``) is passed to ``optuna.create_study(storage=...,
-  load_if_exists=True)``. The sweeps extra pins optuna 2.10 (Hydra's Optuna sweeper needs
-  optuna < 3), whose RDB storage does not work with SQLAlchemy 2 (which flwr needs), hence
-  the file.
+- Storage: Optuna's own. The default is an SQLite database, ``sqlite:///<tune.dir>/study.db``
+  (open it with ``optuna-dashboard sqlite:///<tune.dir>/study.db``); any Optuna RDB URL works
+  (``postgresql://...``), and ``journal:<file>`` keeps the study in Optuna's journal file
+  (``JournalStorage``, for file systems where SQLite's locks fail, such as NFS on a
+  cluster). Running the command again with the same study name and storage continues the
+  study and adds ``tune.n_trials`` trials; trial numbers come from the storage, so two
+  processes on one study never get the same number.
+
+Hydra's Optuna sweeper (``hydra/sweeper=optuna``) is not supported: it pins optuna<3, whose
+database storage fails with the SQLAlchemy 2 that Flower needs, and it can neither prune nor
+average seeds.
 
 Runs are written to ``<tune.dir>/trial_<number>/seed_<seed>/`` with the files of any rlfw run
 (``.hydra/config.yaml`` and ``overrides.yaml``, metrics.csv, checkpoints, status.json,
 rlfw.log), so ``python -m rlfw.report <tune.dir>``, ``rlfw.evaluate`` and ``resume=`` work on
-them. Needs the ``sweeps`` extra: ``pip install -c constraints.txt -e '.[sweeps]'``.
+them. Needs the ``tune`` extra: ``pip install -c constraints.txt -e '.[tune]'``.
 """
 
 from __future__ import annotations
@@ -44,7 +47,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +61,14 @@ from rlfw.training.outputs import release_run_lock
 
 log = logging.getLogger("rlfw")
 
-SWEEPS_HINT = "pip install -c constraints.txt -e '.[sweeps]'"
+TUNE_HINT = "pip install -c constraints.txt -e '.[tune]'"
+# The search space when the command line gives none: Hydra sweep syntax, one entry per key.
+DEFAULT_SPACE = {
+    "algo.actor_lr": "tag(log, interval(1e-4, 3e-3))",
+    "algo.critic_lr": "tag(log, interval(1e-4, 3e-3))",
+    "algo.tau": "interval(0.001, 0.05)",
+    "buffer.replay_k": "choice(2, 4, 8)",
+}
 OBJECTIVES = ("final", "auc")
 PRUNERS = ("median", "none")
 
@@ -76,10 +85,8 @@ class TuneConfig:
     warmup_epochs: int = 0  # MedianPruner n_warmup_steps: steps of a trial never pruned
     study_name: str = "rlfw"
     dir: str | None = None  # the trials' run directories; null: tune/<study_name>
-    # Where the study is kept: a file path (JSON of the finished trials, read back with
-    # json only), or an Optuna storage URL (sqlite:///study.db; Optuna's RDB storage needs
-    # optuna>=3 or SQLAlchemy<2: the sweeps extra's optuna 2.10 fails with SQLAlchemy 2).
-    # null: <dir>/study.json
+    # Where the study is kept: an Optuna RDB URL (sqlite:///study.db) or journal:<file>
+    # (Optuna's JournalStorage, for NFS). null: sqlite:///<dir>/study.db
     storage: str | None = None
     sampler_seed: int | None = None  # TPESampler seed (null: random)
 
@@ -110,31 +117,66 @@ def parse_tune(args: list[str]) -> TuneConfig:
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds) or min(cfg.seeds) < 0:
         raise ConfigError(f"tune.seeds={cfg.seeds} must be a non-empty list of distinct seeds >= 0")
     cfg.dir = cfg.dir or f"tune/{cfg.study_name}"
-    cfg.storage = cfg.storage or str(Path(cfg.dir) / "study.json")
+    cfg.storage = cfg.storage or f"sqlite:///{(Path(cfg.dir) / 'study.db').resolve()}"
+    if "://" not in cfg.storage and not cfg.storage.startswith("journal:"):
+        raise ConfigError(f"tune.storage={cfg.storage}: give an Optuna storage URL (sqlite:///<file>.db, the default "
+                          "in tune.dir) or journal:<file> (Optuna's journal file); rlfw's JSON study file is gone")
     return cfg
 
 
 def default_params() -> list[str]:
-    """The search space of ``conf/hydra/sweeper/rlfw_optuna.yaml`` as ``key=sweep`` overrides."""
-    from rlfw.config.paths import config_dir
+    """:data:`DEFAULT_SPACE` as ``key=sweep`` overrides."""
+    return [f"{k}={v}" for k, v in DEFAULT_SPACE.items()]
 
-    conf = yaml.safe_load((Path(config_dir()) / "hydra" / "sweeper" / "rlfw_optuna.yaml").read_text())
-    return [f"{k}={v}" for k, v in (conf.get("params") or {}).items()]
+
+def as_distribution(override: Any) -> Any:
+    """The Optuna distribution of a Hydra sweep override, or None for a plain one.
+
+    ``choice(a, b, ...)`` (and a shuffled range) -> ``CategoricalDistribution``;
+    ``range(start, stop[, step])`` -> ``IntDistribution(start, last, step)`` where ``last`` is
+    the range's last value (``stop`` excluded, as in Python), ``FloatDistribution`` with ``step``
+    when any bound is a float; ``interval(low, high)`` -> ``FloatDistribution(low, high)``
+    (``IntDistribution`` when both are ints), ``log=True`` when tagged ``log``.
+
+    Raises:
+        ConfigError: an empty range or an interval with ``low >= high``.
+    """
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep, Transformer
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if not override.is_sweep_override():
+        return None
+    key, value = override.get_key_element(), override.value()
+    if isinstance(value, ChoiceSweep) or (isinstance(value, RangeSweep) and value.shuffle):
+        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+    if isinstance(value, RangeSweep):
+        start, stop, step = value.start, value.stop, value.step
+        if start is None or stop is None or not step or (stop - start) / step <= 0:
+            raise ConfigError(f"{key}=range({start},{stop},{step}) holds no value")
+        count = math.ceil((stop - start) / step)  # the range's values: start + i * step, i < count
+        ends = sorted((start, start + (count - 1) * step))
+        if all(isinstance(v, int) for v in (start, stop, step)):
+            return IntDistribution(int(ends[0]), int(ends[1]), step=abs(int(step)))
+        return FloatDistribution(float(ends[0]), float(ends[1]), step=abs(float(step)))
+    if isinstance(value, IntervalSweep):
+        low, high, log_scale = value.start, value.end, "log" in value.tags
+        if low is None or high is None or not low < high or (log_scale and low <= 0):
+            raise ConfigError(f"{key}=interval({low},{high}) needs low < high" + (" and low > 0 (log)" if log_scale else ""))
+        return FloatDistribution(float(low), float(high), log=log_scale)
+    raise ConfigError(f"{key}: {type(value).__name__} is not a search space (use choice, range or interval)")
 
 
 def split_overrides(args: list[str]) -> tuple[dict[str, Any], list[str]]:
-    """Search space and fixed overrides, parsed as Hydra's Optuna sweeper parses them.
+    """Search space and fixed overrides, parsed with Hydra's public override grammar.
 
     Returns:
         ``({key: optuna distribution}, [fixed key=value overrides])``.
 
     Raises:
-        ConfigError: an override Hydra cannot parse.
+        ConfigError: an override Hydra cannot parse, or a sweep that holds no value.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
-    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
-    from optuna.distributions import BaseDistribution
 
     try:
         parsed = OverridesParser.create().parse_overrides(args)
@@ -143,9 +185,9 @@ def split_overrides(args: list[str]) -> tuple[dict[str, Any], list[str]]:
     space: dict[str, Any] = {}
     fixed: list[str] = []
     for arg, override in zip(args, parsed):
-        value = create_optuna_distribution_from_override(override)
-        if isinstance(value, BaseDistribution):
-            space[override.get_key_element()] = value
+        dist = as_distribution(override)
+        if dist is not None:
+            space[override.get_key_element()] = dist
         else:
             fixed.append(arg)
     return space, fixed
@@ -214,68 +256,20 @@ def _write_run_files(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> No
 
 
 def _mark_pruned(run_dir: Path, reason: str) -> None:
-    """Rewrite ``status.json`` (atomically) as ``pruned`` with the reason."""
+    """Rewrite ``status.json`` as ``pruned`` with the reason (atomically, never through a link;
+    :func:`rlfw.training.outputs.write_status`)."""
+    from rlfw.core.runfiles import read_text
+    from rlfw.training.outputs import write_status
+
     path = run_dir / "status.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
+    try:
+        data = json.loads(read_text(path)) if path.exists() else {}
+    except (OSError, ValueError, ConfigError):
+        data = {}
+    data = data if isinstance(data, dict) else {}
     data.update(status="pruned", reason=reason)
     data.pop("error", None)
-    tmp = run_dir / "status.json.tmp"
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-def save_journal(study: Any, path: Path) -> None:
-    """Write the study's finished trials to ``path`` (JSON, atomically: a temp file renamed).
-
-    Each trial: state, value, params with their distributions
-    (``optuna.distributions.distribution_to_json``), intermediate values (what the pruner
-    compares) and user attributes (the run directories).
-    """
-    from optuna.distributions import distribution_to_json
-
-    trials = [
-        {"state": t.state.name, "value": t.value, "params": t.params,
-         "distributions": {k: distribution_to_json(d) for k, d in t.distributions.items()},
-         "intermediate_values": {str(k): v for k, v in t.intermediate_values.items()},
-         "user_attrs": t.user_attrs}
-        for t in study.trials if t.state.is_finished()
-    ]  # fmt: skip
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"study_name": study.study_name, "direction": "maximize", "trials": trials}, indent=1))
-    os.replace(tmp, path)
-
-
-def load_journal(study: Any, path: Path) -> None:
-    """Add the trials saved by :func:`save_journal` to ``study`` (nothing if ``path`` is absent).
-
-    Parsed with ``json`` only (no code runs).
-
-    Raises:
-        ConfigError: the file is not such a journal, or belongs to another study.
-    """
-    import optuna
-    from optuna.distributions import json_to_distribution
-    from optuna.trial import TrialState, create_trial
-
-    if not path.exists():
-        return
-    try:
-        data = json.loads(path.read_text())
-        if data["study_name"] != study.study_name:
-            raise ConfigError(f"tune.storage={path} holds study '{data['study_name']}', not "
-                              f"'{study.study_name}' (tune.study_name)")  # fmt: skip
-        trials = [
-            create_trial(state=TrialState[t["state"]], value=t["value"], params=t["params"],
-                         distributions={k: json_to_distribution(d) for k, d in t["distributions"].items()},
-                         intermediate_values={int(k): v for k, v in t["intermediate_values"].items()},
-                         user_attrs=t["user_attrs"])
-            for t in data["trials"]
-        ]  # fmt: skip
-    except ConfigError:
-        raise
-    except (ValueError, KeyError, TypeError, AttributeError, optuna.exceptions.OptunaError) as err:
-        raise ConfigError(f"tune.storage={path}: not a study file of rlfw.tune ({type(err).__name__}: {err})") from None
-    study.add_trials(trials)
+    write_status(path, data)
 
 
 def claim_trial_dir(root: Path, number: int, seed: int) -> Path:
@@ -362,13 +356,44 @@ def check(tune: TuneConfig, space: dict[str, Any], fixed: list[str]) -> None:
         ConfigError: a bad key or value, as the CLI reports it.
     """
     from rlfw.config.preflight import compose_config
-    from rlfw.config.validate import validate
+    from rlfw.config.validate import check_run_length, validate
 
     if not space:
         raise ConfigError("nothing to tune: give a search space such as algo.tau='interval(0.001,0.05)'")
     point = [_as_override(k, _first_point(d)) for k, d in space.items()]
     for seed in tune.seeds:
-        validate(compose_config([*fixed, *point, f"seed={seed}"]))
+        cfg = compose_config([*fixed, *point, f"seed={seed}"])
+        check_run_length(fixed, cfg)
+        validate(cfg)
+
+
+def quiet_optuna_logs() -> None:
+    """Optuna's and alembic's INFO lines off: rlfw logs the study's state itself."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def open_storage(storage: str) -> Any:
+    """The Optuna storage that ``tune.storage`` names: ``journal:<file>`` ->
+    ``JournalStorage(JournalFileBackend(file))``; anything else is an RDB URL, returned as is
+    (``optuna.create_study`` opens it).
+
+    Raises:
+        ConfigError: the journal file's directory cannot be created.
+    """
+    if not storage.startswith("journal:"):
+        return storage
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(storage.removeprefix("journal:")).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"tune.storage={storage}: {err.strerror}: {path.parent}") from None
+    return JournalStorage(JournalFileBackend(str(path)))
 
 
 def tune(args: list[str]) -> Any:
@@ -376,13 +401,18 @@ def tune(args: list[str]) -> Any:
 
     Raises:
         ConfigError: a bad ``tune.*`` key or value, a bad override, a bad storage URL.
-        ImportError: optuna or Hydra's Optuna sweeper plugin is missing (the sweeps extra).
+        ImportError: optuna is missing or older than 4 (the tune extra).
     """
-    import hydra_plugins.hydra_optuna_sweeper._impl  # noqa: F401  (the sweeps extra)
     import optuna
 
+    if int(optuna.__version__.split(".")[0]) < 4:
+        raise ImportError(f"optuna {optuna.__version__} is installed; rlfw.tune needs optuna>=4", name="optuna")
+    quiet_optuna_logs()
+
+    from rlfw.config.preflight import free_form_overrides
+
     tune_args = [a for a in args if a.split("=", 1)[0].startswith("tune.")]
-    rest = [a for a in args if a not in tune_args]
+    rest = free_form_overrides([a for a in args if a not in tune_args])
     tc = parse_tune(tune_args)
     space, fixed = split_overrides(rest)
     if not space:
@@ -393,17 +423,18 @@ def tune(args: list[str]) -> Any:
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=tc.startup_trials, n_warmup_steps=tc.warmup_epochs)
               if tc.pruner == "median" else optuna.pruners.NopPruner())  # fmt: skip
     sampler = optuna.samplers.TPESampler(seed=tc.sampler_seed)
-    storage = str(tc.storage)  # filled in by check()
-    journal = None if "://" in storage else Path(storage)
     try:
-        study = optuna.create_study(storage=None if journal else tc.storage, study_name=tc.study_name,
+        study = optuna.create_study(storage=open_storage(str(tc.storage)), study_name=tc.study_name,
                                     direction="maximize", sampler=sampler, pruner=pruner,
                                     load_if_exists=True)  # fmt: skip
-    except Exception as err:  # a bad URL, an unopenable file, optuna 2.10 with SQLAlchemy 2
+    except ConfigError:
+        raise
+    except Exception as err:  # a bad URL, an unopenable file, a database of another program
         first = (str(err).splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"tune.storage={tc.storage}: {type(err).__name__}: {first}") from None
-    if journal is not None:
-        load_journal(study, journal)
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise ConfigError(f"tune.storage={tc.storage}: study '{tc.study_name}' minimises; rlfw.tune maximises")
+    log.info("study %s in %s: %d trials so far", tc.study_name, tc.storage, len(study.trials))
     from optuna.trial import TrialState
 
     for _ in range(tc.n_trials):
@@ -421,9 +452,6 @@ def tune(args: list[str]) -> Any:
         else:
             study.tell(trial, value)
             log.info("trial %d: %g with %s", trial.number, value, trial.params)
-        finally:
-            if journal is not None:
-                save_journal(study, journal)
     return study
 
 
@@ -451,8 +479,8 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as err:
         raise fail("rlfw", err) from None
     except ImportError as err:
-        raise fail("rlfw", err, bad_input=(ImportError,), message="python -m rlfw.tune needs optuna and Hydra's "
-                   f"Optuna sweeper ({err.name} is missing): {SWEEPS_HINT}") from None  # fmt: skip
+        raise fail("rlfw", err, bad_input=(ImportError,), message=f"python -m rlfw.tune needs optuna>=4 ({err}): "
+                   f"{TUNE_HINT}") from None  # fmt: skip
     print(summary(study))
 
 

@@ -33,7 +33,7 @@ from omegaconf.errors import (
 
 from rlfw.config.paths import config_dir
 from rlfw.config.schema import register_schemas
-from rlfw.config.validate import validate
+from rlfw.config.validate import check_run_length, resolve_total_steps, validate
 from rlfw.errors import ConfigError
 
 # Overrides rlfw adds to the root config that are not in the schema (handled by the apps).
@@ -42,15 +42,17 @@ _APP_KEYS = ("resume",)
 # hydra/<group>=<option> choices that need a Hydra plugin (rlfw's conf/hydra/ files and the
 # plugins' own config names): (what it is, the modules it needs, how to install them).
 _SWEEPS = "python -m pip install -c constraints.txt -e '.[sweeps]'"
-_OPTUNA = ("the Optuna sweeper plugin", ("hydra_plugins.hydra_optuna_sweeper", "optuna"), _SWEEPS)
 _SUBMITIT = ("the submitit launcher plugin", ("hydra_plugins.hydra_submitit_launcher", "submitit"), _SWEEPS)
 _RAY = ("the Ray launcher plugin", ("hydra_plugins.hydra_ray_launcher", "ray"),
         "python -m pip install -c constraints.txt hydra-ray-launcher")  # fmt: skip
 _JOBLIB = ("the joblib launcher plugin", ("hydra_plugins.hydra_joblib_launcher", "joblib"),
            "python -m pip install -c constraints.txt -e .")  # fmt: skip
+# Sweepers rlfw no longer supports, and what to use instead.
+_NO_OPTUNA_SWEEPER = ("Hydra's Optuna sweeper is not supported (it pins optuna<3, whose database storage fails "
+                      "with the SQLAlchemy 2 that Flower needs); tune with python -m rlfw.tune (Optuna 4, pruning, "
+                      "seeds, a study database), e.g. python -m rlfw.tune algo.tau='interval(0.001,0.05)'")
+REMOVED_SWEEPERS = {"optuna": _NO_OPTUNA_SWEEPER, "rlfw_optuna": _NO_OPTUNA_SWEEPER}
 HYDRA_PLUGINS: dict[tuple[str, str], tuple[str, tuple[str, ...], str]] = {
-    ("hydra/sweeper", "rlfw_optuna"): _OPTUNA,
-    ("hydra/sweeper", "optuna"): _OPTUNA,
     ("hydra/launcher", "slurm"): _SUBMITIT,
     ("hydra/launcher", "submitit_slurm"): _SUBMITIT,
     ("hydra/launcher", "submitit_local"): _SUBMITIT,
@@ -97,6 +99,17 @@ def parse_key_values(schema: type, args: list[str]) -> Any:
     except OmegaConfBaseException as err:
         raise ConfigError(translate(err)) from None
     return node
+
+
+# Free-form dicts whose keys a user adds without Hydra's + prefix.
+FREE_FORM = ("env.kwargs.",)
+
+
+def free_form_overrides(args: list[str]) -> list[str]:
+    """``env.kwargs.<key>=<value>`` as Hydra's ``++env.kwargs.<key>=<value>`` (add or override),
+    so a user types the key as for any other setting; every other override as given. The keys
+    are then checked against the env's constructor (:meth:`rlfw.config.schema.EnvConfig.check_kwargs`)."""
+    return [f"++{a}" if a.startswith(FREE_FORM) and "=" in a else a for a in args]
 
 
 def translate(err: BaseException) -> str:
@@ -217,6 +230,7 @@ def preflight(argv: list[str]) -> int:
     seen: set[str] = set()
     for job in jobs:
         cfg = compose_config(job, args.config_name or "config")
+        check_run_length(job, cfg)
         key = str(cfg)
         if key in seen:
             continue
@@ -240,6 +254,7 @@ def ensure_valid(cfg: DictConfig) -> None:
     """
     key = str(cfg)
     if key in _VALIDATED:
+        resolve_total_steps(cfg)  # the one change validate makes, on this copy too
         return
     try:
         validate(cfg)
@@ -261,6 +276,8 @@ def check_hydra_plugins(overrides: list[str]) -> None:
 
     for o in overrides:
         key, _, value = o.lstrip("+").partition("=")
+        if key == "hydra/sweeper" and value in REMOVED_SWEEPERS:
+            raise ConfigError(f"{key}={value}: {REMOVED_SWEEPERS[value]}")
         need = HYDRA_PLUGINS.get((key, value))
         if need is None:
             continue

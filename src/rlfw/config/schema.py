@@ -57,7 +57,12 @@ class EnvConfig:
     # run, so resume= and rlfw.evaluate import them too.
     imports: list[str] = field(default_factory=list)
     max_episode_steps: int | None = None  # None: the registered TimeLimit
-    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
+    # Passed to gymnasium.make: env.kwargs.reward_type=dense (no + needed), checked against the
+    # env's constructor.
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    # Gymnasium wrappers applied in order after gymnasium.make (rl-zoo's env_wrapper):
+    # [package.module:Name, {package.module:Name: {kwarg: value}}]; rlfw.envs.wrappers
+    wrappers: list[Any] = field(default_factory=list)
     vectorization: str = "sync"  # sync, async (gymnasium.vector)
     # An id whose version is not registered (FetchSlide-v3) is refused; true runs the newest
     # registered version instead, with one log line (the env=Fetch*-v2 option files set it).
@@ -144,6 +149,10 @@ class TrainConfig:
     """The training loop's schedule: epochs x cycles x (collect steps_per_cycle, run updates_per_cycle)."""
 
     epochs: int = 10
+    # Total env steps of the run, over all envs and workers (Stable-Baselines3's total_timesteps);
+    # when set it gives train.epochs = total_steps / (cycles_per_epoch x steps_per_cycle x workers),
+    # which must divide it. null: train.epochs decides.
+    total_steps: int | None = None
     cycles_per_epoch: int = 10
     steps_per_cycle: int = 100  # env steps per cycle, counted over all parallel envs
     updates_per_cycle: int = 40
@@ -167,6 +176,9 @@ class TrainConfig:
     # scaling is needed at bfloat16's float32 exponent range). Acting and evaluation stay float32.
     autocast: str = "none"
     checkpoint_every: int = 1  # epochs between checkpoints/last.pt writes
+    # Also keep the last N checkpoints as checkpoints/epoch_<k>.pt (Stable-Baselines3's
+    # CheckpointCallback), loaded with checkpoint=epoch_<k>.pt. 0: only last.pt, previous.pt, best.pt
+    keep_checkpoints: int = 0
     # Also save the replay buffer with each checkpoint (checkpoints/buffer.pt, about the raw
     # size of the stored data). Without it a resumed run starts from an empty buffer.
     save_buffer: bool = False
@@ -182,11 +194,13 @@ class TrainConfig:
         p = "train."
         for key in ("epochs", "cycles_per_epoch", "steps_per_cycle", "batch_size"):
             in_range(node, key, 1, prefix=p)
+        in_range(node, "total_steps", 1, optional=True, prefix=p)
         # one simulator each (processes with env.vectorization=async)
         in_range(node, "num_envs", 1, MAX_ENVS, prefix=p)
         for key in ("updates_per_cycle", "learning_starts", "torch_threads"):
             in_range(node, key, 0, prefix=p)
         in_range(node, "checkpoint_every", 1, prefix=p)
+        in_range(node, "keep_checkpoints", 0, prefix=p)
         in_range(node, "workers", 1, prefix=p)
         require(
             node.device in ("cpu", "cuda", "auto") or str(node.device).startswith("cuda:"),

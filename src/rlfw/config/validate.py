@@ -37,6 +37,52 @@ def held_transitions(capacity: int, num_envs: int, episode_steps: int | None = N
     return rows * int(num_envs)
 
 
+def epoch_steps(train: Any) -> int:
+    """Env steps of one epoch over all envs and workers: ``cycles_per_epoch x steps_per_cycle x
+    workers`` (the ``env_steps`` column of metrics.csv grows by this much an epoch)."""
+    return int(train.cycles_per_epoch) * int(train.steps_per_cycle) * int(train.workers)
+
+
+def resolve_total_steps(cfg: Any) -> None:
+    """Set ``train.epochs`` from ``train.total_steps`` when it is given (in place).
+
+    Raises:
+        ConfigError: ``train.total_steps`` is not a multiple of an epoch's env steps (the line
+            names the two nearest lengths that are).
+    """
+    tr = cfg.train
+    total = tr.get("total_steps")
+    if total is None:
+        return
+    per_epoch = epoch_steps(tr)
+    if total % per_epoch:
+        below, above = (total // per_epoch) * per_epoch, (total // per_epoch + 1) * per_epoch
+        raise ConfigError(
+            f"train.total_steps={total} is not a whole number of epochs of {per_epoch} env steps (train.cycles_per_epoch="
+            f"{tr.cycles_per_epoch} x train.steps_per_cycle={tr.steps_per_cycle} x train.workers={tr.workers}); "
+            + (f"use {below} or {above}" if below else f"use {above}") + ", or change train.cycles_per_epoch"
+        )
+    tr.epochs = total // per_epoch
+
+
+def check_run_length(overrides: list[str], cfg: Any) -> None:
+    """Refuse ``train.epochs`` and ``train.total_steps`` given together on the command line
+    when they name different lengths (call before :func:`validate`, which sets the epochs from
+    ``total_steps``).
+
+    Raises:
+        ConfigError: one line with both values and the epoch's env steps.
+    """
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    tr = cfg.train
+    if {"train.epochs", "train.total_steps"} <= keys and tr.total_steps is not None:
+        if int(tr.epochs) * epoch_steps(tr) != int(tr.total_steps):
+            raise ConfigError(
+                f"train.epochs={tr.epochs} and train.total_steps={tr.total_steps} disagree: {tr.epochs} epochs are "
+                f"{int(tr.epochs) * epoch_steps(tr)} env steps ({epoch_steps(tr)} an epoch); give one of them"
+            )
+
+
 def cross_rules(cfg: Any) -> None:
     """The rules that span groups: the batch fits the buffer, the buffer holds a transition of
     every env, updates start within the run, HER needs a family with goals.
@@ -95,7 +141,8 @@ def validate(cfg: Any) -> str:
 
     Order: the root keys; each option group's schema (``algo``, ``buffer``, ``noise``,
     ``logger``) and the root sections (``env``, ``train``, ``eval``) check their own fields;
-    :func:`cross_rules`; each chosen option's ``validate_with(cfg)``, where its schema has one
+    ``train.total_steps`` sets ``train.epochs`` (:func:`resolve_total_steps`, the one change
+    made to ``cfg``); :func:`cross_rules`; each chosen option's ``validate_with(cfg)``, where its schema has one
     (its rules with other groups: ``algo=sac`` refuses ``noise=noisynet``); the env id is resolved (``FetchSlide-v2`` -> the registered version).
 
     Raises:
@@ -114,6 +161,7 @@ def validate(cfg: Any) -> str:
         _check(schema, cfg[group])
     for schema, key in ((EnvConfig, "env"), (TrainConfig, "train"), (EvalConfig, "eval")):
         _check(schema, cfg[key])
+    resolve_total_steps(cfg)
     cross_rules(cfg)
     for schema in schemas:  # an option's own rules with the other groups
         check_with = getattr(schema, "validate_with", None)
@@ -122,6 +170,10 @@ def validate(cfg: Any) -> str:
     env_id, _ = resolve_env_id(str(cfg.env.id), cfg.env.family, bool(cfg.env.resolve_version), env_imports(cfg))
     family = registry("env.family").get(cfg.env.family).target
     EnvConfig.check_kwargs(env_id, cfg.env.kwargs, family)
+    from rlfw.envs import env_wrappers
+    from rlfw.envs.wrappers import load_wrappers
+
+    load_wrappers(env_wrappers(cfg))  # each imports, and takes its keyword arguments
     require(
         float(cfg.env.grasped_start) == 0.0 or (cfg.env.family == "fetch" and "PickAndPlace" in env_id),
         f"env.grasped_start={cfg.env.grasped_start} starts episodes with the object in the gripper, which "

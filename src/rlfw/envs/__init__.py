@@ -37,6 +37,7 @@ __all__ = [
     "EnvInfo",
     "GoalFn",
     "env_imports",
+    "env_wrappers",
     "import_env_modules",
     "make_vector_env",
     "read_env_info",
@@ -82,14 +83,21 @@ class EnvFamily:
         max_episode_steps: int | None = None,
         kwargs: dict[str, Any] | None = None,
         render_mode: str | None = None,
+        wrappers: Sequence[Any] = (),
     ) -> gym.Env:
-        """One env, its actions rescaled to [-1, 1] when the bounds differ."""
+        """One env: ``gymnasium.make``, the user's ``env.wrappers`` in order
+        (:func:`rlfw.envs.wrappers.apply_wrappers`), then its actions rescaled to [-1, 1] when
+        the bounds differ."""
         extra: dict[str, Any] = dict(kwargs or {})
         if max_episode_steps is not None:
             extra["max_episode_steps"] = max_episode_steps
         if render_mode is not None:
             extra["render_mode"] = render_mode
         env = gym.make(env_id, **extra)
+        if wrappers:
+            from rlfw.envs.wrappers import apply_wrappers
+
+            env = apply_wrappers(env, wrappers)
         space = env.action_space
         if not isinstance(space, gym.spaces.Box):
             raise ConfigError(
@@ -218,18 +226,33 @@ def env_imports(cfg: Any) -> tuple[str, ...]:
     return tuple(str(n) for n in names) if names else ()
 
 
+def env_wrappers(cfg: Any) -> list[Any]:
+    """``cfg.env.wrappers`` as plain data (paths and ``{path: kwargs}`` mappings); [] for a
+    config saved without the key."""
+    from omegaconf import OmegaConf
+
+    raw = getattr(cfg.env, "wrappers", None)
+    if raw is None:
+        return []
+    plain = OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw) else raw
+    return list(plain) if isinstance(plain, list | tuple) else []
+
+
 def named_modules(env_cfg: Any) -> tuple[str, ...]:
-    """The modules a saved env config would import to make its env: ``env.imports`` and the
-    module of a ``module:Env-v0`` id.
+    """The modules a saved env config would import to make its env: ``env.imports``, the
+    module of a ``module:Env-v0`` id and those of ``env.wrappers``.
 
     Args:
         env_cfg: a config's ``env`` node or dict.
     """
     get = env_cfg.get if hasattr(env_cfg, "get") else lambda k, d=None: getattr(env_cfg, k, d)
+    from rlfw.envs.wrappers import wrapper_modules
+
     names = [str(n) for n in (get("imports", None) or ())]
     env_id = str(get("id", "") or "")
     if ":" in env_id:
         names.append(env_id.rsplit(":", 1)[0])
+    names += wrapper_modules(get("wrappers", None) or ())
     return tuple(dict.fromkeys(names))
 
 
@@ -319,13 +342,17 @@ def resolve_env_id(
     """
     adapter = FAMILIES.get(family).target
     adapter.register()
+    before = set(gym.registry)
     import_env_modules(imports)
     module, sep, bare = env_id.rpartition(":")
     if sep:
         import_env_modules([module], key=f"env.id '{env_id}'")
     imported = [*imports, *([module] if sep else [])]
     after = f" after importing {', '.join(imported)}" if imported else ""
-    resolved, message = _resolve_registered(bare, env_id, resolve_version, after)
+    theirs = sorted(set(gym.registry) - before) or sorted(
+        i for i, spec in gym.registry.items() if imported and _entry_point(spec).startswith(tuple(f"{m}{c}" for m in imported for c in ":."))
+    )  # the ids the user's modules register (this call, or an earlier import of them)
+    resolved, message = _resolve_registered(bare, env_id, resolve_version, after, theirs if imported else None)
     entry = _entry_point(gym.spec(resolved))
     if adapter.entry_points and not entry.startswith(adapter.entry_points):
         owner = next((n for n in FAMILIES.names() if FAMILIES.get(n).target.entry_points
@@ -340,8 +367,11 @@ def resolve_env_id(
     return (f"{module}:{resolved}" if sep else resolved), message
 
 
-def _resolve_registered(env_id: str, shown: str, resolve_version: bool, after: str) -> tuple[str, str | None]:
-    """:func:`resolve_env_id` on an id without a module prefix (``shown`` is what the user typed)."""
+def _resolve_registered(
+    env_id: str, shown: str, resolve_version: bool, after: str, theirs: list[str] | None = None
+) -> tuple[str, str | None]:
+    """:func:`resolve_env_id` on an id without a module prefix (``shown`` is what the user typed;
+    ``theirs``: the ids the user's modules registered, None when no module was named)."""
     if env_id in gym.registry:
         return env_id, None
     try:
@@ -355,8 +385,15 @@ def _resolve_registered(env_id: str, shown: str, resolve_version: bool, after: s
     ]
     usable = [s for s in versions if "mujocopy" not in str(s.entry_point).lower().replace("_", "")]
     if not usable:
-        close = difflib.get_close_matches(env_id, list(gym.registry), n=5, cutoff=0.6)
-        hint = f"; did you mean: {', '.join(close)}" if close else ""
+        if theirs is not None:  # the user named their module: its ids, not Gymnasium's
+            close = difflib.get_close_matches(env_id, theirs, n=5, cutoff=0.0)
+            hint = (f"; the modules register: {', '.join(close)}" if close else
+                    "; the modules register no Gymnasium id (call gymnasium.register in them)")  # fmt: skip
+        else:
+            close = difflib.get_close_matches(env_id, list(gym.registry), n=5, cutoff=0.6)
+            hint = (f"; did you mean: {', '.join(close)}" if close else "") + (
+                "; if it is your own env, name the module that registers it: env.imports=[my_pkg.envs] "
+                "or env.id=my_pkg.envs:" + shown)
         raise ConfigError(f"env.id '{shown}' is not a registered Gymnasium id{after}{hint}")
     best = max(usable, key=lambda s: s.version or 0)
     have = ", ".join(f"v{s.version}" for s in sorted(versions, key=lambda s: s.version or 0))
@@ -378,6 +415,7 @@ def make_env_fn(
     imports: Sequence[str] = (),
     grasped_start: float = 0.0,
     near_object_start: float = 0.0,
+    wrappers: Sequence[Any] = (),
 ) -> Callable[[], gym.Env]:
     """A picklable-enough thunk for gymnasium.vector (sync or async); it imports the family's
     packages and ``imports`` (``env.imports``) first, so a spawned env process knows the id.
@@ -388,7 +426,7 @@ def make_env_fn(
     def thunk() -> gym.Env:
         family.register()
         import_env_modules(modules)
-        env = family.make(env_id, max_episode_steps, kwargs, render_mode)
+        env = family.make(env_id, max_episode_steps, kwargs, render_mode, wrappers)
         if grasped_start > 0.0 or near_object_start > 0.0:
             from rlfw.envs.grasp import ScriptedStart
 
@@ -408,6 +446,7 @@ def make_vector_env(
     imports: Sequence[str] = (),
     grasped_start: float = 0.0,
     near_object_start: float = 0.0,
+    wrappers: Sequence[Any] = (),
 ) -> gym.vector.VectorEnv:
     """``num_envs`` copies in a Gymnasium vector env with same-step autoreset.
 
@@ -415,10 +454,11 @@ def make_vector_env(
     final observation in ``info["final_obs"]``: every vector step is a real transition.
     ``imports`` (``env.imports``) are imported in each env's process before it is made;
     ``grasped_start`` and ``near_object_start`` (``env.grasped_start``,
-    ``env.near_object_start``; training envs only): :func:`make_env_fn`.
+    ``env.near_object_start``; training envs only): :func:`make_env_fn`; ``wrappers``
+    (``env.wrappers``): :meth:`EnvFamily.make`.
     """
     fns = [make_env_fn(family, env_id, max_episode_steps, dict(kwargs or {}), imports=imports,
-                       grasped_start=grasped_start, near_object_start=near_object_start)
+                       grasped_start=grasped_start, near_object_start=near_object_start, wrappers=wrappers)
            for _ in range(num_envs)]  # fmt: skip
     if vectorization == "async":
         return gym.vector.AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)

@@ -46,13 +46,14 @@ def record_episodes(
         RuntimeError: if rendering fails, with what to install, or the env cannot render
             (no ``render_mode`` argument, no ``rgb_array`` mode).
     """
-    from rlfw.envs import FAMILIES, env_imports, resolve_env_id
+    from rlfw.envs import FAMILIES, env_imports, env_wrappers, resolve_env_id
     from rlfw.envs.obs import split_obs
 
     env_id, _ = resolve_env_id(str(cfg.env.id), cfg.env.family, bool(cfg.env.resolve_version), env_imports(cfg))
     family = FAMILIES.get(cfg.env.family).target
     try:
-        env = family.make(env_id, cfg.env.max_episode_steps, dict(cfg.env.kwargs), "rgb_array" if render else None)
+        env = family.make(env_id, cfg.env.max_episode_steps, dict(cfg.env.kwargs), "rgb_array" if render else None,
+                          env_wrappers(cfg))
     except TypeError as err:
         if not render:
             raise

@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     if "--help" in args or "-h" in args:
         print(help_text())
         return
+    from rlfw.config.preflight import free_form_overrides
+
+    args = free_form_overrides(args)
     try:
         preflight(args)
     except ConfigError as err:

@@ -32,7 +32,7 @@ from rlfw.federated.schema import MODES, STRATEGIES, WEIGHTINGS, register_federa
 def _for_federation(key: str) -> bool:
     """Keys the clients' configs do not take from the command line (the env choice ``env``,
     ``seed``, ``train.epochs``, ``federated.*``, ``hydra.*``); ``env.*`` keys are kept."""
-    return key in ("env", "seed", "train.epochs", "federated") or key.startswith(
+    return key in ("env", "seed", "train.epochs", "train.total_steps", "federated") or key.startswith(
         ("federated.", "hydra.", "hydra/")
     )
 
@@ -61,6 +61,7 @@ def client_overrides(overrides: list[str], cfg: DictConfig, index: int) -> list[
         f"env={fed.clients[index]}",
         f"seed={int(cfg.seed) + index}",
         f"train.epochs={int(fed.rounds) * int(fed.epochs_per_round)}",
+        "train.total_steps=null",  # the federation's rounds decide a client's length
     ]
 
 

@@ -8,6 +8,9 @@ before ``last.pt`` is kept as ``previous.pt``: when ``last.pt`` is truncated or 
 disk, a copy cut short), resume, ``rlfw.evaluate`` and :func:`rlfw.load` fall back to it with
 one warning line (:func:`load_latest`). ``best.pt`` (rank 0) holds the same state as ``last.pt``
 at the evaluation whose ``eval.metric`` was the best so far (:meth:`Checkpointer.save_best`).
+With ``train.keep_checkpoints=N`` the last N epochs' checkpoints are also kept as
+``epoch_<k>.pt`` (Stable-Baselines3's CheckpointCallback; a hard link to that epoch's
+``last.pt``, so no extra copy), loaded with ``checkpoint=epoch_<k>.pt``.
 
 Every file holds tensors and plain data only (NumPy arrays are stored as tensors) and is read
 with ``torch.load(weights_only=True)`` (:func:`safe_load`): a checkpoint from someone else can
@@ -365,8 +368,37 @@ class Checkpointer:
         buffer, which is then ignored with a warning)."""
         if self.rank == 0:
             atomic_torch_save(self._state(state), self.last, keep_previous=self.dir / PREVIOUS)
+            if int(self.cfg.train.get("keep_checkpoints", 0) or 0) > 0:
+                self._keep_snapshot(state.epoch, int(self.cfg.train.keep_checkpoints))
         if self.save_buffer:
             atomic_torch_save({"epoch": state.epoch, "buffer": self.parts.buffer.state_dict()}, self.buffer_file)
+
+    def _keep_snapshot(self, epoch: int, keep: int) -> None:
+        """``epoch_<epoch>.pt``: the ``last.pt`` just written, hard-linked (copied where links
+        fail), then only the ``keep`` newest snapshots up to ``epoch`` stay (those of later
+        epochs belong to a timeline a resume abandoned and go too).
+
+        Raises:
+            OSError: the snapshot cannot be written.
+        """
+        import shutil
+
+        snap = self.dir / f"epoch_{epoch}.pt"
+        tmp = self.dir / f".epoch_{epoch}.pt.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        try:
+            os.link(self.last, tmp)  # last.pt is replaced by a rename: the link keeps this epoch's file
+        except OSError:
+            shutil.copyfile(self.last, tmp, follow_symlinks=False)
+        os.replace(tmp, snap)
+        snaps = sorted((int(p.stem.split("_", 1)[1]), p) for p in self.dir.glob("epoch_*.pt")
+                       if p.stem.split("_", 1)[1].isdigit())  # fmt: skip
+        kept = [k for k, _ in snaps if k <= epoch][-keep:]
+        for k, path in snaps:
+            if k not in kept:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
     def _state(self, state: TrainingState) -> dict[str, Any]:
         """What ``last.pt`` and ``best.pt`` hold (the best evaluation so far included).
