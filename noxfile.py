@@ -1,4 +1,4 @@
-"""nox sessions: tests (default, CI), slow, cluster (a real single-node SLURM), lint (ruff, import layers, no cycles), typecheck, bench.
+"""nox sessions: tests (default, CI), slow, cluster (a real single-node SLURM), lint (ruff, import layers, no cycles), typecheck, docs, bench.
 
 Every install goes through constraints.txt: torch==2.13.0 is the local CPU wheel, and mujoco
 stays below 3.12 (gymnasium-robotics 1.4.2's Fetch envs break on 3.12+).
@@ -58,6 +58,19 @@ def typecheck(session: nox.Session) -> None:
     """mypy on src/."""
     session.install(*C, "-e", ".[federated]", "mypy==2.4.1")
     session.run("mypy", "src/rlfw")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site (mkdocs.yml) built with warnings as errors (``mkdocs build
+    --strict``) into site/; the API reference is read from src/ statically (rlfw is not
+    installed). ``nox -s docs -- serve`` previews it instead."""
+    session.install("mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26")
+    env = {"NO_MKDOCS_2_WARNING": "1"}
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", env=env)
+    else:
+        session.run("mkdocs", "build", "--strict", "--site-dir", "site", env=env)
 
 
 @nox.session

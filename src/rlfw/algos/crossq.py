@@ -95,7 +95,11 @@ class BatchRenorm(nn.Module):
         features: F.
         ensemble: E for inputs ``[E, B, F]`` (statistics per member, ``[E, 1, F]``), or None for
             inputs ``[B, F]`` (statistics ``[1, F]``).
-        momentum, eps, r_max, d_max, warmup_steps: as :class:`CrossQConfig`'s ``bn_*`` keys.
+        momentum: as :class:`CrossQConfig`'s ``bn_*`` keys.
+        eps: as ``momentum``.
+        r_max: as ``momentum``.
+        d_max: as ``momentum``.
+        warmup_steps: as ``momentum``.
 
     Buffers: ``running_mean``, ``running_var`` and ``steps`` (training passes so far, float32 so
     that every exchanged tensor is floating point).

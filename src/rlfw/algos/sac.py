@@ -128,7 +128,9 @@ class SquashedGaussianActor(nn.Module):
     Args:
         in_features: state input size.
         act_dim: A.
-        hidden, activation, init: as :class:`rlfw.algos.networks.MLP`.
+        hidden: as :class:`rlfw.algos.networks.MLP`.
+        activation: as ``hidden``.
+        init: as ``hidden``.
         linear: layer factory (``nn.Linear``).
         norm: normalisation layer factory (CrossQ's batch renormalisation), or None.
 

@@ -121,8 +121,9 @@ class Relabeler:
         Args:
             t: ``[B]`` int64 absolute rows of the sampled transitions.
             envs: ``[B]`` their envs.
-            start, end: ``[B]`` absolute first and last stored rows of their episodes
+            start: ``[B]`` absolute first stored rows of their episodes
                 (:meth:`EpisodeStorage.episode_bounds`).
+            end: ``[B]`` absolute last stored rows of their episodes.
             goal: ``[B, goal_dim]`` the stored desired goals (a copy the relabeler may write
                 into), or None for envs without goals.
 
@@ -161,7 +162,9 @@ class HerRelabel(Relabeler):
     the relabelled samples.
 
     Args:
-        storage, rng, env: as :class:`Relabeler`.
+        storage: as :class:`Relabeler`.
+        rng: as ``storage``.
+        env: as ``storage``.
         strategy: a name of ``registry("buffer.strategy")``.
         replay_k: k >= 0.
 

@@ -63,8 +63,9 @@ class NStepReturns:
         storage: the episode storage (read only).
         n_step: n >= 1.
         gamma: discount.
-        compute_reward, compute_terminated: the env's vectorised goal functions
+        compute_reward: the env's vectorised reward function
             (``[B, G], [B, G] -> [B]``); needed only if samples are relabelled.
+        compute_terminated: as ``compute_reward`` (the termination function).
     """
 
     def __init__(

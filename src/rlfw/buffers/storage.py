@@ -29,7 +29,8 @@ class EpisodeStorage:
         capacity: transitions kept over all envs; each env gets ``ceil(capacity / num_envs)``
             rows.
         num_envs: parallel envs writing at every step.
-        obs_dim, act_dim: flat observation and action sizes.
+        obs_dim: flat observation size.
+        act_dim: flat action size.
         goal_dim: goal size (0: no goals are stored).
 
     Arrays (``R`` rows, ``N`` envs): ``obs [R, N, obs_dim]``, ``achieved_goal`` and
@@ -130,7 +131,9 @@ class EpisodeStorage:
 
         Args:
             action: ``[N, act_dim]`` in [-1, 1].
-            reward, terminated, truncated: ``[N]``.
+            reward: ``[N]``.
+            terminated: as ``reward``.
+            truncated: as ``reward``.
             next_obs: the observations the vector env returned, ``[N, dim]`` per key; for a
                 finished env this is already the next episode's first observation
                 (same-step autoreset).

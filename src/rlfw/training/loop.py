@@ -406,7 +406,8 @@ class TrainLoop:
         Args:
             finished: the epoch's finished training episodes.
             evaluation: ``(eval_return, eval_return_std, eval_success_rate)``.
-            sums, counts: the update metrics' sums and counts over the epoch.
+            sums: the update metrics' sums over the epoch.
+            counts: their counts over the epoch.
             steps: this worker's env steps in the epoch.
             dt: the epoch's wall seconds.
         """
