@@ -50,8 +50,11 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def run_seed(task: str, seed: int, label: str, overrides: list[str], keep: Path | None = None) -> dict[str, object]:
-    """Train, time and evaluate one seed; returns its CSV row (also appended to :data:`CSV`)."""
+def run_seed(task: str, seed: int, label: str, overrides: list[str], keep: Path | None = None,
+             keep_runs: Path | None = None) -> dict[str, object]:
+    """Train, time and evaluate one seed; returns its CSV row (also appended to :data:`CSV`).
+    ``keep_runs``: move the run directory to ``<keep_runs>/<task>_<label>_seed<s>`` instead of
+    deleting it (the pretrained agents are exported from such runs)."""
     commit = _commit()  # the code the run starts with (a commit made while it runs is not its)
     run = Path(tempfile.mkdtemp(prefix=f"rlfw-delivered-{task}-{seed}-")) / "run"
     env = dict(os.environ, WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
@@ -97,16 +100,20 @@ def run_seed(task: str, seed: int, label: str, overrides: list[str], keep: Path 
     print(f"{task} {label} seed {seed}: delivered {summary['checkpoint']} (epoch {summary['checkpoint_epoch']}) "
           f"success {row['success_rate']} [{row['success_lo']}, {row['success_hi']}] return {row['return_mean']}; "
           f"{row['env_steps']} env steps, {row['wall_s']} s; {stopped or 'ran every epoch'}", flush=True)  # fmt: skip
+    if keep_runs is not None:
+        keep_runs.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(run), str(keep_runs / f"{task}_{label}_seed{seed}"))
     shutil.rmtree(run.parent, ignore_errors=True)
     return row
 
 
-def bench_delivered(tasks: list[str], seeds: list[int], label: str, overrides: list[str]) -> None:
+def bench_delivered(tasks: list[str], seeds: list[int], label: str, overrides: list[str],
+                    keep_runs: Path | None = None) -> None:
     """:func:`run_seed` for every task and seed, one after the other, then
     :func:`write_delivered_md`."""
     for task in tasks:
         for seed in seeds:
-            run_seed(task, seed, label, overrides)
+            run_seed(task, seed, label, overrides, keep_runs=keep_runs)
     write_delivered_md()
 
 

@@ -65,6 +65,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import bench_delivered
 import bench_fetch
@@ -103,7 +104,8 @@ SECTIONS: dict[str, Section] = {
     "push_search": _push_search,
     "peer_push": lambda a: bench_learning.bench_peer_push(a.quick, a.budget_s, a.first_seed, config=a.peer_config),
     "delivered": lambda a: bench_delivered.bench_delivered(
-        a.tasks.split(","), [int(s) for s in a.seed_list.split(",")], a.label, a.overrides.split()
+        a.tasks.split(","), [int(s) for s in a.seed_list.split(",")], a.label, a.overrides.split(),
+        Path(a.keep_runs) if a.keep_runs else None,
     ),
 }
 DEFAULT = "reach,push,soft_speed,replay,panda,workers,hopper,hopper_compose,learning"
@@ -126,6 +128,7 @@ def main() -> None:
     p.add_argument("--seed-list", default="0", help="delivered: comma-separated seeds")
     p.add_argument("--label", default="preset", help="delivered: the row's label")
     p.add_argument("--overrides", default="", help="delivered: extra overrides, space-separated")
+    p.add_argument("--keep-runs", default="", help="delivered: keep each run directory under this folder")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     only = set(args.only.split(","))

@@ -19,8 +19,9 @@ from rlfw import registry as _registry
 
 if TYPE_CHECKING:
     from rlfw.api import Policy, load, train
+    from rlfw.pretrained import load_pretrained
 
-__all__ = ["Policy", "__version__", "load", "train"]
+__all__ = ["Policy", "__version__", "load", "load_pretrained", "train"]
 
 __version__ = "0.1.0"
 
@@ -47,13 +48,18 @@ _registry.set_loader(_load_components)
 
 
 def __getattr__(name: str) -> Any:
-    """``rlfw.train``, ``rlfw.load`` and ``rlfw.Policy`` import :mod:`rlfw.api` on first use."""
+    """``rlfw.train``, ``rlfw.load`` and ``rlfw.Policy`` import :mod:`rlfw.api` on first use,
+    ``rlfw.load_pretrained`` :mod:`rlfw.pretrained`."""
     if name in _API:
         from rlfw import api
 
         return getattr(api, name)
+    if name == "load_pretrained":
+        from rlfw.pretrained import load_pretrained
+
+        return load_pretrained
     raise AttributeError(f"module 'rlfw' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_API])
+    return sorted([*globals(), *_API, "load_pretrained"])

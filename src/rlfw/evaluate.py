@@ -10,7 +10,12 @@ followed). With ``video=true`` the
 first ``video_episodes`` episodes are rendered to ``<run>/videos/eval_<k>.mp4`` (one frame per
 observation: an episode of T steps has T + 1 frames).
 
-Bad input (a missing run directory or checkpoint, a file that is not a policy checkpoint,
+``python -m rlfw.evaluate pretrained=<env_id>`` evaluates one of the agents shipped with rlfw
+(:mod:`rlfw.pretrained`) the same way, writing into ``out`` (default
+``pretrained/<env_id>/``): ``evaluation.json`` and the videos.
+
+Bad input (a missing run directory or checkpoint, neither or both of ``run_dir`` and
+``pretrained``, a file that is not a policy checkpoint,
 ``episodes=0``, a negative seed, a run directory that cannot be written) is one line
 ``rlfw.evaluate: error: ...`` and exit status 2, before any simulator starts.
 
@@ -28,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from rlfw.build import build_policy_agent
 from rlfw.config.preflight import parse_key_values
@@ -39,14 +44,17 @@ from rlfw.errors import ConfigError, fail
 from rlfw.training.checkpoint import check_policy_state, checkpoint_file, load_latest
 from rlfw.training.outputs import write_json
 
-__all__ = ["USAGE", "EvaluateConfig", "build_policy", "check_keys", "evaluate", "main", "record_episodes"]
+__all__ = ["USAGE", "EvaluateConfig", "build_policy", "check_keys", "evaluate", "evaluate_pretrained", "main", "record_episodes"]
 
 
 @dataclass
 class EvaluateConfig:
     """Keys of ``python -m rlfw.evaluate``."""
 
-    run_dir: str = MISSING
+    run_dir: str | None = None  # the run to evaluate (or pretrained=)
+    # an agent shipped with rlfw (rlfw.pretrained), by env id, instead of a run
+    pretrained: str | None = None
+    out: str | None = None  # pretrained only: where evaluation.json and videos go (pretrained/<env_id>)
     episodes: int = 10  # >= 1
     video: bool = False
     video_episodes: int = 1  # how many of the episodes to render (with video=true), >= 0
@@ -60,12 +68,15 @@ class EvaluateConfig:
 
 
 USAGE = """usage: python -m rlfw.evaluate run_dir=<run> [key=value ...]
+       python -m rlfw.evaluate pretrained=<env_id> [key=value ...]
 
-Evaluate a trained run's policy: deterministic episodes, success rate and return printed and
-written to <run_dir>/evaluation.json.
+Evaluate a trained run's policy, or an agent shipped with rlfw: deterministic episodes, success
+rate and return printed and written to <run_dir>/evaluation.json.
 
 keys:
-  run_dir=<dir>        the run directory (required)
+  run_dir=<dir>        the run directory
+  pretrained=<env_id>  instead of run_dir: a shipped agent (FetchPush-v4, ...)
+  out=<dir>            with pretrained: where evaluation.json and videos go (pretrained/<env_id>)
   checkpoint=last      last (checkpoints/last.pt), best (checkpoints/best.pt), or a file name
                        in <run_dir>/checkpoints/
   episodes=10          episodes to run (>= 1)
@@ -106,6 +117,10 @@ def evaluate(ecfg: Any) -> dict[str, Any]:
             checkpoint.
     """
     check_keys(ecfg)
+    if (ecfg.run_dir is None) == (ecfg.pretrained is None):
+        raise ConfigError("give run_dir=<run> (a trained run) or pretrained=<env_id> (a shipped agent), one of them")
+    if ecfg.pretrained is not None:
+        return evaluate_pretrained(ecfg)
     run = Path(ecfg.run_dir).expanduser()
     if not run.is_dir():
         what = "is a file, not a run directory" if run.exists() else "does not exist"
@@ -148,6 +163,48 @@ def evaluate(ecfg: Any) -> dict[str, Any]:
     return summary
 
 
+def evaluate_pretrained(ecfg: Any) -> dict[str, Any]:
+    """:func:`evaluate` for ``pretrained=<env_id>``: the shipped agent on the env of its id's
+    option file (``conf/env/<env_id>.yaml``), evaluation.json and videos in ``out``.
+
+    Raises:
+        ConfigError: no such agent, an ``out`` that is a file, or a linked ``videos/``.
+    """
+    from types import SimpleNamespace
+
+    from rlfw.config.preflight import compose_config
+    from rlfw.pretrained import load_pretrained
+
+    policy = load_pretrained(str(ecfg.pretrained))
+    out = Path(ecfg.out or Path("pretrained") / policy.env_id).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={out} is a file; give a directory")
+    videos = out / "videos"
+    if ecfg.video and videos.is_symlink():
+        raise ConfigError(f"out={out}: {videos} is a link: rlfw writes videos only inside out")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = compose_config([f"env={policy.env_id}"])
+    agent = SimpleNamespace(act=policy.agent_act)
+    n_video = min(ecfg.video_episodes, ecfg.episodes) if ecfg.video else 0
+    stats = []
+    if n_video:
+        stats += record_episodes(cfg, agent, videos / "eval_{k}.mp4", n_video, ecfg.seed, render=True)
+    if ecfg.episodes > n_video:
+        stats += record_episodes(cfg, agent, "", ecfg.episodes - n_video, ecfg.seed + n_video, render=False)
+    summary = {
+        "pretrained": policy.env_id,
+        "checkpoint": policy.card["file"],
+        "checkpoint_epoch": policy.card.get("epoch"),
+        "seed": int(ecfg.seed),
+        "source": "rlfw.evaluate",
+        **episode_summary(np.array([s["return"] for s in stats]), np.array([s["success"] for s in stats])),
+        "videos": [str(videos / f"eval_{k}.mp4") for k in range(n_video)],
+        "video_frames": [int(s["frames"]) for s in stats[:n_video]],
+    }
+    write_json(out / "evaluation.json", summary)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse ``key=value`` arguments against :class:`EvaluateConfig`, evaluate, print."""
     args = sys.argv[1:] if argv is None else argv
@@ -166,7 +223,9 @@ def main(argv: list[str] | None = None) -> None:
         success = f"success rate {sr:.3f} [{lo:.3f}, {hi:.3f}]"
     rlo, rhi = summary["return_ci"]
     print(
-        f"{summary['episodes']} episodes ({summary['checkpoint']} of epoch {summary['checkpoint_epoch']}): {success} | "
+        f"{summary['episodes']} episodes ({summary['checkpoint']}"
+        + (f" of epoch {summary['checkpoint_epoch']}" if summary["checkpoint_epoch"] is not None else "")
+        + f"): {success} | "
         f"return {summary['return_mean']:.3f} [{rlo:.3f}, {rhi:.3f}] (95% intervals: Wilson, t)"
     )
     for v, n in zip(summary["videos"], summary["video_frames"]):
