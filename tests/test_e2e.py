@@ -128,7 +128,14 @@ def test_cli_noise_sweep(tmp_path):
     proc = run_cli(["-m", "env=PandaReach-v3", "noise=gaussian,ou,noisynet", *TINY, f"hydra.sweep.dir={sweep}"],
                    cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(jobs_of(sweep)) == 3
+    jobs = jobs_of(sweep)
+    assert len(jobs) == 3
+    import yaml
+
+    used = sorted(yaml.safe_load((j / ".hydra" / "config.yaml").read_text())["noise"]["name"] for j in jobs)
+    assert used == ["gaussian", "noisynet", "ou"]  # each job trained with its own noise
+    for j in jobs:
+        check_run_dir(j, 2, 200)
 
 
 def test_cli_users_fetchslide_v2_command(tmp_path):

@@ -91,6 +91,7 @@ def test_an_installed_package_adds_an_algorithm_and_a_noise(tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1]
     assert float(rows[0]["noise_sigma"]) == pytest.approx(0.37)  # AcmeUniformNoise.metrics
+    assert float(rows[0]["noise_width"]) == pytest.approx(0.74)  # a metric only the plugin declares
     assert float(rows[0]["alpha"]) > 0  # SAC's update ran
 
     bad = run_rlfw(["noise=acme_uniform", "noise.width=-1", *PENDULUM], tmp_path, site)

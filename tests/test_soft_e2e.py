@@ -60,7 +60,11 @@ def test_every_algo_buffer_and_noise_compose_and_build(compose, algo):
             )
             assert actions.shape == (2, 4) and np.all(np.abs(actions) <= 1)
             buf = build_buffer(cfg, GOAL_INFO, 2, 1000, 0)
-            assert buf is not None
+            assert len(buf) == 0  # built empty, with the parts its preset names
+            assert type(buf.relabeler).__name__ == {"her": "HerRelabel", "none": "NoRelabel"}[cfg.buffer.relabel]
+            assert type(buf.sampler).__name__ == {"uniform": "UniformSampler", "prioritized": "PrioritizedSampler",
+                                                  "energy": "EnergySampler"}[cfg.buffer.sampler]  # fmt: skip
+            assert buf.returns.n_step == int(cfg.buffer.n_step)
             built += 1
     assert built == len(group_options("buffer")) * (len(group_options("noise")) - (algo in SOFT))
 

@@ -297,9 +297,7 @@ class Policy:
             _, _, self._to_env = rescale_box(action_space, np.float32(-1.0), np.float32(1.0))
         # parameter noise (NoisyNet) samples the policy's weights: deterministic=False draws one
         self._exploration = exploration if exploration is not None and exploration.parameter_noise else None
-        from rlfw.algos.sac import SAC
-
-        self._stochastic = isinstance(agent, SAC)  # SAC, TQC, CrossQ: a squashed Gaussian policy
+        self._stochastic = bool(getattr(agent, "stochastic", False))  # the agent says (SAC, TQC, CrossQ)
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: str = "cpu") -> Policy:

@@ -132,19 +132,17 @@ def policy_spec(policy: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         ConfigError: the actor holds a layer type this exporter does not know.
     """
     from rlfw.algos.crossq import BatchRenorm
-    from rlfw.algos.networks import ACTIVATIONS, MLP
-    from rlfw.algos.sac import SquashedGaussianActor
+    from rlfw.algos.networks import ACTIVATIONS
     from rlfw.noise.noisynet import NoisyLinear
 
     agent = policy.agent
-    actor = getattr(agent, "eval_actor", agent.actor)  # the network the agent acts with deterministically
-    act_dim = int(np.prod(policy.action_space.shape))
-    if isinstance(actor, SquashedGaussianActor):
-        seq, keep = actor.net.net, act_dim  # (mu, log_std): the mean action uses mu only
-    elif isinstance(actor, MLP) and isinstance(actor.output_activation, nn.Tanh):
-        seq, keep = actor.net, None
-    else:
-        raise ConfigError(f"cannot export an actor of type {type(actor).__name__}")
+    export_actor = getattr(agent, "export_actor", None)  # the agent says how its actor exports
+    if export_actor is None:
+        raise ConfigError(f"cannot export a {type(agent).__name__}: it has no export_actor() (rlfw.core.Agent)")
+    try:
+        seq, keep = export_actor()
+    except NotImplementedError as err:
+        raise ConfigError(str(err)) from None
     names = {ACTIVATIONS.get(n).target: n for n in ACTIVATIONS.names()}
 
     tensors: dict[str, torch.Tensor] = {}

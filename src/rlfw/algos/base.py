@@ -96,6 +96,21 @@ class OffPolicyAgent:
     """
 
     metric_names: tuple[str, ...] = ()
+    # whether the policy is stochastic (predict(deterministic=False) samples it): SAC's family
+    stochastic: bool = False
+
+    def export_actor(self) -> tuple[nn.Sequential, int | None]:
+        """The deterministic actor as a plain layer sequence for :mod:`rlfw.export`: ``(layers,
+        keep)`` where ``layers`` maps the normalised ``[obs, goal]`` input to the pre-tanh
+        output through ``nn.Linear``, activation, ``BatchRenorm`` and ``NoisyLinear`` layers (the
+        exporter appends the tanh), and ``keep`` the output columns that are the action (None:
+        all; SAC's mean uses the first ``act_dim`` of ``(mu, log_sigma)``).
+
+        Raises:
+            NotImplementedError: the algorithm does not say how its actor exports (an
+                algorithm from another package overrides this).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define export_actor(), so its policy cannot be exported")
 
     def __init__(
         self, cfg: Any, env: EnvInfo, device: str | torch.device = "cpu", seed: int = 0

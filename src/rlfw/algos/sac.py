@@ -209,6 +209,15 @@ class SAC(OffPolicyAgent):
     )
     has_target_critic = True
 
+    stochastic = True  # a squashed Gaussian: predict(deterministic=False) samples it
+
+    def export_actor(self) -> tuple[nn.Sequential, int | None]:
+        """The actor's MLP to ``(mu, log_sigma)``; the exported mean action keeps ``mu``, the
+        first ``act_dim`` outputs (``tanh(mu(s))``, what evaluation acts with)."""
+        if not isinstance(self.actor, SquashedGaussianActor):
+            raise NotImplementedError(f"cannot export an actor of type {type(self.actor).__name__}: override export_actor()")
+        return self.actor.net.net, self.act_dim
+
     def __init__(
         self,
         cfg: Any,

@@ -204,6 +204,19 @@ class TD3(OffPolicyAgent):
         ``algo.act_with_target``, else ``actor`` (evaluation, :func:`rlfw.load`, export)."""
         return self.actor_target if bool(getattr(self.cfg, "act_with_target", False)) else self.actor
 
+    def export_actor(self) -> tuple[nn.Sequential, int | None]:
+        """:attr:`eval_actor`'s layers (an :class:`rlfw.algos.networks.MLP` ending in tanh).
+
+        Raises:
+            NotImplementedError: an actor from :meth:`make_actor` that is not such an MLP.
+        """
+        from rlfw.algos.networks import MLP
+
+        actor = self.eval_actor
+        if not (isinstance(actor, MLP) and isinstance(actor.output_activation, nn.Tanh)):
+            raise NotImplementedError(f"cannot export an actor of type {type(actor).__name__}: override export_actor()")
+        return actor.net, None
+
     def policy(self, x: torch.Tensor, explore: bool) -> torch.Tensor:
         """``pi(s)`` of the actor when exploring (the noise is added by the exploration), of
         :attr:`eval_actor` otherwise."""

@@ -160,12 +160,20 @@ class Agent(Protocol):
             batch-renormalisation statistics).
         autocast_dtype: set by the loop from ``train.autocast``: None (float32 updates) or the
             ``torch.dtype`` under which :meth:`update` runs ``torch.autocast``.
+        stochastic: whether the policy is a distribution that ``predict(deterministic=False)``
+            samples (``act(explore=True)``); False: a deterministic policy.
     """
 
     metric_names: tuple[str, ...]
     updates: int
     grad_sync: Callable[[list[Any]], None] | None
     autocast_dtype: Any
+    stochastic: bool  # the policy samples (predict(deterministic=False)); SAC's family
+
+    def export_actor(self) -> tuple[nn.Module, int | None]:
+        """The deterministic actor as a layer sequence ``(layers, keep)`` for
+        :mod:`rlfw.export` (:meth:`rlfw.algos.base.OffPolicyAgent.export_actor`)."""
+        ...
 
     def act(self, obs: np.ndarray, goal: np.ndarray | None = None, explore: bool = False) -> np.ndarray:
         """Actions ``[N, act_dim]`` in [-1, 1]; ``explore=False`` is the deterministic policy."""

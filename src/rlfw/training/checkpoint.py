@@ -523,7 +523,8 @@ class Checkpointer:
         if self.rank == 0:
             from rlfw.training.outputs import metric_columns
 
-            truncate_logs(self.run_dir, epoch, metric_columns(p.agent.metric_names))
+            truncate_logs(self.run_dir, epoch,
+                          metric_columns(p.agent.metric_names, getattr(p.exploration, "metric_names", ())))  # fmt: skip
             self._restore_best(state)
         return TrainingState(epoch, env_steps, episodes, wall_time, scripted)
 

@@ -32,13 +32,14 @@ BASE_COLUMNS = [
     "train_return", "train_success_rate", "eval_return", "eval_return_std", "eval_success_rate",
     "confirm_return", "confirm_success_rate",
 ]  # fmt: skip
-EXPLORATION_COLUMNS = ["noise_sigma"]
+EXPLORATION_COLUMNS = ["noise_sigma"]  # always present (empty without noise), so runs compare
 EPISODE_COLUMNS = ["episode", "epoch", "env_steps", "env_index", "return", "length", "success"]
 
 
-def metric_columns(agent_metrics: Sequence[str]) -> list[str]:
-    """metrics.csv's header: the loop's columns, the agent's ``metric_names``, ``noise_sigma``."""
-    return [*BASE_COLUMNS, *agent_metrics, *EXPLORATION_COLUMNS]
+def metric_columns(agent_metrics: Sequence[str], exploration_metrics: Sequence[str] = ()) -> list[str]:
+    """metrics.csv's header: the loop's columns, the agent's ``metric_names``, ``noise_sigma``
+    and every other name the exploration declares in its ``metric_names`` (each once)."""
+    return list(dict.fromkeys([*BASE_COLUMNS, *agent_metrics, *EXPLORATION_COLUMNS, *exploration_metrics]))
 
 
 def fmt(x: Any) -> str:
@@ -114,7 +115,9 @@ class CsvFiles(Callback):
         self.episodes: CsvLog | None = None
 
     def on_start(self, loop: Any) -> None:
-        self.metrics = CsvLog(loop.run_dir / "metrics.csv", metric_columns(loop.agent.metric_names))
+        exploration = getattr(loop, "exploration", None)
+        self.metrics = CsvLog(loop.run_dir / "metrics.csv",
+                              metric_columns(loop.agent.metric_names, getattr(exploration, "metric_names", ())))  # fmt: skip
         self.episodes = CsvLog(loop.run_dir / "episodes.csv", EPISODE_COLUMNS)
 
     def on_epoch(self, loop: Any, row: dict[str, Any]) -> None:

@@ -25,11 +25,13 @@ class AcmeUniformConfig(NoiseConfig):
 
 
 class AcmeUniformNoise(ActionNoise):
+    metric_names = ("noise_sigma", "noise_width")  # declared: both become metrics.csv columns
+
     def perturb(self, actions: np.ndarray, env_step: int) -> np.ndarray:
         return actions + self.rng.uniform(-self.cfg.width, self.cfg.width, actions.shape)
 
     def metrics(self, env_step: int) -> dict[str, float]:
-        return {"noise_sigma": float(self.cfg.width)}  # metrics.csv's exploration column
+        return {"noise_sigma": float(self.cfg.width), "noise_width": 2.0 * float(self.cfg.width)}
 
 
 register("noise", "acme_uniform", AcmeUniformConfig, AcmeUniformNoise)
