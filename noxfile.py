@@ -1,4 +1,4 @@
-"""nox sessions: tests (default, CI), slow, cluster (a real single-node SLURM), lint (ruff, import layers, no cycles), typecheck, docs, bench.
+"""nox sessions: tests (default, CI), unit, slow, cluster (a real single-node SLURM), lint (ruff, import layers, no cycles), typecheck, docs, bench.
 
 Every install goes through constraints.txt: torch==2.13.0 is the local CPU wheel, and mujoco
 stays below 3.12 (gymnasium-robotics 1.4.2's Fetch envs break on 3.12+).
@@ -23,6 +23,13 @@ def tests(session: nox.Session) -> None:
     """
     session.install(*C, ".[test,federated]")
     session.run("pytest", "-m", "not slow and not cluster", "-p", "no:cacheprovider", *session.posargs, env=ENV)
+
+
+@nox.session
+def unit(session: nox.Session) -> None:
+    """The unit tests alone (marked ``unit``: no simulator, no subprocess), in under 2 minutes."""
+    session.install(*C, ".[test]")
+    session.run("pytest", "-m", "unit", "-p", "no:cacheprovider", *session.posargs, env=ENV)
 
 
 @nox.session

@@ -14,6 +14,8 @@ from rlfw.buffers import Batch
 from rlfw.config.schema import DDPGConfig, TD3Config
 from rlfw.envs import EnvInfo
 
+pytestmark = pytest.mark.unit  # no simulator, no subprocess: nox -s unit
+
 INFO = EnvInfo("t", False, obs_dim=3, goal_dim=0, act_dim=2, max_episode_steps=None)
 
 

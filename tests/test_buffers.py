@@ -32,6 +32,8 @@ from rlfw.envs import EnvInfo
 from rlfw.errors import ConfigError
 from rlfw.registry import register
 
+pytestmark = pytest.mark.unit  # no simulator, no subprocess: nox -s unit
+
 try:  # works with and without tests/__init__.py
     from tests.goal_env import (
         FeedLog,

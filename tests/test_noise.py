@@ -15,6 +15,8 @@ from rlfw.envs import EnvInfo
 from rlfw.noise import GaussianNoise, OUNoise
 from rlfw.noise.noisynet import NoisyLinear, NoisyNetNoise, f_scale, noisy_layers
 
+pytestmark = pytest.mark.unit  # no simulator, no subprocess: nox -s unit
+
 
 def rng():
     return np.random.default_rng(0)

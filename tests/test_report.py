@@ -16,6 +16,7 @@ import yaml
 from rlfw.report import aggregate, iqm, main, mean_interval, summarize
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+pytestmark = pytest.mark.unit  # hand-made run directories, no simulator
 
 
 def make_run(root: Path, name: str, overrides: list[str], task: str, values: list[float],

@@ -19,6 +19,8 @@ from rlfw.algos.sac import SAC, SACConfig, SquashedGaussianActor, Temperature, s
 from rlfw.algos.tqc import TQC, TQCConfig, quantile_huber_loss
 from rlfw.core import Batch, EnvInfo
 
+pytestmark = pytest.mark.unit  # no simulator, no subprocess: nox -s unit
+
 INFO = EnvInfo("t", False, obs_dim=3, goal_dim=0, act_dim=2, max_episode_steps=None)
 OBS, ACT = INFO.obs_dim, INFO.act_dim
 

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from rlfw.buffers.samplers import PrioritizedSampler, SumTree
 from rlfw.buffers.storage import EpisodeStorage
 
+pytestmark = pytest.mark.unit  # no simulator, no subprocess: nox -s unit
+
 SETTINGS = settings(deadline=None, max_examples=50, derandomize=True, database=None)
 
 values = st.floats(0.0, 1e3, allow_nan=False, allow_infinity=False)
