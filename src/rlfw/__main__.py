@@ -327,16 +327,16 @@ def load_run_config(path: Path, state: dict | None) -> DictConfig:
     Raises:
         ConfigError: one line naming the file when neither can be read.
     """
-    from rlfw.core.runfiles import load_yaml, read_text
+    from rlfw.core.runfiles import MAX_META_BYTES, load_yaml, plain_config, read_text
 
     saved = path / ".hydra" / "config.yaml"
     reason = f"{saved} is missing"
     if saved.exists() or saved.is_symlink():
-        text = read_text(saved)  # refused: a link, a special file, too large (a run dir is data only)
+        text = read_text(saved, MAX_META_BYTES)  # refused: a link, a special file, too large (a run dir is data only)
         try:
             loaded = load_yaml(text, saved)
             if isinstance(loaded, dict):
-                return OmegaConf.create(loaded)
+                return plain_config(loaded, saved)  # type: ignore[return-value]
             reason = f"{saved} holds no config mapping (damaged)"
         except ConfigError as err:
             if "aliases" in str(err):  # a YAML bomb is refused, not worked around
@@ -345,7 +345,7 @@ def load_run_config(path: Path, state: dict | None) -> DictConfig:
     if state is not None and isinstance(state.get("config"), dict):
         if saved.exists():
             log.warning("%s: using the config saved in the checkpoint", reason)
-        return OmegaConf.create(state["config"])
+        return plain_config(state["config"], "the checkpoint's config")  # type: ignore[return-value]
     raise ConfigError(f"resume={path}: {reason} and there is no checkpoint holding the config; not an rlfw run "
                       "that can be resumed")  # fmt: skip
 
@@ -414,7 +414,7 @@ def _resume_claimed(path: Path, overrides: list[str]) -> float:
     from rlfw.config.preflight import translate
     from rlfw.config.schema import Config
     from rlfw.config.validate import check_run_length, validate
-    from rlfw.training.checkpoint import has_checkpoint, load_latest
+    from rlfw.training.checkpoint import check_policy_state, has_checkpoint, load_latest
 
     refuse_planted_links(path)
     ckpt = path / "checkpoints" / "last.pt"  # previous.pt if last.pt is lost (load_latest)
@@ -425,9 +425,8 @@ def _resume_claimed(path: Path, overrides: list[str]) -> float:
             f"{path} holds checkpoints/best.pt but neither last.pt nor previous.pt: a resume would start from "
             "epoch 0 and overwrite it; copy best.pt to last.pt to continue from it, or start a new run"
         )
-    state, used = load_latest(ckpt.parent) if found else (None, None)  # ConfigError: both unreadable
-    if state is not None and not isinstance(state, dict):
-        raise ConfigError(f"{used}: not an rlfw checkpoint")
+    # ConfigError: both unreadable, or not rlfw checkpoints (check_policy_state)
+    state, used = load_latest(ckpt.parent, check=check_policy_state) if found else (None, None)
     base = load_run_config(path, state)
     from rlfw.envs import check_trusted
 
@@ -473,7 +472,9 @@ def _resume_claimed(path: Path, overrides: list[str]) -> float:
         try:
             from rlfw.core.runfiles import read_text
 
-            loaded = json.loads(read_text(status_file, 1 << 20))  # ConfigError (a ValueError): not a regular file
+            from rlfw.core.runfiles import load_json
+
+            loaded = load_json(read_text(status_file, 1 << 20), status_file)  # ConfigError (a ValueError)
             status = loaded if isinstance(loaded, dict) else {}
             if not status:
                 raise ValueError("not a JSON object")

@@ -219,11 +219,10 @@ def load(run_dir: str | Path, checkpoint: str = "last", device: str = "cpu", imp
     check_device(device)
     path = checkpoint_file(run, checkpoint)
     try:  # last.pt falls back to previous.pt when it is truncated or lost (one warning)
-        state, read = load_latest(path.parent, path.name, map_location="cpu")
+        state, read = load_latest(path.parent, path.name, map_location="cpu", check=check_policy_state)
     except FileNotFoundError:
         hint = " (written at the first evaluation with a finite eval.metric)" if path.name == "best.pt" else ""
         raise FileNotFoundError(f"no rlfw checkpoint at {path}{hint}") from None
-    state = check_policy_state(state, read)
     saved_env = state["config"].get("env") if isinstance(state["config"], dict) else None
     check_trusted(saved_env or {}, imports, str(run), "rlfw.load(run_dir, imports=[{modules}])")
     return Policy.from_state(state, device)
@@ -310,7 +309,9 @@ class Policy:
 
         from rlfw.build import build_policy
 
-        cfg = OmegaConf.create(state["config"])
+        from rlfw.core.runfiles import plain_config
+
+        cfg = plain_config(state["config"], "the checkpoint's config")
         agent, exploration, env = build_policy(cfg, state["agent"], device=device)
         ref = env.ref_env
         # family.make wraps envs whose bounds are not [-1, 1] in RescaleAction: its inner env

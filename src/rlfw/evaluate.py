@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlfw.build import build_policy_agent
 from rlfw.config.preflight import parse_key_values
+from rlfw.core.runfiles import plain_config
 from rlfw.core.stats import episode_summary
 from rlfw.envs import check_trusted
 from rlfw.envs.recording import record_episodes
@@ -133,12 +134,11 @@ def evaluate(ecfg: Any) -> dict[str, Any]:
                           "directory")  # fmt: skip
     ckpt = checkpoint_file(run, str(ecfg.checkpoint))
     try:
-        state, read = load_latest(ckpt.parent, ckpt.name)
+        state, read = load_latest(ckpt.parent, ckpt.name, check=check_policy_state)
     except FileNotFoundError:
         hint = " (written at the first evaluation with a finite eval.metric)" if ckpt.name == "best.pt" else ""
         raise ConfigError(f"run_dir={ecfg.run_dir}: no checkpoint at {ckpt}{hint}") from None
-    state = check_policy_state(state, read)
-    cfg = OmegaConf.create(state["config"])
+    cfg = plain_config(state["config"], read)  # interpolations resolved before the trust check
     check_trusted(cfg.get("env") or {}, list(ecfg.imports), f"run_dir={ecfg.run_dir}", "imports=[{modules}]")
     agent, _, _ = build_policy(cfg, state["agent"])
     n_video = min(ecfg.video_episodes, ecfg.episodes) if ecfg.video else 0

@@ -352,10 +352,15 @@ def _example_inputs(spec: dict[str, Any], batch: int = 2) -> tuple[torch.Tensor,
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` then rename onto ``path`` (a reader never sees a half-written file)."""
+    """``write(tmp)`` then rename onto ``path`` (a reader never sees a half-written file). The
+    temp file is created fresh first (:func:`rlfw.core.runfiles.create_fresh`: a link planted
+    in its place is removed, not followed), and the rename replaces a link planted at ``path``."""
+    from rlfw.core.runfiles import create_fresh
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
+        os.close(create_fresh(tmp))
         write(tmp)
         os.replace(tmp, path)
     finally:
@@ -411,6 +416,9 @@ def export_policy(run_dir: str | Path, format: str = "onnx", checkpoint: str = "
     module = ExportedPolicy(spec, tensors).eval()
     stem = Path(str(checkpoint)).stem if str(checkpoint) not in ("best", "last") else str(checkpoint)
     path = Path(out).expanduser() if out else run / "export" / f"policy_{stem}{FORMATS[fmt]}"
+    if not out and (run / "export").is_symlink():
+        raise ConfigError(f"run_dir={run_dir}: {run / 'export'} is a link: rlfw writes exports only inside the run "
+                          "directory (give out=<file> to write elsewhere)")  # fmt: skip
     if path.is_dir():
         raise ConfigError(f"out={out} is a directory; give the file to write")
     example = _example_inputs(spec)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rlfw.errors import ConfigError
+
 RUN_PLOTS = ("returns.png", "success.png", "losses.png", "q_values.png")
 
 
@@ -25,7 +27,10 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
     if not path.exists() and not path.is_symlink():
         return []
-    return list(csv.DictReader(io.StringIO(read_text(path), newline="")))
+    try:
+        return list(csv.DictReader(io.StringIO(read_text(path), newline="")))
+    except csv.Error as err:  # a field past the csv module's limit, a NUL byte: not rlfw's CSV
+        raise ConfigError(f"{path}: not a CSV rlfw wrote ({err})") from None
 
 
 def column(rows: Sequence[dict[str, str]], key: str) -> np.ndarray:
@@ -124,10 +129,19 @@ def plot_run(run_dir: str | Path) -> dict[Path, int]:
 
 
 def _save(plt, fig, path: Path) -> Path:
-    """Save atomically (a temp file renamed over ``path``) and close the figure."""
+    """Save atomically (a temp file renamed over ``path``) and close the figure. The temp file
+    is created fresh (:func:`rlfw.core.runfiles.create_fresh`) and the rename replaces a link
+    planted at ``path``: nothing is written through a link."""
+    import os
+
+    from rlfw.core.runfiles import create_fresh
+
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with os.fdopen(create_fresh(tmp), "wb") as f:
+            fig.savefig(f, format="png")
+    finally:
+        plt.close(fig)
+    os.replace(tmp, path)
     return path

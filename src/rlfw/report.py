@@ -41,7 +41,6 @@ scipy and rliable: ``pip install -c constraints.txt -e '.[stats]'``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 from collections import defaultdict
@@ -50,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from rlfw.core.runfiles import load_yaml, read_text
+from rlfw.core.runfiles import MAX_META_BYTES, load_json, load_yaml, read_text
 from rlfw.errors import ConfigError, fail
 from rlfw.plots import _figure, _save, read_csv
 
@@ -82,7 +81,7 @@ def _overrides(run: Path) -> list[str]:
     path = run / ".hydra" / "overrides.yaml"
     if not path.exists():
         return []
-    overrides = load_yaml(read_text(path), path)  # a regular file, bounded, no aliases
+    overrides = load_yaml(read_text(path, MAX_META_BYTES), path)  # a regular file, bounded, no aliases
     if overrides is None:
         return []
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
@@ -101,7 +100,7 @@ def unfinished(run: Path) -> str | None:
     if not path.exists():
         return "no status.json: not known to have finished"
     try:
-        data = json.loads(read_text(path))
+        data = load_json(read_text(path, MAX_META_BYTES), path)
     except (OSError, ValueError, ConfigError) as err:
         return f"status.json unreadable ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
     status = data.get("status") if isinstance(data, dict) else None
@@ -118,7 +117,7 @@ def delivered_figure(run: Path, metric: str) -> float | None:
     if not path.exists():
         return None
     try:
-        data = json.loads(read_text(path))
+        data = load_json(read_text(path, MAX_META_BYTES), path)
         value = float(data["success_rate" if metric == "eval_success_rate" else "return_mean"])
     except (OSError, ValueError, ConfigError, KeyError, TypeError):
         return None
@@ -152,7 +151,7 @@ def task_of(run: Path) -> str:
     path = run / ".hydra" / "config.yaml"
     if not path.exists():
         return "unknown"
-    cfg = load_yaml(read_text(path), path)  # a regular file, bounded, no aliases
+    cfg = load_yaml(read_text(path, MAX_META_BYTES), path)  # a regular file, bounded, no aliases
     env = cfg.get("env") if isinstance(cfg, dict) else None
     return str(env.get("id", "unknown")) if isinstance(env, dict) else "unknown"
 
@@ -503,9 +502,22 @@ def summarize(
             log.warning("warning: %s", w)
     text = "\n".join(lines) + "\n"
     md = out / "summary.md"
-    md.write_text(f"# rlfw report\n\nRuns: {len(runs)} in {len(groups)} settings, metric {metric}. "
+    _replace_text(md, f"# rlfw report\n\nRuns: {len(runs)} in {len(groups)} settings, metric {metric}. "
                   f"{FINAL_DEFINITION}\n\n" + text)  # fmt: skip
     return png, md, text
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a fresh temp file renamed over it (a link planted at
+    ``path`` is replaced, its target untouched)."""
+    import os
+
+    from rlfw.core.runfiles import create_fresh
+
+    tmp = path.with_name(path.name + ".tmp")
+    with os.fdopen(create_fresh(tmp), "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,9 +44,9 @@ them. Needs the ``tune`` extra: ``pip install -c constraints.txt -e '.[tune]'``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +118,9 @@ def parse_tune(args: list[str]) -> TuneConfig:
         raise ConfigError(f"tune.seeds={cfg.seeds} must be a non-empty list of distinct seeds >= 0")
     cfg.dir = cfg.dir or f"tune/{cfg.study_name}"
     cfg.storage = cfg.storage or f"sqlite:///{(Path(cfg.dir) / 'study.db').resolve()}"
+    if cfg.storage.startswith("sqlite://") and cfg.storage.removeprefix("sqlite://").strip("/") in ("", ":memory:"):
+        raise ConfigError(f"tune.storage={cfg.storage} names no database file, so the study would be lost; "
+                          "give sqlite:///<file>.db")  # fmt: skip
     if "://" not in cfg.storage and not cfg.storage.startswith("journal:"):
         raise ConfigError(f"tune.storage={cfg.storage}: give an Optuna storage URL (sqlite:///<file>.db, the default "
                           "in tune.dir) or journal:<file> (Optuna's journal file); rlfw's JSON study file is gone")
@@ -258,12 +261,12 @@ def _write_run_files(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> No
 def _mark_pruned(run_dir: Path, reason: str) -> None:
     """Rewrite ``status.json`` as ``pruned`` with the reason (atomically, never through a link;
     :func:`rlfw.training.outputs.write_status`)."""
-    from rlfw.core.runfiles import read_text
+    from rlfw.core.runfiles import MAX_META_BYTES, load_json, read_text
     from rlfw.training.outputs import write_status
 
     path = run_dir / "status.json"
     try:
-        data = json.loads(read_text(path)) if path.exists() else {}
+        data = load_json(read_text(path, MAX_META_BYTES), path) if path.exists() else {}
     except (OSError, ValueError, ConfigError):
         data = {}
     data = data if isinstance(data, dict) else {}
@@ -388,11 +391,19 @@ def open_storage(storage: str) -> Any:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    import stat
+
     path = Path(storage.removeprefix("journal:")).expanduser()
+    if not path.name:
+        raise ConfigError(f"tune.storage={storage}: give the journal's file, journal:<file>")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        mode = os.lstat(path).st_mode if os.path.lexists(path) else None
     except OSError as err:
         raise ConfigError(f"tune.storage={storage}: {err.strerror}: {path.parent}") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise ConfigError(f"tune.storage={storage}: {path} is not a regular file (a link, a directory, a device "
+                          "or a FIFO); the journal must be a file of its own")  # fmt: skip
     return JournalStorage(JournalFileBackend(str(path)))
 
 

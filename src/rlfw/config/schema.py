@@ -111,6 +111,10 @@ class EnvConfig:
         keys = [str(k) for k in (kwargs or {})]
         if not keys:
             return
+        owned = {"max_episode_steps": "set env.max_episode_steps=<steps> instead",
+                 "render_mode": "rlfw sets it itself (videos: rlfw.evaluate video=true, logger.video_every)"}  # fmt: skip
+        for key in keys:
+            require(key not in owned, f"env.kwargs.{key}: {owned.get(key, '')}")
         if family is not None:
             family.register()
         try:

@@ -16,6 +16,9 @@ from rlfw.errors import ConfigError
 # of 2M Fetch transitions is about 400 MB)
 MAX_TEXT_BYTES = 256 * 2**20
 MAX_CHECKPOINT_BYTES = 16 * 2**30
+# a run's small metadata files (.hydra/*.yaml, status.json, evaluation.json, versions.json):
+# rlfw writes them in kilobytes; a bigger one is not a run's and would only cost time to parse
+MAX_META_BYTES = 2**20
 
 
 def create_fresh(path: str | Path) -> int:
@@ -93,3 +96,46 @@ def load_yaml(text: str, name: str | Path) -> object:
     except yaml.YAMLError as err:
         lines = str(err).strip().splitlines()
         raise ConfigError(f"{name}: not valid YAML ({lines[0] if lines else type(err).__name__})") from None
+    except RecursionError:
+        raise ConfigError(f"{name}: nested too deeply to be a run's YAML") from None
+
+
+def load_json(text: str, name: str | Path) -> object:
+    """``json.loads(text)``, every failure (not JSON, nested too deeply) as one line.
+
+    Raises:
+        ConfigError: one line naming ``name``.
+    """
+    import json
+
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{name}: nested too deeply to be a run's JSON") from None
+    except ValueError as err:
+        raise ConfigError(f"{name}: not valid JSON ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+
+
+def plain_config(data: object, name: str | Path) -> object:
+    """A config read from a run (a checkpoint's ``config`` entry, ``.hydra/config.yaml``) as an
+    OmegaConf ``DictConfig`` with every interpolation resolved, so that what the trust check
+    (:func:`rlfw.envs.check_trusted`) reads is what the run is built from: an interpolation
+    cannot hide a module name from it.
+
+    Raises:
+        ConfigError: one line naming ``name``: not a mapping, a value OmegaConf cannot hold
+            (a date, a tensor), an interpolation that does not resolve, nested too deeply.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: the run's config is a {type(data).__name__}, not a mapping")
+    try:
+        resolved = OmegaConf.to_container(OmegaConf.create(data), resolve=True)
+        return OmegaConf.create(resolved)
+    except RecursionError:
+        raise ConfigError(f"{name}: the run's config is nested too deeply") from None
+    except (OmegaConfBaseException, ValueError, TypeError, KeyError) as err:
+        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+        raise ConfigError(f"{name}: the run's config cannot be read ({first})") from None

@@ -28,7 +28,7 @@ from gymnasium.envs.registration import parse_env_id
 from gymnasium.vector import AutoresetMode
 
 from rlfw.core import EnvInfo, GoalFn
-from rlfw.errors import ConfigError
+from rlfw.errors import ConfigError, first_line
 from rlfw.registry import register, registry
 
 __all__ = [
@@ -93,7 +93,14 @@ class EnvFamily:
             extra["max_episode_steps"] = max_episode_steps
         if render_mode is not None:
             extra["render_mode"] = render_mode
-        env = gym.make(env_id, **extra)
+        try:
+            env = gym.make(env_id, **extra)
+        except Exception as err:
+            if render_mode is not None or isinstance(err, ConfigError):
+                raise  # record_episodes says what rendering needs
+            shown = ", ".join(f"{k}={v!r}" for k, v in (kwargs or {}).items())
+            raise ConfigError(f"env.id '{env_id}' cannot be made" + (f" with env.kwargs {shown}" if shown else "")
+                              + f": {type(err).__name__}: {first_line(err)}") from None  # fmt: skip
         if wrappers:
             from rlfw.envs.wrappers import apply_wrappers
 
@@ -248,7 +255,8 @@ def named_modules(env_cfg: Any) -> tuple[str, ...]:
     get = env_cfg.get if hasattr(env_cfg, "get") else lambda k, d=None: getattr(env_cfg, k, d)
     from rlfw.envs.wrappers import wrapper_modules
 
-    names = [str(n) for n in (get("imports", None) or ())]
+    given = get("imports", None) or ()
+    names = [given] if isinstance(given, str) else [str(n) for n in given]
     env_id = str(get("id", "") or "")
     if ":" in env_id:
         names.append(env_id.rsplit(":", 1)[0])

@@ -20,7 +20,6 @@ drives it for the collection.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,12 +36,12 @@ __all__ = ["AGENTS", "PretrainedPolicy", "add_agent", "available", "card", "load
 
 
 def _index(root: Path) -> dict[str, Any]:
-    from rlfw.core.runfiles import read_text
+    from rlfw.core.runfiles import MAX_META_BYTES, load_json, read_text
 
     path = root / INDEX
     if not path.exists():
         return {}
-    data = json.loads(read_text(path))
+    data = load_json(read_text(path, MAX_META_BYTES), path)
     return data if isinstance(data, dict) else {}
 
 

@@ -154,7 +154,19 @@ def check_policy_state(state: Any, path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"{path}: {what} (it lacks {', '.join(missing)}); use checkpoint=best or checkpoint=last"
         )
-    return state
+    assert isinstance(state, dict)
+    counters = state["counters"]
+    if not isinstance(state["agent"], dict):
+        raise ConfigError(f"{path}: its agent entry is a {type(state['agent']).__name__}, not the networks' states (damaged)")
+    if not isinstance(counters, dict) or not all(
+        isinstance(counters.get(k), int) and counters[k] >= 0 for k in ("epoch", "env_steps")
+    ):
+        raise ConfigError(f"{path}: its counters are not an epoch and env steps (damaged)")
+    from rlfw.core.runfiles import plain_config
+
+    # the config with its interpolations resolved: what the trust check reads is what is built
+    resolved = OmegaConf.to_container(plain_config(state["config"], f"{path}"))  # type: ignore[arg-type]
+    return {**state, "config": resolved}
 
 
 def has_checkpoint(directory: Path) -> bool:
@@ -162,9 +174,12 @@ def has_checkpoint(directory: Path) -> bool:
     return (Path(directory) / LAST).exists() or (Path(directory) / PREVIOUS).exists()
 
 
-def load_latest(directory: Path, name: str = LAST, map_location: Any = "cpu") -> tuple[Any, Path]:
+def load_latest(directory: Path, name: str = LAST, map_location: Any = "cpu",
+                check: Any = None) -> tuple[Any, Path]:  # fmt: skip
     """Read ``directory/name`` with :func:`safe_load`; for ``last.pt`` fall back to
-    ``previous.pt`` (one warning line) when ``last.pt`` is missing, truncated or corrupt.
+    ``previous.pt`` (one warning line) when ``last.pt`` is missing, truncated or corrupt, or
+    (given ``check(state, path)``, which returns the state or raises ConfigError) readable but
+    not what ``check`` accepts.
 
     Returns:
         (the state, the path actually read).
@@ -179,15 +194,19 @@ def load_latest(directory: Path, name: str = LAST, map_location: Any = "cpu") ->
     for p in (path, prev):  # a link or a special file is refused, not followed (a run dir is data)
         with contextlib.suppress(FileNotFoundError):
             check_regular(p, MAX_CHECKPOINT_BYTES)
+    def read(p: Path) -> Any:
+        state = safe_load(p, map_location)
+        return check(state, p) if check is not None else state
+
     try:
-        return safe_load(path, map_location), path
+        return read(path), path
     except (FileNotFoundError, ConfigError) as err:
         if name != LAST or not prev.exists() or "refused" in str(err):
             raise
-        reason = "missing" if isinstance(err, FileNotFoundError) else "unreadable"
+        reason = "missing" if isinstance(err, FileNotFoundError) else f"unusable ({first_line(err)})"
         log.warning("%s is %s; falling back to the previous checkpoint %s", path, reason, prev)
         try:
-            return safe_load(prev, map_location), prev
+            return read(prev), prev
         except ConfigError as err2:
             raise ConfigError(f"{path} is {reason} and the previous checkpoint too: {err2}") from None
 
