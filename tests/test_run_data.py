@@ -189,9 +189,9 @@ def test_env_settings_that_cannot_work_are_refused_in_one_line(tmp_path, monkeyp
     from rlfw.config.preflight import preflight
 
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    with pytest.raises(ConfigError, match="env.kwargs.max_episode_steps: set env.max_episode_steps"):
+    with pytest.raises(ConfigError, match=r"env\.kwargs\.max_episode_steps: set env\.max_episode_steps"):
         preflight(["++env.kwargs.max_episode_steps=0", *PENDULUM])
-    with pytest.raises(ConfigError, match="env.kwargs.render_mode: rlfw sets it itself"):
+    with pytest.raises(ConfigError, match=r"env\.kwargs\.render_mode: rlfw sets it itself"):
         preflight(["++env.kwargs.render_mode=human", *PENDULUM])
     coin = ["env=gym", "env.id=CoinGoal-v0", "env.imports=[user_envs]", "buffer=her", *TINY]
     with pytest.raises(ConfigError, match=r"env.id 'CoinGoal-v0' cannot be made with env.kwargs p='abc': ValueError"):

@@ -14,7 +14,6 @@ its last checkpoint, in the same directory (see :func:`resume`).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -336,7 +335,7 @@ def load_run_config(path: Path, state: dict | None) -> DictConfig:
         try:
             loaded = load_yaml(text, saved)
             if isinstance(loaded, dict):
-                return plain_config(loaded, saved)  # type: ignore[return-value]
+                return plain_config(loaded, saved)
             reason = f"{saved} holds no config mapping (damaged)"
         except ConfigError as err:
             if "aliases" in str(err):  # a YAML bomb is refused, not worked around
@@ -345,7 +344,7 @@ def load_run_config(path: Path, state: dict | None) -> DictConfig:
     if state is not None and isinstance(state.get("config"), dict):
         if saved.exists():
             log.warning("%s: using the config saved in the checkpoint", reason)
-        return plain_config(state["config"], "the checkpoint's config")  # type: ignore[return-value]
+        return plain_config(state["config"], "the checkpoint's config")
     raise ConfigError(f"resume={path}: {reason} and there is no checkpoint holding the config; not an rlfw run "
                       "that can be resumed")  # fmt: skip
 
@@ -470,9 +469,7 @@ def _resume_claimed(path: Path, overrides: list[str]) -> float:
     status: dict = {}
     if status_file.exists():
         try:
-            from rlfw.core.runfiles import read_text
-
-            from rlfw.core.runfiles import load_json
+            from rlfw.core.runfiles import load_json, read_text
 
             loaded = load_json(read_text(status_file, 1 << 20), status_file)  # ConfigError (a ValueError)
             status = loaded if isinstance(loaded, dict) else {}

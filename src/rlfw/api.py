@@ -219,7 +219,7 @@ def load(run_dir: str | Path, checkpoint: str = "last", device: str = "cpu", imp
     check_device(device)
     path = checkpoint_file(run, checkpoint)
     try:  # last.pt falls back to previous.pt when it is truncated or lost (one warning)
-        state, read = load_latest(path.parent, path.name, map_location="cpu", check=check_policy_state)
+        state, _ = load_latest(path.parent, path.name, map_location="cpu", check=check_policy_state)
     except FileNotFoundError:
         hint = " (written at the first evaluation with a finite eval.metric)" if path.name == "best.pt" else ""
         raise FileNotFoundError(f"no rlfw checkpoint at {path}{hint}") from None
@@ -305,10 +305,8 @@ class Policy:
         Raises:
             ConfigError: the checkpoint's env is not installed or does not fit its config.
         """
-        from omegaconf import OmegaConf
 
         from rlfw.build import build_policy
-
         from rlfw.core.runfiles import plain_config
 
         cfg = plain_config(state["config"], "the checkpoint's config")

@@ -118,7 +118,7 @@ def delivered_figure(run: Path, metric: str) -> float | None:
         return None
     try:
         data = load_json(read_text(path, MAX_META_BYTES), path)
-        value = float(data["success_rate" if metric == "eval_success_rate" else "return_mean"])
+        value = float(data["success_rate" if metric == "eval_success_rate" else "return_mean"])  # type: ignore[index]
     except (OSError, ValueError, ConfigError, KeyError, TypeError):
         return None
     return value if math.isfinite(value) else None

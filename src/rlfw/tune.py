@@ -388,10 +388,10 @@ def open_storage(storage: str) -> Any:
     """
     if not storage.startswith("journal:"):
         return storage
+    import stat
+
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
-
-    import stat
 
     path = Path(storage.removeprefix("journal:")).expanduser()
     if not path.name:

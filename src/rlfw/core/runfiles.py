@@ -9,8 +9,12 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rlfw.errors import ConfigError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 # size bounds: text files of a run (YAML, CSV, JSON) and checkpoint files (a saved replay buffer
 # of 2M Fetch transitions is about 400 MB)
@@ -116,7 +120,7 @@ def load_json(text: str, name: str | Path) -> object:
         raise ConfigError(f"{name}: not valid JSON ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
 
 
-def plain_config(data: object, name: str | Path) -> object:
+def plain_config(data: object, name: str | Path) -> DictConfig:
     """A config read from a run (a checkpoint's ``config`` entry, ``.hydra/config.yaml``) as an
     OmegaConf ``DictConfig`` with every interpolation resolved, so that what the trust check
     (:func:`rlfw.envs.check_trusted`) reads is what the run is built from: an interpolation
@@ -126,14 +130,16 @@ def plain_config(data: object, name: str | Path) -> object:
         ConfigError: one line naming ``name``: not a mapping, a value OmegaConf cannot hold
             (a date, a tensor), an interpolation that does not resolve, nested too deeply.
     """
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     if not isinstance(data, dict):
         raise ConfigError(f"{name}: the run's config is a {type(data).__name__}, not a mapping")
     try:
         resolved = OmegaConf.to_container(OmegaConf.create(data), resolve=True)
-        return OmegaConf.create(resolved)
+        out = OmegaConf.create(resolved)
+        assert isinstance(out, DictConfig)
+        return out
     except RecursionError:
         raise ConfigError(f"{name}: the run's config is nested too deeply") from None
     except (OmegaConfBaseException, ValueError, TypeError, KeyError) as err:

@@ -165,7 +165,7 @@ def check_policy_state(state: Any, path: str | Path) -> dict[str, Any]:
     from rlfw.core.runfiles import plain_config
 
     # the config with its interpolations resolved: what the trust check reads is what is built
-    resolved = OmegaConf.to_container(plain_config(state["config"], f"{path}"))  # type: ignore[arg-type]
+    resolved = OmegaConf.to_container(plain_config(state["config"], f"{path}"))
     return {**state, "config": resolved}
 
 
