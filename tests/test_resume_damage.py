@@ -215,6 +215,24 @@ def test_resume_refuses_a_planted_link_and_leaves_its_target_alone(finished_run,
     assert outside.read_bytes() == b"precious\n"
 
 
+@pytest.mark.parametrize("name", ["metrics.csv", "rlfw.log", "status.json"])
+def test_resume_refuses_a_planted_hard_link_and_leaves_the_other_file_alone(finished_run, tmp_path, name):
+    """A hard link is the same file under two names: appending to rlfw.log or metrics.csv (or
+    rewriting status.json in place on a full disk) would change the other one."""
+    import os
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"precious\n")
+    (run_dir / name).unlink(missing_ok=True)
+    os.link(outside, run_dir / name)
+    with pytest.raises(ConfigError) as err:
+        resume(str(run_dir), ["train.epochs=3"])
+    assert "hard link" in str(err.value) and "\n" not in str(err.value)
+    assert outside.read_bytes() == b"precious\n"
+
+
 def test_tools_read_only_bounded_regular_files_of_a_run(finished_run, tmp_path):
     """report on metrics.csv linked to /dev/zero, a YAML bomb in .hydra/config.yaml, and a
     checkpoint linked to a file outside: one ConfigError line each, at once."""

@@ -311,6 +311,9 @@ def refuse_planted_links(path: Path) -> None:
         if p.is_symlink():  # any link at the top: rlfw writes its files and temp files there
             raise ConfigError(f"{p} is a link (to {os.readlink(p)}): rlfw writes only inside the run directory; "
                               "replace the link with the file itself to resume")  # fmt: skip
+        if p.name in RUN_WRITES and p.is_file() and p.stat().st_nlink > 1:  # appended to, or rewritten in place
+            raise ConfigError(f"{p} is a hard link shared with another file: a resume would change that file too; "
+                              "replace it with a copy of its own to resume")  # fmt: skip
     ckpt = path / "checkpoints"
     if ckpt.is_dir():
         for p in ckpt.iterdir():

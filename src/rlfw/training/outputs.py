@@ -78,6 +78,10 @@ class CsvLog:
         self.path, self.columns = path, columns
         # never through a link planted in the run directory (ELOOP: the run fails with one line)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        if os.fstat(self._fd).st_nlink > 1:  # a hard link: appending would change the other name's file too
+            os.close(self._fd)
+            self._fd = -1
+            raise OSError(errno.EPERM, f"{path} is a hard link shared with another file: rlfw appends only to its own files")
         if os.fstat(self._fd).st_size == 0:
             self._append([columns])
 
