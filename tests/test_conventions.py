@@ -36,6 +36,20 @@ def test_total_steps_sets_the_run_length_in_env_steps(tmp_path):
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
+def test_the_default_run_with_total_steps_ends_at_that_many_env_steps(tmp_path):
+    """``python -m rlfw train.total_steps=4000`` (issue 32's check): the default preset would stop
+    at its first confirmed 1.0 (1,000 env steps); given the total steps it trains them all."""
+    import subprocess
+
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "rlfw", "train.total_steps=4000", "eval.confirm_episodes=10",
+                           "eval.final_episodes=10", "logger.plots=false", f"hydra.run.dir={run}"],
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [int(r["env_steps"]) for r in read_csv(run / "metrics.csv")][-1] == 4000
+
+
 def test_total_steps_refusals_are_one_line():
     with pytest.raises(ConfigError, match=r"train\.total_steps=650 is not a whole number of epochs of 200 env steps.*use 600 or 800"):
         preflight(["env=gym", "env.id=Pendulum-v1", *NO_EPOCHS, "train.total_steps=650"])
@@ -64,6 +78,8 @@ def test_keep_checkpoints_keeps_the_last_n_epochs_and_they_load(tmp_path):
 
 def test_env_kwargs_without_plus_and_wrappers_reach_the_env(tmp_path):
     assert free_form_overrides(["env.kwargs.p=1.0", "+env.kwargs.q=2", "seed=1"]) == ["++env.kwargs.p=1.0", "+env.kwargs.q=2", "seed=1"]
+    assert free_form_overrides(["train.total_steps=4000"]) == ["train.total_steps=4000", "eval.stop_at=null"]
+    assert free_form_overrides(["train.total_steps=4000", "eval.stop_at=0.5"]) == ["train.total_steps=4000", "eval.stop_at=0.5"]
     never = rlfw.train([*COIN, "env.kwargs.p=0.0", f"hydra.run.dir={tmp_path / 'never'}"])
     assert json.loads((never / "evaluation.json").read_text())["success_rate"] == 0.0  # the constructor got p=0
     wrapped = rlfw.train([*COIN, "env.kwargs.p=0.0", "env.wrappers=[user_envs:AlwaysSucceeds]",

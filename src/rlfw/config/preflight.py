@@ -106,10 +106,21 @@ FREE_FORM = ("env.kwargs.",)
 
 
 def free_form_overrides(args: list[str]) -> list[str]:
-    """``env.kwargs.<key>=<value>`` as Hydra's ``++env.kwargs.<key>=<value>`` (add or override),
-    so a user types the key as for any other setting; every other override as given. The keys
-    are then checked against the env's constructor (:meth:`rlfw.config.schema.EnvConfig.check_kwargs`)."""
-    return [f"++{a}" if a.startswith(FREE_FORM) and "=" in a else a for a in args]
+    """The user's overrides as Hydra takes them, with two conventions users bring:
+
+    - ``env.kwargs.<key>=<value>`` becomes Hydra's ``++env.kwargs.<key>=<value>`` (add or
+      override), so a user types the key as for any other setting; the keys are then checked
+      against the env's constructor (:meth:`rlfw.config.schema.EnvConfig.check_kwargs`);
+    - ``train.total_steps=N`` trains N env steps, as Stable-Baselines3's ``total_timesteps``
+      does: a preset's ``eval.stop_at`` is lifted (``eval.stop_at=null`` is added) unless
+      ``eval.stop_at`` is given too; ``best.pt`` is still chosen by the confirmations.
+
+    Every other override is kept as given."""
+    out = [f"++{a}" if a.startswith(FREE_FORM) and "=" in a else a for a in args]
+    keys = {a.split("=", 1)[0].lstrip("+~") for a in args}
+    if "train.total_steps" in keys and "eval.stop_at" not in keys:
+        out.append("eval.stop_at=null")
+    return out
 
 
 def translate(err: BaseException) -> str:
