@@ -195,7 +195,7 @@ BAD_INPUTS = [
     (["env=Hopper-v4", "algo.clip_return=true"], "algo.clip_return=true"),
     (["env.id=FetchSlide-v3"], "env.id 'FetchSlide-v3' is not registered"),
     (["env.id=NoSuchEnv-v0"], "env.id 'NoSuchEnv-v0' is not a registered Gymnasium id"),
-    (["env.kwargs.reward_type=dense"], "+env.kwargs.reward_type"),
+    (["env.kwargs.nosuch=1"], "env.kwargs.nosuch: FetchReach-v4's constructor takes no such argument"),  # no + needed
     (["algo.preact_l2=-1"], "algo.preact_l2=-1.0 is out of range"),
     (["algo.gamma=1.5"], "algo.gamma=1.5 is out of range"),
     (["buffer=per", "buffer.beta0=2"], "buffer.beta0=2.0 is out of range"),
