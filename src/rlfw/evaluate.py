@@ -141,26 +141,41 @@ def evaluate(ecfg: Any) -> dict[str, Any]:
     cfg = plain_config(state["config"], read)  # interpolations resolved before the trust check
     check_trusted(cfg.get("env") or {}, list(ecfg.imports), f"run_dir={ecfg.run_dir}", "imports=[{modules}]")
     agent, _, _ = build_policy(cfg, state["agent"])
-    n_video = min(ecfg.video_episodes, ecfg.episodes) if ecfg.video else 0
-    stats = []
-    if n_video:
-        stats += record_episodes(cfg, agent, run / "videos" / "eval_{k}.mp4", n_video, ecfg.seed, render=True)
-    if ecfg.episodes > n_video:
-        stats += record_episodes(cfg, agent, "", ecfg.episodes - n_video, ecfg.seed + n_video, render=False)
-    rets = np.array([s["return"] for s in stats])
-    succ = np.array([s["success"] for s in stats])
     summary = {
         "run_dir": str(run),
         "checkpoint": read.name,
         "checkpoint_epoch": int(state["counters"]["epoch"]),
-        "seed": int(ecfg.seed),
-        "source": "rlfw.evaluate",
-        **episode_summary(rets, succ),  # episodes, return and success with their 95% intervals
-        "videos": [str(run / "videos" / f"eval_{k}.mp4") for k in range(n_video)],
-        "video_frames": [int(s["frames"]) for s in stats[:n_video]],
+        **run_and_summarise(cfg, agent, ecfg, run / "videos"),
     }
     write_json(run / "evaluation.json", summary)
     return summary
+
+
+def run_and_summarise(cfg: DictConfig, agent: Any, ecfg: Any, videos: Path) -> dict[str, Any]:
+    """``ecfg.episodes`` deterministic episodes of ``agent`` (``act(obs [N, obs_dim], goal) ->
+    [N, A]`` in [-1, 1]) on ``cfg``'s env, the first ``ecfg.video_episodes`` rendered to
+    ``videos/eval_<k>.mp4`` with ``ecfg.video``; episode k resets with ``ecfg.seed + k``.
+
+    Returns:
+        ``seed``, ``source`` and :func:`rlfw.core.stats.episode_summary`'s fields (episodes,
+        return and success with their 95% intervals), ``videos`` and ``video_frames``.
+
+    Raises:
+        RuntimeError: rendering fails (:func:`rlfw.envs.recording.record_episodes`).
+    """
+    n_video = min(ecfg.video_episodes, ecfg.episodes) if ecfg.video else 0
+    stats = []
+    if n_video:
+        stats += record_episodes(cfg, agent, videos / "eval_{k}.mp4", n_video, ecfg.seed, render=True)
+    if ecfg.episodes > n_video:
+        stats += record_episodes(cfg, agent, "", ecfg.episodes - n_video, ecfg.seed + n_video, render=False)
+    return {
+        "seed": int(ecfg.seed),
+        "source": "rlfw.evaluate",
+        **episode_summary(np.array([s["return"] for s in stats]), np.array([s["success"] for s in stats])),
+        "videos": [str(videos / f"eval_{k}.mp4") for k in range(n_video)],
+        "video_frames": [int(s["frames"]) for s in stats[:n_video]],
+    }
 
 
 def evaluate_pretrained(ecfg: Any) -> dict[str, Any]:
@@ -184,22 +199,11 @@ def evaluate_pretrained(ecfg: Any) -> dict[str, Any]:
         raise ConfigError(f"out={out}: {videos} is a link: rlfw writes videos only inside out")
     out.mkdir(parents=True, exist_ok=True)
     cfg = compose_config([f"env={policy.env_id}"])
-    agent = SimpleNamespace(act=policy.agent_act)
-    n_video = min(ecfg.video_episodes, ecfg.episodes) if ecfg.video else 0
-    stats = []
-    if n_video:
-        stats += record_episodes(cfg, agent, videos / "eval_{k}.mp4", n_video, ecfg.seed, render=True)
-    if ecfg.episodes > n_video:
-        stats += record_episodes(cfg, agent, "", ecfg.episodes - n_video, ecfg.seed + n_video, render=False)
     summary = {
         "pretrained": policy.env_id,
         "checkpoint": policy.card["file"],
         "checkpoint_epoch": policy.card.get("epoch"),
-        "seed": int(ecfg.seed),
-        "source": "rlfw.evaluate",
-        **episode_summary(np.array([s["return"] for s in stats]), np.array([s["success"] for s in stats])),
-        "videos": [str(videos / f"eval_{k}.mp4") for k in range(n_video)],
-        "video_frames": [int(s["frames"]) for s in stats[:n_video]],
+        **run_and_summarise(cfg, SimpleNamespace(act=policy.agent_act), ecfg, videos),
     }
     write_json(out / "evaluation.json", summary)
     return summary

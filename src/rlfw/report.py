@@ -52,6 +52,7 @@ import numpy as np
 from rlfw.core.runfiles import MAX_META_BYTES, load_json, load_yaml, read_text
 from rlfw.errors import ConfigError, fail
 from rlfw.plots import _figure, _save, read_csv
+from rlfw.training.outputs import _replace_file as replace_file
 
 CI_METHODS = ("t", "bootstrap")
 # One definition of "final" for every table of the report.
@@ -502,22 +503,9 @@ def summarize(
             log.warning("warning: %s", w)
     text = "\n".join(lines) + "\n"
     md = out / "summary.md"
-    _replace_text(md, f"# rlfw report\n\nRuns: {len(runs)} in {len(groups)} settings, metric {metric}. "
-                  f"{FINAL_DEFINITION}\n\n" + text)  # fmt: skip
+    replace_file(md, (f"# rlfw report\n\nRuns: {len(runs)} in {len(groups)} settings, metric {metric}. "
+                      f"{FINAL_DEFINITION}\n\n" + text).encode())  # atomic, never through a planted link
     return png, md, text
-
-
-def _replace_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a fresh temp file renamed over it (a link planted at
-    ``path`` is replaced, its target untouched)."""
-    import os
-
-    from rlfw.core.runfiles import create_fresh
-
-    tmp = path.with_name(path.name + ".tmp")
-    with os.fdopen(create_fresh(tmp), "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:
