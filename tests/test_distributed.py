@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from rlfw.algos import TD3
@@ -39,6 +40,7 @@ def test_two_workers_keep_bitwise_equal_networks_in_one_run_dir(compose, tmp_pat
     assert int(ckpt["agent"]["obs_norm"]["count"]) == 2 * (300 + 2)
 
 
+@pytest.mark.slow  # moved out of the default run (about 15 minutes on 2 cores); nox -s slow and CI run it
 def test_sweep_of_multi_worker_runs(tmp_path: Path):
     sweep = tmp_path / "sweep"
     proc = run_cli(["-m", "train.workers=2", "seed=0,1", *TINY, "train.epochs=1", "train.cycles_per_epoch=2",

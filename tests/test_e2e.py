@@ -69,7 +69,8 @@ def test_each_noise_with_each_algo(compose, tmp_path, env, noise, algo):
     ("env", "sweep"),
     [
         # her, her+PER, her+n-step, her+PER+n-step, and per+n-step among the 8 jobs
-        ("FetchPush-v4", ["buffer=her,per", "buffer.sampler=uniform,prioritized", "buffer.n_step=1,3"]),
+        pytest.param("FetchPush-v4", ["buffer=her,per", "buffer.sampler=uniform,prioritized", "buffer.n_step=1,3"],
+                     marks=pytest.mark.slow),
         ("Hopper-v4", ["buffer=per,nstep", "buffer.sampler=prioritized", "buffer.n_step=3"]),
     ],
 )
@@ -123,6 +124,7 @@ def test_cli_buffer_presets(tmp_path, env, buffers):
         check_run_dir(j, 2, 200)
 
 
+@pytest.mark.slow  # moved out of the default run (about 15 minutes on 2 cores); nox -s slow and CI run it
 def test_cli_noise_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(["-m", "env=PandaReach-v3", "noise=gaussian,ou,noisynet", *TINY, f"hydra.sweep.dir={sweep}"],
@@ -150,6 +152,7 @@ def test_cli_users_fetchslide_v2_command(tmp_path):
     assert len(lines) == 2  # one console line per epoch
 
 
+@pytest.mark.slow  # moved out of the default run (about 15 minutes on 2 cores); nox -s slow and CI run it
 def test_two_sweeps_started_together_keep_every_job(tmp_path):
     """Two -m sweeps started in the same second (default hydra.sweep.dir) write directories of
     their own and keep all four jobs (issue 33, class 9: they shared multirun/<date>/<time>)."""

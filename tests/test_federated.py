@@ -220,6 +220,7 @@ def test_simulation_two_rounds_two_fetch_clients(tmp_path):
     check_federation(run_dir, [run_dir / "clients" / n for n in NAMES])
 
 
+@pytest.mark.slow  # moved out of the default run (about 15 minutes on 2 cores); nox -s slow and CI run it
 @pytest.mark.parametrize("algo", ["sac", "tqc", "crossq"])
 def test_simulation_with_each_soft_algo(tmp_path, algo):
     """The exchanged modules come from the agent: the temperature, TQC's quantile critics and

@@ -120,7 +120,7 @@ NESTED = "[" * 100_000 + "]" * 100_000
     (".hydra/overrides.yaml", NESTED, "nested too deeply"),
     ("metrics.csv", "epoch,env_steps\n1," + "9" * 200_000 + "\n", "not a CSV rlfw wrote"),
     (".hydra/config.yaml", "x" * (2**20 + 1), "bytes, more than"),
-])  # fmt: skip
+], ids=["nested", "csv-field", "oversize"])  # fmt: skip  (short ids: the node id becomes PYTEST_CURRENT_TEST)
 def test_malformed_run_metadata_is_one_line_in_the_report(base, tmp_path, file, text, expected):
     from rlfw.report import summarize
 

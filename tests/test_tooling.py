@@ -132,7 +132,7 @@ def test_report_medians_count_a_seed_that_never_got_there_as_never():
     assert _median_reach([200.0, 100.0]) == "150"
 
 
-@pytest.mark.parametrize("env", ["FetchReach-v4", "PandaReach-v3"])
+@pytest.mark.parametrize("env", ["FetchReach-v4", pytest.param("PandaReach-v3", marks=pytest.mark.slow)])
 def test_evaluate_prints_success_and_writes_mp4(compose, tmp_path, env):
     if env.startswith("Fetch") and os.environ.get("MUJOCO_GL") != "osmesa":
         pytest.skip("headless MuJoCo rendering needs libOSMesa (apt-get install libosmesa6)")
@@ -191,7 +191,7 @@ def test_resume_after_sigkill_mid_epoch(tmp_path):
     assert ids == sorted(set(ids))  # no duplicate episodes from the cut epoch
 
 
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1", "SIGUSR2"])
+@pytest.mark.parametrize("sig", ["SIGTERM", *(pytest.param(s, marks=pytest.mark.slow) for s in ("SIGUSR1", "SIGUSR2"))])
 def test_stop_signal_mid_epoch_marks_interrupted_and_resume_completes(tmp_path, sig):
     """What ``timeout`` and SLURM send before they kill: the run ends after its current cycle,
     status.json says interrupted with the resume command, the exit status is 128 + signum, the
@@ -313,6 +313,7 @@ def test_same_seed_same_run(compose, tmp_path):
         assert rows[0][key] == rows[1][key]
 
 
+@pytest.mark.slow  # moved out of the default run (about 15 minutes on 2 cores); nox -s slow and CI run it
 def test_joblib_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "algo=ddpg,td3", *TINY,

@@ -7,6 +7,7 @@ would otherwise expand to gigabytes).
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -83,6 +84,23 @@ def read_text(path: str | Path, limit: int = MAX_TEXT_BYTES) -> str:
         raise ConfigError(f"{p}: not UTF-8 text (damaged)") from None
 
 
+MAX_NESTING = 100  # brackets deep; a run's files nest 3-4 levels
+
+
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` brackets in ``text``, counted without parsing (a bracket
+    inside a quoted string counts too, which only over-counts). O(len(text)): PyYAML takes minutes
+    on 100,000 nested brackets before it fails, this takes milliseconds."""
+    depth = deepest = 0
+    for ch in re.findall(r"[\[\]{}]", text):
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth = max(depth - 1, 0)
+    return deepest
+
+
 def load_yaml(text: str, name: str | Path) -> object:
     """``yaml.safe_load(text)`` refusing aliases (``*anchor``): rlfw writes none, and expanding
     them is how a small file becomes gigabytes.
@@ -92,6 +110,8 @@ def load_yaml(text: str, name: str | Path) -> object:
     """
     import yaml
 
+    if _flow_depth(text) > MAX_NESTING:  # PyYAML's scanner is quadratic in the flow depth
+        raise ConfigError(f"{name}: nested too deeply to be a run's YAML (more than {MAX_NESTING} levels)")
     try:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent):
