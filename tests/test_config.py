@@ -209,6 +209,8 @@ def test_schema_fields_and_option_files_stay_in_step(compose):
     [
         (["buffer=hr"], "unknown buffer 'hr'; choose one of: her, nstep, per, uniform"),
         (["algo.tua=0.1"], "unknown key 'algo.tua'"),
+        # Hydra would unpickle the file (code); refused before anything is read
+        (["--experimental-rerun", "config.pickle"], "--experimental-rerun is refused: it unpickles a file"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2_and_no_run_dir(tmp_path, args, expected):
@@ -235,3 +237,27 @@ def test_a_buffer_larger_than_memory_is_one_line_from_the_env_s_real_sizes(compo
     text = str(err.value)
     assert text.startswith("buffer.capacity=1000000000 needs ") and "observation 10, goals 2 x 3, action 4" in text
     assert "\n" not in text
+
+
+def test_rlfw_enters_hydra_only_through_its_public_api():
+    """Issue 31: no module of rlfw imports Hydra's private modules (``hydra._internal``), by an
+    import statement or by name, so a Hydra minor release cannot break the entry points; the
+    command line is read by rlfw.config.cli's parser and Hydra is run through hydra.main."""
+    import ast
+
+    import rlfw
+
+    src = Path(rlfw.__file__).parent
+    private = []
+    for path in sorted(src.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names = [node.value]  # importlib.import_module("hydra._internal...")
+            private += [f"{path.relative_to(src)}:{node.lineno}" for n in names if n.startswith("hydra._internal")]
+    assert private == []
+    assert "hydra.main(" in (src / "config" / "cli.py").read_text()

@@ -14,6 +14,7 @@ its last checkpoint, in the same directory (see :func:`resume`).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -211,23 +212,12 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False, callbacks: S
 
 
 def train(args: list[str]) -> None:
-    """Run the Hydra app (:func:`train_job` for each job) on the command line ``args``, as
-    ``@hydra.main`` does on ``sys.argv[1:]``, leaving ``sys.argv`` as it is (``@hydra.main`` can
-    only read ``sys.argv``; Hydra's ``_run_hydra``, which it calls, takes the parsed arguments)."""
-    from hydra._internal.utils import _run_hydra, get_args_parser
+    """Run the Hydra app (:func:`train_job` for each job) on the command line ``args`` through
+    ``hydra.main`` (:func:`rlfw.config.cli.run_hydra_app`), as ``python -m rlfw <args>`` does.
+    :func:`main` has parsed and checked ``args`` (``--experimental-rerun`` refused there)."""
+    from rlfw.config.cli import run_hydra_app
 
-    parser = get_args_parser()
-    parsed = parser.parse_args(args)
-    if parsed.experimental_rerun is not None:  # as @hydra.main: rerun a saved job config
-        import importlib
-
-        from hydra.core.utils import _flush_loggers
-
-        train_job(importlib.import_module("hydra.main")._get_rerun_conf(parsed.experimental_rerun, parsed.overrides))
-        _flush_loggers()
-        return
-    _run_hydra(args=parsed, args_parser=parser, task_function=train_job, config_path=str(config_dir()),
-               config_name="config")  # fmt: skip
+    run_hydra_app(train_job, args, config_path=str(config_dir()), config_name="config")
 
 
 def train_job(cfg: DictConfig) -> float:
@@ -561,7 +551,7 @@ def help_text() -> str:
     )
 
 
-def check_hydra(argv: list[str]) -> None:
+def check_hydra(argv: list[str] | argparse.Namespace) -> DictConfig | None:
     """Check what Hydra itself would stop on, so it stops as one line before any job starts:
     an override Hydra's grammar cannot parse (non-ASCII outside quotes), the rlfw config under
     ``--cfg``/``--resolve`` (Hydra prints it without :func:`preflight`), an unknown
@@ -570,6 +560,9 @@ def check_hydra(argv: list[str]) -> None:
     variable) or cannot be created (``/proc/nope``: probed with a temporary directory in its
     nearest existing ancestor, removed at once).
 
+    Returns:
+        The first job's config with its ``hydra`` node (None for ``--help``, ``--info``, ...).
+
     Raises:
         ConfigError: one line naming the override or key.
     """
@@ -577,16 +570,16 @@ def check_hydra(argv: list[str]) -> None:
     import tempfile
 
     from hydra import compose
-    from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
+    from rlfw.config.cli import parse_command_line
     from rlfw.config.preflight import expand_jobs, hydra_context, translate
 
-    args = get_args_parser().parse_args(argv)
+    args = parse_command_line(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion:
-        return
+        return None
     parser = OverridesParser.create()
     for o in args.overrides:
         try:
@@ -617,7 +610,7 @@ def check_hydra(argv: list[str]) -> None:
                 ) from None
             raise ConfigError(translate(err)) from None
         if args.cfg:  # printing the config: nothing is run or written
-            return
+            return full
         if multirun:
             for group in ("launcher", "sweeper"):
                 target = str(OmegaConf.select(full, f"hydra.{group}._target_", default="") or "")
@@ -645,6 +638,7 @@ def check_hydra(argv: list[str]) -> None:
         Path(tempfile.mkdtemp(prefix=".rlfw-probe-", dir=probe)).rmdir()
     except OSError as err:
         raise ConfigError(f"{key}={directory}: cannot create a directory in {probe}: {err.strerror}") from None
+    return full
 
 
 def _stopped(err: TrainingInterrupted | KeyboardInterrupt) -> SystemExit:
@@ -655,19 +649,19 @@ def _stopped(err: TrainingInterrupted | KeyboardInterrupt) -> SystemExit:
     return SystemExit(exit_status(err))
 
 
-def _claim_given_run_dir(args: list[str]) -> None:
+def _claim_given_run_dir(args: argparse.Namespace) -> None:
     """Before Hydra writes ``.hydra/`` into it: claim a ``hydra.run.dir`` given on the command
     line (:func:`claim_run_dir`), so a second writer or a fresh run into an existing run stops
     here with one line. Not for ``-m`` sweeps, informational flags or launcher ranks > 0."""
     from rlfw.distributed import launcher_env
     from rlfw.training.requeue import restart_count
 
-    if any(a in ("-m", "--multirun", "--cfg", "-c", "--info", "-i", "--hydra-help") or a.startswith("--cfg") for a in args):
+    if args.multirun or args.cfg or args.info or args.hydra_help or args.shell_completion:
         return
     launched = launcher_env()
     if launched is not None and launched[0] != 0:
         return
-    given = [a.lstrip("+").split("=", 1)[1] for a in args if a.lstrip("+").startswith("hydra.run.dir=")]
+    given = [a.lstrip("+").split("=", 1)[1] for a in args.overrides if a.lstrip("+").startswith("hydra.run.dir=")]
     if given and given[-1] and "${" not in given[-1]:
         claim_run_dir(Path(given[-1]).expanduser().resolve(), fresh=restart_count() == 0)
 
@@ -691,12 +685,14 @@ def main(argv: list[str] | None = None) -> None:
         if resume_args:
             resume(resume_args[-1].split("=", 1)[1], [a for a in args if not a.startswith("resume=")])
             return
+        from rlfw.config.cli import parse_command_line
         from rlfw.config.preflight import free_form_overrides
 
         args = free_form_overrides(args)
-        preflight(args)
-        check_hydra(args)
-        _claim_given_run_dir(args)
+        command_line = parse_command_line(args)  # the one parse of the command line here
+        preflight(command_line)
+        check_hydra(command_line)
+        _claim_given_run_dir(command_line)
         from rlfw.distributed import join_launched_group, launcher_env
 
         if launcher_env() is not None:  # torchrun/srun: one run over every rank

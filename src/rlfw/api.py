@@ -96,18 +96,14 @@ def train(overrides: Sequence[str] = (), callbacks: Sequence[Callback] = ()) -> 
     if wrong:
         raise ConfigError(f"rlfw.train(callbacks=...) takes rlfw.core.Callback instances; got {', '.join(wrong)}")
 
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_config_search_path
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
-    from hydra.errors import HydraException
-    from hydra.types import RunMode
-    from omegaconf import DictConfig
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf import DictConfig, OmegaConf
 
-    from rlfw.__main__ import run_job  # also stores the schemas in Hydra's ConfigStore
+    from rlfw.__main__ import check_hydra, run_job  # also stores the schemas in Hydra's ConfigStore
+    from rlfw.config.cli import run_hydra_app
     from rlfw.config.paths import config_dir
-    from rlfw.config.preflight import preflight, translate
+    from rlfw.config.preflight import preflight
 
     outcome: dict[str, Any] = {}
 
@@ -136,19 +132,14 @@ def train(overrides: Sequence[str] = (), callbacks: Sequence[Callback] = ()) -> 
                     f"rlfw.train(callbacks=...) runs the callbacks in this process; train.workers={workers} "
                     "trains in other processes: use train.workers=1"
                 )
-        hydra = Hydra.create_main_hydra2(
-            task_name="rlfw", config_search_path=create_config_search_path(str(config_dir()))
-        )
-        args = list(overrides)
-        mode = hydra.get_mode(config_name="config", overrides=args)
-        if mode == RunMode.MULTIRUN:
+        full = check_hydra(list(overrides))  # a bad hydra.* override or run dir: one line
+        if full is not None and str(OmegaConf.select(full, "hydra.mode")) == "RunMode.MULTIRUN":
             raise ConfigError("rlfw.train runs one job; hydra.mode=MULTIRUN sweeps need python -m rlfw -m")
-        if mode is None:  # as Hydra's main does
-            args.append("hydra.mode=RUN")
-        try:
-            hydra.run(config_name="config", task_function=job, overrides=args)
-        except (HydraException, OmegaConfBaseException) as err:  # a bad hydra.* override
-            raise ConfigError(translate(err)) from None
+        try:  # Hydra's public entry point, as python -m rlfw runs it
+            run_hydra_app(job, list(overrides), config_path=str(config_dir()), config_name="config")
+        except SystemExit as stop:  # Hydra printed its error and exited
+            if "error" not in outcome:
+                raise ConfigError(f"Hydra stopped rlfw.train (exit status {stop.code}); its message is above") from None
     finally:
         GlobalHydra.instance().clear()
         GlobalHydra.instance().hydra = saved_hydra

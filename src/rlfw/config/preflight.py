@@ -10,6 +10,7 @@ the Compose API first and turns any failure into one :class:`ConfigError` line, 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import itertools
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
@@ -31,6 +31,7 @@ from omegaconf.errors import (
     ValidationError,
 )
 
+from rlfw.config.cli import informational, parse_command_line
 from rlfw.config.paths import config_dir
 from rlfw.config.schema import register_schemas
 from rlfw.config.validate import check_run_length, resolve_total_steps, validate
@@ -210,14 +211,15 @@ def compose_config(overrides: list[str], config_name: str = "config") -> DictCon
             raise ConfigError(translate(err)) from None
 
 
-def preflight(argv: list[str]) -> int:
-    """Compose and validate every job of a command line; returns the number of jobs checked.
+def preflight(argv: list[str] | argparse.Namespace) -> int:
+    """Compose and validate every job of a command line (``sys.argv[1:]``, or the namespace
+    :func:`rlfw.config.cli.parse_command_line` made of it); returns the number of jobs checked.
 
     Raises:
         ConfigError: the first job that does not compose or validate.
     """
-    args = get_args_parser().parse_args(argv)
-    if args.help or args.hydra_help or args.info or args.shell_completion or args.cfg:
+    args = parse_command_line(argv)
+    if informational(args):
         return 0
     user = [
         o

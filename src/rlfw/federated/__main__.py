@@ -22,11 +22,10 @@ starts.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 
-import hydra
-from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
@@ -43,16 +42,17 @@ def _user_overrides(overrides: list[str]) -> list[str]:
     return [o for o in overrides if not o.lstrip("~+").startswith(("hydra.", "hydra/"))]
 
 
-def preflight(argv: list[str]) -> None:
+def preflight(argv: list[str] | argparse.Namespace) -> None:
     """Compose and validate the federation of a command line (no env is built).
 
     Raises:
         ConfigError: the first problem, as one line.
     """
+    from rlfw.config.cli import informational, parse_command_line
     from rlfw.federated.setup import plan
 
-    args = get_args_parser().parse_args(argv)
-    if args.help or args.hydra_help or args.info or args.shell_completion or args.cfg:
+    args = parse_command_line(argv)
+    if informational(args):
         return
     if args.multirun:
         raise ConfigError(
@@ -71,9 +71,8 @@ def quiet_flower() -> None:
         flwr_log.removeHandler(handler)
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="federated")
 def federate(cfg: DictConfig) -> None:
-    """Run the federation into Hydra's output dir."""
+    """The Hydra task (``config_name="federated"``): run the federation into Hydra's output dir."""
     from rlfw.federated.app import run
 
     hc = HydraConfig.get()
@@ -125,15 +124,15 @@ def main(argv: list[str] | None = None) -> None:
     if "--help" in args or "-h" in args:
         print(help_text())
         return
+    from rlfw.config.cli import parse_command_line, run_hydra_app
     from rlfw.config.preflight import free_form_overrides
 
     args = free_form_overrides(args)
     try:
-        preflight(args)
+        preflight(parse_command_line(args))
     except ConfigError as err:
         raise fail("rlfw.federated", err) from None
-    sys.argv = [sys.argv[0], *args]
-    federate()
+    run_hydra_app(federate, args, config_path=str(config_dir()), config_name="federated")
 
 
 if __name__ == "__main__":
