@@ -100,10 +100,11 @@ def train(overrides: Sequence[str] = (), callbacks: Sequence[Callback] = ()) -> 
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, OmegaConf
 
-    from rlfw.__main__ import check_hydra, run_job  # also stores the schemas in Hydra's ConfigStore
+    from rlfw.__main__ import check_hydra  # also stores the schemas in Hydra's ConfigStore
     from rlfw.config.cli import run_hydra_app
     from rlfw.config.paths import config_dir
     from rlfw.config.preflight import preflight
+    from rlfw.lifecycle import run_job
 
     outcome: dict[str, Any] = {}
 

@@ -259,7 +259,7 @@ _VALIDATED: set[str] = set()
 def ensure_valid(cfg: DictConfig) -> None:
     """Validate ``cfg`` (:func:`rlfw.config.validate.validate`) unless this process already
     validated an equal config: the edge (preflight, resume) validates once, and the Hydra job
-    (:func:`rlfw.__main__.run_job`) re-checks only a config preflight did not see (a sweeper's
+    (:func:`rlfw.lifecycle.run_job`) re-checks only a config preflight did not see (a sweeper's
     trial, a direct caller).
 
     Raises:
