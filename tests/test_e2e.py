@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 
+from rlfw.training.csvfiles import EPISODE_COLUMNS, metric_columns
 from rlfw.training.loop import TrainLoop
-from rlfw.training.outputs import EPISODE_COLUMNS, metric_columns
 
 from .conftest import TINY, run_cli
 

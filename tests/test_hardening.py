@@ -226,7 +226,7 @@ def test_a_failed_csv_write_leaves_no_partial_row(tmp_path, monkeypatch):
     """A full disk mid-row: the file is cut back to its last complete row and the error raised."""
     import errno
 
-    from rlfw.training.outputs import CsvLog
+    from rlfw.training.csvfiles import CsvLog
 
     log = CsvLog(tmp_path / "m.csv", ["a", "b"])
     log.write([{"a": 1, "b": 2}])

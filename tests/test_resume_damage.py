@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 
 from rlfw.__main__ import resume
 from rlfw.errors import ConfigError
+from rlfw.training.csvfiles import EPISODE_COLUMNS, metric_columns
 from rlfw.training.loop import TrainLoop
-from rlfw.training.outputs import EPISODE_COLUMNS, metric_columns
 from tests.conftest import TINY
 
 

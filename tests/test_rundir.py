@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from rlfw.errors import TrainingDiverged
-from rlfw.training import outputs
+from rlfw.training import rundir
+from rlfw.training.csvfiles import CsvLog
 from rlfw.training.loop import TrainLoop
-from rlfw.training.outputs import CsvLog, acquire_run_lock, release_run_lock
+from rlfw.training.rundir import acquire_run_lock, release_run_lock
 from tests.conftest import TINY, run_cli
 
 
@@ -39,7 +40,7 @@ def test_a_second_writer_is_refused_naming_the_holders_pid_and_a_killed_holder_n
     finally:
         release_run_lock(run_dir)
     # a holder killed with SIGKILL leaves the lock file but not the lock
-    code = (f"import os, signal; from rlfw.training.outputs import acquire_run_lock; acquire_run_lock({str(run_dir)!r}); "
+    code = (f"import os, signal; from rlfw.training.rundir import acquire_run_lock; acquire_run_lock({str(run_dir)!r}); "
             "os.kill(os.getpid(), signal.SIGKILL)")  # fmt: skip
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == -9
     assert (run_dir / ".rlfw.lock").exists()
@@ -177,7 +178,7 @@ def test_divergence_advice_resumes_with_lower_learning_rates_and_another_seed(co
 
 
 def test_run_id_is_fixed_per_process():
-    assert outputs.run_id() == outputs.run_id() and str(os.getpid()) in outputs.run_id()
+    assert rundir.run_id() == rundir.run_id() and str(os.getpid()) in rundir.run_id()
 
 
 def test_a_full_disk_while_saving_the_buffer_keeps_last_pt_and_leaves_no_temp_file(compose, tmp_path, monkeypatch):

@@ -19,8 +19,8 @@ import torch
 from rlfw.callbacks import make_callbacks
 from rlfw.plots import RUN_PLOTS, plot_run
 from rlfw.report import summarize
+from rlfw.training.csvfiles import metric_columns
 from rlfw.training.loop import TrainLoop
-from rlfw.training.outputs import metric_columns
 
 from .conftest import TINY, run_cli
 

@@ -135,11 +135,11 @@ def test_trials_never_share_a_directory(tmp_path):
     import sys
     import time
 
-    from rlfw.training.outputs import holds_run, release_run_lock
+    from rlfw.training.rundir import holds_run, release_run_lock
     from rlfw.tune import claim_trial_dir
 
     held = tmp_path / "trial_0" / "seed_0"
-    code = ("import sys, time; from rlfw.training.outputs import acquire_run_lock; "
+    code = ("import sys, time; from rlfw.training.rundir import acquire_run_lock; "
             f"acquire_run_lock({str(held)!r}); print('held', flush=True); time.sleep(60)")  # fmt: skip
     other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

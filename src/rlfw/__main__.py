@@ -33,7 +33,7 @@ from rlfw.config.schema import register_schemas
 from rlfw.errors import ConfigError, TrainingDiverged, TrainingInterrupted, exit_status, fail
 from rlfw.lifecycle import claim_run_dir, job_result, release_run_dir, run_job, start  # noqa: F401 (public here too)
 from rlfw.resume import resume
-from rlfw.training.outputs import run_id
+from rlfw.training.rundir import run_id
 from rlfw.usage import help_text
 
 log = logging.getLogger("rlfw")

@@ -18,15 +18,15 @@ log = logging.getLogger("rlfw")
 
 
 def claim_run_dir(run_dir: Path, fresh: bool, key: str = "hydra.run.dir") -> None:
-    """Make this process the one writer of ``run_dir`` (:func:`rlfw.training.outputs.acquire_run_lock`,
+    """Make this process the one writer of ``run_dir`` (:func:`rlfw.training.rundir.acquire_run_lock`,
     held until the process ends or :func:`release_run_dir`); with ``fresh`` also refuse a
-    directory that already holds a run (:func:`rlfw.training.outputs.holds_run`).
+    directory that already holds a run (:func:`rlfw.training.rundir.holds_run`).
 
     Raises:
         ConfigError: one line: another process writes there (its pid), or a fresh run would
             write into an existing run (with the ``resume=`` command that continues it).
     """
-    from rlfw.training.outputs import RunDirLocked, acquire_run_lock, holds_run, release_run_lock
+    from rlfw.training.rundir import RunDirLocked, acquire_run_lock, holds_run, release_run_lock
 
     try:
         acquire_run_lock(run_dir)
@@ -42,7 +42,7 @@ def claim_run_dir(run_dir: Path, fresh: bool, key: str = "hydra.run.dir") -> Non
 
 def release_run_dir(run_dir: Path) -> None:
     """Undo one :func:`claim_run_dir`."""
-    from rlfw.training.outputs import release_run_lock
+    from rlfw.training.rundir import release_run_lock
 
     release_run_lock(run_dir)
 
@@ -117,7 +117,7 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False, callbacks: S
         ckpt = None if launched else requeued_checkpoint(run_dir)  # a requeued SLURM job continues
         if restart_count() > 0 and not launched:
             if ckpt is None:  # stopped before its first checkpoint: start over, no stale rows
-                from rlfw.training.checkpoint import truncate_logs
+                from rlfw.training.csvfiles import truncate_logs
 
                 truncate_logs(run_dir, 0)
             log.info("SLURM restart %d of this job: %s", restart_count(),

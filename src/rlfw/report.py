@@ -52,7 +52,7 @@ import numpy as np
 from rlfw.core.runfiles import MAX_META_BYTES, load_json, load_yaml, read_text
 from rlfw.errors import ConfigError, fail
 from rlfw.plots import _figure, _save, read_csv
-from rlfw.training.outputs import _replace_file as replace_file
+from rlfw.training.outputs import replace_file
 
 CI_METHODS = ("t", "bootstrap")
 # One definition of "final" for every table of the report.

@@ -235,7 +235,7 @@ def _resume_claimed(path: Path, overrides: list[str]) -> float:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     logging.getLogger().addHandler(handler)
     if not found:  # killed before its first checkpoint: start over in the same dir
-        from rlfw.training.checkpoint import truncate_logs
+        from rlfw.training.csvfiles import truncate_logs
 
         truncate_logs(path, 0)
     if cfg.train.workers > 1:

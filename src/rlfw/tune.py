@@ -57,7 +57,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlfw.core.contracts import Callback
 from rlfw.errors import ConfigError, fail
-from rlfw.training.outputs import release_run_lock
+from rlfw.training.rundir import release_run_lock
 
 log = logging.getLogger("rlfw")
 
@@ -285,7 +285,7 @@ def claim_trial_dir(root: Path, number: int, seed: int) -> Path:
     Raises:
         OSError: the directory cannot be created.
     """
-    from rlfw.training.outputs import RunDirLocked, acquire_run_lock, holds_run
+    from rlfw.training.rundir import RunDirLocked, acquire_run_lock, holds_run
 
     for k in range(10_000):
         name = f"trial_{number}" if k == 0 else f"trial_{number}.{k}"

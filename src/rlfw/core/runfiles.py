@@ -165,3 +165,11 @@ def plain_config(data: object, name: str | Path) -> DictConfig:
     except (OmegaConfBaseException, ValueError, TypeError, KeyError) as err:
         first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
         raise ConfigError(f"{name}: the run's config cannot be read ({first})") from None
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte of ``data`` is written (a write may be partial)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]

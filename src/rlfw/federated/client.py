@@ -184,7 +184,7 @@ class RLClient(NumPyClient):
         atomic_torch_save(state, self.dir / "federated" / "last.pt")
 
     def _write_round(self) -> None:
-        from rlfw.training.outputs import CsvLog
+        from rlfw.training.csvfiles import CsvLog
 
         if not self._pending:
             return

@@ -436,7 +436,7 @@ class RLStrategy(FedAvg):
 
     def _flush(self) -> None:
         """Append the pending round row to federated_metrics.csv."""
-        from rlfw.training.outputs import CsvLog
+        from rlfw.training.csvfiles import CsvLog
 
         if not self._row:
             return

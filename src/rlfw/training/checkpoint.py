@@ -20,7 +20,6 @@ never run code when it is loaded; one that needs any other type is refused with 
 from __future__ import annotations
 
 import contextlib
-import csv
 import errno
 import logging
 import math
@@ -37,6 +36,7 @@ from omegaconf import OmegaConf
 from rlfw.core import decision_metric_name
 from rlfw.core.runfiles import MAX_CHECKPOINT_BYTES, check_regular, create_fresh
 from rlfw.errors import ConfigError, TrainingDiverged, first_line
+from rlfw.training.csvfiles import truncate_logs
 
 log = logging.getLogger("rlfw")
 
@@ -209,98 +209,6 @@ def load_latest(directory: Path, name: str = LAST, map_location: Any = "cpu",
             return read(prev), prev
         except ConfigError as err2:
             raise ConfigError(f"{path} is {reason} and the previous checkpoint too: {err2}") from None
-
-
-def truncate_csv(path: Path, key: str, max_value: int, columns: list[str] | None = None) -> None:
-    """Keep only the rows whose integer ``key`` is <= ``max_value`` (atomic rewrite), and repair
-    what a crash or a full disk can leave: a last line without its newline (a cut row) and rows
-    whose cells do not fit the header are dropped, each with a warning.
-
-    Args:
-        path: the CSV (nothing happens if it does not exist).
-        key: the integer column to cut on (``epoch``).
-        max_value: the last value of ``key`` to keep.
-        columns: the header the file must have. A damaged header (not these columns) is
-            rewritten when the rows have this many cells; else the file is refused.
-
-    Raises:
-        ConfigError: one line naming the file: its header is damaged and cannot be rebuilt, or
-            it is not text.
-    """
-    if not path.exists():
-        return
-    try:
-        raw = path.read_bytes().decode()
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a CSV text file (damaged); move it away to resume without it") from None
-    text = raw
-    notes: list[str] = []
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-        notes.append("a cut last row")
-    rows = list(csv.reader(text.splitlines()))
-    if not rows:
-        if raw:
-            path.write_text("")
-        return
-    header = rows[0]
-    upgraded = False
-    if columns is not None and header != list(columns) and set(header) < set(columns) and "epoch" in header:
-        # a run written by an older rlfw (fewer columns): its rows, cell by cell, under today's header
-        log.warning("%s: columns %s added to a run written without them", path,
-                    ", ".join(c for c in columns if c not in header))  # fmt: skip
-        rows = [list(columns), *[[dict(zip(header, r)).get(c, "") for c in columns] if len(r) == len(header) else r
-                                 for r in rows[1:]]]  # fmt: skip
-        header = rows[0]
-        upgraded = True
-    if columns is not None and header != list(columns):
-        if all(len(r) == len(columns) for r in rows[1:] if r):
-            log.warning("%s: damaged header %s: rewritten as the run's columns", path, header[:3])
-            header = list(columns)
-            notes.append("a damaged header")
-        else:
-            raise ConfigError(
-                f"{path}: damaged header ({','.join(header[:4])}...) and rows that do not fit the run's "
-                f"{len(columns)} columns; move it away to resume without it"
-            )
-    if key not in header:
-        raise ConfigError(f"{path}: the header has no '{key}' column (damaged); move it away to resume without it")
-    col = header.index(key)
-    keep = [header]
-    for r in rows[1:]:
-        if not r:
-            continue
-        try:
-            value = int(float(r[col]))
-        except (ValueError, IndexError):
-            value = None
-        if value is None or len(r) != len(header):
-            notes.append("a row that does not fit the header")
-            continue
-        if value <= max_value:
-            keep.append(r)
-    if keep == rows and not notes and not upgraded:
-        return
-    for note in dict.fromkeys(notes):
-        log.warning("%s: dropped %s", path, note)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as f:
-        csv.writer(f).writerows(keep)
-    os.replace(tmp, path)
-
-
-def truncate_logs(run_dir: Path, epoch: int, metric_columns: list[str] | None = None) -> None:
-    """Drop the metrics.csv and episodes.csv rows of epochs after ``epoch`` (resume), and
-    repair cut rows and damaged headers (:func:`truncate_csv`; ``metric_columns`` is
-    metrics.csv's header when known).
-
-    Raises:
-        ConfigError: a CSV that cannot be repaired (one line naming it).
-    """
-    from rlfw.training.outputs import EPISODE_COLUMNS
-
-    truncate_csv(Path(run_dir) / "metrics.csv", "epoch", epoch, metric_columns)
-    truncate_csv(Path(run_dir) / "episodes.csv", "epoch", epoch, EPISODE_COLUMNS)
 
 
 def divergence_advice(run_dir: Path, cfg: Any, good_epoch: int, has_checkpoint: bool) -> str:
@@ -540,7 +448,7 @@ class Checkpointer:
         if self.save_buffer:
             self._load_buffer(epoch)
         if self.rank == 0:
-            from rlfw.training.outputs import metric_columns
+            from rlfw.training.csvfiles import metric_columns
 
             truncate_logs(self.run_dir, epoch,
                           metric_columns(p.agent.metric_names, getattr(p.exploration, "metric_names", ())))  # fmt: skip

@@ -10,7 +10,7 @@ Files in the run directory (Hydra's output dir), written by rank 0 through callb
 (:mod:`rlfw.training.outputs`) and the checkpointer:
 
 - ``.hydra/`` the resolved config (Hydra's),
-- ``metrics.csv`` one row per epoch (:func:`rlfw.training.outputs.metric_columns`),
+- ``metrics.csv`` one row per epoch (:func:`rlfw.training.csvfiles.metric_columns`),
 - ``episodes.csv`` one row per finished training episode,
 - ``checkpoints/last.pt`` (and per-worker buffer files with ``train.save_buffer``), and
   ``checkpoints/best.pt`` whenever an evaluation's decision figure is the best so far (the
@@ -72,8 +72,9 @@ from rlfw.training.checkpoint import Checkpointer, TrainingState, divergence_adv
 from rlfw.training.collector import CONFIRM_STREAM, EVAL_STREAM, FINAL_STREAM, Collector, reset_seed
 from rlfw.training.context import LocalContext
 from rlfw.training.cores import torch_threads
+from rlfw.training.csvfiles import CsvFiles
 from rlfw.training.evaluation import evaluate_policy, run_episodes
-from rlfw.training.outputs import ConsoleLine, CsvFiles, StatusFile, VersionsFile, write_json
+from rlfw.training.outputs import ConsoleLine, StatusFile, VersionsFile, write_json
 
 log = logging.getLogger("rlfw")
 
@@ -401,7 +402,7 @@ class TrainLoop:
 
     def epoch_row(self, finished: list[dict[str, Any]], evaluation: tuple[float, float, float],
                   sums: dict[str, float], counts: dict[str, int], steps: int, dt: float) -> dict[str, Any]:  # fmt: skip
-        """The epoch's metrics.csv row (:func:`rlfw.training.outputs.metric_columns`).
+        """The epoch's metrics.csv row (:func:`rlfw.training.csvfiles.metric_columns`).
 
         Args:
             finished: the epoch's finished training episodes.
