@@ -25,8 +25,14 @@ REACH = ["env=FetchReach-v4", "train.epochs=1", "train.cycles_per_epoch=2", "eva
 def reach(tmp_path_factory):
     """(run dir, root logger handlers before, after) of a tiny FetchReach run."""
     run_dir = tmp_path_factory.mktemp("api") / "reach"
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
     before = logging.getLogger().handlers[:]
     out = rlfw.train([*REACH, f"hydra.run.dir={run_dir}"])
+    # no Hydra state is left in the caller's process (a run's HydraConfig once leaked into
+    # later code: a wandb run of the caller was named after this run's env)
+    assert not HydraConfig.initialized() and not GlobalHydra.instance().is_initialized()
     return out, before, logging.getLogger().handlers[:]
 
 

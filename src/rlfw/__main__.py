@@ -231,11 +231,15 @@ def check_hydra(argv: list[str] | argparse.Namespace) -> DictConfig | None:
                         f"install the plugin (see README, Sweeps and clusters) or choose another hydra/{group}"
                     )
         key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-        HydraConfig.instance().set_config(full)  # for ${hydra:...} in the directory pattern
+        hydra_config = HydraConfig.instance()
+        saved = hydra_config.cfg  # put back after: rlfw.train runs this in the caller's process
+        hydra_config.set_config(full)  # for ${hydra:...} in the directory pattern
         try:
             directory = str(OmegaConf.select(full, key, throw_on_resolution_failure=True))
         except OmegaConfBaseException as err:
             raise ConfigError(f"{key} does not resolve: {str(err).splitlines()[0]}") from None
+        finally:
+            hydra_config.cfg = saved  # type: ignore[assignment]
     probe = Path(directory).expanduser().absolute()
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
