@@ -322,3 +322,11 @@ def test_evaluate_help_exits_0():
     assert out.stdout.startswith("usage: python -m rlfw.evaluate run_dir=<run>")
     for key in ("checkpoint=last", "episodes=10", "seed=10000", "video=false", "video_episodes=1"):
         assert key in out.stdout, key
+
+
+def test_train_refuses_a_multirun_mode_in_one_line(tmp_path):
+    """rlfw.train runs one job: hydra.mode=MULTIRUN (read from the composed config) is refused
+    before any run directory is written."""
+    with pytest.raises(ConfigError, match="rlfw.train runs one job"):
+        rlfw.train(["hydra.mode=MULTIRUN", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()

@@ -210,3 +210,16 @@ def test_tune_storages_that_cannot_hold_a_study_are_refused(tmp_path):
         with pytest.raises(ConfigError, match="not a regular file"):
             open_storage(f"journal:{path}")
     assert json.dumps(str(open_storage(f"journal:{tmp_path / 'ok.log'}")))  # a new file is fine
+
+
+@pytest.mark.unit
+def test_yaml_nesting_is_bounded_before_pyyaml_reads_it():
+    """load_yaml refuses more than MAX_NESTING bracket levels by a linear count (PyYAML's scanner
+    takes minutes on 100,000 levels) and still reads a file at the bound."""
+    from rlfw.core.runfiles import MAX_NESTING, load_yaml
+
+    at_bound = "[" * MAX_NESTING + "]" * MAX_NESTING
+    assert load_yaml(f"a: {at_bound}", "ok.yaml") == {"a": json.loads(at_bound)}
+    over = "[" * (MAX_NESTING + 1) + "]" * (MAX_NESTING + 1)
+    with pytest.raises(ConfigError, match=f"more than {MAX_NESTING} levels"):
+        load_yaml(f"a: {over}", "deep.yaml")

@@ -98,6 +98,7 @@ def train(overrides: Sequence[str] = (), callbacks: Sequence[Callback] = ()) -> 
 
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from omegaconf import DictConfig, OmegaConf
 
     from rlfw.__main__ import check_hydra  # also stores the schemas in Hydra's ConfigStore
@@ -134,7 +135,7 @@ def train(overrides: Sequence[str] = (), callbacks: Sequence[Callback] = ()) -> 
                     "trains in other processes: use train.workers=1"
                 )
         full = check_hydra(list(overrides))  # a bad hydra.* override or run dir: one line
-        if full is not None and str(OmegaConf.select(full, "hydra.mode")) == "RunMode.MULTIRUN":
+        if full is not None and OmegaConf.select(full, "hydra.mode") == RunMode.MULTIRUN:
             raise ConfigError("rlfw.train runs one job; hydra.mode=MULTIRUN sweeps need python -m rlfw -m")
         try:  # Hydra's public entry point, as python -m rlfw runs it
             run_hydra_app(job, list(overrides), config_path=str(config_dir()), config_name="config")

@@ -168,7 +168,12 @@ def plain_config(data: object, name: str | Path) -> DictConfig:
 
 
 def write_all(fd: int, data: bytes) -> None:
-    """``os.write`` until every byte of ``data`` is written (a write may be partial)."""
+    """``os.write`` until every byte of ``data`` is written to the file descriptor ``fd`` (a write
+    may be partial).
+
+    Raises:
+        OSError: a write failed (``ENOSPC``, an I/O error); the bytes before it stay written.
+    """
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
