@@ -327,6 +327,6 @@ def test_evaluate_help_exits_0():
 def test_train_refuses_a_multirun_mode_in_one_line(tmp_path):
     """rlfw.train runs one job: hydra.mode=MULTIRUN (read from the composed config) is refused
     before any run directory is written."""
-    with pytest.raises(ConfigError, match="rlfw.train runs one job"):
+    with pytest.raises(ConfigError, match=r"rlfw\.train runs one job"):
         rlfw.train(["hydra.mode=MULTIRUN", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.run.dir={tmp_path / 'run'}"])
     assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
