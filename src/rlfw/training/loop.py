@@ -19,44 +19,16 @@ Files in the run directory (Hydra's output dir), written by rank 0 through callb
 - ``status.json`` ``running`` while training, ``finished``, ``failed`` or ``interrupted`` at the end,
 - ``versions.json`` the package versions and the git commit (:func:`rlfw.training.outputs.versions`).
 
-The evaluation protocol. Every ``eval.every`` epochs a cheap evaluation of ``eval.episodes``
-(10) deterministic episodes screens the policy. Whenever it reaches ``eval.stop_at`` or beats
-the best confirmed figure so far, a confirmation evaluation of ``eval.confirm_episodes`` (100)
-episodes on fresh episode seeds runs (:meth:`TrainLoop.confirm_if_due`); ``best.pt``,
-``eval.stop_at`` and tuning decide on the confirmed figure alone (metrics.csv's
-``confirm_success_rate`` / ``confirm_return``), so a lucky 10-episode score neither stops a run
-nor names its best checkpoint (a true 0.7 scores 9/10 or more with probability 0.15). The
-design is a screen-then-confirm: the HER code evaluates about 190 episodes per point (10 on each
-of 19 workers), which on one machine costs as much as the training between two points; the
-screen keeps most evaluations at 10 episodes, and the 100 of a confirmation give a standard
-error of 0.03 at a success rate of 0.9 (Agarwal et al. 2021: decide and report on interval
-estimates). A run that finishes (not one ended by a signal or an error) then evaluates what it
-delivers, ``best.pt`` (else ``last.pt``), over ``eval.final_episodes`` (100) more fresh episodes:
-``evaluation.json`` with 95% intervals (Wilson for the success rate, t for the return), and the
-last log line, e.g. ``delivered best.pt (epoch 19): success 0.93 [0.86, 0.97] over 100 episodes``.
-
-A callback ends the run early with :meth:`TrainLoop.request_stop` (``eval.stop_at`` does it
-through :class:`rlfw.callbacks.EarlyStopping`): the loop stops after the epoch whose callbacks
-asked, with its row logged and its checkpoint written, and ``status.json`` says ``finished`` with
-``stop_reason``.
-
-A stop signal (SIGTERM, SIGUSR1, SIGUSR2, SIGINT, SIGHUP: :data:`STOP_SIGNALS`) received while training ends the run after
-the current cycle: every worker agrees on the cycle, the epoch in progress is dropped (its
-rows never reach the CSVs), ``status.json`` says ``interrupted`` with the resume command, and
-:class:`rlfw.errors.TrainingInterrupted` is raised; ``resume=`` continues from the last
-checkpoint (the last finished epoch with the default ``train.checkpoint_every=1``).
+The evaluation protocol (the screen, the confirmation, the final evaluation of what the run
+delivers) is :class:`rlfw.training.protocol.EvaluationProtocol`; early stops and stop signals
+are :class:`rlfw.training.stopping.StopControl`. :class:`TrainLoop` has both.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import logging
 import math
-import signal
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,25 +38,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlfw.build import Components, build
 from rlfw.core import Callback, decision_metric_name, eval_metric_name
-from rlfw.core.stats import describe, episode_summary
 from rlfw.errors import TrainingDiverged, TrainingInterrupted
 from rlfw.training.checkpoint import Checkpointer, TrainingState, divergence_advice, has_checkpoint
-from rlfw.training.collector import CONFIRM_STREAM, EVAL_STREAM, FINAL_STREAM, Collector, reset_seed
+from rlfw.training.collector import Collector
 from rlfw.training.context import LocalContext
 from rlfw.training.cores import torch_threads
 from rlfw.training.csvfiles import CsvFiles
-from rlfw.training.evaluation import evaluate_policy, run_episodes
-from rlfw.training.outputs import ConsoleLine, StatusFile, VersionsFile, write_json
+from rlfw.training.outputs import ConsoleLine, StatusFile, VersionsFile
+from rlfw.training.protocol import EvaluationProtocol
+from rlfw.training.stopping import STOP_SIGNALS, StopControl
 
 log = logging.getLogger("rlfw")
 
-# what schedulers send before they kill: timeout and SLURM's time limit (SIGTERM), SLURM's
-# configurable warning (sbatch --signal=USR1@90; submitit asks for USR2, see
-# rlfw.training.requeue); Ctrl-C (SIGINT) and a closed terminal (SIGHUP) end a run the same way
-STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP")
+__all__ = ["STOP_SIGNALS", "TrainLoop"]
 
 
-class TrainLoop:
+class TrainLoop(EvaluationProtocol, StopControl):
     """Trains the components :func:`rlfw.build.build` makes from a composed config.
 
     Args:
@@ -168,135 +137,6 @@ class TrainLoop:
     def episodes(self) -> int:
         """This worker's finished training episodes so far."""
         return self.collector.episodes
-
-    @property
-    def is_main(self) -> bool:
-        return self.ctx.is_main
-
-    def evaluate(self, episodes: int) -> tuple[float, float, float]:
-        """Deterministic-policy episodes: (mean return, std of returns, success rate or NaN),
-        over every worker's episodes."""
-        # seeded on the first evaluation of this process (then the envs' generators go on)
-        seed = None if self._eval_seeded else reset_seed(self.seed, EVAL_STREAM, self.epoch)
-        self._eval_seeded = True
-        return self._evaluate(episodes, seed)
-
-    def confirm_if_due(self, evaluation: tuple[float, float, float]) -> tuple[float, float]:
-        """The confirmation evaluation (see the module docstring): ``eval.confirm_episodes``
-        episodes on fresh seeds (stream ``CONFIRM_STREAM``, keyed by the epoch) when this
-        epoch's cheap evaluation reaches ``eval.stop_at`` or beats the best confirmed figure so
-        far (``checkpointer.best``; none yet: always). Rank 0 decides; with several workers the
-        decision is shared by one all-reduce and each worker runs its share of the episodes.
-
-        Args:
-            evaluation: the cheap evaluation, ``(eval_return, eval_return_std, eval_success_rate)``
-                (NaNs: none this epoch).
-
-        Returns:
-            ``(confirm_return, confirm_success_rate)``, NaNs when no confirmation ran.
-        """
-        if self.confirm_episodes <= 0:
-            return math.nan, math.nan
-        cheap = evaluation[2] if self.eval_metric == "eval_success_rate" else evaluation[0]
-        wanted = self.is_main and self._wants_confirmation(float(cheap))
-        if self.ctx.world > 1:
-            flag = torch.tensor([1.0 if wanted else 0.0])
-            self.ctx.all_reduce_sum(flag)
-            wanted = float(flag) > 0
-        if not wanted:
-            return math.nan, math.nan
-        ret, _, succ = self._evaluate(self.confirm_episodes, reset_seed(self.seed, CONFIRM_STREAM, self.epoch))
-        return ret, succ
-
-    def _wants_confirmation(self, cheap: float) -> bool:
-        if not math.isfinite(cheap):
-            return False
-        stop_at = OmegaConf.select(self.cfg, "eval.stop_at", default=None)
-        if stop_at is not None and cheap >= float(stop_at):
-            return True
-        best = self.checkpointer.best
-        if best is None or best.get("metric") != self.decision_metric:
-            return True
-        return cheap > float(best["value"])
-
-    def _evaluate(self, episodes: int, seed: int | None) -> tuple[float, float, float]:
-        reduce = self.ctx.all_reduce_sum if self.ctx.world > 1 else None
-        return evaluate_policy(self.parts.eval_envs, lambda o, g: self.agent.act(o, g, explore=False),
-                               episodes, self.info.goal, seed, reduce)  # fmt: skip
-
-    def final_evaluation(self) -> dict[str, Any] | None:
-        """Evaluate what the run delivers: ``checkpoints/best.pt`` (else ``last.pt``, else the
-        networks in memory) over ``eval.final_episodes`` fresh episodes (stream
-        ``FINAL_STREAM``) on rank 0; writes ``<run_dir>/evaluation.json`` (the fields of
-        :func:`rlfw.core.stats.episode_summary` plus ``checkpoint``, ``checkpoint_epoch``,
-        ``seed`` and ``source``); :meth:`run` logs :meth:`delivered_line` last. The networks
-        in memory are restored after.
-
-        Returns:
-            The summary written, or None (not rank 0, ``eval.final_episodes`` 0, no eval envs).
-        """
-        n = int(OmegaConf.select(self.cfg, "eval.final_episodes", default=0) or 0)
-        if not self.is_main or n <= 0 or self.parts.eval_envs is None:
-            return None
-        from rlfw.training.checkpoint import BEST, LAST, safe_load
-
-        name, epoch, state = "memory", self.epoch, None
-        for candidate in (BEST, LAST):
-            path = self.checkpointer.dir / candidate
-            if path.is_file() and not path.is_symlink():
-                try:
-                    state = safe_load(path)
-                    name, epoch = candidate, int(state["counters"]["epoch"])
-                    break
-                except Exception as err:  # a damaged file: the next candidate
-                    log.warning("final evaluation: %s is unreadable (%s)", path, err)
-                    state = None
-        current = copy.deepcopy(self.agent.state_dict()) if state is not None else None  # nested: a deep copy
-        seed = reset_seed(self.seed, FINAL_STREAM, 0)
-        try:
-            if state is not None:
-                self.agent.load_state_dict(state["agent"])
-            rets, succ = run_episodes(self.parts.eval_envs, lambda o, g: self.agent.act(o, g, explore=False),
-                                      n, self.info.goal, seed)  # fmt: skip
-        finally:
-            if current is not None:
-                self.agent.load_state_dict(current)
-        summary = {"run_dir": str(self.run_dir), "checkpoint": name, "checkpoint_epoch": epoch, "seed": seed,
-                   "source": "final evaluation of the run", **episode_summary(rets, succ)}  # fmt: skip
-        write_json(self.run_dir / "evaluation.json", summary)
-        return summary
-
-    def delivered_line(self) -> str | None:
-        """The run's last log line: ``delivered best.pt (epoch 19): success 0.93 [0.86, 0.97]
-        over 100 episodes`` (None without a final evaluation)."""
-        d = self.delivered
-        return f"delivered {d['checkpoint']} (epoch {d['checkpoint_epoch']}): {describe(d)}" if d else None
-
-    def request_stop(self, reason: str) -> None:
-        """Ask the loop to end the run after the current epoch, as finished (the way a callback
-        stops training: SB3's ``_on_step`` returning False, Keras' ``stop_training``).
-
-        Called from a callback's ``on_epoch`` (or ``on_cycle``), the epoch is completed: its row
-        is logged, its checkpoint written (also between ``train.checkpoint_every`` epochs), every
-        callback is told, then the loop returns. ``status.json`` says ``finished`` with
-        ``stop_reason``, and the reason is logged. With several workers the request of rank 0's
-        callbacks stops every worker at the same epoch. The first request's reason is kept.
-
-        Args:
-            reason: one line saying why, e.g. ``eval_success_rate 1.0 >= eval.stop_at=1.0 at epoch 3``.
-        """
-        if self.stop_reason is None:
-            self.stop_reason = str(reason)
-
-    def _stop_agreed(self) -> bool:
-        """Whether any worker's callbacks asked to stop (one all-reduce with several workers:
-        only rank 0 runs the callbacks, and every worker must leave the loop at the same epoch)."""
-        if self.ctx.world > 1:
-            flag = torch.tensor([1.0 if self.stop_reason is not None else 0.0])
-            self.ctx.all_reduce_sum(flag)
-            if float(flag) > 0 and self.stop_reason is None:
-                self.stop_reason = "stop requested by rank 0's callbacks"
-        return self.stop_reason is not None
 
     def training_state(self) -> TrainingState:
         """The counters a checkpoint saves (:class:`rlfw.training.checkpoint.TrainingState`)."""
@@ -453,63 +293,6 @@ class TrainLoop:
             for k, value in metrics.items():
                 cycle.setdefault(k, []).append(value)
 
-    @contextlib.contextmanager
-    def _stop_signals(self) -> Iterator[None]:
-        """While training, :data:`STOP_SIGNALS` set :attr:`_stop_signal` instead of killing the
-        process (only in the main thread, where Python delivers signals); a second one raises
-        :class:`TrainingInterrupted` at once, wherever the main thread is (an env's ``step``
-        that blocks); handlers restored after."""
-        self._stop_signal: int | None = None
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum: int, frame: Any) -> None:
-            if self._stop_signal is None:
-                log.warning("%s received: stopping after this cycle (a second signal stops at once)",
-                            signal.Signals(signum).name)  # fmt: skip
-                self._stop_signal = signum
-                return
-            # a second stop signal: the cycle does not end (an env's step that blocks): stop now
-            raise self._interrupted(signum, "at once (a second signal) ")
-
-        previous = {}
-        for name in STOP_SIGNALS:
-            sig = getattr(signal, name, None)
-            if sig is not None:
-                previous[sig] = signal.signal(sig, handler)
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
-    def _check_stop(self) -> None:
-        """After each cycle: raise :class:`TrainingInterrupted` if a stop signal came (to any
-        worker: they agree through one all-reduce, so all stop at the same cycle).
-
-        Raises:
-            TrainingInterrupted: naming the signal, the epoch, the last checkpoint and the
-                resume command.
-        """
-        signum = getattr(self, "_stop_signal", None)
-        if self.ctx.world > 1:
-            flag = torch.tensor([float(signum or 0)])
-            self.ctx.all_reduce_sum(flag)
-            signum = signum or (int(signal.SIGTERM) if float(flag) > 0 else None)
-        if signum is None:
-            return
-        raise self._interrupted(signum)
-
-    def _interrupted(self, signum: int, how: str = "") -> TrainingInterrupted:
-        """The one-line :class:`TrainingInterrupted` for a stop signal during this epoch."""
-        good = self.epoch - self.epoch % self.cfg.train.checkpoint_every
-        return TrainingInterrupted(
-            f"stopped {how}by {signal.Signals(signum).name} during epoch {self.epoch + 1}; its steps are dropped; "
-            f"the last checkpoint is epoch {good}; resume with: python -m rlfw resume={self.run_dir}",
-            int(signum),
-        )
-
     def _diverged(self, metrics: dict[str, float]) -> None:
         """The divergence guard: stop the run on a non-finite loss (a non-finite gradient or
         parameter shows up as one at the next update, and :meth:`Checkpointer.save` refuses
@@ -579,16 +362,6 @@ class TrainLoop:
         if line:
             log.info("%s", line)
         return row
-
-    def _deliver(self) -> None:
-        """:meth:`final_evaluation` once training is done; a failure of it is a warning (the
-        training is done and saved), and so is a stop signal that arrives during it."""
-        try:
-            self.delivered = self.final_evaluation()
-        except Exception as err:
-            log.warning("final evaluation failed: %s: %s", type(err).__name__, err)
-        if getattr(self, "_stop_signal", None) is not None:
-            log.warning("a stop signal arrived during the final evaluation: the training was complete")
 
     def _record(self, row: dict[str, Any]) -> bool:
         """The epoch's log/checkpoint step: the CSV rows first (a checkpoint never runs ahead),
