@@ -262,7 +262,7 @@ def _claim_given_run_dir(args: argparse.Namespace) -> None:
     """Before Hydra writes ``.hydra/`` into it: claim a ``hydra.run.dir`` given on the command
     line (:func:`claim_run_dir`), so a second writer or a fresh run into an existing run stops
     here with one line. Not for ``-m`` sweeps, informational flags or launcher ranks > 0."""
-    from rlfw.distributed import launcher_env
+    from rlfw.launched import launcher_env
     from rlfw.training.requeue import restart_count
 
     if args.multirun or args.cfg or args.info or args.hydra_help or args.shell_completion:
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
         preflight(command_line)
         check_hydra(command_line)
         _claim_given_run_dir(command_line)
-        from rlfw.distributed import join_launched_group, launcher_env
+        from rlfw.launched import join_launched_group, launcher_env
 
         if launcher_env() is not None:  # torchrun/srun: one run over every rank
             args = [*args, *join_launched_group(args)]

@@ -59,7 +59,7 @@ def job_result(row: dict) -> float:
 def start(cfg: DictConfig, run_dir: Path, *, multirun: bool = False, callbacks: Sequence[Any] = (),
           checkpoint: str | Path | None = None, announce_resume: bool = False) -> dict:  # fmt: skip
     """Start a validated run in the way this process was started: as this rank of a
-    torchrun/srun group (:func:`rlfw.distributed.run_launched`), with ``train.workers`` > 1
+    torchrun/srun group (:func:`rlfw.launched.run_launched`), with ``train.workers`` > 1
     processes (:func:`rlfw.distributed.launch`; each worker runs
     :func:`rlfw.training.start.start_run`), else in this process
     (:func:`rlfw.training.start.start_run`). Returns the last metrics row.
@@ -70,7 +70,8 @@ def start(cfg: DictConfig, run_dir: Path, *, multirun: bool = False, callbacks: 
             workers).
         announce_resume: log the epoch the run resumes from (``resume=``).
     """
-    from rlfw.distributed import launch, launched_group_joined, run_launched
+    from rlfw.distributed import launch
+    from rlfw.launched import launched_group_joined, run_launched
     from rlfw.training.start import start_run
 
     if launched_group_joined():  # one rank of torchrun/srun (main() joined its group)
@@ -96,7 +97,7 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False, callbacks: S
             under a torchrun/srun launcher (the workers are other processes).
     """
     from rlfw.config.preflight import ensure_valid
-    from rlfw.distributed import launched_group_joined
+    from rlfw.launched import launched_group_joined
     from rlfw.training.requeue import requeued_checkpoint, restart_count
 
     tr = cfg.train

@@ -4,7 +4,7 @@
 Every way of training goes through :func:`start_run`: a single process (``python -m rlfw``,
 :func:`rlfw.train`), ``resume=``, a SLURM restart, each of the ``train.workers`` processes
 :func:`rlfw.distributed.launch` spawns, and each rank of torchrun/srun
-(:func:`rlfw.distributed.run_launched`). Which of those runs is decided once, by the entry point
+(:func:`rlfw.launched.run_launched`). Which of those runs is decided once, by the entry point
 (:func:`rlfw.lifecycle.start`); :func:`start_run` only needs to know this process's place in the
 run (:class:`Worker`, None for a single process).
 """
