@@ -50,11 +50,19 @@ from typing import Any
 import numpy as np
 
 from rlfw.core.runfiles import MAX_META_BYTES, load_json, load_yaml, read_text
+from rlfw.core.stats import (  # noqa: F401 - the statistics over runs: re-exported
+    CI_METHODS,
+    aggregate,
+    interval_estimates,
+    iqm,
+    mean_interval,
+    normalise,
+    score_matrix,
+)
 from rlfw.errors import ConfigError, fail
 from rlfw.plots import _figure, _save, read_csv
 from rlfw.training.outputs import replace_file
 
-CI_METHODS = ("t", "bootstrap")
 # One definition of "final" for every table of the report.
 FINAL_DEFINITION = ("'final' is each run's own last evaluation in metrics.csv (curves are drawn up to the "
                     "shortest run of a setting); 'delivered' is the run's evaluation.json (its best.pt on fresh "
@@ -193,143 +201,6 @@ def _median_reach(values: list[float]) -> str:
     ordered = sorted(math.inf if math.isnan(v) else v for v in values)
     mid = ordered[(len(ordered) - 1) // 2] if len(ordered) % 2 else (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
     return "-" if math.isinf(mid) else f"{mid:.0f}"
-
-
-def mean_interval(
-    ys: np.ndarray, ci: str = "t", confidence: float = 0.95, reps: int = 2000, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over seeds with a two-sided confidence interval, per point.
-
-    Args:
-        ys: ``[seeds, points]`` values (one row per seed).
-        ci: ``t``: mean +- ``scipy.stats.t.ppf((1 + confidence) / 2, n - 1)`` x SE, with
-            SE = sample std (ddof 1) / sqrt(n) (Student's t interval); ``bootstrap``: the
-            percentile interval of the mean over ``reps`` resamples of the seeds with
-            replacement (``scipy.stats.bootstrap``, the same seeds drawn for every point).
-        confidence: the interval's coverage (0.95).
-        reps: bootstrap resamples.
-        seed: the bootstrap's random seed.
-
-    Returns:
-        ``(mean, lo, hi)``, each ``[points]``; ``lo = hi = mean`` for a single seed.
-
-    Raises:
-        ConfigError: an unknown ``ci``.
-    """
-    import scipy.stats
-
-    if ci not in CI_METHODS:
-        raise ConfigError(f"--ci {ci}: choose one of: {', '.join(CI_METHODS)}")
-    ys = np.asarray(ys, dtype=float)
-    n = ys.shape[0]
-    mean = ys.mean(0)
-    if n < 2:
-        return mean, mean.copy(), mean.copy()
-    if ci == "t":
-        half = scipy.stats.t.ppf(0.5 + confidence / 2, n - 1) * ys.std(0, ddof=1) / math.sqrt(n)
-        return mean, mean - half, mean + half
-    res = scipy.stats.bootstrap(
-        (ys,), np.mean, axis=0, vectorized=True, paired=False, n_resamples=reps,
-        confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed),
-    )  # fmt: skip
-    lo, hi = res.confidence_interval
-    # all seeds equal: scipy gives NaN for a degenerate distribution; the interval is the point
-    return mean, np.where(np.isfinite(lo), lo, mean), np.where(np.isfinite(hi), hi, mean)
-
-
-def iqm(scores: np.ndarray) -> float:
-    """Interquartile mean of a ``[runs, tasks]`` score matrix: the mean of the middle 50% of
-    all scores (``rliable.metrics.aggregate_iqm``, a 25% trimmed mean over every entry)."""
-    from rliable import metrics
-
-    return float(metrics.aggregate_iqm(np.asarray(scores, dtype=float)))
-
-
-def interval_estimates(
-    score_dict: dict[str, np.ndarray], statistic: Any, reps: int = 2000, seed: int = 0
-) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Point estimates and 95% stratified-bootstrap percentile intervals of ``statistic`` per
-    setting: ``rliable.library.get_interval_estimates`` (Agarwal et al. 2021, sec. 4: each
-    resample draws, for every task, as many runs as it has, with replacement, from that task's
-    runs).
-
-    Args:
-        score_dict: ``{setting: [runs, tasks] normalised scores}``.
-        statistic: ``[runs, tasks] -> [k]`` (IQM and mean).
-        reps: resamples.
-        seed: the bootstrap's random seed (``random_state``).
-
-    Returns:
-        ``{setting: (point [k], lo [k], hi [k])}``.
-    """
-    import warnings
-
-    from rliable import library
-
-    with warnings.catch_warnings():  # rliable 1.2 passes arch the random_state arch 7 deprecates
-        warnings.simplefilter("ignore", FutureWarning)
-        points, intervals = library.get_interval_estimates(
-            score_dict, statistic, reps=reps, random_state=np.random.RandomState(seed)
-        )
-    return {k: (np.asarray(points[k]), np.asarray(intervals[k])[0], np.asarray(intervals[k])[1]) for k in score_dict}
-
-
-def normalise(finals: dict[str, dict[str, list[float]]], success: dict[str, bool]) -> dict[str, dict[str, list[float]]]:
-    """Normalised final scores: ``finals[setting][task]`` -> the same, in [0, 1].
-
-    Success rates stay as they are; returns are min-max normalised per task over every run of
-    every setting, ``(R - min) / (max - min)`` (all 0.5 if all runs have the same return).
-    """
-    out: dict[str, dict[str, list[float]]] = {s: {} for s in finals}
-    tasks = {t for by_task in finals.values() for t in by_task}
-    for task in tasks:
-        values = [v for by_task in finals.values() for v in by_task.get(task, [])]
-        lo, hi = min(values), max(values)
-        for s, by_task in finals.items():
-            if task not in by_task:
-                continue
-            if success[task]:
-                out[s][task] = list(by_task[task])
-            else:
-                out[s][task] = [(v - lo) / (hi - lo) if hi > lo else 0.5 for v in by_task[task]]
-    return out
-
-
-def score_matrix(by_task: dict[str, list[float]]) -> tuple[np.ndarray, list[str]]:
-    """``[runs, tasks]`` from per-task lists (tasks sorted; each cut to the fewest runs any
-    task has, as rliable needs a full matrix)."""
-    tasks = sorted(by_task)
-    runs = min(len(by_task[t]) for t in tasks)
-    return np.array([[by_task[t][r] for t in tasks] for r in range(runs)]), tasks
-
-
-def aggregate(
-    finals: dict[str, dict[str, list[float]]], success: dict[str, bool], reps: int = 2000, seed: int = 0
-) -> dict[str, dict[str, Any]]:
-    """IQM and mean with stratified-bootstrap 95% intervals per setting, over its tasks.
-
-    Args:
-        finals: ``finals[setting][task]`` = the final eval metric of each run (seed).
-        success: ``success[task]``: whether the task's metric is a success rate.
-        reps: bootstrap resamples.
-        seed: bootstrap seed.
-
-    Returns:
-        ``{setting: {"scores": [runs, tasks], "tasks": [...], "iqm": (point, lo, hi),
-        "mean": (point, lo, hi)}}``.
-    """
-    matrices = {setting: score_matrix(by_task) for setting, by_task in normalise(finals, success).items()}
-    estimates = interval_estimates({s: m for s, (m, _) in matrices.items()},
-                                   lambda x: np.array([iqm(x), x.mean()]), reps, seed)  # fmt: skip
-    out = {}
-    for setting, (scores, tasks) in matrices.items():
-        point, lo, hi = estimates[setting]
-        out[setting] = {
-            "scores": scores, "tasks": tasks,
-            "iqm": (float(point[0]), float(lo[0]), float(hi[0])),
-            "mean": (float(point[1]), float(lo[1]), float(hi[1])),
-        }  # fmt: skip
-    return out
 
 
 def _aggregate_figure(agg: dict[str, dict[str, Any]], out: Path, reps: int, seed: int) -> Path:
