@@ -119,6 +119,24 @@ def test_clip_return_bounds_the_target():
     torch.testing.assert_close(y, torch.tensor([-1.9, 0.0, -10.0]))
 
 
+def test_clip_return_null_is_the_algorithms_choice_on_bounded_rewards():
+    """algo.clip_return: null (the default) clips DDPG/TD3 targets where the env family bounds
+    rewards to [-1, 0] (Fetch, Panda) and nowhere else; SAC's family never clips; an explicit
+    value wins."""
+    from dataclasses import replace
+
+    from rlfw.algos.sac import SAC, SACConfig
+
+    bounded = replace(INFO, reward_range=(-1.0, 0.0))
+    assert TD3Config().clip_return is None and SACConfig().clip_return is None
+    assert TD3(TD3Config(), bounded).clip_return is True
+    assert DDPG(DDPGConfig(), bounded).clip_return is True
+    assert TD3(TD3Config(), INFO).clip_return is False  # Hopper: no bound
+    assert TD3(TD3Config(clip_return=False), bounded).clip_return is False
+    assert TD3(TD3Config(clip_return=True), INFO).clip_return is True
+    assert SAC(SACConfig(), bounded).clip_return is False
+
+
 def test_polyak_update_matches_formula():
     target = [torch.tensor([1.0, 2.0]), torch.tensor([[0.0]])]
     online = [torch.tensor([3.0, -2.0]), torch.tensor([[10.0]])]

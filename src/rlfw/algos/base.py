@@ -81,6 +81,8 @@ class OffPolicyAgent:
 
     Attributes:
         return_low: ``-1 / (1 - gamma)``, the lowest return of {-1, 0} rewards (``clip_return``).
+        clip_return: whether critic targets are clipped to ``[return_low, 0]``: ``cfg.clip_return``,
+            or where it is None, :attr:`clips_return` and rewards in [-1, 0] (``env.reward_range``).
         in_dim: the networks' state input size, ``obs_dim + goal_dim``.
         updates: critic updates done (checkpointed).
         grad_sync: multi-worker training sets it: averages a list of tensors over the workers
@@ -96,6 +98,10 @@ class OffPolicyAgent:
     """
 
     metric_names: tuple[str, ...] = ()
+    # what ``algo.clip_return: null`` resolves to where the env's rewards lie in [-1, 0]
+    # (:attr:`rlfw.core.EnvInfo.reward_range`): DDPG and TD3 clip (HER); a soft value holds the
+    # future entropy bonus, which the bound does not cover, so SAC's family does not
+    clips_return: bool = False
     # whether the policy is stochastic (predict(deterministic=False) samples it): SAC's family
     stochastic: bool = False
 
@@ -124,7 +130,9 @@ class OffPolicyAgent:
         self.action_l2 = float(cfg.action_l2)
         self.preact_l2 = float(cfg.preact_l2)
         self.max_grad_norm = cfg.max_grad_norm
-        self.clip_return = bool(cfg.clip_return)
+        # null: this algorithm's own choice, where the env family bounds rewards to [-1, 0]
+        self.clip_return = (bool(cfg.clip_return) if cfg.clip_return is not None
+                            else self.clips_return and env.reward_range == (-1.0, 0.0))  # fmt: skip
         # HER's return clipping: critic targets in [return_low, 0] for {-1, 0} rewards
         self.return_low = -1.0 / (1.0 - self.gamma) if self.gamma < 1.0 else -np.inf
         normalize = cfg.normalize if cfg.normalize is not None else env.goal

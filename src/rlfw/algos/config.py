@@ -51,9 +51,10 @@ class AlgoConfig:
     normalize: bool | None = None
     norm_clip: float = 5.0  # normalised inputs are clipped to [-norm_clip, norm_clip]
     norm_eps: float = 0.01  # lower bound on the running std
-    # Clip the critic target to [-1/(1-gamma), 0], valid for the {-1, 0} sparse rewards of
-    # Fetch and Panda (HER baselines' clip_return).
-    clip_return: bool = False
+    # Clip the critic target to [-1/(1-gamma), 0] (HER baselines' clip_return), valid for rewards
+    # in [-1, 0] (Fetch and Panda). null: the algorithm decides (OffPolicyAgent.clips_return):
+    # ddpg and td3 clip where the env family bounds rewards to [-1, 0]; sac, tqc, crossq never.
+    clip_return: bool | None = None
     max_grad_norm: float | None = None  # gradient-norm clipping of every loss, None: off
 
     @staticmethod

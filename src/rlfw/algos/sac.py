@@ -79,7 +79,8 @@ class SACConfig(AlgoConfig):
     action_l2: float = 0.0  # HER paper's penalty, here on the mean action tanh(mu(s))
     # Kept so that every algorithm has the key; true is refused (module docstring): the bound
     # of {-1, 0} returns does not hold for soft values, which carry the future entropy bonus.
-    clip_return: bool = False
+    # null (the default) resolves to false (SAC.clips_return).
+    clip_return: bool | None = None
     target_update_interval: int = 1  # critic updates between target updates
     # Entropy temperature, > 0 (start value if autotune_alpha). 0.1 is Yarats & Kostrikov's
     # pytorch_sac init_temperature; SB3 starts at 1.0, which on sparse {-1, 0} rewards lets the
@@ -108,7 +109,7 @@ class SACConfig(AlgoConfig):
             not node.clip_return,
             f"algo.clip_return=true is for ddpg and td3: algo={node.name}'s soft Q-value holds the "
             "future entropy bonus, which the return bound [-1/(1-gamma), 0] does not cover, so the "
-            "clip would bias every target; set algo.clip_return=false",
+            "clip would bias every target; set algo.clip_return=false (or null)",
         )
 
     @staticmethod

@@ -117,6 +117,7 @@ class TD3(OffPolicyAgent):
     """
 
     metric_names: tuple[str, ...] = ("actor_loss", "critic_loss", "q_mean")
+    clips_return = True  # algo.clip_return: null clips on [-1, 0] rewards (HER baselines)
 
     def __init__(self, cfg: Any, env: EnvInfo, device: str | torch.device = "cpu", seed: int = 0) -> None:
         super().__init__(cfg, env, device, seed)

@@ -33,6 +33,9 @@ class EnvInfo:
             float32; None for envs without goals.
         compute_terminated: vectorised termination for the same inputs -> [B] bool; None for
             envs without goals.
+        reward_range: ``(low, high)`` bounds on every reward when the env's family guarantees
+            them (Fetch and Panda: ``(-1.0, 0.0)``), else None; ``algo.clip_return: null`` clips
+            critic targets only where it is ``(-1.0, 0.0)``.
     """
 
     id: str
@@ -43,6 +46,7 @@ class EnvInfo:
     max_episode_steps: int | None
     compute_reward: GoalFn | None = None
     compute_terminated: GoalFn | None = None
+    reward_range: tuple[float, float] | None = None
 
 
 @dataclass

@@ -323,7 +323,7 @@ def read_env_info(family_name: str, env: gym.Env, env_id: str) -> EnvInfo:
         obs_dim = int(np.prod(space["observation"].shape))  # type: ignore[index,arg-type]
         goal_dim = int(np.prod(space["desired_goal"].shape))  # type: ignore[index,arg-type]
         reward_fn, term_fn = family.goal_functions(env)
-        return EnvInfo(env_id, True, obs_dim, goal_dim, act_dim, max_steps, reward_fn, term_fn)
+        return EnvInfo(env_id, True, obs_dim, goal_dim, act_dim, max_steps, reward_fn, term_fn, family.reward_range)
     if not isinstance(space, gym.spaces.Box):
         raise ConfigError(
             f"env.id '{env_id}' has a {type(space).__name__} observation space; rlfw needs a Box "

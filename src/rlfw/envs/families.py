@@ -34,12 +34,16 @@ class EnvFamily:
             ids this family runs; empty: any id. Checked when the id is resolved, so an id of
             another family stops at preflight rather than when the env is built.
         title: the family's name in messages (``Fetch``).
+        reward_range: ``(low, high)``, bounds every reward of the family's goal envs when the
+            family guarantees them (Fetch and Panda: ``(-1.0, 0.0)``), else None
+            (:attr:`rlfw.core.EnvInfo.reward_range`; ``algo.clip_return: null`` reads it).
     """
 
     modules: tuple[str, ...] = ()
     goal: bool | None = None
     entry_points: tuple[str, ...] = ()
     title: str = ""
+    reward_range: tuple[float, float] | None = None
 
     def register(self) -> None:
         """Import the packages that register this family's ids (a missing one is skipped)."""
@@ -158,6 +162,7 @@ class FetchFamily(EnvFamily):
     goal = True
     entry_points = ("gymnasium_robotics.envs.fetch.",)
     title = "Gymnasium-Robotics Fetch"
+    reward_range = (-1.0, 0.0)  # sparse {-1, 0}; dense rewards (-distance, < 0.5 m) lie in it too
 
     def goal_functions(self, env: gym.Env) -> tuple[GoalFn, GoalFn]:
         reward_fn, _ = super().goal_functions(env)
@@ -177,6 +182,7 @@ class PandaFamily(EnvFamily):
     goal = True
     entry_points = ("panda_gym.",)
     title = "panda-gym"
+    reward_range = (-1.0, 0.0)  # sparse {-1, 0}; dense rewards (-distance, < 0.5 m) lie in it too
 
     def register(self) -> None:
         super().register()
