@@ -993,6 +993,37 @@ def test_a_removed_sampler_takes_its_key_along(compose: Any) -> None:
         compose(["buffer.recent_window=3"])
 
 
+def test_two_parts_declaring_one_key_are_refused() -> None:
+    """The buffer's keys are one namespace: a sampler declaring PER's ``alpha`` again (same type)
+    would silently share it, so the schema refuses it and names both; a sampler that subclasses
+    PER's schema inherits ``alpha`` and is accepted."""
+    import dataclasses
+
+    from rlfw.buffers.config import buffer_schema
+    from rlfw.buffers.samplers import PrioritizedSamplerConfig, SamplerConfig
+
+    @dataclasses.dataclass
+    class ClashConfig(SamplerConfig):
+        alpha: float = 0.5
+
+    @dataclasses.dataclass
+    class ExtendsPerConfig(PrioritizedSamplerConfig):
+        per_extra: int = 1
+
+    try:
+        SAMPLERS._entries.pop("clash", None)
+        register("buffer.sampler", "clash", ClashConfig, object)
+        with pytest.raises(ValueError, match=r"ClashConfig declares buffer\.alpha, which PrioritizedSamplerConfig declares too"):
+            buffer_schema(BufferConfig)
+        SAMPLERS._entries.pop("clash")
+        register("buffer.sampler", "extends_per", ExtendsPerConfig, object)
+        assert "per_extra" in {f.name for f in dataclasses.fields(buffer_schema(BufferConfig))}
+    finally:
+        SAMPLERS._entries.pop("clash", None)
+        SAMPLERS._entries.pop("extends_per", None)
+    assert buffer_schema(BufferConfig) is BufferConfig
+
+
 # ------------------------------------------------------------------------------------------
 # energy-based prioritisation (Zhao and Tresp 2018)
 

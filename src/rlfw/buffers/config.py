@@ -64,29 +64,46 @@ class BufferConfig(NStepConfig, EnergySamplerConfig, PrioritizedSamplerConfig, H
 _EXTENDED: dict[tuple[Any, ...], type] = {}
 
 
+def _declarer(schema: type, key: str) -> type:
+    """The class in ``schema``'s MRO that declares the field ``key`` (a subclass that only
+    inherits a key does not declare it again)."""
+    for cls in reversed(schema.__mro__):
+        if key in vars(cls).get("__annotations__", {}):
+            return cls
+    return schema
+
+
 def buffer_schema(base: type = BufferConfig) -> type:
     """``base`` with the keys of every registered relabeler and sampler it lacks, as a subclass
     named like it (``base`` itself when it has them all: the built-ins only). The same
     extension returns the same class.
 
     Raises:
-        ValueError: two parts declare one key with different types.
+        ValueError: two parts declare one key (the buffer's keys are one flat namespace, so
+            they would silently share it), or declare it with different types.
     """
     have = typing.get_type_hints(base)
     extra: list[tuple[str, Any, Any]] = []
-    owner: dict[str, str] = {}
+    declared = {name: _declarer(base, name) for name in have}
     for kind in PARTS:
         for schema in part_schemas(kind):
             hints = typing.get_type_hints(schema)
             for f in dataclasses.fields(schema):
+                mine = _declarer(schema, f.name)
                 if f.name in have:
+                    if declared[f.name] is not mine:
+                        raise ValueError(
+                            f"{kind} schema {schema.__name__} declares buffer.{f.name}, which "
+                            f"{declared[f.name].__name__} declares too: two parts would share one key; "
+                            "rename one of them (a part's keys are buffer.<key>, one namespace)"
+                        )
                     if hints[f.name] != have[f.name]:
                         raise ValueError(
                             f"{kind} schema {schema.__name__} declares buffer.{f.name} as "
-                            f"{hints[f.name]}, but {owner.get(f.name, base.__name__)} as {have[f.name]}"
+                            f"{hints[f.name]}, but {declared[f.name].__name__} as {have[f.name]}"
                         )
                     continue
-                have[f.name], owner[f.name] = hints[f.name], schema.__name__
+                have[f.name], declared[f.name] = hints[f.name], mine
                 default = (
                     dataclasses.field(default_factory=f.default_factory)
                     if f.default_factory is not dataclasses.MISSING
