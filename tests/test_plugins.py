@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import importlib.metadata
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -62,12 +63,13 @@ def install_plugin(site: Path) -> dict[str, str]:
     return entries
 
 
-def run_rlfw(args: list[str], cwd: Path, site: Path | None) -> subprocess.CompletedProcess[str]:
-    """``python -m rlfw <args>`` with ``site`` first on the PYTHONPATH the tests run with."""
+def run_rlfw(args: list[str], cwd: Path, site: Path | None, module: str = "rlfw") -> subprocess.CompletedProcess[str]:
+    """``python -m <module> <args>`` (``rlfw``, ``rlfw.export``, ...) with ``site`` first on the
+    PYTHONPATH the tests run with."""
     parts = [str(site)] if site is not None else []
     path = os.pathsep.join([*parts, *filter(None, [os.environ.get("PYTHONPATH", "")])])
     env = dict(os.environ, PYTHONPATH=path, PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0", WANDB_MODE="disabled")
-    return subprocess.run([sys.executable, "-m", "rlfw", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=300, env=env)  # fmt: skip
 
 
@@ -78,7 +80,7 @@ def test_an_installed_package_adds_an_algorithm_and_a_noise(tmp_path):
     """python -m rlfw algo=acme_sac noise=acme_uniform trains with the plugin's classes and
     schemas; without the plugin on the path the same command is refused."""
     site = tmp_path / "site"
-    assert set(install_plugin(site)) == {"algo.acme_sac", "noise.acme_uniform"}
+    assert {"algo.acme_sac", "noise.acme_uniform"} <= set(install_plugin(site))
     run = tmp_path / "run"
     args = ["algo=acme_sac", "noise=acme_uniform", "noise.width=0.37", *PENDULUM, f"hydra.run.dir={run}"]
     proc = run_rlfw(args, tmp_path, site)
@@ -100,6 +102,43 @@ def test_an_installed_package_adds_an_algorithm_and_a_noise(tmp_path):
     without = run_rlfw(["algo=acme_sac", *PENDULUM, f"hydra.run.dir={tmp_path / 'no'}"], tmp_path, None)
     assert without.returncode == 2, without.stderr[-2000:]
     assert "acme_sac" in without.stderr
+
+
+def test_a_package_adds_every_kind_of_component_and_its_run_trains_exports_and_evaluates(tmp_path):
+    """The plugin's algorithm, noise, replay sampler, logger and env family, on the default env
+    (FetchReach-v4, no preset of the plugin's own): the run trains with all five, ends with its
+    final evaluation, and its policy exports and evaluates from the command line."""
+    site = tmp_path / "site"
+    assert set(install_plugin(site)) == {"algo.acme_sac", "noise.acme_uniform", "buffer.sampler.acme_recent",
+                                         "logger.acme_jsonl", "env.family.acme_fetch"}  # fmt: skip
+    run = tmp_path / "run"
+    args = ["algo=acme_sac", "noise=acme_uniform", "buffer.sampler=acme_recent", "buffer.acme_window=300",
+            "logger=acme_jsonl", "logger.acme_every=1", "env.family=acme_fetch", *TINY, "eval.episodes=2",
+            "eval.stop_at=null", "eval.confirm_episodes=0", "eval.final_episodes=4", f"hydra.run.dir={run}"]  # fmt: skip
+    proc = run_rlfw(args, tmp_path, site)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "training acme_sac on FetchReach-v4" in proc.stdout + proc.stderr
+    saved = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    assert (saved["env"]["family"], saved["buffer"]["sampler"], saved["buffer"]["acme_window"]) == ("acme_fetch", "acme_recent", 300)
+    assert saved["algo"]["clip_return"] is None  # no preset needed: SAC's family resolves it to no clip
+    with (run / "episodes.csv").open() as f:
+        lengths = {int(r["length"]) for r in csv.DictReader(f)}
+    assert lengths == {25}  # the family's 25-step episodes (Fetch's own are 50)
+    lines = [json.loads(line) for line in (run / "acme.jsonl").read_text().splitlines()]
+    assert [line.get("epoch") for line in lines] == [1, 2, 2] and lines[-1]["end"] == "finished"  # the logger
+    assert json.loads((run / "evaluation.json").read_text())["episodes"] == 4  # the run's final evaluation
+
+    exported = run_rlfw([f"run_dir={run}", "format=torchscript"], tmp_path, site, module="rlfw.export")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert (run / "export" / "policy_last.ts").stat().st_size > 0  # TorchScript (torch.jit.load)
+    evaluated = run_rlfw([f"run_dir={run}", "episodes=3"], tmp_path, site, module="rlfw.evaluate")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert json.loads((run / "evaluation.json").read_text())["episodes"] == 3
+
+    bad = run_rlfw(["buffer.sampler=acme_recent", "buffer.acme_window=0", *TINY], tmp_path, site)
+    assert bad.returncode == 2 and "buffer.acme_window" in bad.stderr, bad.stderr[-2000:]  # the sampler's validate()
+    bad = run_rlfw(["logger=acme_jsonl", "logger.acme_every=0", *TINY], tmp_path, site)
+    assert bad.returncode == 2 and "logger.acme_every" in bad.stderr, bad.stderr[-2000:]  # the logger's validate()
 
 
 def test_rlfw_source_never_names_the_plugin():
