@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -50,3 +51,12 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.Comp
         timeout=timeout,
         env=env,
     )
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"  # the first bytes of every PNG file
+
+
+def epochs_of(run_dir: Path) -> list[int]:
+    """The epochs of ``run_dir``'s metrics.csv rows, in order."""
+    with (run_dir / "metrics.csv").open() as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f)]

@@ -1,19 +1,24 @@
-"""End to end on the real simulators (a few hundred steps) and through the CLI."""
+"""End to end on the real simulators (a few hundred steps) and through the CLI: single runs, ``-m``
+sweeps (basic, joblib, a failed job among good ones) and a report over a real sweep."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from rlfw.report import summarize
 from rlfw.training.csvfiles import EPISODE_COLUMNS, metric_columns
 from rlfw.training.loop import TrainLoop
 
-from .conftest import TINY, run_cli
+from .conftest import PNG_MAGIC, TINY, epochs_of, run_cli
 
 METRIC_COLUMNS = metric_columns(("actor_loss", "critic_loss", "q_mean"))  # DDPG/TD3's
 
@@ -156,9 +161,6 @@ def test_cli_users_fetchslide_v2_command(tmp_path):
 def test_two_sweeps_started_together_keep_every_job(tmp_path):
     """Two -m sweeps started in the same second (default hydra.sweep.dir) write directories of
     their own and keep all four jobs (issue 33, class 9: they shared multirun/<date>/<time>)."""
-    import os
-    import subprocess
-    import sys
 
     env = dict(os.environ, PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0")
     cmd = [sys.executable, "-m", "rlfw", "-m", "seed=0,1", *TINY, "train.epochs=1"]
@@ -169,3 +171,42 @@ def test_two_sweeps_started_together_keep_every_job(tmp_path):
     sweeps = sorted(d for d in (tmp_path / "multirun").glob("*/*") if d.is_dir())
     assert len(sweeps) == 2
     assert [len(jobs_of(d)) for d in sweeps] == [2, 2]
+
+
+def test_report_on_a_small_real_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "algo=ddpg,td3", "seed=0,1", *TINY, "train.epochs=2", f"hydra.sweep.dir={sweep}"]
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    png, md, text = summarize([sweep])
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    rows = [ln for ln in text.splitlines() if ln.startswith("| algo=")]
+    assert sorted(r.split("|")[1].strip() for r in rows) == ["algo=ddpg", "algo=td3"]
+    assert all(r.split("|")[2].strip() == "2" for r in rows)  # two seeds per setting
+    assert "eval_success_rate" in md.read_text()
+    assert (sweep / "summary_wall.png").read_bytes()[:8] == PNG_MAGIC
+    assert "median env steps to 0.9 | median s to 0.9 |" in text.splitlines()[0]
+
+
+@pytest.mark.slow  # moved out of the default run (about 15 minutes on 2 cores); nox -s slow and CI run it
+def test_joblib_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "algo=ddpg,td3", *TINY,
+                    f"hydra.sweep.dir={sweep}"], cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = [p for p in sweep.iterdir() if (p / "metrics.csv").exists()]
+    assert len(jobs) == 2
+    for j in jobs:
+        assert epochs_of(j) == [1, 2]
+
+
+def test_failed_job_does_not_lose_the_others(tmp_path):
+    sweep = tmp_path / "sweep"
+    # the second job fails at run time (HER on an env without goals, found once it is built)
+    proc = run_cli(["-m", "env=gym", "env.id=Hopper-v5", "buffer=uniform,her", *TINY,
+                    f"hydra.sweep.dir={sweep}"], cwd=tmp_path)  # fmt: skip
+    assert proc.returncode != 0
+    ok = [p for p in sweep.iterdir() if (p / "metrics.csv").exists() and epochs_of(p) == [1, 2]]
+    assert len(ok) == 1 and "uniform" in ok[0].name
+    assert json.loads((ok[0] / "status.json").read_text())["status"] == "finished"
+    assert "needs a goal env" in proc.stderr + proc.stdout

@@ -1,4 +1,5 @@
-"""TensorBoard logging, early stopping (eval.stop_at), user callbacks of rlfw.train, versions.json."""
+"""The run's outputs and loggers: wandb offline files, the run's plots, TensorBoard, early stopping
+(eval.stop_at), user callbacks of rlfw.train, versions.json."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import csv
 import json
 import math
 import shutil
+import struct
 import subprocess
+import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,9 +19,14 @@ import numpy as np
 import pytest
 
 import rlfw
+from rlfw.callbacks import make_callbacks
 from rlfw.core import Callback
 from rlfw.errors import ConfigError
-from tests.conftest import TINY, run_cli
+from rlfw.plots import RUN_PLOTS, plot_run
+from rlfw.training.csvfiles import metric_columns
+from rlfw.training.loop import TrainLoop
+
+from .conftest import PNG_MAGIC, TINY, run_cli
 
 REACH = ["env=FetchReach-v4", *TINY]
 
@@ -32,6 +41,40 @@ def _status(run_dir: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------ TensorBoard
+
+
+METRIC_COLUMNS = metric_columns(("actor_loss", "critic_loss", "q_mean"))  # DDPG/TD3's
+
+
+def read_wandb_records(path: Path) -> list:
+    """Parse a wandb offline ``.wandb`` file (LevelDB log format of protobuf Records)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, buf, out = 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pos += 7
+        chunk = data[pos : pos + length]
+        pos += length
+        if kind == 1:
+            out.append(chunk)
+        elif kind == 2:
+            buf = chunk
+        elif kind == 3:
+            buf += chunk
+        elif kind == 4:
+            out.append(buf + chunk)
+    records = []
+    for d in out:
+        r = pb.Record()
+        r.ParseFromString(d)
+        records.append(r)
+    return records
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +152,6 @@ def test_wandb_and_tensorboard_compose(compose, tmp_path, monkeypatch):
 
 
 def test_tensorboard_without_the_package_is_one_config_error(compose, monkeypatch):
-    import sys
 
     from rlfw.config.validate import validate
 
@@ -344,3 +386,44 @@ def test_git_state_absent_outside_a_checkout_or_without_git(git_repo, tmp_path, 
     assert git_state(outside) is None
     monkeypatch.setenv("PATH", "")  # no git at all
     assert git_state(pkg) is None
+
+
+def test_wandb_offline_run_files_hold_logged_keys(compose, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose(["logger=wandb", *TINY])
+    TrainLoop(cfg, tmp_path, make_callbacks(cfg, tmp_path, 400)).run()
+    files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    # wandb's service process may still be writing the file when finish() returns: wait for
+    # the run's exit record (seen in CI: an early read found no history records yet)
+    deadline = time.time() + 60
+    records = read_wandb_records(files[0])
+    while (
+        not any(r.WhichOneof("record_type") == "exit" for r in records) and time.time() < deadline
+    ):
+        time.sleep(0.5)
+        records = read_wandb_records(files[0])
+    keys, run = set(), None
+    for r in records:
+        kind = r.WhichOneof("record_type")
+        if kind == "history":
+            keys |= {i.key or "/".join(i.nested_key) for i in r.history.item}
+        elif kind == "run":
+            run = r.run
+    assert set(METRIC_COLUMNS) - {"actor_loss"} <= keys  # every metrics.csv column, per epoch
+    assert {"cycle/critic_loss", "cycle/q_mean"} <= keys  # losses per update interval
+    assert run is not None
+    assert run.run_group == "td3-her-gaussian-FetchReach-v4"
+    assert run.display_name == "td3-her-gaussian-FetchReach-v4-seed0"
+    config_keys = {i.key for i in run.config.update}
+    assert {"algo", "buffer", "env", "train"} <= config_keys
+
+
+def test_run_plots_are_valid_pngs_with_expected_curves(compose, tmp_path):
+    cfg = compose(["logger.plots=true", *[t for t in TINY if "plots" not in t]])
+    TrainLoop(cfg, tmp_path, make_callbacks(cfg, tmp_path, 400)).run()
+    for name in RUN_PLOTS:
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000
+    curves = {p.name: n for p, n in plot_run(tmp_path).items()}
+    assert curves == {"returns.png": 2, "success.png": 2, "losses.png": 2, "q_values.png": 1}

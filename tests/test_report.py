@@ -163,3 +163,14 @@ def test_report_cli_no_run_exits_2_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rlfw.report", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"rlfw.report: error: no rlfw runs (metrics.csv with .hydra/) below {tmp_path}"]
+
+
+def test_report_medians_count_a_seed_that_never_got_there_as_never():
+    from rlfw.report import _median_reach, first_reach
+
+    steps = np.array([1000.0, 2000.0, 3000.0])
+    assert first_reach(steps, np.array([0.1, 0.9, 1.0]), 0.9) == 2000.0
+    assert np.isnan(first_reach(steps, np.array([0.1, 0.5, 0.8]), 0.9))
+    assert _median_reach([float("nan"), 100.0, 300.0]) == "300"
+    assert _median_reach([float("nan"), float("nan"), 100.0]) == "-"
+    assert _median_reach([200.0, 100.0]) == "150"

@@ -1,4 +1,5 @@
-"""Env seeds: the runs of a seed sweep must not replay each other's episodes.
+"""Seeds: one seed gives the same run twice, and the runs of a seed sweep must not replay each
+other's episodes.
 
 A vector env seeds sub-env ``i`` with ``reset seed + i``; with ``run seed + i`` (as before), seed
 0's env 1 and seed 1's env 0 started from the same states and goals, in training and in
@@ -6,6 +7,7 @@ evaluation, so seeds 0, 1, 2 of a sweep were correlated."""
 
 from __future__ import annotations
 
+import csv
 import itertools
 
 import numpy as np
@@ -62,3 +64,15 @@ def test_adjacent_seeds_start_from_different_episodes(compose, tmp_path):
     # the same seed gives the same episodes
     again, _ = _first_goals(compose, tmp_path / "again", 0)
     np.testing.assert_array_equal(train0, again)
+
+
+def test_same_seed_same_run(compose, tmp_path):
+    """Training and evaluation are reproducible from the seed (eval envs included)."""
+    rows = []
+    for name in ("a", "b"):
+        d = tmp_path / name
+        TrainLoop(compose([*TINY, "train.epochs=1"]), d).run()
+        with (d / "metrics.csv").open() as f:
+            rows.append(next(csv.DictReader(f)))
+    for key in ("eval_return", "train_return", "critic_loss", "q_mean"):
+        assert rows[0][key] == rows[1][key]

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from tests.conftest import TINY
+from .conftest import TINY, epochs_of, run_cli
 
 LONG = [*TINY, "train.epochs=20", "train.cycles_per_epoch=2", "train.updates_per_cycle=5"]
 
@@ -152,3 +153,43 @@ def test_a_second_sigterm_ends_a_run_whose_env_step_blocks(tmp_path):
     assert proc.returncode == 128 + int(signal.SIGTERM), out[-3000:]
     status = _status(run_dir)
     assert status["status"] == "interrupted" and "at once (a second signal) by SIGTERM" in status["error"]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", *(pytest.param(s, marks=pytest.mark.slow) for s in ("SIGUSR1", "SIGUSR2"))])
+def test_stop_signal_mid_epoch_marks_interrupted_and_resume_completes(tmp_path, sig):
+    """What ``timeout`` and SLURM send before they kill: the run ends after its current cycle,
+    status.json says interrupted with the resume command, the exit status is 128 + signum, the
+    checkpoint is the last finished epoch's, and resume= completes the run."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, "train.epochs=4", "train.cycles_per_epoch=4", "train.updates_per_cycle=20",
+            "eval.episodes=2", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "-m", "rlfw", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.time() + 240
+    while time.time() < deadline and not (
+        (run_dir / "metrics.csv").exists() and epochs_of(run_dir)
+    ):
+        time.sleep(0.05)
+    time.sleep(0.4)  # into the next epoch
+    proc.send_signal(getattr(signal, sig))
+    err, _ = proc.communicate(timeout=60)
+    signum = int(getattr(signal, sig))
+    assert proc.returncode == 128 + signum, err[-2000:]
+    done_before = epochs_of(run_dir)
+    assert 1 <= len(done_before) < 4, "the signal must arrive mid-way"
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "interrupted"
+    assert status["resume"] == f"python -m rlfw resume={run_dir}"
+    assert (
+        sig in status["error"] and f"last checkpoint is epoch {len(done_before)}" in status["error"]
+    )
+    last = err.strip().splitlines()[-1]  # one line saying what happened and how to go on
+    assert f"stopped by {sig}" in last and f"resume={run_dir}" in last
+    assert "Traceback" not in err
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert ckpt["counters"]["epoch"] == len(done_before)
+    resumed = run_cli([f"resume={run_dir}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert epochs_of(run_dir) == [1, 2, 3, 4]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"

@@ -1,5 +1,7 @@
-"""The loop's speed options: ``train.overlap`` (updates run while async envs step) and
-``train.compile`` (torch.compile of the networks; on this CPU-only machine it must run)."""
+"""The loop's speed options work (their speed is measured by ``nox -s bench``, not here):
+``train.overlap`` (updates run while async envs step), ``train.compile`` (torch.compile of the
+networks; on this CPU-only machine it must run), ``train.autocast``, the torch threads' share of
+the cores, and the collector's one normaliser update per collect."""
 
 from __future__ import annotations
 
@@ -165,3 +167,20 @@ def test_collect_updates_the_normalisers_once_with_every_observation_it_saw(comp
     assert calls[1:] == [(10, 20)]
     assert not torch.equal(loop.agent.obs_norm.mean, mean)
     loop.close()
+
+
+def test_torch_threads_take_a_fair_share_of_the_cores(monkeypatch):
+    from rlfw.training import cores
+
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.delenv(cores.PARALLEL_JOBS_ENV, raising=False)
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert cores.torch_threads(0) == 2  # a job alone on 2 cores
+    monkeypatch.setenv(cores.PARALLEL_JOBS_ENV, "2")
+    assert cores.torch_threads(0) == 1  # two launcher jobs side by side: one core each
+    assert cores.torch_threads(3) == 3  # train.torch_threads wins
+    monkeypatch.delenv(cores.PARALLEL_JOBS_ENV)
+    assert cores.torch_threads(0, workers=2) == 1  # two data-parallel workers
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert cores.available_cores() == 1 and cores.torch_threads(0) == 1  # SLURM's allocation
