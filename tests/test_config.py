@@ -188,7 +188,7 @@ def test_sweep_expansion_checks_every_job():
     jobs = expand_jobs(["algo=ddpg,td3", "seed=1,2", "train.epochs=1"], multirun=True)
     assert len(jobs) == 4
     assert ["algo=ddpg", "seed=1", "train.epochs=1"] in jobs
-    assert preflight(["-m", "algo=ddpg,td3", "seed=1,2"]) == 4
+    assert preflight(["-m", "algo=ddpg,td3", "seed=1,2"]).jobs == 4
     with pytest.raises(ConfigError, match="unknown buffer 'hr'"):
         preflight(["-m", "buffer=uniform,hr"])
 

@@ -55,7 +55,7 @@ def test_total_steps_refusals_are_one_line():
         preflight(["env=gym", "env.id=Pendulum-v1", *NO_EPOCHS, "train.total_steps=650"])
     with pytest.raises(ConfigError, match=r"train.epochs=5 and train.total_steps=600 disagree: 5 epochs are 1000 env steps"):
         preflight(["env=gym", "env.id=Pendulum-v1", *NO_EPOCHS, "train.epochs=5", "train.total_steps=600"])
-    assert preflight(["env=gym", "env.id=Pendulum-v1", *NO_EPOCHS, "train.epochs=3", "train.total_steps=600"]) == 1
+    assert preflight(["env=gym", "env.id=Pendulum-v1", *NO_EPOCHS, "train.epochs=3", "train.total_steps=600"]).jobs == 1
     with pytest.raises(ConfigError, match=r"train\.total_steps=0 is out of range"):
         preflight(["env=gym", "env.id=Pendulum-v1", "train.total_steps=0"])
 

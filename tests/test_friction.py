@@ -98,7 +98,7 @@ def test_the_family_ids_still_pass():
 
     for args in (["env=PandaReach-v3"], ["env=FetchSlide-v2"], ["env=hopper", "env.id=Pendulum-v1"],
                  ["env=gym", "env.id=FetchReach-v4"]):  # fmt: skip
-        assert preflight(args) == 1, args
+        assert preflight(args).jobs == 1, args
 
 
 # --- Hydra plugins that are not installed -------------------------------------------------
@@ -135,8 +135,8 @@ def test_installed_plugins_pass_the_check():
     from rlfw.config.preflight import preflight
 
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    assert preflight(["-m", "hydra/launcher=slurm", "seed=0,1"]) == 2
-    assert preflight(["-m", "hydra/launcher=joblib", "seed=0,1"]) == 2
+    assert preflight(["-m", "hydra/launcher=slurm", "seed=0,1"]).jobs == 2
+    assert preflight(["-m", "hydra/launcher=joblib", "seed=0,1"]).jobs == 2
 
 
 @pytest.mark.parametrize("sweeper", ["optuna", "rlfw_optuna"])

@@ -78,7 +78,7 @@ def test_out_of_range_values_are_one_line_at_preflight(args, expected):
     ],
 )
 def test_values_in_range_pass(args):
-    assert preflight(args) == 1
+    assert preflight(args).jobs == 1
 
 
 def test_every_numeric_key_refuses_nan_and_inf(compose):

@@ -123,8 +123,8 @@ def test_bad_user_env_is_one_line_at_preflight(tmp_path, monkeypatch, capsys, ar
 def test_user_env_ids_pass_preflight_once_imported(monkeypatch):
     """Both forms resolve at preflight (the positive side of the table above)."""
     monkeypatch.syspath_prepend(str(TESTS))
-    assert preflight(["env=gym", "env.id=UserReach-v0", "env.imports=[user_envs]", "buffer=her"]) == 1
-    assert preflight(["env=gym", "env.id=user_envs:UserDense-v0"]) == 1
+    assert preflight(["env=gym", "env.id=UserReach-v0", "env.imports=[user_envs]", "buffer=her"]).jobs == 1
+    assert preflight(["env=gym", "env.id=user_envs:UserDense-v0"]).jobs == 1
     with pytest.raises(ConfigError, match="not a Gymnasium-Robotics Fetch task"):
         preflight(["env=fetch", "env.id=user_envs:UserReach-v0"])
 

@@ -28,23 +28,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from rlfw.config.paths import config_dir
-from rlfw.config.preflight import preflight
+from rlfw.config.preflight import check_hydra, preflight  # noqa: F401 (check_hydra: public here too)
 from rlfw.config.schema import register_schemas
 from rlfw.errors import ConfigError, TrainingDiverged, TrainingInterrupted, exit_status, fail
 from rlfw.lifecycle import claim_run_dir, job_result, release_run_dir, run_job, start  # noqa: F401 (public here too)
 from rlfw.resume import resume
-from rlfw.training.rundir import run_id
 from rlfw.usage import help_text
 
 log = logging.getLogger("rlfw")
 
-register_schemas()
+register_schemas()  # also the ${rlfw_run_id:} resolver (rlfw.config.paths.register_resolvers)
 hydra_version.setbase("1.3")  # as @hydra.main(version_base="1.3") did when this module was imported
-# the per-process part of the default run and sweep directories' names (conf/config.yaml's
-# hydra.run.dir and hydra.sweep.dir): runs or sweeps started in the same second never share a
-# directory. Cached like Hydra's ${now:}: a sweep's jobs (joblib workers, SLURM jobs) get the
-# config with the launching process's resolved value (Hydra copies the resolver cache)
-OmegaConf.register_new_resolver("rlfw_run_id", run_id, replace=True, use_cache=True)
 
 
 class StopSignal(KeyboardInterrupt):
@@ -156,100 +150,6 @@ def train_job(cfg: DictConfig) -> float:
     return job_result(row)
 
 
-def check_hydra(argv: list[str] | argparse.Namespace) -> DictConfig | None:
-    """Check what Hydra itself would stop on, so it stops as one line before any job starts:
-    an override Hydra's grammar cannot parse (non-ASCII outside quotes), the rlfw config under
-    ``--cfg``/``--resolve`` (Hydra prints it without :func:`preflight`), an unknown
-    ``hydra/launcher`` or ``hydra/sweeper`` option or one whose plugin is not installed, and a
-    run (or sweep) directory that does not resolve (unknown interpolation, missing environment
-    variable) or cannot be created (``/proc/nope``: probed with a temporary directory in its
-    nearest existing ancestor, removed at once).
-
-    Returns:
-        The first job's config with its ``hydra`` node (None for ``--help``, ``--info``, ...).
-
-    Raises:
-        ConfigError: one line naming the override or key.
-    """
-    import importlib.util
-    import tempfile
-
-    from hydra import compose
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException, OverrideParseException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from rlfw.config.cli import parse_command_line
-    from rlfw.config.preflight import expand_jobs, hydra_context, translate
-
-    args = parse_command_line(argv)
-    if args.help or args.hydra_help or args.info or args.shell_completion:
-        return None
-    parser = OverridesParser.create()
-    for o in args.overrides:
-        try:
-            parser.parse_overrides([o])
-        except OverrideParseException as err:
-            hint = ""
-            if not o.isascii():
-                key, _, value = o.partition("=")
-                hint = f"; Hydra takes non-ASCII characters only in quotes: '{key}=\"{value}\"'"
-            raise ConfigError(f"cannot parse the override {o}: {str(err).splitlines()[0]}{hint}") from None
-    multirun = bool(args.multirun)
-    try:
-        job = expand_jobs(list(args.overrides), multirun)[0]
-    except Exception:  # a sweep only the sweeper understands: compose the fixed overrides
-        job = [o for o in args.overrides if "," not in o and "(" not in o]
-    with hydra_context():
-        try:
-            full = compose(config_name=args.config_name or "config", overrides=job, return_hydra_config=True)
-        except (HydraException, OmegaConfBaseException) as err:
-            import re
-
-            missing = re.search(r"In 'hydra/(launcher|sweeper)/(\w+)': Could not load '(hydra/[\w/]+)'", str(err))
-            if missing:  # the option's file is rlfw's, its defaults come with the plugin
-                group, choice, base = missing.groups()
-                raise ConfigError(
-                    f"hydra/{group}={choice} needs a Hydra plugin that is not installed (it provides {base}); "
-                    f"install the plugin (see README, Sweeps and clusters) or choose another hydra/{group}"
-                ) from None
-            raise ConfigError(translate(err)) from None
-        if args.cfg:  # printing the config: nothing is run or written
-            return full
-        if multirun:
-            for group in ("launcher", "sweeper"):
-                target = str(OmegaConf.select(full, f"hydra.{group}._target_", default="") or "")
-                module = target.rsplit(".", 1)[0]
-                try:
-                    found = bool(module) and importlib.util.find_spec(module) is not None
-                except (ImportError, ValueError):
-                    found = False
-                if module and not found:
-                    choice = OmegaConf.select(full, f"hydra.runtime.choices.hydra/{group}", default="?")
-                    raise ConfigError(
-                        f"hydra/{group}={choice} needs a Hydra plugin that is not installed (no module {module}); "
-                        f"install the plugin (see README, Sweeps and clusters) or choose another hydra/{group}"
-                    )
-        key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-        hydra_config = HydraConfig.instance()
-        saved = hydra_config.cfg  # put back after: rlfw.train runs this in the caller's process
-        hydra_config.set_config(full)  # for ${hydra:...} in the directory pattern
-        try:
-            directory = str(OmegaConf.select(full, key, throw_on_resolution_failure=True))
-        except OmegaConfBaseException as err:
-            raise ConfigError(f"{key} does not resolve: {str(err).splitlines()[0]}") from None
-        finally:
-            hydra_config.cfg = saved  # type: ignore[assignment]
-    probe = Path(directory).expanduser().absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:  # the nearest existing ancestor must take a new directory (os.access says yes to root)
-        Path(tempfile.mkdtemp(prefix=".rlfw-probe-", dir=probe)).rmdir()
-    except OSError as err:
-        raise ConfigError(f"{key}={directory}: cannot create a directory in {probe}: {err.strerror}") from None
-    return full
-
-
 def _stopped(err: TrainingInterrupted | KeyboardInterrupt) -> SystemExit:
     """One line (``rlfw: stopped by ...``) and exit status ``128 + signum``
     (:func:`rlfw.errors.exit_status`)."""
@@ -299,8 +199,7 @@ def main(argv: list[str] | None = None) -> None:
 
         args = free_form_overrides(args)
         command_line = parse_command_line(args)  # the one parse of the command line here
-        preflight(command_line)
-        check_hydra(command_line)
+        preflight(command_line)  # every job composed and validated, then what Hydra itself would stop on
         _claim_given_run_dir(command_line)
         from rlfw.launched import join_launched_group, launcher_env
 

@@ -101,7 +101,6 @@ def train(overrides: Sequence[str] = (), callbacks: Sequence[Callback] = ()) -> 
     from hydra.types import RunMode
     from omegaconf import DictConfig, OmegaConf
 
-    from rlfw.__main__ import check_hydra  # also stores the schemas in Hydra's ConfigStore
     from rlfw.config.cli import run_hydra_app
     from rlfw.config.paths import config_dir
     from rlfw.config.preflight import preflight
@@ -124,7 +123,7 @@ def train(overrides: Sequence[str] = (), callbacks: Sequence[Callback] = ()) -> 
     saved_hydra = GlobalHydra.instance().hydra
     GlobalHydra.instance().clear()
     try:
-        preflight(overrides)  # the CLI's checks, on rlfw's conf/: ConfigError in one line
+        checked = preflight(overrides)  # the CLI's one check, on rlfw's conf/: ConfigError in one line
         if callbacks:  # the workers would be other processes: refused before a run dir exists
             from rlfw.config.preflight import compose_config
 
@@ -134,7 +133,7 @@ def train(overrides: Sequence[str] = (), callbacks: Sequence[Callback] = ()) -> 
                     f"rlfw.train(callbacks=...) runs the callbacks in this process; train.workers={workers} "
                     "trains in other processes: use train.workers=1"
                 )
-        full = check_hydra(list(overrides))  # a bad hydra.* override or run dir: one line
+        full = checked.hydra  # the first job's config with its hydra node
         if full is not None and OmegaConf.select(full, "hydra.mode") == RunMode.MULTIRUN:
             raise ConfigError("rlfw.train runs one job; hydra.mode=MULTIRUN sweeps need python -m rlfw -m")
         try:  # Hydra's public entry point, as python -m rlfw runs it

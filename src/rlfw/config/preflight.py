@@ -16,11 +16,13 @@ import dataclasses
 import itertools
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
@@ -211,16 +213,33 @@ def compose_config(overrides: list[str], config_name: str = "config") -> DictCon
             raise ConfigError(translate(err)) from None
 
 
-def preflight(argv: list[str] | argparse.Namespace) -> int:
-    """Compose and validate every job of a command line (``sys.argv[1:]``, or the namespace
-    :func:`rlfw.config.cli.parse_command_line` made of it); returns the number of jobs checked.
+@dataclass(frozen=True)
+class Checked:
+    """What :func:`preflight` checked.
+
+    Attributes:
+        jobs: the number of jobs the command line makes (0: it only prints).
+        hydra: the first job's config with its ``hydra`` node (:func:`check_hydra`), or None
+            (``--help``, ``--info``, ...).
+    """
+
+    jobs: int
+    hydra: DictConfig | None
+
+
+def preflight(argv: list[str] | argparse.Namespace) -> Checked:
+    """The one check of a command line (``sys.argv[1:]``, or the namespace
+    :func:`rlfw.config.cli.parse_command_line` made of it) before anything runs: compose and
+    validate every job, then what Hydra itself would stop on (:func:`check_hydra`: the override
+    grammar, launcher and sweeper plugins, the run directory).
 
     Raises:
-        ConfigError: the first job that does not compose or validate.
+        ConfigError: the first job that does not compose or validate, or a Hydra-level problem,
+            as one line.
     """
     args = parse_command_line(argv)
     if informational(args):
-        return 0
+        return Checked(0, check_hydra(args) if args.cfg else None)
     user = [
         o
         for o in args.overrides
@@ -249,7 +268,99 @@ def preflight(argv: list[str] | argparse.Namespace) -> int:
             continue
         seen.add(key)
         ensure_valid(cfg)
-    return len(jobs)
+    return Checked(len(jobs), check_hydra(args))
+
+
+def check_hydra(argv: list[str] | argparse.Namespace) -> DictConfig | None:
+    """Check what Hydra itself would stop on, so it stops as one line before any job starts:
+    an override Hydra's grammar cannot parse (non-ASCII outside quotes), the rlfw config under
+    ``--cfg``/``--resolve`` (Hydra prints it without :func:`preflight`), an unknown
+    ``hydra/launcher`` or ``hydra/sweeper`` option or one whose plugin is not installed, and a
+    run (or sweep) directory that does not resolve (unknown interpolation, missing environment
+    variable) or cannot be created (``/proc/nope``: probed with a temporary directory in its
+    nearest existing ancestor, removed at once).
+
+    Returns:
+        The first job's config with its ``hydra`` node (None for ``--help``, ``--info``, ...).
+
+    Raises:
+        ConfigError: one line naming the override or key.
+    """
+    import importlib.util
+    import tempfile
+
+    from hydra import compose
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    args = parse_command_line(argv)
+    if args.help or args.hydra_help or args.info or args.shell_completion:
+        return None
+    register_schemas()  # the schemas and the ${rlfw_run_id:} resolver the run directory uses
+    parser = OverridesParser.create()
+    for o in args.overrides:
+        try:
+            parser.parse_overrides([o])
+        except OverrideParseException as err:
+            hint = ""
+            if not o.isascii():
+                key, _, value = o.partition("=")
+                hint = f"; Hydra takes non-ASCII characters only in quotes: '{key}=\"{value}\"'"
+            raise ConfigError(f"cannot parse the override {o}: {str(err).splitlines()[0]}{hint}") from None
+    multirun = bool(args.multirun)
+    try:
+        job = expand_jobs(list(args.overrides), multirun)[0]
+    except Exception:  # a sweep only the sweeper understands: compose the fixed overrides
+        job = [o for o in args.overrides if "," not in o and "(" not in o]
+    with hydra_context():
+        try:
+            full = compose(config_name=args.config_name or "config", overrides=job, return_hydra_config=True)
+        except (HydraException, OmegaConfBaseException) as err:
+            import re
+
+            missing = re.search(r"In 'hydra/(launcher|sweeper)/(\w+)': Could not load '(hydra/[\w/]+)'", str(err))
+            if missing:  # the option's file is rlfw's, its defaults come with the plugin
+                group, choice, base = missing.groups()
+                raise ConfigError(
+                    f"hydra/{group}={choice} needs a Hydra plugin that is not installed (it provides {base}); "
+                    f"install the plugin (see README, Sweeps and clusters) or choose another hydra/{group}"
+                ) from None
+            raise ConfigError(translate(err)) from None
+        if args.cfg:  # printing the config: nothing is run or written
+            return full
+        if multirun:
+            for group in ("launcher", "sweeper"):
+                target = str(OmegaConf.select(full, f"hydra.{group}._target_", default="") or "")
+                module = target.rsplit(".", 1)[0]
+                try:
+                    found = bool(module) and importlib.util.find_spec(module) is not None
+                except (ImportError, ValueError):
+                    found = False
+                if module and not found:
+                    choice = OmegaConf.select(full, f"hydra.runtime.choices.hydra/{group}", default="?")
+                    raise ConfigError(
+                        f"hydra/{group}={choice} needs a Hydra plugin that is not installed (no module {module}); "
+                        f"install the plugin (see README, Sweeps and clusters) or choose another hydra/{group}"
+                    )
+        key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        hydra_config = HydraConfig.instance()
+        saved = hydra_config.cfg  # put back after: rlfw.train runs this in the caller's process
+        hydra_config.set_config(full)  # for ${hydra:...} in the directory pattern
+        try:
+            directory = str(OmegaConf.select(full, key, throw_on_resolution_failure=True))
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{key} does not resolve: {str(err).splitlines()[0]}") from None
+        finally:
+            hydra_config.cfg = saved  # type: ignore[assignment]
+    probe = Path(directory).expanduser().absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:  # the nearest existing ancestor must take a new directory (os.access says yes to root)
+        Path(tempfile.mkdtemp(prefix=".rlfw-probe-", dir=probe)).rmdir()
+    except OSError as err:
+        raise ConfigError(f"{key}={directory}: cannot create a directory in {probe}: {err.strerror}") from None
+    return full
 
 
 # the configs this process has validated (their str(): the composed tree, interpolations unresolved)

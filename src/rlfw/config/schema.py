@@ -301,10 +301,12 @@ def register_schemas() -> None:
     """Store the root schema in Hydra's ConfigStore and load every installed component
     (:func:`rlfw.components.load_components`, the ``rlfw.components`` entry points), whose
     modules register their own schemas (``algo/<name>_schema``, ...) with
-    :func:`rlfw.registry.register`. Idempotent.
+    :func:`rlfw.registry.register`; and the ``${rlfw_run_id:}`` resolver. Idempotent.
     """
     from rlfw.components import load_components
+    from rlfw.config.paths import register_resolvers
 
+    register_resolvers()  # ${rlfw_run_id:} in the run directories' names
     ConfigStore.instance().store(name="config_schema", node=Config)
     load_components()
     from rlfw.buffers import store_schemas

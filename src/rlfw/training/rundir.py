@@ -8,14 +8,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
+
+from rlfw.config.paths import run_id  # noqa: F401 - re-exported (it lives in the config layer, for ${rlfw_run_id:})
 
 LOCK_NAME = ".rlfw.lock"
 RUN_FILES = ("metrics.csv", "status.json", "checkpoints")
 _held: dict[Path, list[int]] = {}  # run dir -> [lock fd, holds] of this process
-_RUN_ID: str | None = None
 
 
 class RunDirLocked(OSError):
@@ -91,14 +91,3 @@ def holds_run(run_dir: str | Path) -> bool:
     d = Path(run_dir)
     ckpt = d / "checkpoints"
     return (d / "metrics.csv").exists() or (d / "status.json").exists() or (ckpt.is_dir() and any(ckpt.iterdir()))
-
-
-def run_id() -> str:
-    """The per-process part of the default run directory's name (resolver ``${rlfw_run_id:}``
-    in ``hydra.run.dir``): ``<pid>-<4 random hex digits>``, the same for every call in one
-    process, so runs started in the same second (parallel launches, on one host or on several
-    sharing a file system) get different directories."""
-    global _RUN_ID
-    if _RUN_ID is None:
-        _RUN_ID = f"{os.getpid()}-{secrets.token_hex(2)}"
-    return _RUN_ID
