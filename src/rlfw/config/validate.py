@@ -174,19 +174,7 @@ def validate(cfg: Any) -> str:
     from rlfw.envs.wrappers import load_wrappers
 
     load_wrappers(env_wrappers(cfg))  # each imports, and takes its keyword arguments
-    require(
-        float(cfg.env.grasped_start) == 0.0 or (cfg.env.family == "fetch" and "PickAndPlace" in env_id),
-        f"env.grasped_start={cfg.env.grasped_start} starts episodes with the object in the gripper, which "
-        f"only a Fetch task with a gripper that grasps has (FetchPickAndPlace-v4); env.id is '{env_id}': "
-        "set env.grasped_start=0",
-    )
-    require(
-        float(cfg.env.near_object_start) == 0.0
-        or (cfg.env.family == "fetch" and any(t in env_id for t in ("Push", "Slide", "PickAndPlace"))),
-        f"env.near_object_start={cfg.env.near_object_start} starts episodes with the gripper beside the object, "
-        f"which only a Fetch task with an object has (FetchPush, FetchSlide, FetchPickAndPlace); env.id is "
-        f"'{env_id}': set env.near_object_start=0",
-    )
+    family.check_env(cfg.env, env_id)  # the family's own rules (Fetch: where scripted starts apply)
     require(
         float(cfg.env.grasped_start) + float(cfg.env.near_object_start) <= 1.0,
         f"env.grasped_start={cfg.env.grasped_start} and env.near_object_start={cfg.env.near_object_start} are "

@@ -95,6 +95,16 @@ class EnvFamily:
             env = gym.wrappers.RescaleAction(env, np.float32(-1.0), np.float32(1.0))
         return env
 
+    def check_env(self, env: Any, env_id: str) -> None:
+        """The family's own rules on the composed ``env`` node for the resolved ``env_id``
+        (called by :func:`rlfw.config.validate.validate`). Here: the scripted starts
+        (``env.grasped_start``, ``env.near_object_start``) are Fetch's, off elsewhere.
+
+        Raises:
+            ConfigError: one line naming the key, the env id and the value to set.
+        """
+        _check_starts(env, env_id, grasps=False, has_object=False)
+
     def goal_functions(self, env: gym.Env) -> tuple[GoalFn, GoalFn]:
         """Vectorised (compute_reward, compute_terminated) of a goal env (GoalEnv API).
 
@@ -168,6 +178,13 @@ class FetchFamily(EnvFamily):
         reward_fn, _ = super().goal_functions(env)
         return reward_fn, _never_terminated
 
+    def check_env(self, env: Any, env_id: str) -> None:
+        """Scripted starts where the task has what they need: ``env.grasped_start`` on the
+        tasks whose gripper grasps (PickAndPlace), ``env.near_object_start`` on the tasks with
+        an object (Push, Slide, PickAndPlace)."""
+        _check_starts(env, env_id, grasps="PickAndPlace" in env_id,
+                      has_object=any(t in env_id for t in ("Push", "Slide", "PickAndPlace")))  # fmt: skip
+
 
 class PandaFamily(EnvFamily):
     """panda-gym 3 (PyBullet): an episode is terminated when the task succeeds.
@@ -200,6 +217,29 @@ class PandaFamily(EnvFamily):
         reward_fn, _ = super().goal_functions(env)
         task = env.unwrapped.task  # type: ignore[attr-defined]
         return reward_fn, _rowwise(task.is_success, bool)
+
+
+def _check_starts(env: Any, env_id: str, grasps: bool, has_object: bool) -> None:
+    """Refuse a scripted start the task cannot have (:meth:`EnvFamily.check_env`).
+
+    Raises:
+        ConfigError: ``env.grasped_start`` > 0 where nothing grasps, or
+            ``env.near_object_start`` > 0 where there is no object.
+    """
+    grasped = float(getattr(env, "grasped_start", 0.0) or 0.0)
+    near = float(getattr(env, "near_object_start", 0.0) or 0.0)
+    if grasped > 0.0 and not grasps:
+        raise ConfigError(
+            f"env.grasped_start={env.grasped_start} starts episodes with the object in the gripper, which "
+            f"only a Fetch task with a gripper that grasps has (FetchPickAndPlace-v4); env.id is '{env_id}': "
+            "set env.grasped_start=0"
+        )
+    if near > 0.0 and not has_object:
+        raise ConfigError(
+            f"env.near_object_start={env.near_object_start} starts episodes with the gripper beside the object, "
+            f"which only a Fetch task with an object has (FetchPush, FetchSlide, FetchPickAndPlace); env.id is "
+            f"'{env_id}': set env.near_object_start=0"
+        )
 
 
 FAMILIES = registry("env.family")
