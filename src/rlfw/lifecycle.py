@@ -1,6 +1,12 @@
 """The run lifecycle shared by the entry points (``python -m rlfw``, ``rlfw.train``, ``resume=``,
-a SLURM restart, a torchrun/srun rank): the run directory's one writer, then the run started in
-the way this process was started (this process, ``train.workers`` processes, or one rank).
+a SLURM restart, a torchrun/srun rank, an ``rlfw.tune`` trial, a federated client): the run
+directory's one writer (:func:`claim_run_dir`), the built-in callbacks
+(:func:`rlfw.training.start.build_loop`), then the run started in the way this process was
+started (this process, ``train.workers`` processes, or one rank), which ends with the evaluation
+of what it delivers (:meth:`rlfw.training.protocol.EvaluationProtocol.final_evaluation`).
+
+A caller that trains one run in several pieces (a federated client, a few epochs a round) opens
+it with :func:`open_run` and closes it with :func:`close_run`.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from rlfw.core import Callback
 from rlfw.errors import ConfigError
 
 log = logging.getLogger("rlfw")
@@ -126,3 +133,67 @@ def run_job(cfg: DictConfig, run_dir: Path, multirun: bool = False, callbacks: S
         return start(cfg, run_dir, multirun=multirun, callbacks=callbacks, checkpoint=ckpt)
     finally:
         release_run_dir(run_dir)
+
+
+class _Once(Callback):
+    """A callback of a run trained in several :meth:`TrainLoop.run` calls (:func:`open_run`):
+    ``on_start`` at the first call only, ``on_end`` only when the run has ended (finished,
+    stopped early, interrupted or failed), not after each piece."""
+
+    def __init__(self, callback: Any) -> None:
+        self.callback, self.started = callback, False
+
+    def on_start(self, loop: Any) -> None:
+        if not self.started:
+            self.started = True
+            self.callback.on_start(loop)
+
+    def on_cycle(self, loop: Any) -> None:
+        self.callback.on_cycle(loop)
+
+    def on_epoch(self, loop: Any, row: dict) -> None:
+        self.callback.on_epoch(loop, row)
+
+    def on_end(self, loop: Any) -> None:
+        if loop.status != "running":
+            self.callback.on_end(loop)
+
+    def close(self) -> None:
+        close = getattr(self.callback, "close", None)
+        if close is not None:
+            close()
+
+
+def open_run(cfg: DictConfig, run_dir: Path, *, multirun: bool = True, callbacks: Sequence[Any] = ()) -> Any:
+    """Open a fresh run that the caller trains in pieces (``loop.run(epochs=k, close=False)``,
+    as a federated client does each round): this process takes ``run_dir``
+    (:func:`claim_run_dir`, fresh) and the loop gets the built-in callbacks and ``callbacks``
+    (:func:`rlfw.training.start.build_loop`), each started once and ended once. The loop's
+    final evaluation runs inside the piece that reaches ``train.epochs``. Undo with
+    :func:`close_run`.
+
+    Returns:
+        The :class:`rlfw.training.loop.TrainLoop`.
+
+    Raises:
+        ConfigError: the directory is in use or already holds a run; the env does not fit
+            the config (the directory is released again).
+    """
+    from rlfw.training.start import build_loop
+
+    claim_run_dir(run_dir, fresh=True)
+    try:
+        loop = build_loop(cfg, run_dir, multirun=multirun, callbacks=callbacks)
+    except BaseException:
+        release_run_dir(run_dir)
+        raise
+    loop.callbacks = [_Once(cb) for cb in loop.callbacks]
+    return loop
+
+
+def close_run(loop: Any) -> None:
+    """Close a loop of :func:`open_run`: its envs, then the run directory's lock."""
+    try:
+        loop.close()
+    finally:
+        release_run_dir(Path(loop.run_dir))

@@ -76,11 +76,14 @@ class RLClient(NumPyClient):
 
     @property
     def loop(self) -> Any:
-        """The TrainLoop, built on first use (envs, buffer, agent)."""
+        """The TrainLoop, built on first use (envs, buffer, agent) through the run lifecycle
+        (:func:`rlfw.lifecycle.open_run`): the client's directory is this process's alone, the
+        loop has the built-in callbacks (loggers, plots, early stop) and ends with the
+        evaluation of what the client delivers (``evaluation.json``) in the last round."""
         if self._loop is None:
-            from rlfw.training.loop import TrainLoop
+            from rlfw.lifecycle import open_run
 
-            self._loop = TrainLoop(self.cfg, self.dir)
+            self._loop = open_run(self.cfg, self.dir)
         return self._loop
 
     def _check(self, config: dict[str, Any]) -> None:
@@ -199,7 +202,10 @@ class RLClient(NumPyClient):
         if self._rounds is not None:
             self._rounds.close()
         if self._loop is not None:
-            self._loop.close()
+            from rlfw.lifecycle import close_run
+
+            close_run(self._loop)
+            self._loop = None
 
 
 # Simulation: one client object per (run_dir, index) in each worker process, kept between rounds.

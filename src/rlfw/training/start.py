@@ -24,7 +24,7 @@ from rlfw.build import pick_device, total_steps
 
 log = logging.getLogger("rlfw")
 
-__all__ = ["RunResult", "Worker", "parameter_digest", "run_device", "start_run", "total_steps"]
+__all__ = ["RunResult", "Worker", "build_loop", "parameter_digest", "run_device", "start_run", "total_steps"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,27 @@ def parameter_digest(modules: list[torch.nn.Module]) -> str:
     return h.hexdigest()
 
 
+def build_loop(cfg: DictConfig, run_dir: str | Path, *, multirun: bool = False, callbacks: Sequence[Any] = (),
+               worker: Worker | None = None) -> Any:  # fmt: skip
+    """The :class:`rlfw.training.loop.TrainLoop` of one process of a run, with its callbacks:
+    the built-in ones :func:`rlfw.callbacks.make_callbacks` makes from ``cfg.logger`` and
+    ``cfg.eval`` (loggers, plots, early stop), then the user's ``callbacks``; none where this
+    process is not rank 0. :func:`start_run` and a federated client
+    (:mod:`rlfw.federated.client`) build their loop here, so every run gets the same callbacks.
+
+    Raises:
+        ConfigError: the env does not fit the config (HER without goals).
+    """
+    from rlfw.callbacks import make_callbacks
+    from rlfw.training.context import DistContext
+    from rlfw.training.loop import TrainLoop
+
+    main = worker is None or worker.rank == 0
+    made = [*make_callbacks(cfg, Path(run_dir), total_steps(cfg), multirun), *callbacks] if main else []
+    ctx = None if worker is None else DistContext(worker.rank, worker.world, run_device(cfg, worker.local_rank))
+    return TrainLoop(cfg, run_dir, made, ctx=ctx)
+
+
 def start_run(
     cfg: DictConfig,
     run_dir: str | Path,
@@ -112,14 +133,7 @@ def start_run(
         TrainingDiverged: the divergence guard stopped the run.
         TrainingInterrupted: a stop signal ended the run after its cycle.
     """
-    from rlfw.callbacks import make_callbacks
-    from rlfw.training.context import DistContext
-    from rlfw.training.loop import TrainLoop
-
-    main = worker is None or worker.rank == 0
-    made = [*make_callbacks(cfg, Path(run_dir), total_steps(cfg), multirun), *callbacks] if main else []
-    ctx = None if worker is None else DistContext(worker.rank, worker.world, run_device(cfg, worker.local_rank))
-    loop = TrainLoop(cfg, run_dir, made, ctx=ctx)
+    loop = build_loop(cfg, run_dir, multirun=multirun, callbacks=callbacks, worker=worker)
     if checkpoint is not None:
         loop.load_checkpoint(checkpoint)
         if announce_resume:
