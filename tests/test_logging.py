@@ -93,7 +93,7 @@ def _events(run_dir: Path):
 
 
 def test_tensorboard_events_equal_metrics_csv(tb_run):
-    from rlfw.callbacks import tb_tag
+    from rlfw.loggers.tensorboard import tb_tag
 
     rows = _rows(tb_run / "metrics.csv")
     assert len(rows) == 2  # metrics.csv is still written
@@ -138,17 +138,39 @@ def test_logger_csv_writes_no_tensorboard(tmp_path):
 
 def test_wandb_and_tensorboard_compose(compose, tmp_path, monkeypatch):
     import rlfw.callbacks as cbs
+    import rlfw.loggers.wandb as wandb_backend
+    from rlfw.loggers.tensorboard import TensorBoardCallback
 
     class FakeWandb(Callback):
         def __init__(self, cfg, run_dir, rid=None, mode=None):
             pass
 
-    monkeypatch.setattr(cbs, "WandbCallback", FakeWandb)
-    cfg = compose(["logger=wandb", "logger.tensorboard=true", "logger.plots=false"])
-    kinds = [type(cb) for cb in cbs.make_callbacks(cfg, tmp_path, 100)]
-    assert FakeWandb in kinds and cbs.TensorBoardCallback in kinds
-    cfg = compose(["logger=wandb", "logger.plots=false"])
-    assert cbs.TensorBoardCallback not in [type(cb) for cb in cbs.make_callbacks(cfg, tmp_path, 100)]
+    monkeypatch.setattr(wandb_backend, "WandbCallback", FakeWandb)
+
+    def kinds(overrides):
+        return [type(cb) for cb in cbs.make_callbacks(compose([*overrides, "logger.plots=false", "eval.stop_at=null"]), tmp_path, 100)]
+
+    both = kinds(["logger=wandb", "logger.backends=[csv,wandb,tensorboard]"])
+    assert FakeWandb in both and TensorBoardCallback in both
+    assert kinds(["logger=wandb", "logger.tensorboard=true"]) == both  # the older flag still composes them
+    assert TensorBoardCallback not in kinds(["logger=wandb"])
+    assert kinds(["logger.backends=[tensorboard]"]) == kinds(["logger=tensorboard"]) == [TensorBoardCallback]
+    assert kinds(["logger=wandb", "logger.backends=[csv]"]) == []  # the list, not the option, decides
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["logger.backends=[csv,foo]"], "unknown logger.backends 'foo'; choose one of: csv, tensorboard, wandb"),
+        (["logger.backends=[csv,wandb]"], "logger.backends: 'wandb' needs its keys (logger.project"),
+    ],
+)
+def test_bad_logger_backends_are_one_config_error(compose, overrides, message):
+    from rlfw.config.validate import validate
+
+    with pytest.raises(ConfigError) as err:
+        validate(compose(overrides))
+    assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_tensorboard_without_the_package_is_one_config_error(compose, monkeypatch):
@@ -157,7 +179,7 @@ def test_tensorboard_without_the_package_is_one_config_error(compose, monkeypatc
 
     cfg = compose(["logger=tensorboard"])
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard -> ImportError
-    with pytest.raises(ConfigError, match=r"logger.tensorboard=true needs the tensorboard package"):
+    with pytest.raises(ConfigError, match=r"logger.backends: tensorboard needs the tensorboard package"):
         validate(cfg)
 
 
@@ -167,7 +189,8 @@ def test_eval_videos_reach_tensorboard(tmp_path, monkeypatch):
     from PIL import Image
 
     import rlfw.envs.recording as recording
-    from rlfw.callbacks import TensorBoardCallback, VideoCallback
+    from rlfw.callbacks import VideoCallback
+    from rlfw.loggers.tensorboard import TensorBoardCallback
 
     frames = [np.full((32, 48, 3), 40 * k, np.uint8) for k in range(5)]
 

@@ -26,7 +26,7 @@ from rlfw.algos.config import AlgoConfig
 from rlfw.algos.td3 import DDPGConfig, TD3Config
 from rlfw.buffers.config import BufferConfig
 from rlfw.core.checks import check_seed, in_range, one_of, require
-from rlfw.logger_config import LoggerConfig, WandbLoggerConfig
+from rlfw.loggers.schema import LoggerConfig, WandbLoggerConfig
 from rlfw.noise.config import (
     GaussianNoiseConfig,
     NoiseConfig,

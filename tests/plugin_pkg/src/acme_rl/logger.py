@@ -12,7 +12,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from rlfw.core import Callback, in_range
-from rlfw.logger_config import LoggerConfig
+from rlfw.loggers.schema import LoggerConfig
 from rlfw.registry import register
 
 
