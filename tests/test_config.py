@@ -163,9 +163,9 @@ BAD = [
     (["noise.sigma=0", "noise.sigma_final=0.1", "noise.schedule=exponential"], "noise.schedule=exponential needs"),
     (["env=FetchPush-v4", "env.grasped_start=0.5"], "env.grasped_start=0.5 starts episodes with the object in the gripper"),
     (["env=FetchReach-v4", "env.near_object_start=0.5"], "env.near_object_start=0.5 starts episodes with the gripper beside"),
-    # the family owns the rule (EnvFamily.check_env): none of Fetch's starts on another family
-    (["env=Hopper-v4", "env.grasped_start=0.5"], "env.grasped_start=0.5 starts episodes with the object in the gripper"),
-    (["env=PandaPush-v3", "env.near_object_start=0.5"], "env.near_object_start=0.5 starts episodes with the gripper beside"),
+    # the family owns its keys (rlfw.envs.schema.FetchEnvConfig): none of Fetch's starts on another family
+    (["env=Hopper-v4", "env.grasped_start=0.5"], "unknown key 'env.grasped_start'; the keys of env are: family, id, imports, kwargs, max_episode_steps, noise_sigma, resolve_version, vectorization, wrappers; env.grasped_start belongs to the env options of family fetch"),
+    (["env=PandaPush-v3", "env.near_object_start=0.5"], "unknown key 'env.near_object_start'; the keys of env are: family,"),
     (["env=FetchPush-v4", "env.near_object_start=-0.1"], "env.near_object_start=-0.1 is out of range"),
     (["env=FetchPickAndPlace-v4", "env.near_object_start=0.6"], "env.grasped_start=0.5 and env.near_object_start=0.6 are fractions of the same training episodes"),
     (["eval.confirm_episodes=-1"], "eval.confirm_episodes=-1 is out of range: it must be >= 0"),

@@ -183,8 +183,8 @@ def build(cfg: Any, rank: int = 0, device: torch.device | None = None) -> Compon
     num_envs = int(tr.num_envs)
     envs = make_vector_env(env.family, env.env_id, num_envs, cfg.env.max_episode_steps, env.kwargs,
                            cfg.env.vectorization, imports=env_imports(cfg),
-                           grasped_start=float(cfg.env.grasped_start),
-                           near_object_start=float(cfg.env.near_object_start), wrappers=env_wrappers(cfg))  # fmt: skip
+                           grasped_start=float(cfg.env.get("grasped_start", 0.0)),  # the Fetch family's keys
+                           near_object_start=float(cfg.env.get("near_object_start", 0.0)), wrappers=env_wrappers(cfg))  # fmt: skip
     n_eval = int(cfg.eval.num_envs or min(cfg.eval.episodes, 10))
     eval_envs = (
         make_vector_env(env.family, env.env_id, n_eval, cfg.env.max_episode_steps, env.kwargs, "sync",

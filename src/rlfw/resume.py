@@ -4,6 +4,7 @@ checkpoint in the same directory (:func:`resume`), reading the directory as data
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -110,7 +111,32 @@ def _typed_root(root: type, base: DictConfig) -> DictConfig:
         if isinstance(name, str) and name in reg and reg.get(name).schema is not None:
             with open_dict(typed):
                 typed[group] = OmegaConf.structured(reg.get(name).schema)
+    env = base.get("env")
+    keys = set(env) if isinstance(env, dict | DictConfig) else set()
+    families = registry("env.family")
+    for name in families.names():  # a family's own env schema (Fetch's scripted starts) when the run has its keys
+        schema = families.get(name).schema
+        if schema is not None and keys - set(typed.env.keys()) and keys <= {f.name for f in dataclasses.fields(schema)}:
+            with open_dict(typed):
+                typed.env = OmegaConf.structured(schema)
+            break
     return typed
+
+
+LEGACY_ENV_KEYS = ("grasped_start", "near_object_start")  # in every env before the Fetch family owned them
+
+
+def without_unset_legacy_keys(config: Any) -> Any:
+    """A saved config (a dict) without the Fetch family's ``env`` keys where they are 0: runs
+    saved before the family owned them (a Hopper or Panda run) carry them at their default, and
+    a schema without them would refuse the run. A key set to another value is kept."""
+    env = config.get("env") if isinstance(config, dict) else None
+    if isinstance(env, dict):
+        for key in LEGACY_ENV_KEYS:
+            if key in env and env[key] in (0, 0.0, None):
+                env = {k: v for k, v in env.items() if k != key}
+        config = {**config, "env": env}
+    return config
 
 
 def _first(err: BaseException) -> str:
@@ -174,7 +200,7 @@ def _resume_claimed(path: Path, overrides: list[str]) -> float:
         )
     # ConfigError: both unreadable, or not rlfw checkpoints (check_policy_state)
     state, used = load_latest(ckpt.parent, check=check_policy_state) if found else (None, None)
-    base = load_run_config(path, state)
+    base = OmegaConf.create(without_unset_legacy_keys(OmegaConf.to_container(load_run_config(path, state))))
     from rlfw.envs import check_trusted
 
     given = OmegaConf.from_dotlist([o for o in overrides if o.split("=", 1)[0] == "env.imports"])
@@ -197,7 +223,8 @@ def _resume_claimed(path: Path, overrides: list[str]) -> float:
     assert isinstance(plain, dict)
     if state is not None:
         saved = state.get("config")
-        saved_cfg: dict[str, Any] = saved if isinstance(saved, dict) else {}
+        saved_cfg: dict[str, Any] = without_unset_legacy_keys(saved) if isinstance(saved, dict) else {}
+        plain = without_unset_legacy_keys(plain)
         for group in _MATCH_GROUPS:
             key = _diff(saved_cfg.get(group), plain.get(group), f"{group}.")
             if key is not None:

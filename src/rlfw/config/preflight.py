@@ -126,6 +126,20 @@ def free_form_overrides(args: list[str]) -> list[str]:
     return out
 
 
+def _family_key_hint(key: str) -> str:
+    """Where an ``env.<key>`` unknown to this env option lives: the env family whose schema
+    has it (``env.grasped_start``: the fetch family's), or nothing."""
+    if not key.startswith("env.") or key.count(".") != 1:
+        return ""
+    from rlfw.registry import registry
+
+    leaf = key.split(".", 1)[1]
+    families = registry("env.family")
+    owners = [n for n in families.names()
+              if families.get(n).schema is not None and leaf in getattr(families.get(n).schema, "__dataclass_fields__", {})]  # fmt: skip
+    return f"; {key} belongs to the env options of family {', '.join(owners)} (env=<a {owners[0]} task>)" if owners else ""
+
+
 def translate(err: BaseException) -> str:
     """One line for a Hydra/OmegaConf composition error."""
     if isinstance(err, MissingConfigException):
@@ -151,7 +165,7 @@ def translate(err: BaseException) -> str:
             return (f"unknown key '{key}': {parent} is a dict with no such key yet; add one with "
                     f"Hydra's + prefix: +{key}{value}")
         allowed = f"; the keys of {parent} are: {keys}" if keys else ""
-        return f"unknown key '{key}'{allowed}"
+        return f"unknown key '{key}'{allowed}{_family_key_hint(key)}"
     if cause is not None:
         return _first_line(getattr(cause, "msg", None) or str(cause))
     return _first_line(str(err))

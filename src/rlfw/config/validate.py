@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from rlfw.core import require
 from rlfw.errors import ConfigError
 from rlfw.registry import registry
@@ -159,7 +161,10 @@ def validate(cfg: Any) -> str:
     schemas = [registry(group).get(str(cfg[group].name)).schema for group in OPTION_GROUPS]
     for group, schema in zip(OPTION_GROUPS, schemas):
         _check(schema, cfg[group])
-    for schema, key in ((EnvConfig, "env"), (TrainConfig, "train"), (EvalConfig, "eval")):
+    env_schema = OmegaConf.get_type(cfg.env)  # the env option's schema: a family's own (Fetch) or the shared one
+    if not (isinstance(env_schema, type) and issubclass(env_schema, EnvConfig)):
+        env_schema = EnvConfig
+    for schema, key in ((env_schema, "env"), (TrainConfig, "train"), (EvalConfig, "eval")):
         _check(schema, cfg[key])
     resolve_total_steps(cfg)
     cross_rules(cfg)
@@ -175,11 +180,6 @@ def validate(cfg: Any) -> str:
 
     load_wrappers(env_wrappers(cfg))  # each imports, and takes its keyword arguments
     family.check_env(cfg.env, env_id)  # the family's own rules (Fetch: where scripted starts apply)
-    require(
-        float(cfg.env.grasped_start) + float(cfg.env.near_object_start) <= 1.0,
-        f"env.grasped_start={cfg.env.grasped_start} and env.near_object_start={cfg.env.near_object_start} are "
-        "fractions of the same training episodes (each starts one way): their sum must be <= 1",
-    )
     steps = cfg.env.max_episode_steps or _registered_steps(env_id)
     require(
         steps is not None,

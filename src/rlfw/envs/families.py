@@ -2,6 +2,11 @@
 any Gymnasium id). ``env.family`` picks one from the ``env.family`` registry
 (:data:`rlfw.envs.FAMILIES`); another package adds one with
 ``register("env.family", "<name>", None, MyFamily())`` in a module its entry point names.
+
+A family with env keys of its own (Fetch: ``env.grasped_start``, ``env.near_object_start``)
+registers their schema, a subclass of :class:`rlfw.envs.schema.EnvConfig`, with it and stores it
+in Hydra's ConfigStore as ``env_schema/<name>``; its env option files select it with
+``defaults: [/env_schema@env: <name>]`` (conf/env/fetch.yaml).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import gymnasium as gym
 import numpy as np
 
 from rlfw.core import GoalFn
+from rlfw.envs.schema import FetchEnvConfig
 from rlfw.errors import ConfigError, first_line
 from rlfw.registry import register, registry
 
@@ -245,5 +251,15 @@ def _check_starts(env: Any, env_id: str, grasps: bool, has_object: bool) -> None
 FAMILIES = registry("env.family")
 register("env.family", "gym", None, GymFamily())
 register("env.family", "mujoco", None, MujocoFamily())
-register("env.family", "fetch", None, FetchFamily())
+register("env.family", "fetch", FetchEnvConfig, FetchFamily())
 register("env.family", "panda", None, PandaFamily())
+
+
+def _store_family_schemas() -> None:
+    """``env_schema/<name>`` in Hydra's ConfigStore for each family above with a schema."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="env_schema", name="fetch", node=FetchEnvConfig)
+
+
+_store_family_schemas()
