@@ -5,7 +5,7 @@ hooks before acting and updating) and checkpoints.
 A subclass builds its online networks in ``__init__``, then calls :meth:`OffPolicyAgent.setup`
 (its targets, optimisers and parameter lists), lists them in :meth:`OffPolicyAgent.networks`
 and :meth:`OffPolicyAgent.optimizers`, and implements :meth:`OffPolicyAgent.policy` (acting)
-and :meth:`OffPolicyAgent.learn` (one update on a :class:`TensorBatch`). :meth:`act`,
+and :meth:`OffPolicyAgent.gradient_step` (one update on a :class:`TensorBatch`; named so as not to be taken for SB3's ``learn``, which is a whole training run). :meth:`act`,
 :meth:`update`, :meth:`state_dict`, :meth:`load_state_dict`, :meth:`modules` and
 :meth:`normalizers` follow, so a new algorithm's checkpoint, multi-worker broadcast and
 federated exchange need no code of their own, and parameter-space exploration
@@ -92,7 +92,7 @@ class OffPolicyAgent:
         pre_update_hooks: called at the start of every :meth:`update` (NoisyNet draws fresh
             training noise).
         autocast_dtype: None (float32 updates) or ``torch.bfloat16``: :meth:`update` runs
-            :meth:`learn` under ``torch.autocast`` (``train.autocast``; Micikevicius et al. 2018,
+            :meth:`gradient_step` under ``torch.autocast`` (``train.autocast``; Micikevicius et al. 2018,
             "Mixed precision training", without loss scaling, which bfloat16's 8-bit exponent
             makes unnecessary). Acting stays float32.
     """
@@ -200,20 +200,20 @@ class OffPolicyAgent:
         return self.policy(x, explore).cpu().numpy()
 
     def update(self, batch: Batch) -> UpdateResult:
-        """One update on ``batch`` (:meth:`learn` on :meth:`tensors`, after the
+        """One update on ``batch`` (:meth:`gradient_step` on :meth:`tensors`, after the
         :attr:`pre_update_hooks`): its metrics and per-sample TD error ``[B]``."""
         for hook in self.pre_update_hooks:
             hook()
         if self.autocast_dtype is None:
-            return self.learn(self.tensors(batch))
+            return self.gradient_step(self.tensors(batch))
         with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-            return self.learn(self.tensors(batch))
+            return self.gradient_step(self.tensors(batch))
 
     def policy(self, x: torch.Tensor, explore: bool) -> torch.Tensor:
         """Actions ``[N, A]`` in [-1, 1] for normalised inputs ``x [N, in]``; subclasses implement it."""
         raise NotImplementedError
 
-    def learn(self, batch: TensorBatch) -> UpdateResult:
+    def gradient_step(self, batch: TensorBatch) -> UpdateResult:
         """One gradient update on a tensor batch; subclasses implement it."""
         raise NotImplementedError
 

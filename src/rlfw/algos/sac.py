@@ -329,7 +329,7 @@ class SAC(OffPolicyAgent):
     # ---------------------------------------------------------------------------------------
     # learning
 
-    def learn(self, b: TensorBatch) -> UpdateResult:
+    def gradient_step(self, b: TensorBatch) -> UpdateResult:
         """One critic step; every ``policy_delay`` steps one actor and temperature step.
 
         Returns:

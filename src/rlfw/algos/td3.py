@@ -223,7 +223,7 @@ class TD3(OffPolicyAgent):
         :attr:`eval_actor` otherwise."""
         return (self.actor if explore else self.eval_actor)(x)  # type: ignore[no-any-return]
 
-    def learn(self, b: TensorBatch) -> UpdateResult:
+    def gradient_step(self, b: TensorBatch) -> UpdateResult:
         """One critic step and, every ``policy_delay`` steps, one actor step and target update."""
         critic_loss, td, q_mean = self.critic_loss(b)
         self._minimize(self.critic_opt, self._critic_params, critic_loss, self.max_grad_norm)
