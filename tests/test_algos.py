@@ -384,3 +384,32 @@ def test_act_with_target_acts_with_the_averaged_actor_and_explores_with_the_acto
     off.actor, off.actor_target = ConstActor([0.1, 0.2]), ConstActor([0.9, 0.9])
     np.testing.assert_allclose(off.act(obs, None, explore=False), [[0.1, 0.2]] * 2)
     assert on.eval_actor is on.actor_target and off.eval_actor is off.actor
+
+
+def test_an_actor_without_the_network_contract_is_refused_when_the_agent_is_built():
+    """A plugin's TD3 whose make_actor returns its own module without forward_pre (a residual
+    actor, say) fails at construction with one line naming the method, not at the first update
+    with an AttributeError; SAC's actor needs sample()."""
+    from rlfw.algos.sac import SAC, SACConfig
+
+    class ResidualActor(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(INFO.obs_dim, INFO.act_dim)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(self.lin(x) + x[:, : INFO.act_dim])
+
+    class ResidualTD3(TD3):
+        def make_actor(self) -> nn.Module:
+            return ResidualActor()
+
+    class PlainSAC(SAC):
+        def make_actor(self) -> nn.Module:
+            return ResidualActor()
+
+    with pytest.raises(TypeError, match=r"ResidualTD3.make_actor\(\) returned ResidualActor, which has no forward_pre\(\)"):
+        ResidualTD3(TD3Config(), INFO)
+    with pytest.raises(TypeError, match=r"PlainSAC.make_actor\(\) returned ResidualActor, which has no sample\(\)"):
+        PlainSAC(SACConfig(), INFO)
+    assert TD3(TD3Config(), INFO).actor_methods == ("forward_pre",)  # rlfw's own networks pass

@@ -104,6 +104,29 @@ class OffPolicyAgent:
     clips_return: bool = False
     # whether the policy is stochastic (predict(deterministic=False) samples it): SAC's family
     stochastic: bool = False
+    # The network contract: the methods (besides nn.Module's forward) that the algorithm's
+    # update calls on what make_actor() and make_critic() return; check_networks() refuses a
+    # network without them when the agent is built, not at the first update.
+    actor_methods: tuple[str, ...] = ()
+    critic_methods: tuple[str, ...] = ()
+
+    def check_networks(self) -> None:
+        """Check :attr:`actor_methods` on ``self.actor`` and :attr:`critic_methods` on
+        ``self.critic`` (a subclass's ``__init__`` calls it after making them).
+
+        Raises:
+            TypeError: one line: ``TD3.make_actor() returned Sequential, which has no
+                forward_pre(): TD3's update calls it (rlfw.algos.networks.MLP has it)``.
+        """
+        for role, methods in (("actor", self.actor_methods), ("critic", self.critic_methods)):
+            net = getattr(self, role, None)
+            for method in methods:
+                if not callable(getattr(net, method, None)):
+                    raise TypeError(
+                        f"{type(self).__name__}.make_{role}() returned {type(net).__name__}, which has no {method}(): "
+                        f"{type(self).__name__}'s update calls it (the {role} rlfw builds by default has it; "
+                        f"see {type(self).__name__}.make_{role}'s docstring)"
+                    )
 
     def export_actor(self) -> tuple[nn.Sequential, int | None]:
         """The deterministic actor as a plain layer sequence for :mod:`rlfw.export`: ``(layers,

@@ -211,6 +211,7 @@ class SAC(OffPolicyAgent):
     has_target_critic = True
 
     stochastic = True  # a squashed Gaussian: predict(deterministic=False) samples it
+    actor_methods = ("sample",)  # (action [B, A], log-prob [B], tanh(mu) [B, A]): see make_actor
 
     def export_actor(self) -> tuple[nn.Sequential, int | None]:
         """The actor's MLP to ``(mu, log_sigma)``; the exported mean action keeps ``mu``, the
@@ -242,6 +243,7 @@ class SAC(OffPolicyAgent):
         self.critic = self.make_critic().to(self.device)
         self.temperature = Temperature(float(cfg.alpha)).to(self.device)
         self.temperature.requires_grad_(self.autotune_alpha)
+        self.check_networks()
         self.setup()
 
     def setup(self) -> None:
@@ -261,7 +263,10 @@ class SAC(OffPolicyAgent):
     # what subclasses change
 
     def make_actor(self) -> SquashedGaussianActor:
-        """The policy network (:class:`SquashedGaussianActor`)."""
+        """The policy network: ``forward(x [B, in]) -> (mu [B, A], log_sigma [B, A])`` and
+        ``sample(x, generator) -> (action [B, A], log-prob [B], tanh(mu) [B, A])``, reparameterised
+        (Haarnoja et al. 2018, Eq. 11); :class:`SquashedGaussianActor` has both. Checked when the
+        agent is built (:attr:`actor_methods`)."""
         c = self.cfg
         return SquashedGaussianActor(self.in_dim, self.act_dim, list(c.actor_hidden), c.activation, c.init)
 

@@ -116,6 +116,9 @@ class TD3(OffPolicyAgent):
     ``critic``, ``actor_target``, ``critic_target``, ``actor_opt``, ``critic_opt``.
     """
 
+    actor_methods = ("forward_pre",)
+    critic_methods = ("first",)
+
     metric_names: tuple[str, ...] = ("actor_loss", "critic_loss", "q_mean")
     clips_return = True  # algo.clip_return: null clips on [-1, 0] rewards (HER baselines)
 
@@ -127,19 +130,25 @@ class TD3(OffPolicyAgent):
         self.n_critics = int(cfg.n_critics)
         self.actor: nn.Module = self.make_actor().to(self.device)
         self.critic: nn.Module = self.make_critic().to(self.device)
+        self.check_networks()
         self.setup()
 
     # ---------------------------------------------------------------------------------------
     # what subclasses change
 
     def make_actor(self) -> nn.Module:
-        """The deterministic actor ``tanh(u(s))`` (:class:`MLP` with ``forward_pre``)."""
+        """The deterministic actor ``tanh(u(s))``: a module with ``forward(x [B, in]) -> [B, A]``
+        and ``forward_pre(x) -> (u [B, A], tanh(u) [B, A])`` (the actor loss penalises ``u``,
+        ``algo.action_l2``); :class:`MLP` has both. Checked when the agent is built
+        (:attr:`actor_methods`)."""
         c = self.cfg
         return MLP(self.in_dim, self.act_dim, list(c.actor_hidden), c.activation, c.init,
                    output_activation=nn.Tanh())  # fmt: skip
 
     def make_critic(self) -> nn.Module:
-        """The critic ensemble: ``[B, in + A] -> [n_critics, B]``, with ``first`` for ``Q_1``."""
+        """The critic ensemble: ``forward([B, in + A]) -> [n_critics, B]`` and ``first(x) -> [B]``
+        for ``Q_1`` (the actor's loss); :class:`EnsembleMLP` has both. Checked when the agent is
+        built (:attr:`critic_methods`)."""
         c = self.cfg
         return EnsembleMLP(self.n_critics, self.in_dim + self.act_dim, list(c.critic_hidden), c.activation, c.init)
 
