@@ -355,11 +355,18 @@ def write_learning_md(out_root: Path) -> Path:
     # repeated each other disagreed on a median)
     lines += ["", "These rows give the first single 10-episode evaluation at the target, which overstates what "
               "a run delivers (issue 30). The current table, the delivered `best.pt` of each run on 200 fresh "
-              "episodes under the evaluation protocol: [delivered.md](delivered.md). Issue 19's targets, the "
-              "levers tried and per-task notes: [learning_extra.md](learning_extra.md)."]  # fmt: skip
+              "episodes under the evaluation protocol: [delivered.md](delivered.md). Below: how to rerun these rows, "
+              "the levers tried in issue 19 and per-task notes."]  # fmt: skip
     path = out_root / "learning.md"
-    path.write_text("\n".join(lines) + "\n")
+    old = path.read_text() if path.is_file() else ""
+    notes = old[old.index(NOTES_MARK):] if NOTES_MARK in old else NOTES_MARK + "\n"  # the hand-written notes stay
+    path.write_text("\n".join(lines) + "\n\n" + notes)
     return path
+
+
+# learning.md: the table above this line is rebuilt, the notes below it are kept (one page, issue 30)
+NOTES_MARK = ("<!-- notes: everything below this line is kept when benchmarks/run.py --only learning_tasks "
+              "rebuilds the table above -->")
 
 
 # The peer of the learning table (issue 19): the best peer configuration that runs on this
