@@ -4,7 +4,7 @@ hooks before acting and updating) and checkpoints.
 
 A subclass builds its online networks in ``__init__``, then calls :meth:`OffPolicyAgent.setup`
 (its targets, optimisers and parameter lists), lists them in :meth:`OffPolicyAgent.networks`
-and :meth:`OffPolicyAgent.optimizers`, and implements :meth:`OffPolicyAgent.policy` (acting)
+and :meth:`OffPolicyAgent.optimizers`, and implements :meth:`OffPolicyAgent.actions` (acting)
 and :meth:`OffPolicyAgent.gradient_step` (one update on a :class:`TensorBatch`; named so as not to be taken for SB3's ``learn``, which is a whole training run). :meth:`act`,
 :meth:`update`, :meth:`state_dict`, :meth:`load_state_dict`, :meth:`modules` and
 :meth:`normalizers` follow, so a new algorithm's checkpoint, multi-worker broadcast and
@@ -211,7 +211,7 @@ class OffPolicyAgent:
         self, obs: np.ndarray, goal: np.ndarray | None = None, explore: bool = False
     ) -> np.ndarray:
         """Actions for ``obs [N, obs_dim]`` (and ``goal [N, goal_dim]``): ``[N, act_dim]``
-        float32 NumPy in [-1, 1], from :meth:`policy` after the :attr:`pre_act_hooks`.
+        float32 NumPy in [-1, 1], from :meth:`actions` after the :attr:`pre_act_hooks`.
 
         Args:
             explore: the exploring policy (a sample of a stochastic policy; a NoisyNet actor's
@@ -220,7 +220,7 @@ class OffPolicyAgent:
         for hook in self.pre_act_hooks:
             hook(explore)
         x = self._inputs(self._tensor(obs), None if goal is None else self._tensor(goal))
-        return self.policy(x, explore).cpu().numpy()
+        return self.actions(x, explore).cpu().numpy()
 
     def update(self, batch: Batch) -> UpdateResult:
         """One update on ``batch`` (:meth:`gradient_step` on :meth:`tensors`, after the
@@ -232,7 +232,7 @@ class OffPolicyAgent:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype):
             return self.gradient_step(self.tensors(batch))
 
-    def policy(self, x: torch.Tensor, explore: bool) -> torch.Tensor:
+    def actions(self, x: torch.Tensor, explore: bool) -> torch.Tensor:
         """Actions ``[N, A]`` in [-1, 1] for normalised inputs ``x [N, in]``; subclasses implement it."""
         raise NotImplementedError
 

@@ -324,7 +324,7 @@ class SAC(OffPolicyAgent):
     # ---------------------------------------------------------------------------------------
     # acting
 
-    def policy(self, x: torch.Tensor, explore: bool) -> torch.Tensor:
+    def actions(self, x: torch.Tensor, explore: bool) -> torch.Tensor:
         """``[N, A]`` actions in [-1, 1] for inputs ``x [N, in]``: a sample of the policy with
         ``explore``, else the mean action ``tanh(mu(s))``."""
         if explore:

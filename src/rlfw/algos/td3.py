@@ -227,7 +227,7 @@ class TD3(OffPolicyAgent):
             raise NotImplementedError(f"cannot export an actor of type {type(actor).__name__}: override export_actor()")
         return actor.net, None
 
-    def policy(self, x: torch.Tensor, explore: bool) -> torch.Tensor:
+    def actions(self, x: torch.Tensor, explore: bool) -> torch.Tensor:
         """``pi(s)`` of the actor when exploring (the noise is added by the exploration), of
         :attr:`eval_actor` otherwise."""
         return (self.actor if explore else self.eval_actor)(x)  # type: ignore[no-any-return]

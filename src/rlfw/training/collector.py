@@ -63,8 +63,9 @@ class Collector:
         self._ep_return = np.zeros(self.num_envs)
         self._ep_len = np.zeros(self.num_envs, np.int64)
 
-    def policy(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """Exploratory actions ``[N, act_dim]`` in [-1, 1] for ``obs``."""
+    def behaviour_actions(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """The behaviour policy's actions ``[N, act_dim]`` in [-1, 1] for ``obs``: uniform before
+        ``train.learning_starts``, then the agent's exploring actions through the exploration."""
         if self.env_steps < self.learning_starts:
             return self.rng.uniform(-1.0, 1.0, (len(obs["observation"]), self.act_dim)).astype(np.float32)
         actions = self.agent.act(obs["observation"], obs.get("desired_goal"), explore=True)
@@ -133,7 +134,7 @@ class Collector:
         finished: list[dict[str, Any]] = []
         split = during is not None and hasattr(self.envs, "step_async")
         for i in range(steps // self.num_envs):
-            action = self.policy(self._obs)
+            action = self.behaviour_actions(self._obs)
             if split:
                 self._env_call("step", self.envs.step_async, action)
                 during(i)  # type: ignore[misc]
