@@ -103,7 +103,7 @@ def build_agent(cfg: Any, info: EnvInfo, exploration: Exploration, device: str |
 def build_buffer(
     cfg: Any, info: EnvInfo, num_envs: int, total_env_steps: int, seed: int
 ) -> ReplayBuffer:
-    """The replay buffer ``cfg.buffer`` describes: the class its preset (``buffer.name``) is
+    """The replay buffer ``cfg.buffer`` describes: the class its option (``buffer.name``) is
     registered with in registry ``buffer``, built as :class:`rlfw.core.ReplayBuffer` says."""
     from rlfw.core.checks import human_bytes, memory_bytes
 

@@ -1,6 +1,6 @@
 """The one loader of components: Python entry points of the group ``rlfw.components``.
 
-A component (an algorithm, buffer preset, sampler, relabeler, HER strategy, noise, env family,
+A component (an algorithm, buffer option, sampler, relabeler, HER strategy, noise, env family,
 logger, activation, init) is registered by its module with :func:`rlfw.registry.register` when
 the module is imported. Which modules to import is declared, not discovered: each installed
 package lists them under the entry-point group ``rlfw.components`` in its pyproject.toml, one

@@ -6,7 +6,7 @@ own keys: a :class:`~rlfw.buffers.samplers.Sampler` (``buffer.sampler``), a
 :class:`~rlfw.buffers.relabel.Relabeler` (``buffer.relabel``, with HER's ``buffer.strategy``)
 and :class:`~rlfw.buffers.returns.NStepReturns` (``buffer.n_step``). Samplers and relabelers are
 looked up in their registries, so a new one is registered with its schema, not typed into the
-buffer or its config: its keys join every preset (:func:`store_schemas`).
+buffer or its config: its keys join every buffer option (:func:`store_schemas`).
 Every batch carries ``discount`` (``gamma**k`` per sample) and ``weight`` (importance sampling),
 so an algorithm never asks which buffer it has.
 """
@@ -198,7 +198,7 @@ class ReplayBuffer:
         self.sampler.rng = self.rng
 
 
-# The presets of conf/buffer/, each a choice of parts (another package's preset file registers
+# The options of conf/buffer/, each a choice of parts (another package's option file registers
 # its name the same way, next to its sampler or relabeler).
 register("buffer", "uniform", BufferConfig, ReplayBuffer)
 register("buffer", "her", BufferConfig, ReplayBuffer)
@@ -208,7 +208,7 @@ BUFFERS = registry("buffer")
 
 
 def store_schemas() -> None:
-    """Store ``buffer/<preset>_schema`` in Hydra's ConfigStore as its schema extended with the
+    """Store ``buffer/<option>_schema`` in Hydra's ConfigStore as its schema extended with the
     keys of every relabeler and sampler registered so far (:func:`~rlfw.buffers.config.
     buffer_schema`), so ``buffer=her buffer.sampler=recent buffer.recent_window=100`` composes
     once the module of a ``recent`` sampler is imported. Called before each composition

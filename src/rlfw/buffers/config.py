@@ -6,7 +6,7 @@ SamplerConfig` (PER's ``alpha``, ``beta0``, ``beta_final_step``, ``priority_eps`
 ``energy_clip``, ``energy_dt``, ``energy_eps``), n-step's is
 :class:`~rlfw.buffers.returns.NStepConfig`. :class:`BufferConfig` is the built-in parts'
 schemas together; :func:`buffer_schema` adds the keys of parts registered later (another
-module's sampler), and :func:`rlfw.buffers.store_schemas` stores the result as every preset's
+module's sampler), and :func:`rlfw.buffers.store_schemas` stores the result as every buffer option's
 ``buffer/<name>_schema`` before a config is composed.
 """
 
@@ -29,7 +29,7 @@ from rlfw.registry import registry
 class StorageConfig:
     """The buffer's own keys (the episode storage's)."""
 
-    name: str = "uniform"  # the preset's name, for run names and logs only
+    name: str = "uniform"  # the buffer option's name, for run names and logs only
     capacity: int = 1_000_000  # transitions kept (over all parallel envs)
 
 
@@ -38,7 +38,7 @@ class StorageConfig:
 # (dataclass fields follow the reverse MRO).
 @dataclass
 class BufferConfig(NStepConfig, EnergySamplerConfig, PrioritizedSamplerConfig, HerRelabelConfig, StorageConfig):
-    """One replay schema with orthogonal parts; the presets in conf/buffer set some of them.
+    """One replay schema with orthogonal parts; the options in conf/buffer set some of them.
 
     ``relabel`` (none, her) x ``sampler`` (uniform, prioritized, energy) x ``n_step`` (>= 1); each part's
     keys come from its own schema (the bases).

@@ -6,7 +6,7 @@ A relabeler or sampler registers with the dataclass schema of its own keys::
 
 The schema's first field is the choice key itself (``relabel`` or ``sampler``, the last part of
 the registry's key); the other fields are the part's keys. The buffer's config node holds the
-keys of every registered part, flat (``buffer.alpha``, ``buffer.strategy``), so any preset
+keys of every registered part, flat (``buffer.alpha``, ``buffer.strategy``), so any buffer option
 composes with any part: ``buffer=her buffer.sampler=prioritized buffer.alpha=0.5``
 (:func:`rlfw.buffers.config.buffer_schema`).
 """

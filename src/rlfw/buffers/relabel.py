@@ -27,7 +27,7 @@ from rlfw.registry import register, registry
 @dataclass
 class RelabelConfig:
     """The relabelling choice (``buffer.relabel``); a relabeler's schema subclasses it with its
-    own keys, which become keys of every buffer preset (``buffer.<key>``)."""
+    own keys, which become keys of every buffer option (``buffer.<key>``)."""
 
     relabel: str = "none"  # none, her
 

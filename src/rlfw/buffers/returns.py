@@ -14,7 +14,7 @@ from rlfw.core.checks import in_range, require
 
 @dataclass
 class NStepConfig:
-    """The keys of :class:`NStepReturns` (every preset has them)."""
+    """The keys of :class:`NStepReturns` (every buffer option has them)."""
 
     n_step: int = 1  # n-step returns; 1 is the one-step TD target
 

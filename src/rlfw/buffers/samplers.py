@@ -34,7 +34,7 @@ from rlfw.registry import register, registry
 @dataclass
 class SamplerConfig:
     """The sampler choice (``buffer.sampler``); a sampler's schema subclasses it with its own
-    keys, which become keys of every buffer preset (``buffer.<key>``).
+    keys, which become keys of every buffer option (``buffer.<key>``).
 
     ``bytes_per_transition``: the bytes the sampler keeps per stored transition (for the memory
     check of ``buffer.capacity``, :func:`rlfw.buffers.config.check_memory`).

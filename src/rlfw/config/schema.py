@@ -8,7 +8,7 @@ the training loop passes them to the components it builds.
 The root :class:`Config` types ``env``, ``train`` and ``eval`` directly; ``algo``, ``buffer``,
 ``noise`` and ``logger`` are typed by the schema their chosen option file names, so that keys
 that belong to one option (``noise.theta`` for OU) live only in that option's schema and a sweep
-``noise=gaussian,ou`` never trips over a key the other option lacks. A buffer preset's schema
+``noise=gaussian,ou`` never trips over a key the other option lacks. A buffer option's schema
 holds the keys of every registered relabeler and sampler (:func:`rlfw.buffers.store_schemas`),
 so ``buffer=her buffer.sampler=prioritized buffer.alpha=0.5`` composes.
 """
@@ -211,4 +211,4 @@ def register_schemas() -> None:
     load_components()
     from rlfw.buffers import store_schemas
 
-    store_schemas()  # the buffer presets with the keys of every registered sampler, relabeler
+    store_schemas()  # the buffer options with the keys of every registered sampler, relabeler
