@@ -1,4 +1,5 @@
-"""One run lifecycle for every way of starting a run (issue 31): each entry point's run holds
+"""One run lifecycle for every way of starting a run (issue 31: the CLI, the API, resume, a SLURM
+restart, train.workers, a tuning trial, a federated client, a torchrun group): each one's run holds
 the run directory's lock while it trains, gets the built-in callbacks (a probe added to
 :func:`rlfw.callbacks.make_callbacks` by ``tests/lifecycle_probe/sitecustomize.py`` sees its
 start and end, with the lock held at both) and ends with the evaluation of what it delivers
@@ -116,3 +117,14 @@ def test_workers_a_tuning_trial_and_a_federated_client_go_through_the_lifecycle(
           *[a for a in SHORT if not a.startswith("train.epochs")], f"hydra.run.dir={fed}"], tmp_path)  # fmt: skip
     for client in sorted((fed / "clients").iterdir()):
         check_lifecycle(client)  # one start and one end over both rounds
+
+
+@pytest.mark.slow
+def test_a_torchrun_group_goes_through_the_lifecycle(tmp_path):
+    """Two ranks of one run: rank 0 holds the lock and runs the callbacks and the final evaluation."""
+    run = tmp_path / "torchrun"
+    short = [a for a in SHORT if not a.startswith("logger.")] + ["logger.plots=false"]
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rlfw", *short,
+          f"hydra.run.dir={run}"], tmp_path)  # fmt: skip
+    check_lifecycle(run)
+    assert len({r["pid"] for r in _probe(run)}) == 1  # one process (rank 0) ran the callbacks
