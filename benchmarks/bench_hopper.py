@@ -42,11 +42,15 @@ def _saturation(act, episodes: int = 5, seed: int = 0) -> float:
 def rlfw_hopper(
     seed: int, total: int, extra: list[str] | None = None
 ) -> tuple[dict[int, float], float, float]:
-    """rlfw's Hopper-v4 preset. Returns ({env steps: eval return}, env steps/s after the random
-    phase, saturated fraction of the final policy)."""
+    """rlfw's Hopper-v4 preset with TD3 (the family's default algorithm was TD3 when these
+    comparisons were set up; CrossQ since issue 30), or the ``algo=`` that ``extra`` names.
+    Returns ({env steps: eval return}, env steps/s after the random phase, saturated fraction
+    of the final policy)."""
     epochs = total // HOPPER_EVERY
-    cfg = compose_config(["env=Hopper-v4", f"seed={seed}", f"train.epochs={epochs}",
-                          f"train.cycles_per_epoch={HOPPER_EVERY}", "logger.plots=false", *(extra or [])])  # fmt: skip
+    extra = list(extra or [])
+    algo = [] if any(o.startswith("algo=") for o in extra) else ["algo=td3"]
+    cfg = compose_config(["env=Hopper-v4", *algo, f"seed={seed}", f"train.epochs={epochs}",
+                          f"train.cycles_per_epoch={HOPPER_EVERY}", "logger.plots=false", *extra])  # fmt: skip
     run_dir = Path(tempfile.mkdtemp(prefix="rlfw-bench-"))
     runner = TrainLoop(cfg, run_dir)
     runner.run()

@@ -52,7 +52,7 @@ def help_text() -> str:
             "",
             "Examples:",
             "  python -m rlfw algo=ddpg buffer=her buffer.sampler=prioritized env=FetchPush-v4",
-            "  python -m rlfw env=Hopper-v4 buffer=per buffer.n_step=3 noise=noisynet",
+            "  python -m rlfw env=Hopper-v4 algo=td3 buffer=per buffer.n_step=3 noise=noisynet",
             "  python -m rlfw env=gym env.id=Pendulum-v1 train.epochs=5",
             "  python -m rlfw -m algo=ddpg,td3 seed=0,1,2          (6 jobs into multirun/<date>/<time>/)",
             "  python -m rlfw resume=outputs/<run> train.epochs=20   (continue or extend a run)",
