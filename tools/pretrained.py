@@ -27,6 +27,9 @@ def main() -> None:
     p.add_argument("--checkpoint", default="best")
     p.add_argument("--episodes", type=int, default=200)
     p.add_argument("--seed", type=int, default=777_000)
+    p.add_argument("--commit", default=None,
+                   help="the commit the run started from, where its versions.json has none (a run "
+                        "of an installed wheel, as benchmarks/run.py --only delivered makes in a venv)")
     args = p.parse_args()
 
     from rlfw.evaluate import EvaluateConfig, evaluate
@@ -42,11 +45,13 @@ def main() -> None:
     git = versions.get("git") or {}
     with (run / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
+    if not (args.commit or git.get("commit")):
+        p.error(f"{run}/versions.json has no git commit: give the run's commit with --commit")
     state = safe_load(checkpoint_file(run, args.checkpoint))
     entry = {
         "algo": str(cfg.algo.name),
         "command": command,
-        "commit": str(git.get("commit", ""))[:7] + ("+wip" if git.get("dirty") else ""),
+        "commit": args.commit or (str(git.get("commit", ""))[:7] + ("+wip" if git.get("dirty") else "")),
         "seed": int(cfg.seed),
         "epoch": int(state["counters"]["epoch"]),
         "env_steps": int(state["counters"]["env_steps"]),
