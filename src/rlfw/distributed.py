@@ -63,25 +63,25 @@ def backend_for(cfg: DictConfig) -> str:
     return "nccl" if cuda else "gloo"
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Make this process get SIGTERM when ``parent_pid`` (the process that spawned it) dies,
-    even by ``kill -9``: ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` on Linux (prctl(2)), else a
-    watchdog thread that polls ``os.getppid()`` every second. SIGTERM ends the training loop
-    after its cycle (status.json ``interrupted``). A parent already gone gets the signal now."""
-    import ctypes
-    import ctypes.util
-    import sys
+def die_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
+    """Make this process get one SIGTERM when ``parent_pid`` (the process that spawned it) dies,
+    even by ``kill -9``: a daemon thread polls ``os.getppid()`` every ``poll_s`` seconds and
+    signals this process once when it changes. SIGTERM ends the training loop after its cycle
+    (status.json ``interrupted``). A parent already gone gets the signal now.
 
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        if libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
-            if os.getppid() != parent_pid:  # died before the prctl
-                os.kill(os.getpid(), signal.SIGTERM)
-            return
+    Not ``prctl(PR_SET_PDEATHSIG)``: the kernel sends that signal when the *thread* that forked
+    this process exits, and again at each reparenting (prctl(2)). A launcher killed by ``kill -9``
+    whose main thread dies before its other threads gave its workers two SIGTERMs, which the loop
+    reads as "stop at once": a worker left mid-collective and its peer's run ended ``failed``
+    (seen in CI). ``getppid`` only changes once the whole launcher process is gone.
+    """
+    if os.getppid() != parent_pid:  # died before this call
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
 
     def watch() -> None:
         while os.getppid() == parent_pid:
-            time.sleep(1.0)
+            time.sleep(poll_s)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="rlfw-parent-watchdog", daemon=True).start()

@@ -346,7 +346,10 @@ class TrainLoop(EvaluationProtocol, StopControl):
                 if self.epoch >= tr.epochs or self.stop_reason is not None:
                     self._deliver()
         except BaseException as err:
-            interrupted = isinstance(err, KeyboardInterrupt | TrainingInterrupted)
+            # with several workers, a collective that fails after a stop signal came is a peer
+            # that stopped at once (a second signal): the run was interrupted, not broken
+            stopping = self.ctx.world > 1 and getattr(self, "_stop_signal", None) is not None
+            interrupted = stopping or isinstance(err, KeyboardInterrupt | TrainingInterrupted)
             self.status = "interrupted" if interrupted else "failed"
             self.error = f"{type(err).__name__}: {err}"
             self._end(every)
