@@ -178,3 +178,44 @@ def test_a_rank_waiting_for_the_others_says_what_it_waits_for(tmp_path):
     proc.wait()
     line = lines[0] if lines else ""
     assert "rank 0 of 2: waiting for the other ranks at 127.0.0.1:" in line and "RANK, WORLD_SIZE" in line, line
+
+
+_WATCHED = """
+import os, signal, sys, time
+from rlfw.distributed import die_with_parent
+got = []
+signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+die_with_parent(int(sys.argv[1]), poll_s=0.05)
+time.sleep(0.3)
+open(sys.argv[2] + ".early", "w").write(str(len(got)))  # signals while the parent (maybe) lives
+deadline = time.time() + 30
+while time.time() < deadline and not got:
+    time.sleep(0.05)
+time.sleep(1.0)  # a second SIGTERM (the old PR_SET_PDEATHSIG double) would land here
+open(sys.argv[2], "w").write(str(len(got)))
+"""
+
+
+@pytest.mark.parametrize("parent", ["dies_later", "already_gone"])
+def test_a_worker_gets_one_sigterm_when_its_parent_dies(tmp_path, parent):
+    """``die_with_parent``: a process whose parent exits after the call gets no SIGTERM while the
+    parent lives and exactly one after; one whose given parent is gone before the call (pid 1 is
+    not its parent) gets exactly one at once."""
+    import time
+
+    out = tmp_path / "signals"
+    if parent == "already_gone":
+        subprocess.run([sys.executable, "-c", _WATCHED, "1", str(out)], timeout=60, check=True)
+    else:  # a middle process starts the watched one, waits until it has watched a while, then exits
+        early = str(out) + ".early"
+        middle = ("import os, subprocess, sys, time\n"
+                  f"subprocess.Popen([sys.executable, '-c', {_WATCHED!r}, str(os.getpid()), {str(out)!r}])\n"
+                  f"while not os.path.exists({early!r}): time.sleep(0.02)\n"
+                  "time.sleep(0.1)\n"
+                  "os._exit(0)\n")  # fmt: skip
+        subprocess.run([sys.executable, "-c", middle], timeout=60, check=True)
+        assert Path(early).read_text() == "0"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out.exists() and out.read_text()):
+        time.sleep(0.1)
+    assert out.read_text() == "1"

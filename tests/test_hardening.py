@@ -242,3 +242,31 @@ def test_a_failed_csv_write_leaves_no_partial_row(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", real_fsync)
     log.close()
     assert (tmp_path / "m.csv").read_text() == good
+
+
+@pytest.mark.parametrize(("world", "signalled", "status"), [(2, True, "interrupted"), (2, False, "failed"),
+                                                           (1, True, "failed")])  # fmt: skip
+def test_a_collective_that_fails_after_a_stop_signal_is_an_interruption(compose, tmp_path, world, signalled,
+                                                                        status):  # fmt: skip
+    """With several workers, a second stop signal makes one worker stop at once and its peers'
+    next all-reduce fail ("connection closed by peer"): a failure that follows a stop signal
+    marks the run ``interrupted`` (resumable), not ``failed``. Without a stop signal, or with one
+    worker (where no peer can fail), an error stays a failure. The peer's failure is simulated
+    in-process: the second epoch receives SIGTERM, then raises."""
+    import signal
+
+    loop = TrainLoop(compose([*TINY, "train.epochs=3"]), tmp_path)
+    loop.ctx.world = world
+    epoch = loop.train_epoch
+
+    def peer_gone():
+        if loop.epoch == 1:
+            if signalled:
+                loop._stop_signal = int(signal.SIGTERM)
+            raise RuntimeError("[gloo] Connection closed by peer")
+        return epoch()
+
+    loop.train_epoch = peer_gone
+    with pytest.raises(RuntimeError, match="closed by peer"):
+        loop.run()
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == status

@@ -348,7 +348,7 @@ class TrainLoop(EvaluationProtocol, StopControl):
         except BaseException as err:
             # with several workers, a collective that fails after a stop signal came is a peer
             # that stopped at once (a second signal): the run was interrupted, not broken
-            stopping = self.ctx.world > 1 and getattr(self, "_stop_signal", None) is not None
+            stopping = self.ctx.world > 1 and self._stop_signal is not None
             interrupted = stopping or isinstance(err, KeyboardInterrupt | TrainingInterrupted)
             self.status = "interrupted" if interrupted else "failed"
             self.error = f"{type(err).__name__}: {err}"

@@ -53,6 +53,7 @@ class EvaluationProtocol:
     decision_metric: str
     delivered: dict[str, Any] | None
     _eval_seeded: bool
+    _stop_signal: int | None  # rlfw.training.stopping.StopControl
 
     @property
     def is_main(self) -> bool:
@@ -164,5 +165,5 @@ class EvaluationProtocol:
             self.delivered = self.final_evaluation()
         except Exception as err:
             log.warning("final evaluation failed: %s: %s", type(err).__name__, err)
-        if getattr(self, "_stop_signal", None) is not None:
+        if self._stop_signal is not None:
             log.warning("a stop signal arrived during the final evaluation: the training was complete")

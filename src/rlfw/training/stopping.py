@@ -44,6 +44,8 @@ class StopControl:
     ctx: Any  # rlfw.training.context.LocalContext
     epoch: int
     stop_reason: str | None
+    #: the first stop signal that came while training (SIGTERM, SIGINT...), None before one
+    _stop_signal: int | None = None
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to end the run after the current epoch, as finished (the way a callback
@@ -77,7 +79,7 @@ class StopControl:
         process (only in the main thread, where Python delivers signals); a second one raises
         :class:`TrainingInterrupted` at once, wherever the main thread is (an env's ``step``
         that blocks); handlers restored after."""
-        self._stop_signal: int | None = None
+        self._stop_signal = None
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -110,7 +112,7 @@ class StopControl:
             TrainingInterrupted: naming the signal, the epoch, the last checkpoint and the
                 resume command.
         """
-        signum = getattr(self, "_stop_signal", None)
+        signum = self._stop_signal
         if self.ctx.world > 1:
             flag = torch.tensor([float(signum or 0)])
             self.ctx.all_reduce_sum(flag)
