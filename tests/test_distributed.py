@@ -199,13 +199,14 @@ open(sys.argv[2], "w").write(str(len(got)))
 @pytest.mark.parametrize("parent", ["dies_later", "already_gone"])
 def test_a_worker_gets_one_sigterm_when_its_parent_dies(tmp_path, parent):
     """``die_with_parent``: a process whose parent exits after the call gets no SIGTERM while the
-    parent lives and exactly one after; one whose given parent is gone before the call (pid 1 is
-    not its parent) gets exactly one at once."""
+    parent lives and exactly one after; one whose given parent is gone before the call (pid 0,
+    never the parent of a child of this process, even where this process is pid 1) gets exactly
+    one at once."""
     import time
 
     out = tmp_path / "signals"
     if parent == "already_gone":
-        subprocess.run([sys.executable, "-c", _WATCHED, "1", str(out)], timeout=60, check=True)
+        subprocess.run([sys.executable, "-c", _WATCHED, "0", str(out)], timeout=60, check=True)
     else:  # a middle process starts the watched one, waits until it has watched a while, then exits
         early = str(out) + ".early"
         middle = ("import os, subprocess, sys, time\n"
