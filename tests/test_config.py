@@ -165,7 +165,9 @@ BAD = [
     (["env=FetchReach-v4", "env.near_object_start=0.5"], "env.near_object_start=0.5 starts episodes with the gripper beside"),
     # the family owns its keys (rlfw.envs.schema.FetchEnvConfig): none of Fetch's starts on another family
     (["env=Hopper-v4", "env.grasped_start=0.5"], "unknown key 'env.grasped_start'; the keys of env are: family, id, imports, kwargs, max_episode_steps, noise_sigma, resolve_version, vectorization, wrappers; env.grasped_start belongs to the env options of family fetch"),
-    (["env=PandaPush-v3", "env.near_object_start=0.5"], "unknown key 'env.near_object_start'; the keys of env are: family,"),
+    (["env=PandaPush-v3", "env.grasped_start=0.5"], "unknown key 'env.grasped_start'; the keys of env are: family,"),
+    (["env=PandaReach-v3", "env.near_object_start=0.5"], "env.near_object_start=0.5 starts episodes with the gripper beside"),
+    (["env=PandaPush-v3", "env.near_object_start=1.5"], "env.near_object_start=1.5 is out of range"),
     (["env=FetchPush-v4", "env.near_object_start=-0.1"], "env.near_object_start=-0.1 is out of range"),
     (["env=FetchPickAndPlace-v4", "env.near_object_start=0.6"], "env.grasped_start=0.5 and env.near_object_start=0.6 are fractions of the same training episodes"),
     (["eval.confirm_episodes=-1"], "eval.confirm_episodes=-1 is out of range: it must be >= 0"),

@@ -1,6 +1,6 @@
 """``env.grasped_start``: FetchPickAndPlace training episodes that start with the object held
-(HER paper, Sec. 4.1); ``env.near_object_start``: Fetch training episodes that start with the
-gripper beside the object; evaluation envs start as the env does."""
+(HER paper, Sec. 4.1); ``env.near_object_start``: Fetch and Panda training episodes that start
+with the gripper beside the object; evaluation envs start as the env does."""
 
 from __future__ import annotations
 
@@ -120,8 +120,55 @@ def test_near_object_start_draws_its_fraction_and_repeats_with_the_seed():
     off.close()
 
 
+def _panda(env_id: str = "PandaPush-v3"):
+    family = FAMILIES.get("panda").target
+    family.register()
+    return family.make(env_id)
+
+
+def test_panda_near_object_start_places_the_arm_beside_the_unmoved_object_on_every_side():
+    """panda-gym: the arm is placed by inverse kinematics (no simulator step), so the object
+    and goal are exactly the plain env's for the same reset seed."""
+    env = NearObjectStart(_panda(), 1.0)
+    plain = _panda()
+    sides = []
+    for seed in range(12):
+        obs, _ = env.reset(seed=seed)
+        ref, _ = plain.reset(seed=seed)
+        ee, obj = obs["observation"][:3], obs["achieved_goal"]
+        assert abs(np.linalg.norm((ee - obj)[:2]) - NEAR_DISTANCE) < 0.025 and abs(ee[2] - obj[2]) < 0.01
+        np.testing.assert_array_equal(obj, ref["achieved_goal"])  # the object did not move
+        np.testing.assert_array_equal(obs["desired_goal"], ref["desired_goal"])  # nor the goal
+        assert np.linalg.norm((ref["observation"][:3] - ref["achieved_goal"])[:2]) > 2 * NEAR_DISTANCE or \
+            ref["observation"][2] - ref["achieved_goal"][2] > 0.1  # the env's own start: gripper up and away
+        sides.append(np.arctan2(*(ee - obj)[1::-1]))
+        obs, *_ = env.step(np.zeros(3, dtype=np.float32))  # the placed arm holds still
+        assert np.linalg.norm(obs["observation"][:3] - ee) < 0.01
+    assert np.ptp(np.cos(sides)) > 1.0 and np.ptp(np.sin(sides)) > 1.0  # sides all around
+    assert env.scripted_steps == 0  # placed, not driven: no simulator steps to report
+    env.close()
+    plain.close()
+
+
+def test_panda_near_object_start_draws_its_fraction_and_repeats_with_the_seed():
+    def near(seed: int) -> list[bool]:
+        env = NearObjectStart(_panda(), 0.5)
+        out = []
+        for i in range(30):
+            obs, _ = env.reset(seed=seed) if i == 0 else env.reset()
+            out.append(bool(np.linalg.norm((obs["observation"][:3] - obs["achieved_goal"])[:2]) < 0.09
+                            and abs(obs["observation"][2] - obs["achieved_goal"][2]) < 0.01))  # fmt: skip
+        env.close()
+        return out
+
+    a = near(5)
+    assert 0.2 < np.mean(a) < 0.8
+    assert a == near(5)
+
+
 @pytest.mark.parametrize("task, key, attr", [("FetchPickAndPlace-v4", "grasped_start", "grasped"),
-                                              ("FetchPush-v4", "near_object_start", "near")])  # fmt: skip
+                                              ("FetchPush-v4", "near_object_start", "near"),
+                                              ("PandaPush-v3", "near_object_start", "near")])  # fmt: skip
 def test_only_training_envs_get_the_scripted_start(compose, task, key, attr):
     cfg = compose([f"env={task}", f"env.{key}=0.5", "train.epochs=1"])
     parts = build(cfg)

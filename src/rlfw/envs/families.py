@@ -3,7 +3,8 @@ any Gymnasium id). ``env.family`` picks one from the ``env.family`` registry
 (:data:`rlfw.envs.FAMILIES`); another package adds one with
 ``register("env.family", "<name>", None, MyFamily())`` in a module its entry point names.
 
-A family with env keys of its own (Fetch: ``env.grasped_start``, ``env.near_object_start``)
+A family with env keys of its own (Fetch: ``env.grasped_start``, ``env.near_object_start``;
+Panda: ``env.near_object_start``)
 registers their schema, a subclass of :class:`rlfw.envs.schema.EnvConfig`, with it and stores it
 in Hydra's ConfigStore as ``env_schema/<name>``; its env option files select it with
 ``defaults: [/env_schema@env: <name>]`` (conf/env/fetch.yaml).
@@ -23,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 
 from rlfw.core import GoalFn
-from rlfw.envs.schema import FetchEnvConfig
+from rlfw.envs.schema import FetchEnvConfig, PandaEnvConfig
 from rlfw.errors import ConfigError, first_line
 from rlfw.registry import register, registry
 
@@ -219,6 +220,12 @@ class PandaFamily(EnvFamily):
             assets.get_data_path = lambda: ours
             assets._rlfw_patched = True  # type: ignore[attr-defined]
 
+    def check_env(self, env: Any, env_id: str) -> None:
+        """``env.near_object_start`` on the tasks with one object (PandaPush, PandaSlide,
+        PandaPickAndPlace); no grasped start (no scripted grasp for the Panda)."""
+        _check_starts(env, env_id, grasps=False,
+                      has_object=any(t in env_id for t in ("Push", "Slide", "PickAndPlace")))  # fmt: skip
+
     def goal_functions(self, env: gym.Env) -> tuple[GoalFn, GoalFn]:
         reward_fn, _ = super().goal_functions(env)
         task = env.unwrapped.task  # type: ignore[attr-defined]
@@ -243,7 +250,7 @@ def _check_starts(env: Any, env_id: str, grasps: bool, has_object: bool) -> None
     if near > 0.0 and not has_object:
         raise ConfigError(
             f"env.near_object_start={env.near_object_start} starts episodes with the gripper beside the object, "
-            f"which only a Fetch task with an object has (FetchPush, FetchSlide, FetchPickAndPlace); env.id is "
+            f"which only a task with one object has (Fetch or Panda Push, Slide, PickAndPlace); env.id is "
             f"'{env_id}': set env.near_object_start=0"
         )
 
@@ -252,7 +259,7 @@ FAMILIES = registry("env.family")
 register("env.family", "gym", None, GymFamily())
 register("env.family", "mujoco", None, MujocoFamily())
 register("env.family", "fetch", FetchEnvConfig, FetchFamily())
-register("env.family", "panda", None, PandaFamily())
+register("env.family", "panda", PandaEnvConfig, PandaFamily())
 
 
 def _store_family_schemas() -> None:
@@ -260,6 +267,7 @@ def _store_family_schemas() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(group="env_schema", name="fetch", node=FetchEnvConfig)
+    ConfigStore.instance().store(group="env_schema", name="panda", node=PandaEnvConfig)
 
 
 _store_family_schemas()

@@ -1,6 +1,7 @@
 """The ``env`` group's schema (:class:`EnvConfig`), the keys every env family shares; a family
 with keys of its own extends it (:class:`FetchEnvConfig`, the Fetch family's: its scripted
-starts), registered with the family and selected by the family's env option files. Re-exported by
+starts; :class:`PandaEnvConfig`, panda-gym's), registered with the family and selected by the
+family's env option files. Re-exported by
 :mod:`rlfw.config.schema`."""
 
 # No ``from __future__ import annotations`` here: OmegaConf reads these annotations at run time.
@@ -11,7 +12,7 @@ from omegaconf import MISSING
 
 from rlfw.core.checks import in_range, one_of, require
 
-__all__ = ["EnvConfig", "FetchEnvConfig"]
+__all__ = ["EnvConfig", "FetchEnvConfig", "PandaEnvConfig"]
 
 
 @dataclass
@@ -140,3 +141,27 @@ class FetchEnvConfig(EnvConfig):
             f"env.grasped_start={node.grasped_start} and env.near_object_start={node.near_object_start} are "
             "fractions of the same training episodes (each starts one way): their sum must be <= 1",
         )
+
+
+@dataclass
+class PandaEnvConfig(EnvConfig):
+    """The panda-gym family's env keys (``env=Panda*``, :class:`rlfw.envs.families.PandaFamily`):
+    the shared ones plus the near-object start (:mod:`rlfw.envs.grasp`). Evaluation starts as the
+    env does; the family's rule names the tasks that can have it
+    (:meth:`rlfw.envs.families.PandaFamily.check_env`).
+    """
+
+    # Fraction of training episodes that start with the gripper beside the object, at its height
+    # ("exploring starts", Sutton and Barto 2018, Sec. 5.3; rlfw.envs.grasp.place_beside); only for
+    # panda-gym tasks with one object (PandaPush, PandaSlide, PandaPickAndPlace).
+    near_object_start: float = 0.0
+
+    @staticmethod
+    def validate(node: Any) -> None:
+        """The shared keys and the fraction's range.
+
+        Raises:
+            ConfigError: one line naming the key and its allowed range.
+        """
+        EnvConfig.validate(node)
+        in_range(node, "near_object_start", 0.0, 1.0, prefix="env.")
