@@ -388,7 +388,21 @@ PEER_CONFIGS: dict[str, dict[str, object]] = {
         "gamma": 0.95, "tau": 0.05, "learning_rate": 1e-3, "batch_size": 256, "net_arch": [256, 256],
         "n_envs": 2, "train_freq": 1, "gradient_steps": 1, "learning_starts": 1000, "near_object_start": 0.5,
     },
+    # rl-zoo's TQC settings with what makes rlfw's presets fast on this machine (issue 30): the
+    # scripted starts of the task's preset (FetchPush: near-object 0.5; FetchPickAndPlace:
+    # grasped 0.5) and rlfw's update ratio, 20 gradient steps per 100 env steps (2 every 5
+    # vector steps of 2 envs) instead of one per vector step
+    "sb3_contrib_tqc_zoo_rlfw_schedule": {
+        "gamma": 0.95, "tau": 0.05, "learning_rate": 1e-3, "batch_size": 256, "net_arch": [256, 256],
+        "n_envs": 2, "train_freq": 5, "gradient_steps": 2, "learning_starts": 1000, "near_object_start": 0.5,
+        "grasped_start": 0.5,
+    },
 }
+
+# The peer's delivered figure (issue 30's protocol, as bench_delivered's rows): its final model,
+# deterministic, over DELIVERED_EPISODES episodes from reset seed DELIVERED_SEED
+DELIVERED_EPISODES = 200
+DELIVERED_SEED = 777000
 
 
 def bench_peer_push(quick: bool, budget_s: float, seed: int = 0, task: str = "FetchPush-v4",
@@ -397,7 +411,17 @@ def bench_peer_push(quick: bool, budget_s: float, seed: int = 0, task: str = "Fe
     eval success (10 deterministic episodes) after every 5000 env steps, evaluation time
     included in the wall clock as in rlfw's runs. Appends the curve to
     ``benchmarks/results/peer_push.csv`` (config, seed, env_steps, wall_time_s,
-    eval_success_rate) and reports the first env steps and seconds at eval success >= 0.9."""
+    eval_success_rate) and reports the first env steps and seconds at eval success >= 0.9.
+
+    Then what the peer delivers under issue 30's protocol: its final model (SB3 keeps no
+    confirmed best) over :data:`DELIVERED_EPISODES` fresh deterministic episodes from reset seed
+    :data:`DELIVERED_SEED`, with the 95% Wilson interval, appended to
+    ``benchmarks/results/peer_delivered.csv`` (config, task, seed, budget_s, env_steps,
+    wall_time_s, episodes, success_rate, ci_low, ci_high).
+
+    A config's scripted starts (``near_object_start``, ``grasped_start``:
+    :class:`rlfw.envs.grasp.ScriptedStart`) apply where rlfw's presets use them (grasped on
+    PickAndPlace, near on Push), training envs only."""
     import gymnasium as gym
     import gymnasium_robotics
     from sb3_contrib import TQC
@@ -409,13 +433,15 @@ def bench_peer_push(quick: bool, budget_s: float, seed: int = 0, task: str = "Fe
     budget_s = 60.0 if quick else budget_s
     c = PEER_CONFIGS[config]
     gym.register_envs(gymnasium_robotics)
-    near = float(c.get("near_object_start", 0.0))  # type: ignore[arg-type]
+    # as rlfw's presets: grasped starts on PickAndPlace, near-object starts on Push
+    grasped = float(c.get("grasped_start", 0.0)) if "PickAndPlace" in task else 0.0  # type: ignore[arg-type]
+    near = float(c.get("near_object_start", 0.0)) if "Push" in task else 0.0  # type: ignore[arg-type]
 
     def wrap(env: gym.Env) -> gym.Env:
-        if near > 0.0:
-            from rlfw.envs.grasp import NearObjectStart
+        if grasped > 0.0 or near > 0.0:
+            from rlfw.envs.grasp import ScriptedStart
 
-            env = NearObjectStart(env, near)
+            env = ScriptedStart(env, grasped=grasped, near=near)
         return TimeFeatureWrapper(env)
 
     venv = make_vec_env(task, n_envs=int(c["n_envs"]), seed=seed, wrapper_class=wrap)  # type: ignore[call-overload]
@@ -442,6 +468,7 @@ def bench_peer_push(quick: bool, budget_s: float, seed: int = 0, task: str = "Fe
                 curve.append((self.num_timesteps, time.perf_counter() - self.t0, sb3_success_rate(self.model, eval_env)))
             return time.perf_counter() - self.t0 < budget_s
 
+    t_start = time.perf_counter()
     model.learn(total_timesteps=10_000_000, callback=Eval())
     out = (Path(tempfile.mkdtemp(prefix="rlfw-peer-")) if quick else Path(__file__).parent / "results") / "peer_push.csv"
     new = not out.exists()
@@ -456,3 +483,22 @@ def bench_peer_push(quick: bool, budget_s: float, seed: int = 0, task: str = "Fe
     report(f"peer_push {config} {task} seed {seed}: steps, s to 0.9 | eval success per 5k steps",
            f"{hit[0]:.0f}, {hit[1]:.0f} | {' '.join(f'{v:.1f}' for _, _, v in curve)} "
            f"(to {last[0]} steps, {last[1]:.0f} s)")  # fmt: skip
+
+    from rlfw.core.stats import wilson_interval
+
+    episodes = 20 if quick else DELIVERED_EPISODES
+    final_env = TimeFeatureWrapper(gym.make(task))
+    final_env.reset(seed=DELIVERED_SEED)
+    rate = sb3_success_rate(model, final_env, episodes)
+    low, high = wilson_interval(rate * episodes, episodes)
+    steps, wall = int(model.num_timesteps), time.perf_counter() - t_start
+    out = out.with_name("peer_delivered.csv")
+    new = not out.exists()
+    with out.open("a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(["config", "task", "seed", "budget_s", "env_steps", "wall_time_s", "episodes",
+                        "success_rate", "ci_low", "ci_high"])  # fmt: skip
+        w.writerow([config, task, seed, budget_s, steps, f"{wall:.1f}", episodes, rate, f"{low:.3f}", f"{high:.3f}"])
+    report(f"peer_push {config} {task} seed {seed}: delivered (final model, {episodes} episodes from reset "
+           f"seed {DELIVERED_SEED})", f"{rate:.3f} [{low:.3f}, {high:.3f}] after {steps} env steps, {wall:.0f} s")

@@ -43,7 +43,10 @@ Sections (``--only a,b``; all by default), each run one after the other in this 
   with rl-zoo's FetchPush settings (2x256 and batch 256 instead of 3x512 and 2048) on
   FetchPush-v4 for ``--budget-s`` wall seconds, seed ``--first-seed``; curve appended to
   ``benchmarks/results/peer_push.csv``; ``--peer-config sb3_contrib_tqc_zoo_near`` gives it
-  rlfw's near-object starts too.
+  rlfw's near-object starts too, ``sb3_contrib_tqc_zoo_rlfw_schedule`` the preset's scripted
+  starts and rlfw's 20 updates per 100 env steps; ``--tasks FetchPickAndPlace-v4`` another
+  task. Then its final model's delivered success on 200 fresh episodes (reset seed 777000,
+  Wilson interval), appended to ``benchmarks/results/peer_delivered.csv``.
 
 - ``delivered`` (not in the default list): the learning table under the evaluation protocol
   (issue 30): each task of ``--tasks`` and seed of ``--seed-list`` trained as a user runs it
@@ -102,7 +105,10 @@ SECTIONS: dict[str, Section] = {
         a.seeds, a.quick, a.tasks.split(",") if a.tasks else None
     ),
     "push_search": _push_search,
-    "peer_push": lambda a: bench_learning.bench_peer_push(a.quick, a.budget_s, a.first_seed, config=a.peer_config),
+    "peer_push": lambda a: bench_learning.bench_peer_push(
+        a.quick, a.budget_s, a.first_seed, task=a.tasks.split(",")[0] if a.tasks else "FetchPush-v4",
+        config=a.peer_config,
+    ),
     "delivered": lambda a: bench_delivered.bench_delivered(
         a.tasks.split(","), [int(s) for s in a.seed_list.split(",")], a.label, a.overrides.split(),
         Path(a.keep_runs) if a.keep_runs else None,
@@ -124,7 +130,8 @@ def main() -> None:
     p.add_argument("--search-seeds", type=int, default=1, help="push_search: seeds per try")
     p.add_argument("--first-seed", type=int, default=0, help="push_search: the first seed; peer_push: the seed")
     p.add_argument("--peer-config", default="sb3_contrib_tqc_zoo",
-                   help="peer_push: one of bench_learning.PEER_CONFIGS (sb3_contrib_tqc_zoo, sb3_contrib_tqc_zoo_near)")
+                   help="peer_push: one of bench_learning.PEER_CONFIGS (sb3_contrib_tqc_zoo, sb3_contrib_tqc_zoo_near, "
+                        "sb3_contrib_tqc_zoo_rlfw_schedule)")
     p.add_argument("--seed-list", default="0", help="delivered: comma-separated seeds")
     p.add_argument("--label", default="preset", help="delivered: the row's label")
     p.add_argument("--overrides", default="", help="delivered: extra overrides, space-separated")
