@@ -399,8 +399,10 @@ PEER_CONFIGS: dict[str, dict[str, object]] = {
     },
 }
 
-# The peer's delivered figure (issue 30's protocol, as bench_delivered's rows): its final model,
-# deterministic, over DELIVERED_EPISODES episodes from reset seed DELIVERED_SEED
+# The peer's delivered figure (issue 30's protocol): its final model, deterministic, over
+# DELIVERED_EPISODES episodes, the first reset seeded with DELIVERED_SEED and the rest following
+# from it (rlfw.evaluate seeds episode k with 777000 + k: fresh episodes on both sides, not the
+# same ones)
 DELIVERED_EPISODES = 200
 DELIVERED_SEED = 777000
 
@@ -470,6 +472,7 @@ def bench_peer_push(quick: bool, budget_s: float, seed: int = 0, task: str = "Fe
 
     t_start = time.perf_counter()
     model.learn(total_timesteps=10_000_000, callback=Eval())
+    steps, wall = int(model.num_timesteps), time.perf_counter() - t_start  # training only, as rlfw's rows
     out = (Path(tempfile.mkdtemp(prefix="rlfw-peer-")) if quick else Path(__file__).parent / "results") / "peer_push.csv"
     new = not out.exists()
     with out.open("a", newline="") as f:
@@ -491,7 +494,6 @@ def bench_peer_push(quick: bool, budget_s: float, seed: int = 0, task: str = "Fe
     final_env.reset(seed=DELIVERED_SEED)
     rate = sb3_success_rate(model, final_env, episodes)
     low, high = wilson_interval(rate * episodes, episodes)
-    steps, wall = int(model.num_timesteps), time.perf_counter() - t_start
     out = out.with_name("peer_delivered.csv")
     new = not out.exists()
     with out.open("a", newline="") as f:

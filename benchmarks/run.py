@@ -125,7 +125,8 @@ def main() -> None:
     p.add_argument("--learning-budget", type=int, default=40_000, help="env steps per learning run")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=900.0, help="wall seconds per push_search try and per peer_push run")
-    p.add_argument("--tasks", default="", help="learning_tasks: comma-separated names of LEARNING_TASKS")
+    p.add_argument("--tasks", default="", help="learning_tasks, delivered: comma-separated task names; peer_push: its "
+                   "first entry only (default FetchPush-v4)")
     p.add_argument("--tries", default="", help="push_search: comma-separated names of PUSH_TRIES")
     p.add_argument("--search-seeds", type=int, default=1, help="push_search: seeds per try")
     p.add_argument("--first-seed", type=int, default=0, help="push_search: the first seed; peer_push: the seed")

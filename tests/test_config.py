@@ -165,7 +165,7 @@ BAD = [
     (["env=FetchReach-v4", "env.near_object_start=0.5"], "env.near_object_start=0.5 starts episodes with the gripper beside"),
     # the family owns its keys (rlfw.envs.schema.FetchEnvConfig): none of Fetch's starts on another family
     (["env=Hopper-v4", "env.grasped_start=0.5"], "unknown key 'env.grasped_start'; the keys of env are: family, id, imports, kwargs, max_episode_steps, noise_sigma, resolve_version, vectorization, wrappers; env.grasped_start belongs to the env options of family fetch"),
-    (["env=PandaPush-v3", "env.grasped_start=0.5"], "unknown key 'env.grasped_start'; the keys of env are: family,"),
+    (["env=PandaPush-v3", "env.grasped_start=0.5"], "unknown key 'env.grasped_start'; the keys of env are: family, id, imports, kwargs, max_episode_steps, near_object_start, noise_sigma, resolve_version, vectorization, wrappers; env.grasped_start belongs to the env options of family fetch"),
     (["env=PandaReach-v3", "env.near_object_start=0.5"], "env.near_object_start=0.5 starts episodes with the gripper beside"),
     (["env=PandaPush-v3", "env.near_object_start=1.5"], "env.near_object_start=1.5 is out of range"),
     (["env=FetchPush-v4", "env.near_object_start=-0.1"], "env.near_object_start=-0.1 is out of range"),

@@ -121,3 +121,26 @@ def test_a_requeued_slurm_job_resumes_from_its_run_dir_and_hands_its_stop_to_sub
         assert calls == [int(signal.SIGUSR2)]
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+def test_a_saved_run_s_env_is_typed_by_its_own_family_s_schema():
+    """Resume types the saved ``env`` with the run's own family's schema: a Panda run with
+    ``near_object_start`` (whose keys Fetch's schema also holds) gets Panda's, no Fetch-only
+    ``grasped_start`` added; a Fetch run with its starts gets Fetch's; a Hopper run saved with
+    the starts at 0 (before the families owned them) loses them and gets the shared schema."""
+    from omegaconf import OmegaConf
+
+    from rlfw.config.schema import Config, EnvConfig
+    from rlfw.envs.schema import FetchEnvConfig, PandaEnvConfig
+    from rlfw.resume import _typed_root, without_unset_legacy_keys
+
+    def typed(env: dict):
+        base = OmegaConf.create(without_unset_legacy_keys({"env": env}))
+        return _typed_root(Config, base).env
+
+    panda = typed({"family": "panda", "id": "PandaPush-v3", "near_object_start": 0.5})
+    assert OmegaConf.get_type(panda) is PandaEnvConfig and "grasped_start" not in panda
+    fetch = typed({"family": "fetch", "id": "FetchPush-v4", "near_object_start": 0.5})
+    assert OmegaConf.get_type(fetch) is FetchEnvConfig and "grasped_start" in fetch
+    hopper = typed({"family": "mujoco", "id": "Hopper-v4", "grasped_start": 0.0, "near_object_start": 0.0})
+    assert OmegaConf.get_type(hopper) is EnvConfig and "near_object_start" not in hopper

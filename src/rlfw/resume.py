@@ -114,7 +114,11 @@ def _typed_root(root: type, base: DictConfig) -> DictConfig:
     env = base.get("env")
     keys = set(env) if isinstance(env, dict | DictConfig) else set()
     families = registry("env.family")
-    for name in families.names():  # a family's own env schema (Fetch's scripted starts) when the run has its keys
+    names = list(families.names())
+    own = env.get("family") if isinstance(env, dict | DictConfig) else None
+    if isinstance(own, str) and own in names:  # the run's own family first: Panda's keys are a subset of Fetch's
+        names = [own] + [n for n in names if n != own]
+    for name in names:  # a family's own env schema (Fetch's or Panda's scripted starts) when the run has its keys
         schema = families.get(name).schema
         if schema is not None and keys - set(typed.env.keys()) and keys <= {f.name for f in dataclasses.fields(schema)}:
             with open_dict(typed):
@@ -123,13 +127,14 @@ def _typed_root(root: type, base: DictConfig) -> DictConfig:
     return typed
 
 
-LEGACY_ENV_KEYS = ("grasped_start", "near_object_start")  # in every env before the Fetch family owned them
+LEGACY_ENV_KEYS = ("grasped_start", "near_object_start")  # in every env before the families owned them
 
 
 def without_unset_legacy_keys(config: Any) -> Any:
-    """A saved config (a dict) without the Fetch family's ``env`` keys where they are 0: runs
-    saved before the family owned them (a Hopper or Panda run) carry them at their default, and
-    a schema without them would refuse the run. A key set to another value is kept."""
+    """A saved config (a dict) without the scripted-start ``env`` keys where they are 0: runs
+    saved before the Fetch (both keys) and Panda (``near_object_start``) families owned them (a
+    Hopper run, or a Panda run with ``grasped_start``) carry them at their default, and a schema
+    without them would refuse the run. A key set to another value is kept."""
     env = config.get("env") if isinstance(config, dict) else None
     if isinstance(env, dict):
         for key in LEGACY_ENV_KEYS:

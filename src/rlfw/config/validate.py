@@ -161,7 +161,7 @@ def validate(cfg: Any) -> str:
     schemas = [registry(group).get(str(cfg[group].name)).schema for group in OPTION_GROUPS]
     for group, schema in zip(OPTION_GROUPS, schemas):
         _check(schema, cfg[group])
-    env_schema = OmegaConf.get_type(cfg.env)  # the env option's schema: a family's own (Fetch) or the shared one
+    env_schema = OmegaConf.get_type(cfg.env)  # the env option's schema: a family's own (Fetch, Panda) or the shared one
     if not (isinstance(env_schema, type) and issubclass(env_schema, EnvConfig)):
         env_schema = EnvConfig
     for schema, key in ((env_schema, "env"), (TrainConfig, "train"), (EvalConfig, "eval")):

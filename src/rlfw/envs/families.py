@@ -105,7 +105,8 @@ class EnvFamily:
     def check_env(self, env: Any, env_id: str) -> None:
         """The family's own rules on the composed ``env`` node for the resolved ``env_id``
         (called by :func:`rlfw.config.validate.validate`). Here: the scripted starts
-        (``env.grasped_start``, ``env.near_object_start``) are Fetch's, off elsewhere.
+        (``env.grasped_start``, ``env.near_object_start``) are off; the Fetch and Panda
+        families allow them on their tasks with an object.
 
         Raises:
             ConfigError: one line naming the key, the env id and the value to set.

@@ -79,8 +79,9 @@ class ScriptedStart(gym.Wrapper):
 
     The draws (one uniform per episode, then the side of a near start) come from the env's own
     ``np_random`` (seeded by ``reset(seed=...)``), so a seeded run repeats. The returned
-    observation is the env's ``_get_obs()`` after the last scripted step (``observation
-    [25]``, ``achieved_goal [3]``, the unchanged ``desired_goal [3]``).
+    observation is the env's ``_get_obs()`` after the last scripted step (Fetch:
+    ``observation [25]``, ``achieved_goal [3]``, the unchanged ``desired_goal [3]``) or after
+    the placement (Panda: ``observation [18]`` on PandaPush-v3, no step).
 
     Raises:
         ValueError: a fraction outside [0, 1], or ``grasped + near > 1``.
@@ -180,7 +181,8 @@ def _is_panda(base: Any) -> bool:
 def place_beside(base: Any, angle: float) -> tuple[Any, int]:
     """Place the Panda arm of the unwrapped panda-gym env ``base`` so that its end effector is
     ``NEAR_DISTANCE`` metres from the object centre in the horizontal direction ``angle``
-    (radians), at the object's height, pointing down as panda-gym's controller keeps it.
+    (radians), at the object's height, pointing down (the orientation panda-gym's end-effector
+    control keeps; under joint control, ``Panda*Joints``, a start like any other).
 
     The joints are set (PyBullet ``resetJointState`` through the robot's ``set_joint_angles``,
     as panda-gym's reset sets the neutral pose) to the inverse-kinematics solution for that
