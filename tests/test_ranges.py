@@ -23,6 +23,8 @@ BAD = [
     (["env=gym", "env.id=Pendulum-v1", "+env.kwargs.gravity=9"], "env.kwargs.gravity: Pendulum-v1's constructor"),
     (["algo.max_grad_norm=-1"], "algo.max_grad_norm=-1.0 is out of range: it must be > 0.0"),
     (["algo.max_grad_norm=0"], "algo.max_grad_norm=0.0 is out of range"),
+    (["algo.lr_schedule=step"], "unknown algo.lr_schedule 'step'; choose one of: constant, cosine, linear"),
+    (["algo.lr_end_factor=2"], "algo.lr_end_factor=2.0 is out of range: it must be <= 1.0"),
     (["algo.norm_clip=-5"], "algo.norm_clip=-5.0 is out of range"),
     (["algo.norm_eps=-1"], "algo.norm_eps=-1.0 is out of range"),
     (["algo.actor_lr=inf"], "algo.actor_lr=inf must be a finite number"),

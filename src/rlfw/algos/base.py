@@ -14,6 +14,7 @@ federated exchange need no code of their own, and parameter-space exploration
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,27 @@ def adam(params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float] =
     params = list(params)
     fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused or None)
+
+
+def lr_factor(schedule: str, progress: float, end_factor: float = 0.0) -> float:
+    """The learning-rate multiplier of ``algo.lr_schedule`` at ``progress`` in [0, 1] (the
+    run's env steps over ``train.epochs``' env steps; clipped to [0, 1]).
+
+    ``constant``: 1. ``linear``: ``1 - (1 - end_factor) * progress`` (rl-zoo's ``lin_``
+    schedules, which end at 0). ``cosine``: ``end_factor + (1 - end_factor) * (1 + cos(pi *
+    progress)) / 2`` (Loshchilov & Hutter 2017, SGDR, Eq. 5, one period, no restart).
+
+    Raises:
+        ValueError: an unknown schedule (the config check names the options first).
+    """
+    f = min(max(float(progress), 0.0), 1.0)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return 1.0 - (1.0 - end_factor) * f
+    if schedule == "cosine":
+        return end_factor + (1.0 - end_factor) * 0.5 * (1.0 + math.cos(math.pi * f))
+    raise ValueError(f"unknown algo.lr_schedule {schedule!r}; choose one of: constant, cosine, linear")
 
 
 @dataclass
@@ -265,6 +287,25 @@ class OffPolicyAgent:
         self.obs_norm.update(obs)
         if self.goal_norm is not None and goals is not None:
             self.goal_norm.update(goals)
+
+    def set_progress(self, progress: float) -> float:
+        """Anneal every optimiser's learning rate (:meth:`optimizers`, the temperature's
+        included) to its initial rate times :func:`lr_factor` of ``algo.lr_schedule`` at
+        ``progress`` in [0, 1]; the training loop calls it before each cycle's updates.
+
+        The initial rate is kept in each parameter group as ``initial_lr`` (torch's
+        ``lr_scheduler`` key), so it travels with the optimiser's checkpoint and a resumed run
+        continues the same schedule; the rate depends on ``progress`` alone.
+
+        Returns:
+            The factor applied.
+        """
+        factor = lr_factor(str(self.cfg.lr_schedule), progress, float(self.cfg.lr_end_factor))
+        for opt in self.optimizers().values():
+            for group in opt.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+                group["lr"] = group["initial_lr"] * factor
+        return factor
 
     def _minimize(self, opt: torch.optim.Optimizer, params: list[nn.Parameter], loss: torch.Tensor,
                   max_grad_norm: float | None) -> None:  # fmt: skip

@@ -10,7 +10,10 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from rlfw.core.checks import in_range, require
+from rlfw.core.checks import in_range, one_of, require
+
+# algo.lr_schedule's options (rlfw.algos.base.lr_factor)
+LR_SCHEDULES = ("constant", "linear", "cosine")
 
 # Widest hidden layer accepted: a 65536 x 65536 float32 layer alone is 16 GiB.
 MAX_LAYER = 2**16
@@ -56,6 +59,12 @@ class AlgoConfig:
     # ddpg and td3 clip where the env family bounds rewards to [-1, 0]; sac, tqc, crossq never.
     clip_return: bool | None = None
     max_grad_norm: float | None = None  # gradient-norm clipping of every loss, None: off
+    # Learning-rate schedule over the run's train.epochs (every optimiser, the temperature's
+    # included, as Stable-Baselines3 applies its schedule): constant, linear (rl-zoo's "lin_"),
+    # cosine (Loshchilov & Hutter 2017, SGDR Eq. 5 without restarts). lr_end_factor: the
+    # fraction of each initial rate reached at the run's last env step.
+    lr_schedule: str = "constant"
+    lr_end_factor: float = 0.0
 
     @staticmethod
     def validate(node: Any) -> None:
@@ -89,5 +98,7 @@ class AlgoConfig:
         # torch.nn.utils.clip_grad_norm_ scales by max_norm / norm: a negative bound flips every
         # gradient, 0 zeroes them; null switches clipping off.
         in_range(node, "max_grad_norm", 0.0, low_open=True, optional=True, prefix=p)
+        one_of(node.lr_schedule, LR_SCHEDULES, "algo.lr_schedule")
+        in_range(node, "lr_end_factor", 0.0, 1.0, prefix=p)
         registry("algo.activation").check(node.activation)
         registry("algo.init").check(node.init)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rlfw.build import Components, build
+from rlfw.build import Components, build, total_steps
 from rlfw.core import Callback, decision_metric_name, eval_metric_name
 from rlfw.errors import TrainingDiverged, TrainingInterrupted
 from rlfw.training.checkpoint import Checkpointer, TrainingState, divergence_advice, has_checkpoint
@@ -95,6 +95,9 @@ class TrainLoop(EvaluationProtocol, StopControl):
             from rlfw.training.accelerate import compile_networks
 
             compile_networks(self.agent, self.device)
+        # algo.lr_schedule: the rates follow this worker's env steps over train.epochs' (0: constant)
+        schedule = str(OmegaConf.select(cfg, "algo.lr_schedule", default="constant") or "constant")
+        self._lr_steps = total_steps(cfg) if schedule != "constant" else 0
         self.collector = Collector(p.envs, self.agent, self.exploration, self.buffer, self.info.goal,
                                    self.info.act_dim, tr.learning_starts, self.rng, self.seed, self.env_id)  # fmt: skip
         # the run's generator (p.rng) has one owner, the components: the collector and the
@@ -197,7 +200,8 @@ class TrainLoop(EvaluationProtocol, StopControl):
         return local
 
     def run_cycle(self, sums: dict[str, float], counts: dict[str, int]) -> list[dict[str, Any]]:
-        """One cycle: collect ``train.steps_per_cycle`` env steps and run
+        """One cycle: set the learning rates of ``algo.lr_schedule`` (if not constant) at this
+        worker's env steps so far, collect ``train.steps_per_cycle`` env steps and run
         ``train.updates_per_cycle`` updates (after the steps, or spread over them with
         ``train.overlap``), add the update metrics to ``sums``/``counts``, call the callbacks'
         ``on_cycle`` and check for a stop signal.
@@ -218,6 +222,8 @@ class TrainLoop(EvaluationProtocol, StopControl):
                 self._updates(((i + 1) * tr.updates_per_cycle) // vector_steps
                               - (i * tr.updates_per_cycle) // vector_steps, cycle)  # fmt: skip
 
+        if self._lr_steps:
+            self.agent.set_progress(self.env_steps / self._lr_steps)
         finished = self.collector.collect(tr.steps_per_cycle, self.epoch, during)
         self.ctx.sync_normalizers(self.agent)
         if not tr.overlap:
