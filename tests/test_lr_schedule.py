@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from omegaconf import OmegaConf
 
 from rlfw.algos.base import lr_factor
 from rlfw.build import build_agent, build_exploration
@@ -13,7 +15,7 @@ from rlfw.core import EnvInfo
 from rlfw.errors import ConfigError
 from rlfw.training.loop import TrainLoop
 
-from .conftest import TINY
+from .conftest import TINY, epochs_of, run_cli
 
 GOAL_INFO = EnvInfo("FetchReach-v4", True, obs_dim=10, goal_dim=3, act_dim=4, max_episode_steps=50)
 
@@ -86,13 +88,46 @@ def _lr_at_updates(loop: TrainLoop) -> list[float]:
 
 
 def test_the_loop_anneals_the_rates_over_the_runs_env_steps(compose, tmp_path):
-    """TINY's 400 env steps in 4 cycles of 100: the cycles' updates run at 1, 0.75, 0.5 and 0.25
-    of the rate (linear to 0), set at each cycle's first env step."""
+    """TINY's 400 env steps in 4 cycles of 100: each cycle's updates run at the rate of its last
+    env step (SB3's order), 0.75, 0.5, 0.25 and 0 of it (linear to 0)."""
     cfg = compose([*TINY, "algo.actor_lr=1e-3", "algo.lr_schedule=linear"])
     loop = TrainLoop(cfg, tmp_path)
     seen = _lr_at_updates(loop)
     loop.run()
-    assert seen == pytest.approx([1e-3] * 5 + [7.5e-4] * 5 + [5e-4] * 5 + [2.5e-4] * 5)
+    assert seen == pytest.approx([7.5e-4] * 5 + [5e-4] * 5 + [2.5e-4] * 5 + [0.0] * 5)
+
+
+def test_a_rate_changed_on_resume_is_the_schedule_s_new_start(compose, tmp_path):
+    """The divergence advice (resume with a lower algo.actor_lr) holds under a schedule: the
+    resumed epoch anneals the new rate, not the one the checkpoint started from."""
+    base = [*TINY, "algo.lr_schedule=linear"]
+    first = TrainLoop(compose([*base, "algo.actor_lr=1e-3"]), tmp_path)
+    first.run(epochs=1, close=False)
+    first.close()
+    second = TrainLoop(compose([*base, "algo.actor_lr=5e-4"]), tmp_path)
+    second.load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    seen = _lr_at_updates(second)
+    second.run()
+    assert seen == pytest.approx([1.25e-4] * 5 + [0.0] * 5)
+
+
+def test_a_run_saved_before_the_schedule_keys_resumes(tmp_path):
+    """A run directory written before algo.lr_schedule existed (checkpoint and .hydra config
+    without the keys) resumes as a constant-rate run instead of being refused as another run's."""
+    run_dir = tmp_path / "run"
+    assert run_cli([*TINY, "train.epochs=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path).returncode == 0
+    for ckpt in (run_dir / "checkpoints").glob("*.pt"):
+        state = torch.load(ckpt, weights_only=True)
+        for key in ("lr_schedule", "lr_end_factor"):
+            del state["config"]["algo"][key]
+        torch.save(state, ckpt)
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    for key in ("lr_schedule", "lr_end_factor"):
+        del saved.algo[key]
+    OmegaConf.save(saved, run_dir / ".hydra" / "config.yaml")
+    proc = run_cli([f"resume={run_dir}", "train.epochs=2"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert epochs_of(run_dir) == [1, 2]
 
 
 def test_the_constant_schedule_leaves_the_rates_alone(compose, tmp_path):
@@ -104,23 +139,28 @@ def test_the_constant_schedule_leaves_the_rates_alone(compose, tmp_path):
     assert "initial_lr" not in loop.agent.actor_opt.param_groups[0]
 
 
-def test_an_agent_without_set_progress_is_refused_in_one_line(compose, monkeypatch):
-    """A plugin agent outside OffPolicyAgent that cannot anneal its rates is refused when it is
-    built, naming the key and the way out."""
-    import rlfw.build as build_mod
+def test_an_agent_without_set_progress_is_refused_at_the_config_check(compose, monkeypatch):
+    """An algorithm from another package whose agent cannot anneal its rates is refused by the
+    config check (before any simulator starts), naming the key and the way out."""
+    import rlfw.registry as registry_mod
+    from rlfw.algos.config import AlgoConfig
 
     class Plain:
-        def __init__(self, cfg, info, device, seed=0):
-            pass
+        pass
+
+    real = registry_mod.registry
 
     class Entry:
         target = Plain
 
-    monkeypatch.setattr(build_mod, "registry", lambda group: type("R", (), {"get": lambda self, n: Entry})())
+        def get(self, name):
+            return self
+
+    monkeypatch.setattr(registry_mod, "registry", lambda group: Entry() if group == "algo" else real(group))
     cfg = compose(["env=FetchReach-v4", "algo.lr_schedule=cosine"])
-    exploration = build_exploration(cfg, 2, GOAL_INFO.act_dim, np.random.default_rng(0))
     with pytest.raises(ConfigError) as err:
-        build_agent(cfg, GOAL_INFO, exploration)
+        AlgoConfig.validate(cfg.algo)
     text = str(err.value)
-    assert "algo.lr_schedule=cosine needs an agent with set_progress" in text and "Plain" in text
+    assert "algo.lr_schedule=cosine needs an agent with set_progress" in text and "Plain (algo=td3)" in text
     assert "\n" not in text
+    AlgoConfig.validate(compose(["env=FetchReach-v4"]).algo)  # constant: no agent asked

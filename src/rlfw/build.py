@@ -92,17 +92,10 @@ def build_agent(cfg: Any, info: EnvInfo, exploration: Exploration, device: str |
     layers into the agent's networks there).
 
     Raises:
-        ConfigError: an unknown ``cfg.algo.name``, an exploration that does not fit the agent,
-            or ``algo.lr_schedule`` other than constant for an agent without ``set_progress``.
+        ConfigError: an unknown ``cfg.algo.name``, or an exploration that does not fit the agent.
     """
     cls = registry("algo").get(cfg.algo.name).target
     agent = cls(cfg.algo, info, device, seed=seed)
-    schedule = str(OmegaConf.select(cfg, "algo.lr_schedule", default="constant") or "constant")
-    if schedule != "constant" and not callable(getattr(agent, "set_progress", None)):
-        raise ConfigError(
-            f"algo.lr_schedule={schedule} needs an agent with set_progress(progress) (rlfw.algos.base.OffPolicyAgent "
-            f"has it); {type(agent).__name__} has none: use algo.lr_schedule=constant"
-        )
     exploration.attach(agent)
     return agent  # type: ignore[no-any-return]
 

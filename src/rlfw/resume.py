@@ -144,6 +144,24 @@ def without_unset_legacy_keys(config: Any) -> Any:
     return config
 
 
+# keys added to the schemas after runs were saved without them, with the value that behaves as
+# the code before them did: a saved config lacking one is read with that value
+ADDED_KEYS = {("algo", "lr_schedule"): "constant", ("algo", "lr_end_factor"): 0.0}
+
+
+def with_added_keys(config: Any) -> Any:
+    """A saved config (a dict) with each of :data:`ADDED_KEYS` it lacks set to its neutral value,
+    so a run saved before the key existed resumes (its checkpoint matches its config)."""
+    if not isinstance(config, dict):
+        return config
+    out = dict(config)
+    for (group, key), value in ADDED_KEYS.items():
+        node = out.get(group)
+        if isinstance(node, dict) and key not in node:
+            out[group] = {**node, key: value}
+    return out
+
+
 def _first(err: BaseException) -> str:
     return next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
 
@@ -228,7 +246,7 @@ def _resume_claimed(path: Path, overrides: list[str]) -> float:
     assert isinstance(plain, dict)
     if state is not None:
         saved = state.get("config")
-        saved_cfg: dict[str, Any] = without_unset_legacy_keys(saved) if isinstance(saved, dict) else {}
+        saved_cfg: dict[str, Any] = with_added_keys(without_unset_legacy_keys(saved)) if isinstance(saved, dict) else {}
         plain = without_unset_legacy_keys(plain)
         for group in _MATCH_GROUPS:
             key = _diff(saved_cfg.get(group), plain.get(group), f"{group}.")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlfw.algos.config import LR_SCHEDULES
 from rlfw.algos.normalizer import Normalizer
 from rlfw.core import Batch, EnvInfo, UpdateResult
 
@@ -67,7 +68,7 @@ def lr_factor(schedule: str, progress: float, end_factor: float = 0.0) -> float:
         return 1.0 - (1.0 - end_factor) * f
     if schedule == "cosine":
         return end_factor + (1.0 - end_factor) * 0.5 * (1.0 + math.cos(math.pi * f))
-    raise ValueError(f"unknown algo.lr_schedule {schedule!r}; choose one of: constant, cosine, linear")
+    raise ValueError(f"unknown algo.lr_schedule {schedule!r}; choose one of: {', '.join(sorted(LR_SCHEDULES))}")
 
 
 @dataclass
@@ -299,6 +300,10 @@ class OffPolicyAgent:
 
         Returns:
             The factor applied.
+
+        Raises:
+            ValueError: an unknown ``algo.lr_schedule`` (:func:`lr_factor`; the config check
+                refuses it first).
         """
         factor = lr_factor(str(self.cfg.lr_schedule), progress, float(self.cfg.lr_end_factor))
         for opt in self.optimizers().values():

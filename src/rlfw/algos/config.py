@@ -70,6 +70,7 @@ class AlgoConfig:
     def validate(node: Any) -> None:
         """The keys every algorithm has: ``gamma``, ``tau``, the learning rates, the penalties,
         the layer sizes, the normaliser's ``norm_clip``/``norm_eps``, ``max_grad_norm``,
+        ``lr_schedule`` (and an agent that can anneal: ``set_progress``) with ``lr_end_factor``,
         ``activation`` and ``init`` (``n_critics`` and ``policy_delay``: each algorithm's own
         ranges). A subclass's ``validate`` calls this first.
 
@@ -100,5 +101,13 @@ class AlgoConfig:
         in_range(node, "max_grad_norm", 0.0, low_open=True, optional=True, prefix=p)
         one_of(node.lr_schedule, LR_SCHEDULES, "algo.lr_schedule")
         in_range(node, "lr_end_factor", 0.0, 1.0, prefix=p)
+        if node.lr_schedule != "constant":  # an agent from another package may not anneal its rates
+            agent_cls = registry("algo").get(node.name).target
+            require(
+                callable(getattr(agent_cls, "set_progress", None)),
+                f"algo.lr_schedule={node.lr_schedule} needs an agent with set_progress(progress) "
+                f"(rlfw.algos.base.OffPolicyAgent has it); {agent_cls.__name__} (algo={node.name}) has none: "
+                "use algo.lr_schedule=constant",
+            )
         registry("algo.activation").check(node.activation)
         registry("algo.init").check(node.init)

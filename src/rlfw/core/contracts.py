@@ -154,6 +154,11 @@ class Agent(Protocol):
     Actions are in the normalised space [-1, 1]; observations and goals are float32 arrays
     ``[N, obs_dim]`` and ``[N, goal_dim]``.
 
+    Optional: ``set_progress(progress)`` (``progress`` in [0, 1], the run's env steps over its
+    planned length) anneals the agent's learning rates; ``algo.lr_schedule`` other than
+    ``constant`` is refused at the config check for an agent without it
+    (:meth:`rlfw.algos.base.OffPolicyAgent.set_progress` has it).
+
     Attributes:
         metric_names: the keys of the metrics :meth:`update` returns, in the order of their
             metrics.csv columns (known before the first update, so the CSV header can be written).

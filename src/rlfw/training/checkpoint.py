@@ -457,7 +457,9 @@ class Checkpointer:
 
     def _apply_changed_settings(self, saved_cfg: dict[str, Any]) -> None:
         """Learning rates changed on resume (``algo.actor_lr``, ``algo.critic_lr``) replace the
-        ones restored with the optimisers' state (the advice after a divergence)."""
+        ones restored with the optimisers' state (the advice after a divergence); with an
+        ``algo.lr_schedule`` they replace the schedule's initial rates (``initial_lr``), which
+        the next cycle anneals."""
         saved_algo = saved_cfg.get("algo") or {}
         optimizers = getattr(self.parts.agent, "optimizers", None)
         if optimizers is None:
@@ -469,6 +471,8 @@ class Checkpointer:
                 continue
             for group in opts[name].param_groups:
                 group["lr"] = float(new)
+                if "initial_lr" in group:  # algo.lr_schedule: the schedule goes on from the new rate
+                    group["initial_lr"] = float(new)
             log.info("algo.%s changed on resume: %s -> %s", key, saved_algo.get(key), new)
 
     def _load_buffer(self, epoch: int) -> None:

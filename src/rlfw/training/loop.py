@@ -201,7 +201,7 @@ class TrainLoop(EvaluationProtocol, StopControl):
 
     def run_cycle(self, sums: dict[str, float], counts: dict[str, int]) -> list[dict[str, Any]]:
         """One cycle: set the learning rates of ``algo.lr_schedule`` (if not constant) at this
-        worker's env steps so far, collect ``train.steps_per_cycle`` env steps and run
+        worker's env steps at the cycle's end, collect ``train.steps_per_cycle`` env steps and run
         ``train.updates_per_cycle`` updates (after the steps, or spread over them with
         ``train.overlap``), add the update metrics to ``sums``/``counts``, call the callbacks'
         ``on_cycle`` and check for a stop signal.
@@ -222,8 +222,8 @@ class TrainLoop(EvaluationProtocol, StopControl):
                 self._updates(((i + 1) * tr.updates_per_cycle) // vector_steps
                               - (i * tr.updates_per_cycle) // vector_steps, cycle)  # fmt: skip
 
-        if self._lr_steps:
-            self.agent.set_progress(self.env_steps / self._lr_steps)
+        if self._lr_steps:  # the cycle's updates at the rate of its last env step (SB3's order)
+            self.agent.set_progress((self.env_steps + tr.steps_per_cycle) / self._lr_steps)
         finished = self.collector.collect(tr.steps_per_cycle, self.epoch, during)
         self.ctx.sync_normalizers(self.agent)
         if not tr.overlap:
